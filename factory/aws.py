@@ -1,0 +1,88 @@
+"""The one place boto3 clients are made, and where botocore errors become user messages.
+
+Region, credentials and endpoint come from the usual AWS settings (AWS_REGION,
+AWS_PROFILE, AWS_ENDPOINT_URL, ...), so pointing `AWS_ENDPOINT_URL` at moto's server
+runs the unchanged code against the local cloud. Tests pass a `Clients` made for their
+moto server instead of patching anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from factory.errors import AwsError
+
+
+@dataclass
+class Clients:
+    """Makes and caches boto3 clients for one region (and optionally one endpoint)."""
+
+    region: str | None = None
+    endpoint_url: str | None = None
+    _session: Any = field(default=None, repr=False)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def client(self, service: str) -> Any:
+        if service not in self._cache:
+            import boto3
+            from botocore.config import Config
+
+            if self._session is None:
+                self._session = boto3.session.Session(region_name=self.region)
+            region = self.region or self._session.region_name
+            if not region:
+                raise AwsError("no AWS region: set `region:` in the spec, pass --region, or set AWS_REGION")
+            config = Config(retries={"mode": "standard", "max_attempts": 5}, user_agent_extra="factory")
+            kwargs: dict[str, Any] = {"region_name": region, "config": config}
+            if self.endpoint_url:
+                kwargs["endpoint_url"] = self.endpoint_url
+            self._cache[service] = self._session.client(service, **kwargs)
+        return self._cache[service]
+
+    def ec2(self) -> Any:
+        return self.client("ec2")
+
+    def ssm(self) -> Any:
+        return self.client("ssm")
+
+    def batch(self) -> Any:
+        return self.client("batch")
+
+
+@contextlib.contextmanager
+def aws_errors(doing: str) -> Iterator[None]:
+    """Turn botocore failures inside the block into an AwsError saying what to do."""
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        NoRegionError,
+        PartialCredentialsError,
+    )
+
+    try:
+        yield
+    except (NoCredentialsError, PartialCredentialsError):
+        raise AwsError(
+            f"{doing}: no AWS credentials. Set AWS_PROFILE, or run `aws configure`, "
+            "or use `--cloud local` for the local cloud."
+        ) from None
+    except NoRegionError:
+        raise AwsError(f"{doing}: no AWS region: set `region:` in the spec or AWS_REGION") from None
+    except EndpointConnectionError as exc:
+        raise AwsError(
+            f"{doing}: cannot reach {exc.kwargs.get('endpoint_url', 'the AWS endpoint')}. "
+            "Is the network up, or (for the local cloud) is `factory local up` running?"
+        ) from None
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        code = err.get("Code", "Error")
+        msg = err.get("Message", str(exc))
+        hint = ""
+        if code in {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"}:
+            hint = " Check that your role may make this call (see README, 'Real AWS')."
+        elif code in {"ExpiredToken", "ExpiredTokenException", "RequestExpired"}:
+            hint = " Your credentials expired: log in again (e.g. `aws sso login`)."
+        raise AwsError(f"{doing}: {code}: {msg}.{hint}") from None

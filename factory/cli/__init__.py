@@ -1,0 +1,17 @@
+"""The `factory` command line: thin commands over the core in `factory.*`.
+
+Each command lives in its own module and adds itself to `app`; this module only imports
+them in the order `--help` lists them.
+"""
+
+from factory.cli.app import app
+from factory.cli import validate as _validate  # noqa: F401
+from factory.cli import size as _size  # noqa: F401
+from factory.cli import render as _render  # noqa: F401
+from factory.cli import bake as _bake  # noqa: F401
+from factory.cli import register as _register  # noqa: F401
+from factory.cli import local as _local  # noqa: F401
+
+
+def main() -> None:
+    app()

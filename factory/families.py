@@ -1,0 +1,70 @@
+"""What differs between the ECS-optimized AMI families factory can start from.
+
+One table, read by the sizing (storage driver), the render (SSM parameter, SSH user,
+devices), the register step (the device the family boots from) and the roles (driver).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    key: str  # al2023 | al2 | al1
+    label: str
+    storage_driver: str  # overlay2 | devicemapper
+    root_device: str  # the device the AMI boots from
+    docker_device: str | None  # a separate Docker volume (AL1's thin pool), else None
+    ssh_user: str
+    ssm_x86_64: str
+    ssm_arm64: str | None  # AL1 has no arm64 image
+
+    def ssm_parameter(self, architecture: str) -> str | None:
+        return self.ssm_arm64 if architecture == "arm64" else self.ssm_x86_64
+
+    @property
+    def sized_device(self) -> str:
+        """The device whose size must hold the task's data."""
+        return self.docker_device or self.root_device
+
+
+_ECS = "/aws/service/ecs/optimized-ami"
+
+FAMILIES: dict[str, Family] = {
+    "al2023": Family(
+        key="al2023",
+        label="ECS-optimized Amazon Linux 2023",
+        storage_driver="overlay2",
+        root_device="/dev/xvda",
+        docker_device=None,
+        ssh_user="ec2-user",
+        ssm_x86_64=f"{_ECS}/amazon-linux-2023/recommended/image_id",
+        ssm_arm64=f"{_ECS}/amazon-linux-2023/arm64/recommended/image_id",
+    ),
+    "al2": Family(
+        key="al2",
+        label="ECS-optimized Amazon Linux 2",
+        storage_driver="overlay2",
+        root_device="/dev/xvda",
+        docker_device=None,
+        ssh_user="ec2-user",
+        ssm_x86_64=f"{_ECS}/amazon-linux-2/recommended/image_id",
+        ssm_arm64=f"{_ECS}/amazon-linux-2/arm64/recommended/image_id",
+    ),
+    "al1": Family(
+        key="al1",
+        label="ECS-optimized Amazon Linux (legacy, Docker on devicemapper)",
+        storage_driver="devicemapper",
+        root_device="/dev/xvda",
+        docker_device="/dev/xvdcz",
+        ssh_user="ec2-user",
+        ssm_x86_64=f"{_ECS}/amazon-linux/recommended/image_id",
+        ssm_arm64=None,
+    ),
+}
+
+# The spec's `image.base` names a family as `ecs-<family>`.
+BASE_TO_FAMILY = {"ecs-al2023": "al2023", "ecs-al2": "al2", "ecs-al1": "al1"}
+
+BUILDER_INSTANCE_TYPE = {"x86_64": "t3.micro", "arm64": "t4g.micro"}

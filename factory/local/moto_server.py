@@ -1,0 +1,110 @@
+"""Start and stop moto's server on a free loopback port.
+
+Used by the local cloud (`factory local up`) and by the tests, which talk to it over
+real HTTP with boto3.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from factory.errors import LocalCloudError
+
+# moto accepts any key; these never reach AWS. They are not credentials.
+LOCAL_ACCESS_KEY = "testing"
+LOCAL_SECRET_KEY = "testing"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def local_env(endpoint: str, region: str) -> dict[str, str]:
+    """Environment variables that point boto3, the AWS CLI and Packer at moto."""
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY,
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+    }
+
+
+@dataclass
+class MotoServer:
+    port: int
+    pid: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @classmethod
+    def start(cls, log_path: Path | None = None, port: int | None = None, timeout: float = 20.0) -> "MotoServer":
+        port = port or free_port()
+        exe = Path(sys.executable).with_name("moto_server")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
+        cmd += ["-H", "127.0.0.1", "-p", str(port)]
+        log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as exc:
+            raise LocalCloudError(f"cannot start moto's server ({exc}); run `make venv` to install it") from None
+        finally:
+            if log_path:
+                log.close()
+        server = cls(port=port, pid=proc.pid)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LocalCloudError(f"moto's server exited at start (status {proc.returncode}); see {log_path}")
+            try:
+                urllib.request.urlopen(server.endpoint + "/moto-api/", timeout=1).close()
+                return server
+            except OSError:
+                time.sleep(0.1)
+        server.stop()
+        raise LocalCloudError(f"moto's server did not answer on {server.endpoint} within {timeout:.0f}s")
+
+    def alive(self) -> bool:
+        try:
+            urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def reset(self) -> None:
+        """Forget every resource (moto's own reset API)."""
+        req = urllib.request.Request(self.endpoint + "/moto-api/reset", method="POST")
+        urllib.request.urlopen(req, timeout=5).close()
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        for _ in range(50):
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return
+            # reap if it is our child
+            try:
+                os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.1)
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
