@@ -1,0 +1,558 @@
+"""Task specs: load, check (schema + semantic rules) and turn into a TaskSpec.
+
+A spec is `specs/<task>.yaml`. Every problem found, in every file, is reported as
+`file::field.path: message`, with the fix where one can be named; nothing raises a
+traceback for bad input.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from factory.errors import SpecError, UsageError
+from factory.families import BASE_TO_FAMILY, FAMILIES, Family
+from factory.yamlsafe import YamlProblem, read_yaml
+
+SPEC_SUFFIXES = (".yaml", ".yml")
+EBS_GP3_MAX_GIB = 16 * 1024
+DEFAULT_PREFIX = "/home/ec2-user/miniconda"
+ON_DEMAND_STRATEGIES = ("BEST_FIT", "BEST_FIT_PROGRESSIVE")
+SPOT_STRATEGIES = ("BEST_FIT", "BEST_FIT_PROGRESSIVE", "SPOT_CAPACITY_OPTIMIZED", "SPOT_PRICE_CAPACITY_OPTIMIZED")
+BENCHMARK_COLUMNS = ("input_gib", "index_gib", "scratch_gib", "output_gib")
+
+
+# ---------------------------------------------------------------------------------------
+# The typed spec
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    base: str
+    family: str
+    architecture: str
+    volume: str
+
+    @property
+    def pinned_ami(self) -> str | None:
+        return self.base if self.base.startswith("ami-") else None
+
+    @property
+    def family_info(self) -> Family:
+        return FAMILIES[self.family]
+
+
+@dataclass(frozen=True)
+class Footprint:
+    index_gib: float
+    scratch_gib: float
+    output_gib: float
+
+
+@dataclass(frozen=True)
+class StorageSpec:
+    benchmarks: Path | None
+    max_input_gib: float
+    concurrent_tasks: int
+    headroom: float
+    container_images_gib: float
+    footprint: Footprint | None
+
+
+@dataclass(frozen=True)
+class AwsCliSpec:
+    prefix: str
+
+    @property
+    def cli_path(self) -> str:
+        return f"{self.prefix}/bin/aws"
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    instance_types: tuple[str, ...]
+    min_vcpus: int
+    max_vcpus: int
+    provisioning: str
+    allocation_strategy: str
+    spot_bid_percentage: int | None
+
+
+@dataclass(frozen=True)
+class NextflowSpec:
+    process: str
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    description: str
+    region: str
+    image: ImageSpec
+    storage: StorageSpec
+    awscli: AwsCliSpec
+    batch: BatchSpec
+    nextflow: NextflowSpec
+    path: Path
+    spec_hash: str
+
+    def to_json(self) -> dict[str, Any]:
+        return normalised(self)
+
+
+# ---------------------------------------------------------------------------------------
+# Problems and reports
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    field: str  # dotted path, e.g. "storage.concurrent_tasks"; "" for the whole file
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}::{self.field}: {self.message}" if self.field else f"{self.file}: {self.message}"
+
+    def to_json(self) -> dict[str, str]:
+        return {"file": self.file, "field": self.field, "message": self.message}
+
+
+@dataclass
+class FileResult:
+    path: Path
+    problems: list[Problem] = field(default_factory=list)
+    spec: TaskSpec | None = None
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+
+@dataclass
+class Report:
+    results: list[FileResult]
+
+    @property
+    def valid(self) -> bool:
+        return all(r.valid for r in self.results)
+
+    @property
+    def problems(self) -> list[Problem]:
+        return [p for r in self.results for p in r.problems]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "files": [
+                {
+                    "file": display(r.path),
+                    "valid": r.valid,
+                    "task": r.spec.name if r.spec else None,
+                    "errors": [p.to_json() for p in r.problems],
+                }
+                for r in self.results
+            ],
+            "error_count": len(self.problems),
+        }
+
+
+def display(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Schema
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    from factory.resources import data_dir
+
+    return json.loads((data_dir("schemas") / "task-spec.schema.json").read_text())
+
+
+def _path_str(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if value is None:
+        return "empty (null)"
+    return type(value).__name__
+
+
+_EXPECTED = {"object": "a mapping", "array": "a list", "string": "a string", "number": "a number", "integer": "a whole number"}
+
+_PATTERN_HELP = {
+    "name": "must be 2-40 lowercase letters, digits and hyphens, starting with a letter (e.g. salmon-quant)",
+    "region": "must be an AWS region such as us-east-1 or eu-west-2",
+    "image.base": "must be ecs-al2023, ecs-al2, ecs-al1 or a pinned AMI id such as ami-0123456789abcdef0",
+    "awscli.prefix": "must be an absolute path without spaces, e.g. /home/ec2-user/miniconda",
+}
+
+
+def _suggest(word: str, choices: Iterable[str]) -> str:
+    match = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f"; did you mean `{match[0]}`?" if match else ""
+
+
+def _schema_problems(doc: Any, file: str) -> list[Problem]:
+    from jsonschema import Draft202012Validator
+
+    problems: list[Problem] = []
+    validator = Draft202012Validator(schema())
+    for error in sorted(validator.iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.validator)):
+        path = list(error.absolute_path)
+        where = _path_str(path)
+        kind = error.validator
+        inst = error.instance
+        if kind == "additionalProperties" and isinstance(inst, dict):
+            known = error.schema.get("properties", {}).keys()
+            for key in sorted(k for k in inst if k not in known):
+                allowed = ", ".join(known)
+                problems.append(
+                    Problem(file, _path_str(path + [key]), f"unknown key{_suggest(key, known) or f' (allowed here: {allowed})'}")
+                )
+        elif kind == "required" and isinstance(inst, dict):
+            for key in error.validator_value:
+                if key not in inst:
+                    problems.append(Problem(file, _path_str(path + [key]), "is required but missing"))
+        elif kind == "type":
+            expected = error.validator_value
+            expected = " or ".join(_EXPECTED.get(t, t) for t in (expected if isinstance(expected, list) else [expected]))
+            problems.append(Problem(file, where, f"must be {expected}, not {_type_name(inst)} ({json.dumps(inst, default=str)[:60]})"))
+        elif kind == "enum":
+            options = ", ".join(str(o) for o in error.validator_value)
+            problems.append(Problem(file, where, f"must be one of {options}; got {inst!r}{_suggest(str(inst), map(str, error.validator_value))}"))
+        elif kind == "pattern":
+            generic = re.sub(r"\[\d+\]", "[]", where)
+            help_text = _PATTERN_HELP.get(generic) or (
+                "must be an EC2 instance type such as m5.xlarge, a family such as c6i, or `optimal`"
+                if generic == "batch.instance_types[]"
+                else f"must match {error.validator_value}"
+            )
+            problems.append(Problem(file, where, f"{help_text}; got {inst!r}"))
+        elif kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+            op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]
+            problems.append(Problem(file, where, f"must be {op} {error.validator_value}; got {inst!r}"))
+        elif kind in ("minLength", "maxLength"):
+            problems.append(Problem(file, where, "must not be empty" if kind == "minLength" else f"is too long (at most {error.validator_value} characters)"))
+        elif kind == "minItems":
+            problems.append(Problem(file, where, f"must list at least {error.validator_value} item"))
+        elif kind == "uniqueItems":
+            problems.append(Problem(file, where, "lists the same item twice; remove the repeat"))
+        else:
+            problems.append(Problem(file, where, error.message))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
+# Semantic rules the schema cannot express
+
+
+def _is_arm_instance(instance_type: str) -> bool | None:
+    """True for Graviton types, False for x86, None when we cannot tell (e.g. `optimal`)."""
+    if instance_type == "optimal":
+        return False  # Batch's `optimal` picks x86 families
+    family = instance_type.split(".")[0]
+    if family == "a1":
+        return True
+    m = re.match(r"^[a-z]+(\d+)([a-z-]*)$", family)
+    if not m:
+        return None
+    return "g" in m.group(2)
+
+
+def _benchmark_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[Problem]:
+    storage = doc.get("storage", {})
+    bench = storage.get("benchmarks")
+    if bench is None:
+        if "footprint" not in storage:
+            return [Problem(file, "storage.benchmarks", "give a benchmark CSV of measured runs, or `storage.footprint` (index_gib, scratch_gib, output_gib)")]
+        return []
+    path = (spec_path.parent / bench)
+    field_ = "storage.benchmarks"
+    if not path.is_file():
+        return [Problem(file, field_, f"file {display(path)} does not exist (the path is relative to the spec file)")]
+    try:
+        from factory.sizing import load_benchmarks  # the sizing model owns the format
+    except ImportError:  # pragma: no cover - sizing not installed
+        load_benchmarks = None
+    try:
+        if load_benchmarks is not None:
+            records = load_benchmarks(path)
+        else:
+            records = _minimal_benchmarks(path)
+    except Exception as exc:  # noqa: BLE001 - any parse failure becomes a problem, not a traceback
+        message = getattr(exc, "message", str(exc))
+        return [Problem(file, field_, f"cannot use {display(path)}: {message}")]
+    if len(records) < 2 and "footprint" not in storage:
+        return [Problem(file, field_, f"{display(path)} has {len(records)} measured run(s); add at least 2 rows to fit, or give `storage.footprint`")]
+    return []
+
+
+def _minimal_benchmarks(path: Path) -> list[dict[str, str]]:
+    text = path.read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    reader = csv.DictReader(io.StringIO("\n".join(rows)))
+    missing = [c for c in BENCHMARK_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"missing column(s) {', '.join(missing)}")
+    return list(reader)
+
+
+def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[Problem]:
+    problems: list[Problem] = []
+    stem = spec_path.stem
+    name = doc.get("name")
+    if isinstance(name, str) and name != stem:
+        problems.append(Problem(file, "name", f"is {name!r} but the file is {spec_path.name}; rename the file to {name}.yaml or set `name: {stem}`"))
+
+    image = doc.get("image", {})
+    base = image.get("base", "ecs-al2023")
+    fam = image.get("family")
+    arch = image.get("architecture", "x86_64")
+    if base.startswith("ami-") and fam is None:
+        problems.append(Problem(file, "image.family", f"is required with a pinned AMI ({base}): say which family it is (al2023, al2 or al1)"))
+    if not base.startswith("ami-") and fam is not None and BASE_TO_FAMILY.get(base) != fam:
+        problems.append(Problem(file, "image.family", f"applies only to a pinned ami-...; {base} is already {BASE_TO_FAMILY.get(base)}, remove `family`"))
+    family_key = fam if base.startswith("ami-") else BASE_TO_FAMILY.get(base)
+    if family_key == "al1" and arch == "arm64":
+        problems.append(Problem(file, "image.architecture", "the legacy ECS-optimized Amazon Linux (al1) has no arm64 image; use ecs-al2023 or x86_64"))
+
+    storage = doc.get("storage", {})
+    max_in = storage.get("max_input_gib")
+    if isinstance(max_in, (int, float)) and not isinstance(max_in, bool) and max_in > EBS_GP3_MAX_GIB:
+        problems.append(Problem(file, "storage.max_input_gib", f"{max_in} GiB is beyond one gp3 volume ({EBS_GP3_MAX_GIB} GiB); split the input"))
+    problems += _benchmark_problems(doc, spec_path, file)
+
+    batch = doc.get("batch", {})
+    lo, hi = batch.get("min_vcpus", 0), batch.get("max_vcpus", 256)
+    if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+        problems.append(Problem(file, "batch.min_vcpus", f"({lo}) is larger than batch.max_vcpus ({hi})"))
+    prov = batch.get("provisioning", "on-demand")
+    strategy = batch.get("allocation_strategy")
+    if prov == "on-demand":
+        if "spot_bid_percentage" in batch:
+            problems.append(Problem(file, "batch.spot_bid_percentage", "applies only with `provisioning: spot`; remove it or switch to spot"))
+        if strategy and strategy not in ON_DEMAND_STRATEGIES:
+            problems.append(Problem(file, "batch.allocation_strategy", f"{strategy} is for spot; on-demand takes {' or '.join(ON_DEMAND_STRATEGIES)}"))
+    for i, itype in enumerate(batch.get("instance_types", []) or []):
+        if not isinstance(itype, str):
+            continue
+        arm = _is_arm_instance(itype)
+        if arm is None:
+            continue
+        if arch == "arm64" and not arm:
+            problems.append(Problem(file, f"batch.instance_types[{i}]", f"{itype} is an x86_64 type but image.architecture is arm64; use Graviton types such as m7g.xlarge"))
+        if arch == "x86_64" and arm:
+            problems.append(Problem(file, f"batch.instance_types[{i}]", f"{itype} is a Graviton (arm64) type but image.architecture is x86_64; set `image.architecture: arm64` or pick an x86 type"))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
+# Building the TaskSpec
+
+
+def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
+    image = doc.get("image", {})
+    base = image.get("base", "ecs-al2023")
+    family = image["family"] if base.startswith("ami-") else BASE_TO_FAMILY[base]
+    st = doc["storage"]
+    fp = st.get("footprint")
+    batch = doc.get("batch", {})
+    prov = batch.get("provisioning", "on-demand")
+    strategy = batch.get("allocation_strategy") or ("SPOT_CAPACITY_OPTIMIZED" if prov == "spot" else "BEST_FIT_PROGRESSIVE")
+    bench = (spec_path.parent / st["benchmarks"]).resolve() if st.get("benchmarks") else None
+    spec = TaskSpec(
+        name=doc["name"],
+        description=doc["description"].strip(),
+        region=doc.get("region", "us-east-1"),
+        image=ImageSpec(base=base, family=family, architecture=image.get("architecture", "x86_64"), volume=image.get("volume", "launch-template")),
+        storage=StorageSpec(
+            benchmarks=bench,
+            max_input_gib=float(st["max_input_gib"]),
+            concurrent_tasks=int(st.get("concurrent_tasks", 1)),
+            headroom=float(st.get("headroom", 0.2)),
+            container_images_gib=float(st.get("container_images_gib", 1)),
+            footprint=Footprint(float(fp["index_gib"]), float(fp["scratch_gib"]), float(fp["output_gib"])) if fp else None,
+        ),
+        awscli=AwsCliSpec(prefix=doc.get("awscli", {}).get("prefix", DEFAULT_PREFIX)),
+        batch=BatchSpec(
+            instance_types=tuple(batch.get("instance_types", ["optimal"])),
+            min_vcpus=int(batch.get("min_vcpus", 0)),
+            max_vcpus=int(batch.get("max_vcpus", 256)),
+            provisioning=prov,
+            allocation_strategy=strategy,
+            spot_bid_percentage=batch.get("spot_bid_percentage", 100 if prov == "spot" else None),
+        ),
+        nextflow=NextflowSpec(process=doc.get("nextflow", {}).get("process", doc["name"].replace("-", "_"))),
+        path=spec_path.resolve(),
+        spec_hash="",
+    )
+    digest = hashlib.sha256(json.dumps(normalised(spec), sort_keys=True).encode())
+    if bench is not None:
+        digest.update(bench.read_bytes())
+    return _replace_hash(spec, digest.hexdigest())
+
+
+def _replace_hash(spec: TaskSpec, value: str) -> TaskSpec:
+    from dataclasses import replace
+
+    return replace(spec, spec_hash=value)
+
+
+def normalised(spec: TaskSpec) -> dict[str, Any]:
+    """The spec with every default filled in, as plain data (no file paths but the benchmark's name)."""
+    st = spec.storage
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "region": spec.region,
+        "image": {"base": spec.image.base, "family": spec.image.family, "architecture": spec.image.architecture, "volume": spec.image.volume},
+        "storage": {
+            "benchmarks": st.benchmarks.name if st.benchmarks else None,
+            "max_input_gib": st.max_input_gib,
+            "concurrent_tasks": st.concurrent_tasks,
+            "headroom": st.headroom,
+            "container_images_gib": st.container_images_gib,
+            "footprint": vars(st.footprint) if st.footprint else None,
+        },
+        "awscli": {"prefix": spec.awscli.prefix},
+        "batch": {
+            "instance_types": list(spec.batch.instance_types),
+            "min_vcpus": spec.batch.min_vcpus,
+            "max_vcpus": spec.batch.max_vcpus,
+            "provisioning": spec.batch.provisioning,
+            "allocation_strategy": spec.batch.allocation_strategy,
+            "spot_bid_percentage": spec.batch.spot_bid_percentage,
+        },
+        "nextflow": {"process": spec.nextflow.process},
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+
+
+def check_file(path: Path) -> FileResult:
+    """Every problem in one spec file; the TaskSpec when there are none."""
+    file = display(path)
+    result = FileResult(path=path)
+    try:
+        doc = read_yaml(path)
+    except YamlProblem as exc:
+        result.problems.append(Problem(file, "", str(exc)))
+        return result
+    except IsADirectoryError:
+        result.problems.append(Problem(file, "", "is a directory, not a spec file"))
+        return result
+    except OSError as exc:
+        raise UsageError(f"{file}: cannot read ({exc.strerror or exc})") from None
+    if not isinstance(doc, dict):
+        result.problems.append(Problem(file, "", f"the top level must be a mapping of keys (name:, description:, storage: ...), not {_type_name(doc)}"))
+        return result
+    bad_keys = [k for k in _walk_keys(doc) if not isinstance(k, str)]
+    if bad_keys:
+        result.problems.append(Problem(file, "", f"keys must be text; found {bad_keys[0]!r}"))
+        return result
+    result.problems += _schema_problems(doc, file)
+    if result.problems:  # semantic rules assume the shape is right
+        return result
+    result.problems += _semantic_problems(doc, path, file)
+    if not result.problems:
+        result.spec = _build(doc, path)
+    return result
+
+
+def _walk_keys(node: Any) -> Iterable[Any]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield k
+            yield from _walk_keys(v)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _walk_keys(item)
+
+
+def spec_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand files and folders into spec files. Missing paths and empty folders are usage errors."""
+    out: list[Path] = []
+    for p in paths:
+        if not p.exists():
+            raise UsageError(f"{p}: no such file or folder")
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix in SPEC_SUFFIXES and f.is_file())
+            if not found:
+                raise UsageError(f"{p}: no spec files (*.yaml) in this folder")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def validate_paths(paths: Iterable[Path]) -> Report:
+    return Report([check_file(p) for p in spec_files(paths)])
+
+
+def load_spec(path: Path) -> TaskSpec:
+    result = check_file(path)
+    if result.spec is None:
+        raise SpecError(result.problems)
+    return result.spec
+
+
+def load_specs(paths: Iterable[Path]) -> list[TaskSpec]:
+    report = validate_paths(paths)
+    if not report.valid:
+        raise SpecError(report.problems)
+    specs = [r.spec for r in report.results if r.spec is not None]
+    names = [s.name for s in specs]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise UsageError(f"task {dupes[0]} is given twice; pass each spec once")
+    return specs
+
+
+def find_spec(task: str, specs_dir: Path = Path("specs")) -> TaskSpec:
+    """The spec for TASK: `specs_dir/TASK.yaml` (or a path to a spec file)."""
+    candidate = Path(task)
+    if candidate.suffix in SPEC_SUFFIXES and candidate.is_file():
+        return load_spec(candidate)
+    for suffix in SPEC_SUFFIXES:
+        path = specs_dir / f"{task}{suffix}"
+        if path.is_file():
+            return load_spec(path)
+    if not specs_dir.is_dir():
+        raise UsageError(f"no specs folder at {specs_dir}; run from the repository root or pass --specs-dir")
+    known = sorted(p.stem for p in specs_dir.iterdir() if p.suffix in SPEC_SUFFIXES)
+    hint = _suggest(task, known) or (f"; known tasks: {', '.join(known)}" if known else "")
+    raise UsageError(f"no spec for task {task!r} in {specs_dir}/{hint}")
