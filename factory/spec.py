@@ -271,7 +271,7 @@ def _schema_problems(doc: Any, file: str) -> list[Problem]:
             problems.append(Problem(file, where, "lists the same item twice; remove the repeat"))
         else:
             problems.append(Problem(file, where, error.message))
-    return problems
+    return list(dict.fromkeys(problems))  # one `required` error per missing key repeats the list
 
 
 # ---------------------------------------------------------------------------------------
@@ -292,9 +292,11 @@ def _is_arm_instance(instance_type: str) -> bool | None:
 
 
 def _benchmark_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[Problem]:
-    storage = doc.get("storage", {})
+    storage = doc["storage"]
     bench = storage.get("benchmarks")
-    if bench is None:
+    if not isinstance(bench, str):
+        if bench is not None:
+            return []  # the schema reports the wrong type
         if "footprint" not in storage:
             return [Problem(file, "storage.benchmarks", "give a benchmark CSV of measured runs, or `storage.footprint` (index_gib, scratch_gib, output_gib)")]
         return []
@@ -329,6 +331,15 @@ def _minimal_benchmarks(path: Path) -> list[dict[str, str]]:
     return list(reader)
 
 
+def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    return value if isinstance(value, dict) else {}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[Problem]:
     problems: list[Problem] = []
     stem = spec_path.stem
@@ -336,8 +347,9 @@ def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[
     if isinstance(name, str) and name != stem:
         problems.append(Problem(file, "name", f"is {name!r} but the file is {spec_path.name}; rename the file to {name}.yaml or set `name: {stem}`"))
 
-    image = doc.get("image", {})
+    image = _section(doc, "image")
     base = image.get("base", "ecs-al2023")
+    base = base if isinstance(base, str) else "ecs-al2023"
     fam = image.get("family")
     arch = image.get("architecture", "x86_64")
     if base.startswith("ami-") and fam is None:
@@ -348,15 +360,16 @@ def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[
     if family_key == "al1" and arch == "arm64":
         problems.append(Problem(file, "image.architecture", "the legacy ECS-optimized Amazon Linux (al1) has no arm64 image; use ecs-al2023 or x86_64"))
 
-    storage = doc.get("storage", {})
+    storage = _section(doc, "storage")
     max_in = storage.get("max_input_gib")
-    if isinstance(max_in, (int, float)) and not isinstance(max_in, bool) and max_in > EBS_GP3_MAX_GIB:
+    if _number(max_in) and max_in > EBS_GP3_MAX_GIB:
         problems.append(Problem(file, "storage.max_input_gib", f"{max_in} GiB is beyond one gp3 volume ({EBS_GP3_MAX_GIB} GiB); split the input"))
-    problems += _benchmark_problems(doc, spec_path, file)
+    if "storage" in doc and isinstance(doc["storage"], dict):
+        problems += _benchmark_problems(doc, spec_path, file)
 
-    batch = doc.get("batch", {})
+    batch = _section(doc, "batch")
     lo, hi = batch.get("min_vcpus", 0), batch.get("max_vcpus", 256)
-    if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+    if _number(lo) and _number(hi) and lo > hi:
         problems.append(Problem(file, "batch.min_vcpus", f"({lo}) is larger than batch.max_vcpus ({hi})"))
     prov = batch.get("provisioning", "on-demand")
     strategy = batch.get("allocation_strategy")
@@ -365,7 +378,8 @@ def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[
             problems.append(Problem(file, "batch.spot_bid_percentage", "applies only with `provisioning: spot`; remove it or switch to spot"))
         if strategy and strategy not in ON_DEMAND_STRATEGIES:
             problems.append(Problem(file, "batch.allocation_strategy", f"{strategy} is for spot; on-demand takes {' or '.join(ON_DEMAND_STRATEGIES)}"))
-    for i, itype in enumerate(batch.get("instance_types", []) or []):
+    types = batch.get("instance_types", [])
+    for i, itype in enumerate(types if isinstance(types, list) else []):
         if not isinstance(itype, str):
             continue
         arm = _is_arm_instance(itype)
@@ -485,9 +499,10 @@ def check_file(path: Path) -> FileResult:
         result.problems.append(Problem(file, "", f"keys must be text; found {bad_keys[0]!r}"))
         return result
     result.problems += _schema_problems(doc, file)
-    if result.problems:  # semantic rules assume the shape is right
-        return result
-    result.problems += _semantic_problems(doc, path, file)
+    # Semantic rules read only values of the right type, so they run beside schema errors;
+    # a field the schema already faulted is not reported twice.
+    faulted = {p.field for p in result.problems}
+    result.problems += [p for p in _semantic_problems(doc, path, file) if p.field not in faulted]
     if not result.problems:
         result.spec = _build(doc, path)
     return result

@@ -1,0 +1,62 @@
+# factory: `make demo` runs the main job on the local cloud; `make test` runs the tests.
+# Every target installs what it needs: Python packages into .venv/, Debian tools with
+# apt-get when missing (scripts/system-deps.sh).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV := .venv
+PY := $(VENV)/bin/python
+FACTORY := $(VENV)/bin/factory
+STAMP := $(VENV)/.installed
+JOBS ?= 2
+
+.PHONY: help venv system-deps demo test images lint bench bake render size clean
+
+help: ## Show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(STAMP) ## Create .venv/ with factory and its test tools
+
+system-deps: ## apt-get install packer, openssh-server, docker.io, busybox-static when missing
+	@bash scripts/system-deps.sh
+
+demo: $(STAMP) system-deps ## Bake salmon-quant on the local cloud and register it (no AWS account)
+	@$(PY) scripts/demo.py
+
+test: $(STAMP) system-deps ## Run the whole test suite (real Packer, Ansible, sshd, dockerd, moto)
+	@$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+
+images: $(STAMP) system-deps ## Bake every spec in specs/ (CLOUD=aws|local, JOBS=N), skipping unchanged ones
+	@$(FACTORY) bake --all --cloud $(or $(CLOUD),aws) --jobs $(JOBS)
+
+lint: $(STAMP) system-deps ## ansible-lint (production), packer fmt, ruff
+	@$(VENV)/bin/ansible-lint --profile production ansible/
+	@packer fmt -check -recursive packer/
+	@$(VENV)/bin/ruff check factory tests bench scripts
+
+bench: $(STAMP) system-deps ## Run the benchmarks in bench/ and print their figures
+	@$(PY) bench/startup/run.py
+	@$(PY) bench/sizing/run.py
+	@$(PY) bench/bake/run.py
+
+guard-%:
+	@if [ -z "$($*)" ]; then echo "usage: make $(MAKECMDGOALS) $*=<value>   e.g. make $(MAKECMDGOALS) $*=salmon-quant"; exit 2; fi
+
+size: $(STAMP) guard-TASK ## Print the storage sizing of one task: make size TASK=salmon-quant
+	@$(FACTORY) size $(TASK)
+
+render: $(STAMP) guard-TASK ## Write build/TASK/ for Packer: make render TASK=salmon-quant
+	@$(FACTORY) render $(TASK)
+
+bake: $(STAMP) system-deps guard-TASK ## Bake one task: make bake TASK=salmon-quant [CLOUD=local]
+	@$(FACTORY) bake $(TASK) --cloud $(or $(CLOUD),aws)
+
+clean: ## Remove build/ and stop a local cloud left running
+	@-test -x $(FACTORY) && $(FACTORY) local down >/dev/null 2>&1
+	@rm -rf build .factory
