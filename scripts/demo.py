@@ -1,0 +1,73 @@
+"""`make demo`: the main job on the local cloud, step by step, with the time of each.
+
+1. start the local cloud (moto's server + a throwaway build host),
+2. `factory bake salmon-quant --cloud local` (validate, size, render, Packer + Ansible,
+   register the launch template, compute environment and queue),
+3. print the result and the Nextflow config,
+4. stop the local cloud, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+FACTORY = str(Path(sys.executable).with_name("factory"))
+TASK = "salmon-quant"
+
+
+def step(label: str, args: list[str], capture: bool = False) -> subprocess.CompletedProcess:
+    print(f"\n==> {label}: factory {' '.join(args)}", flush=True)
+    start = time.monotonic()
+    proc = subprocess.run([FACTORY, *args], cwd=REPO, text=True, stdout=subprocess.PIPE if capture else None)
+    took = time.monotonic() - start
+    TIMES.append((label, took, proc.returncode))
+    if proc.returncode != 0:
+        raise SystemExit(f"demo: `factory {' '.join(args)}` failed (exit {proc.returncode})")
+    return proc
+
+
+TIMES: list[tuple[str, float, int]] = []
+
+
+def main() -> int:
+    started = time.monotonic()
+    try:
+        step("validate the specs", ["validate"])
+        step("start the local cloud", ["local", "up"])
+        step("size the task", ["size", TASK])
+        baked = step(f"bake and register {TASK}", ["bake", TASK, "--cloud", "local", "--json"], capture=True)
+        result = json.loads(baked.stdout)
+        step("write the Nextflow config", ["nextflow-config", "--cloud", "local", "--out", "build/nextflow-awsbatch.config"])
+        print("\n==> result")
+        lt = result.get("launch_template") or {}
+        for key, value in (
+            ("task", result.get("task")),
+            ("AMI", result.get("ami_id")),
+            ("baked (false = reused)", result.get("baked")),
+            ("volume (GiB)", result.get("volume_gib")),
+            ("launch template", f"{lt.get('name')} version {lt.get('version')}" if lt else None),
+            ("compute environment", result.get("compute_environment")),
+            ("job queue", result.get("job_queue")),
+        ):
+            print(f"  {key:<24} {value}")
+        print("\n==> build/nextflow-awsbatch.config")
+        print((REPO / "build" / "nextflow-awsbatch.config").read_text())
+    finally:
+        try:
+            step("stop the local cloud", ["local", "down"])
+        except SystemExit as exc:
+            print(exc, file=sys.stderr)
+        print("\n==> time of each step")
+        for label, took, rc in TIMES:
+            print(f"  {label:<32} {took:6.1f} s{'' if rc == 0 else f'  (exit {rc})'}")
+        print(f"  {'total':<32} {time.monotonic() - started:6.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
