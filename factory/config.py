@@ -1,0 +1,204 @@
+"""The register step's settings file, `factory.yaml`: where compute environments run.
+
+Everything here is optional. Without a file (or without a `batch.subnets` list) the
+register step uses the region's default VPC and says so. The format, with defaults:
+
+    batch:
+      subnets: [subnet-0abc..., subnet-0def...]   # both or neither; default: the default VPC's
+      security_groups: [sg-0123...]               #   subnets and its `default` security group
+      instance_role: ecsInstanceRole              # instance profile name or ARN
+      service_role: null                          # IAM role name/ARN; null = Batch's service-linked role
+      spot_fleet_role: null                       # only for SPOT with allocation_strategy BEST_FIT
+      ec2_key_pair: null                          # an EC2 key pair for SSH into Batch hosts
+      queue_priority: 1
+    launch_template:
+      boot_commands: []                           # shell lines run at boot (MIME multi-part user data)
+    tiers:
+      max_tiers: null                             # cap on storage tiers across all specs
+    prune:
+      keep: 3                                     # newest AMIs / launch template versions kept
+
+docs/register.md describes each setting. Errors name the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from factory.errors import FactoryError, UsageError
+
+DEFAULT_CONFIG_NAME = "factory.yaml"
+
+_SCHEMA: dict[str, dict[str, str]] = {
+    "batch": {
+        "subnets": "list of subnet ids (subnet-...)",
+        "security_groups": "list of security group ids (sg-...)",
+        "instance_role": "instance profile name or ARN",
+        "service_role": "IAM role name or ARN, or null",
+        "spot_fleet_role": "IAM role name or ARN, or null",
+        "ec2_key_pair": "EC2 key pair name, or null",
+        "queue_priority": "integer >= 0",
+    },
+    "launch_template": {"boot_commands": "list of shell command lines"},
+    "tiers": {"max_tiers": "integer >= 1, or null"},
+    "prune": {"keep": "integer >= 1"},
+}
+
+
+class ConfigError(FactoryError):
+    """The config file is unreadable or a field is wrong (exit 1)."""
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    subnets: tuple[str, ...] = ()
+    security_groups: tuple[str, ...] = ()
+    instance_role: str = "ecsInstanceRole"
+    service_role: str | None = None
+    spot_fleet_role: str | None = None
+    ec2_key_pair: str | None = None
+    queue_priority: int = 1
+
+    @property
+    def has_network(self) -> bool:
+        return bool(self.subnets)
+
+
+@dataclass(frozen=True)
+class FactoryConfig:
+    path: Path | None = None  # None: no file, every default
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    boot_commands: tuple[str, ...] = ()
+    max_tiers: int | None = None
+    prune_keep: int = 3
+
+    @property
+    def source(self) -> str:
+        return str(self.path) if self.path else "defaults (no factory.yaml)"
+
+
+def load_config(path: Path | str | None = None, search_dir: Path | str = ".") -> FactoryConfig:
+    """Read `path`, or `<search_dir>/factory.yaml` when it exists, or return the defaults.
+
+    An explicit `path` that does not exist is a UsageError (exit 2); a file whose
+    content is wrong is a ConfigError naming the file, the field and the fix.
+    """
+    if path is None:
+        candidate = Path(search_dir) / DEFAULT_CONFIG_NAME
+        if not candidate.is_file():
+            return FactoryConfig()
+        path = candidate
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} not found: pass an existing file to --config, or omit it")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read config file {path}: {exc}") from None
+    if len(text) > 256 * 1024:
+        raise ConfigError(f"{path}: the file is larger than 256 KiB; a factory config is a few lines")
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_config(data, path.resolve())
+
+
+def parse_config(data: Any, path: Path | None) -> FactoryConfig:
+    """Check a loaded mapping and turn it into a FactoryConfig; collects every problem."""
+    where = str(path) if path else "config"
+    problems: list[str] = []
+
+    def bad(field_path: str, message: str) -> None:
+        problems.append(f"{where}: {field_path}: {message}")
+
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping with keys {', '.join(_SCHEMA)}")
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if key not in _SCHEMA:
+            bad(str(key), f"unknown section; expected one of {', '.join(_SCHEMA)}")
+            continue
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            bad(key, "must be a mapping")
+            continue
+        for sub in value:
+            if sub not in _SCHEMA[key]:
+                bad(f"{key}.{sub}", f"unknown setting; expected one of {', '.join(_SCHEMA[key])}")
+        sections[key] = value
+
+    def id_list(section: str, name: str, prefix: str) -> tuple[str, ...]:
+        value = sections.get(section, {}).get(name)
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            bad(f"{section}.{name}", f"expected a {_SCHEMA[section][name]}, got {value!r}")
+            return ()
+        for v in value:
+            if not v.startswith(prefix):
+                bad(f"{section}.{name}", f"{v!r} is not a {prefix}... id; copy the id from the EC2 console or `aws ec2 describe-*`")
+        return tuple(value)
+
+    def opt_str(section: str, name: str, default: str | None) -> str | None:
+        value = sections.get(section, {}).get(name, default)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            bad(f"{section}.{name}", f"expected a {_SCHEMA[section][name]}, got {value!r}")
+            return default
+        return value
+
+    def opt_int(section: str, name: str, default: int | None, minimum: int, allow_null: bool) -> int | None:
+        value = sections.get(section, {}).get(name, default)
+        if value is None and allow_null:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            bad(f"{section}.{name}", f"expected an {_SCHEMA[section][name]}, got {value!r}")
+            return default
+        return value
+
+    subnets = id_list("batch", "subnets", "subnet-")
+    groups = id_list("batch", "security_groups", "sg-")
+    if bool(subnets) != bool(groups):
+        bad(
+            "batch",
+            "give both `subnets` and `security_groups`, or neither (then the default VPC's subnets "
+            "and its `default` security group are used)",
+        )
+    instance_role = opt_str("batch", "instance_role", "ecsInstanceRole") or "ecsInstanceRole"
+    commands = sections.get("launch_template", {}).get("boot_commands") or []
+    if isinstance(commands, str):
+        commands = [commands]
+    if not isinstance(commands, list) or not all(isinstance(c, str) for c in commands):
+        bad("launch_template.boot_commands", f"expected a list of shell command lines, got {commands!r}")
+        commands = []
+
+    batch = BatchConfig(
+        subnets=subnets,
+        security_groups=groups,
+        instance_role=instance_role,
+        service_role=opt_str("batch", "service_role", None),
+        spot_fleet_role=opt_str("batch", "spot_fleet_role", None),
+        ec2_key_pair=opt_str("batch", "ec2_key_pair", None),
+        queue_priority=opt_int("batch", "queue_priority", 1, 0, False) or 0,
+    )
+    config = FactoryConfig(
+        path=path,
+        batch=batch,
+        boot_commands=tuple(commands),
+        max_tiers=opt_int("tiers", "max_tiers", None, 1, True),
+        prune_keep=opt_int("prune", "keep", 3, 1, False) or 3,
+    )
+    if problems:
+        raise ConfigError("\n".join(problems) + "\nSee docs/register.md, 'Config file'.")
+    return config
