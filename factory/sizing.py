@@ -557,27 +557,28 @@ def size_workload(
     headroom_gib = need * headroom
     reserve = RESERVE_GIB[storage_driver]
     ami_min = AMI_MIN_GIB.get(family or "", GP3_MIN_GIB)
-    volume = max(_ceil_gib(need + headroom_gib + reserve), ami_min, GP3_MIN_GIB)
-    if volume > GP3_MAX_GIB:
-        raise SizingError(
-            f"{at}needs a {volume} GiB volume ({concurrent_tasks} x {data:.1f} GiB per task + "
-            f"{container_images_gib:g} GiB images, +{headroom:.0%} headroom, +{reserve:g} GiB reserve), "
-            f"beyond gp3's limit of {GP3_MAX_GIB} GiB (16 TiB). Fix: lower storage.concurrent_tasks, "
-            "split the input so storage.max_input_gib is smaller, or lower storage.headroom"
-        )
-
     if storage_driver == "devicemapper":
-        basesize = max(_ceil_gib(per_task * (1.0 + headroom)), DOCKER_DEFAULT_BASESIZE_GIB)
-        basesize = min(basesize, volume)
+        basesize: int | None = max(_ceil_gib(per_task * (1.0 + headroom)), DOCKER_DEFAULT_BASESIZE_GIB)
         note = (
             f"devicemapper limits each container to dm.basesize; one task needs {per_task:.1f} GiB "
-            f"(+{headroom:.0%} headroom), so dm.basesize={basesize}G (never below Docker's default 10G)"
+            f"(+{headroom:.0%} headroom), so dm.basesize={basesize}G (never below Docker's default 10G); "
+            "the volume holds at least one full container"
         )
     else:
         basesize = None
         note = (
             "overlay2 has no per-container size limit: a container may use the whole volume, "
             "so there is no basesize to set"
+        )
+    volume = max(_ceil_gib(need + headroom_gib + reserve), ami_min, GP3_MIN_GIB)
+    if basesize is not None:
+        volume = max(volume, _ceil_gib(basesize + reserve))
+    if volume > GP3_MAX_GIB:
+        raise SizingError(
+            f"{at}needs a {volume} GiB volume ({concurrent_tasks} x {data:.1f} GiB per task + "
+            f"{container_images_gib:g} GiB images, +{headroom:.0%} headroom, +{reserve:g} GiB reserve), "
+            f"beyond gp3's limit of {GP3_MAX_GIB} GiB (16 TiB). Fix: lower storage.concurrent_tasks, "
+            "split the input so storage.max_input_gib is smaller, or lower storage.headroom"
         )
 
     return SizingPlan(

@@ -1,0 +1,153 @@
+"""`factory size` end to end through the CLI: exit codes, messages, JSON, plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "specs"
+BENCH = SPECS / "benchmarks"
+
+
+def no_traceback(result):
+    assert "Traceback" not in (result.stdout + result.stderr)
+
+
+def test_size_task_readable(cli):
+    r = cli("size", "salmon-quant", "--specs-dir", SPECS)
+    assert r.exit_code == 0, r.stderr
+    for word in ("index", "scratch", "output", "container images", "per task", "headroom", "reserve",
+                 "volume", "docker basesize", "monthly cost", "Fit", "R²"):
+        assert word in r.stdout
+
+
+def test_size_task_json_keys_and_price(cli):
+    r = cli("size", "star-align", "--specs-dir", SPECS, "--json", "--price-per-gib", "0.1")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    for key in ("volume_gib", "per_task_gib", "docker_basesize_gib", "tier", "monthly_cost_usd"):
+        assert key in data
+    assert data["docker_basesize_gib"] is None
+    assert data["tier"] is None
+    assert data["monthly_cost_usd"] == pytest.approx(round(data["volume_gib"] * 0.1, 2))
+    assert data["fit"]["components"]["scratch"]["model"] == "linear"
+
+
+def test_size_task_overrides_concurrency(cli):
+    one = json.loads(cli("size", "salmon-quant", "--specs-dir", SPECS, "--json", "--concurrency", "1").stdout)
+    four = json.loads(cli("size", "salmon-quant", "--specs-dir", SPECS, "--json", "--concurrency", "4").stdout)
+    assert four["volume_gib"] > one["volume_gib"]
+
+
+def test_size_all_table_and_json(cli):
+    r = cli("size", "--all", "--specs-dir", SPECS)
+    assert r.exit_code == 0, r.stderr
+    assert "Storage tiers" in r.stdout and "one size for everything" in r.stdout
+    r = cli("size", "--all", "--specs-dir", SPECS, "--json", "--max-tiers", "5")
+    data = json.loads(r.stdout)
+    assert len(data["tiers"]) <= 5
+    tasks = sorted(t for tier in data["tiers"] for t in tier["tasks"])
+    assert tasks == sorted(p.stem for p in SPECS.glob("*.yaml"))
+    for p in data["plans"]:
+        assert p["tier"] is not None and p["tier_volume_gib"] >= p["volume_gib"]
+    s = data["summary"]
+    assert s["one_size_total_gib"] >= s["tiered_gib"] >= s["own_sizes_gib"]
+
+
+def test_size_all_cap_below_groups(cli):
+    r = cli("size", "--all", "--specs-dir", SPECS, "--max-tiers", "1")
+    assert r.exit_code == 2
+    assert "tier groups" in r.stderr and "Fix" in r.stderr
+    no_traceback(r)
+
+
+def test_adhoc_benchmarks(cli, tmp_path):
+    csv = tmp_path / "runs.csv"
+    csv.write_text("input_gib,index_gib,scratch_gib,output_gib\n1,5,2,1\n2,5,4,2\n4,5,8,4\n")
+    r = cli("size", "--benchmarks", csv, "--max-input-gib", "8", "--concurrency", "2", "--headroom", "0.1", "--json")
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert data["breakdown"]["concurrent_tasks"] == 2
+    assert data["breakdown"]["headroom"] == 0.1
+    assert data["task"] is None
+    r = cli("size", "--benchmarks", csv, "--max-input-gib", "8", "--family", "al1", "--json")
+    assert json.loads(r.stdout)["docker_basesize_gib"] >= 10
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("input_gib,index_gib,scratch_gib\n1,2,3\n", "missing column(s) output_gib"),
+        ("input_gib,index_gib,scratch_gib,output_gib\n1,2,lots,4\n2,2,3,4\n", "column 'scratch_gib': 'lots' is not a number"),
+        ("input_gib,index_gib,scratch_gib,output_gib\n1,2,3,4\n2,2,-3,4\n", "negative"),
+        ("", "empty benchmark file"),
+        ("input_gib,index_gib,scratch_gib,output_gib\n", "0 benchmark run(s)"),
+        ("input_gib,index_gib,scratch_gib,output_gib\n1,2,3,4\n", "at least 2"),
+    ],
+)
+def test_adhoc_bad_csv_is_a_clear_error(cli, tmp_path, text, needle):
+    csv = tmp_path / "bad.csv"
+    csv.write_text(text)
+    r = cli("size", "--benchmarks", csv, "--max-input-gib", "10")
+    assert r.exit_code == 1
+    assert needle in r.stderr
+    assert "bad.csv" in r.stderr
+    no_traceback(r)
+
+
+def test_beyond_gp3_refused(cli, tmp_path):
+    csv = tmp_path / "runs.csv"
+    csv.write_text("input_gib,index_gib,scratch_gib,output_gib\n1,0,10,1\n2,0,20,2\n3,0,30,3\n")
+    r = cli("size", "--benchmarks", csv, "--max-input-gib", "1000", "--concurrency", "4")
+    assert r.exit_code == 1
+    assert "16384" in r.stderr and "lower" in r.stderr
+    no_traceback(r)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ([], "give one of TASK, --all or --benchmarks"),
+        (["salmon-quant", "--all"], "cannot be combined"),
+        (["salmon-quant", "--max-tiers", "2"], "--max-tiers goes with --all"),
+        (["--benchmarks", "x.csv"], "needs --max-input-gib"),
+        (["--benchmarks", "missing.csv", "--max-input-gib", "3"], "no such file"),
+        (["--benchmarks", str(BENCH / "star-align.csv"), "--max-input-gib", "-3"], "--max-input-gib must be"),
+        (["--benchmarks", str(BENCH / "star-align.csv"), "--max-input-gib", "3", "--family", "al9"], "--family"),
+        (["salmon-quant", "--concurrency", "0"], "--concurrency must be at least 1"),
+        (["no-such-task"], "no spec for task 'no-such-task'"),
+        (["salmon-quant", "--plot", "out.txt"], "ending in .png"),
+    ],
+)
+def test_usage_errors_exit_2(cli, args, needle):
+    r = cli("size", *args, "--specs-dir", SPECS)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr
+    no_traceback(r)
+
+
+def test_plot_writes_png(cli, tmp_path):
+    out = tmp_path / "star.png"
+    r = cli("size", "star-align", "--specs-dir", SPECS, "--plot", out)
+    assert r.exit_code == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out2 = tmp_path / "tiers.png"
+    r = cli("size", "--all", "--specs-dir", SPECS, "--plot", out2)
+    assert r.exit_code == 0, r.stderr
+    assert out2.stat().st_size > 1000
+
+
+def test_size_does_not_import_matplotlib_without_plot(cli):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from factory.cli import app; from typer.testing import CliRunner;"
+        f"r = CliRunner().invoke(app, ['size', 'salmon-quant', '--specs-dir', {str(SPECS)!r}, '--json']);"
+        "assert r.exit_code == 0, r.output; print('matplotlib' in sys.modules, 'numpy' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False False"

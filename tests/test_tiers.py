@@ -1,0 +1,140 @@
+"""Storage tiers: optimal against brute force, grouping, the cap, names."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from factory.errors import UsageError
+from factory.tiers import Tier, choose_tiers, optimal_partition, partition_cost, provisioned_gib, tier_group
+
+
+def spec(name, region="us-east-1", base="ecs-al2023", arch="x86_64", provisioning="on-demand", max_vcpus=256):
+    return SimpleNamespace(
+        name=name,
+        region=region,
+        image=SimpleNamespace(base=base, architecture=arch, volume="launch-template"),
+        awscli=SimpleNamespace(prefix="/home/ec2-user/miniconda"),
+        batch=SimpleNamespace(instance_types=("optimal",), min_vcpus=0, max_vcpus=max_vcpus,
+                              provisioning=provisioning, allocation_strategy="BEST_FIT_PROGRESSIVE",
+                              spot_bid_percentage=None),
+    )
+
+
+def plan(volume):
+    return SimpleNamespace(volume_gib=volume)
+
+
+def brute_force(sizes, k):
+    """Every assignment of tasks to at most k tiers (not only contiguous ones)."""
+    n = len(sizes)
+    best = None
+    for labels in itertools.product(range(k), repeat=n):
+        cost = 0
+        for t in set(labels):
+            members = [sizes[i] for i in range(n) if labels[i] == t]
+            cost += max(members) * len(members)
+        best = cost if best is None else min(best, cost)
+    return best
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=6), st.integers(1, 4))
+def test_partition_is_optimal_against_brute_force(sizes, k):
+    sizes = sorted(sizes)
+    cost, runs = optimal_partition(sizes, k)
+    assert cost == brute_force(sizes, k)
+    assert partition_cost(sizes, runs) == cost
+    assert 1 <= len(runs) <= k
+    assert [i for r in runs for i in range(*r)] == list(range(len(sizes)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 300), st.sampled_from(["x86_64", "arm64"])), min_size=1, max_size=6),
+       st.integers(2, 5))
+def test_choose_tiers_is_optimal_across_groups(items, cap):
+    pairs = [(spec(f"t{i}", arch=a), plan(v)) for i, (v, a) in enumerate(items)]
+    groups = {tier_group(s) for s, _ in pairs}
+    if cap < len(groups):
+        with pytest.raises(UsageError):
+            choose_tiers(pairs, cap)
+        return
+    tiers = choose_tiers(pairs, cap)
+    assert len(tiers) <= cap
+    by_name = {s.name: (s, p) for s, p in pairs}
+    # Every task exactly once, never in a tier smaller than it, never across groups.
+    seen = [t for tier in tiers for t in tier.tasks]
+    assert sorted(seen) == sorted(by_name)
+    for tier in tiers:
+        assert {tier_group(by_name[t][0]) for t in tier.tasks} == {tier.group}
+        assert tier.volume_gib == max(by_name[t][1].volume_gib for t in tier.tasks)
+        assert by_name[tier.largest_task][1].volume_gib == tier.volume_gib
+    # Brute force over every assignment of tasks to (group-respecting) tiers.
+    n = len(pairs)
+    best = None
+    for labels in itertools.product(range(cap), repeat=n):
+        cost, ok = 0, True
+        for t in set(labels):
+            members = [pairs[i] for i in range(n) if labels[i] == t]
+            if len({tier_group(s) for s, _ in members}) > 1:
+                ok = False
+                break
+            cost += max(p.volume_gib for _, p in members) * len(members)
+        if ok:
+            best = cost if best is None else min(best, cost)
+    assert provisioned_gib(tiers) == best
+
+
+def test_close_sizes_share_and_far_ones_do_not():
+    pairs = [(spec("a"), plan(100)), (spec("b"), plan(105)), (spec("c"), plan(400)), (spec("d"), plan(410))]
+    tiers = choose_tiers(pairs, 2)
+    assert [(t.name, t.tasks) for t in tiers] == [("105g", ("a", "b")), ("410g", ("c", "d"))]
+    assert tiers[0].largest_task == "b"
+
+
+def test_no_cap_gives_one_tier_per_distinct_size():
+    pairs = [(spec("a"), plan(50)), (spec("b"), plan(50)), (spec("c"), plan(80))]
+    tiers = choose_tiers(pairs)
+    assert [(t.name, t.tasks) for t in tiers] == [("50g", ("a", "b")), ("80g", ("c",))]
+    assert provisioned_gib(tiers) == 180
+
+
+def test_groups_never_mix_and_names_disambiguate():
+    pairs = [
+        (spec("x"), plan(200)),
+        (spec("y", arch="arm64"), plan(200)),
+        (spec("z", provisioning="spot"), plan(200)),
+        (spec("w", max_vcpus=16), plan(200)),
+    ]
+    tiers = choose_tiers(pairs, 4)
+    names = [t.name for t in tiers]
+    assert len(set(names)) == 4
+    assert all(n.startswith("200g") for n in names)
+    assert any("arm64" in n for n in names) and any("spot" in n for n in names)
+    assert all(len(t.tasks) == 1 for t in tiers)
+
+
+def test_cap_below_group_count_is_refused():
+    pairs = [(spec("a"), plan(10)), (spec("b", region="eu-west-1"), plan(10))]
+    with pytest.raises(UsageError) as exc:
+        choose_tiers(pairs, 1)
+    assert "--max-tiers 1" in exc.value.message and "--max-tiers 2" in exc.value.message
+    with pytest.raises(UsageError):
+        choose_tiers(pairs, 0)
+
+
+def test_duplicate_task_refused_and_empty_ok():
+    with pytest.raises(UsageError, match="twice"):
+        choose_tiers([(spec("a"), plan(1)), (spec("a"), plan(2))])
+    assert choose_tiers([]) == []
+
+
+def test_tier_is_frozen_with_register_fields():
+    t = Tier(name="200g", volume_gib=200, tasks=("a",), group=())
+    assert (t.name, t.volume_gib, t.tasks) == ("200g", 200, ("a",))
+    with pytest.raises(Exception):
+        t.name = "x"  # type: ignore[misc]
