@@ -1,0 +1,354 @@
+"""The local cloud: everything a bake needs, on loopback, with no AWS account.
+
+Three parts, each its own module, composed here:
+
+- moto's server (`moto_server.MotoServer`) on a free loopback port: EC2, SSM, IAM, Batch;
+- a throwaway build host (`buildhost.BuildHost`): sshd on loopback and a real Docker
+  engine inside a private overlay root, whose public key is imported into moto as an EC2
+  key pair, so Packer "launches" an instance in moto and really provisions this host;
+- a mirror (`mirror.Mirror`) serving a stand-in Miniconda installer and its sha256 on
+  loopback, since the real download site cannot be reached here.
+
+`up()` starts them and writes a state file (`<state_dir>/local-cloud.json`, default
+`.factory/`), so separate CLI invocations (`factory local status`, `factory bake --cloud
+local`, `factory local down`) find the same cloud. The file holds ports, pids and paths
+only: no secret except the *path* of the throwaway private key, which lives in the
+build host's own throwaway directory and is removed by `down()`.
+
+`down()` stops all three and removes their directories: no process and no mount is left
+(the build host's namespaces end with its init).
+
+`using_local_cloud()` is what `factory bake --cloud local` uses: the running cloud if
+there is one, else one started for the bake and stopped after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from factory.errors import LocalCloudError
+from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, MotoServer, local_env
+
+STATE_FILE = "local-cloud.json"
+KEY_PAIR_NAME = "factory-local-buildhost"
+DEFAULT_REGION = "us-east-1"
+
+
+def default_state_dir() -> Path:
+    """`$FACTORY_STATE_DIR`, else `.factory/` in the current directory."""
+    return Path(os.environ.get("FACTORY_STATE_DIR") or ".factory").absolute()
+
+
+@dataclass
+class LocalCloud:
+    state_dir: Path
+    region: str
+    moto: MotoServer
+    host: Any  # factory.local.buildhost.BuildHost
+    mirror: Any  # factory.local.mirror.Mirror
+    started_at: str
+
+    # -- where things are ------------------------------------------------------------
+
+    @property
+    def endpoint(self) -> str:
+        return self.moto.endpoint
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / STATE_FILE
+
+    @property
+    def key_pair_name(self) -> str:
+        return KEY_PAIR_NAME
+
+    def env(self, region: str | None = None) -> dict[str, str]:
+        """Environment variables pointing boto3, the AWS CLI and Packer at moto."""
+        return local_env(self.endpoint, region or self.region)
+
+    def clients(self, region: str | None = None):
+        """boto3 clients for moto's server (credentials are moto's dummies, not secrets)."""
+        from factory.aws import Clients
+
+        clients = Clients(region=region or self.region, endpoint_url=self.endpoint)
+        import boto3
+
+        clients._session = boto3.session.Session(
+            aws_access_key_id=LOCAL_ACCESS_KEY,
+            aws_secret_access_key=LOCAL_SECRET_KEY,
+            region_name=region or self.region,
+        )
+        return clients
+
+    def ensure_key_pair(self, region: str) -> str:
+        """Import the build host's public key into moto in `region` (once per region)."""
+        from factory.aws import aws_errors
+
+        ec2 = self.clients(region).ec2()
+        with aws_errors(f"importing the build host's key into the local cloud ({region})"):
+            names = {k["KeyName"] for k in ec2.describe_key_pairs().get("KeyPairs", [])}
+            if KEY_PAIR_NAME not in names:
+                ec2.import_key_pair(KeyName=KEY_PAIR_NAME, PublicKeyMaterial=self.host.public_key.encode())
+        return KEY_PAIR_NAME
+
+    def build_target(self, region: str | None = None):
+        """The render step's BuildTarget for this cloud: endpoint, SSH, key, mirror."""
+        from factory.render import BuildTarget
+
+        region = region or self.region
+        self.ensure_key_pair(region)
+        return BuildTarget.local(
+            endpoint=self.endpoint,
+            ssh_host=self.host.ssh_host,
+            ssh_port=self.host.ssh_port,
+            ssh_username=self.host.ssh_user,
+            keypair_name=KEY_PAIR_NAME,
+            private_key_file=str(self.host.private_key_file),
+            installer_url=self.mirror.installer_url,
+            installer_sha256=self.mirror.installer_sha256,
+            python_interpreter=self.host.python_interpreter,
+        )
+
+    # -- state -----------------------------------------------------------------------
+
+    def alive(self) -> dict[str, bool]:
+        return {
+            "moto": self.moto.alive(),
+            "build_host": bool(self.host.alive()),
+            "mirror": bool(self.mirror.alive()),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        alive = self.alive()
+        return {
+            "running": all(alive.values()),
+            "alive": alive,
+            "state_file": str(self.state_file),
+            "region": self.region,
+            "endpoint": self.endpoint,
+            "moto_pid": self.moto.pid,
+            "build_host": {
+                "ssh": f"{self.host.ssh_user}@{self.host.ssh_host}:{self.host.ssh_port}",
+                "state_dir": str(self.host.state_dir),
+                "private_key_file": str(self.host.private_key_file),
+                "key_pair": KEY_PAIR_NAME,
+                "python_interpreter": self.host.python_interpreter,
+            },
+            "mirror": {"installer_url": self.mirror.installer_url, "installer_sha256": self.mirror.installer_sha256},
+            "started_at": self.started_at,
+        }
+
+    def _save(self) -> None:
+        data = {
+            "version": 1,
+            "region": self.region,
+            "moto": {"port": self.moto.port, "pid": self.moto.pid},
+            "build_host_dir": str(self.host.state_dir),
+            "mirror_dir": str(self.mirror.directory),
+            "started_at": self.started_at,
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.state_file)
+
+
+# -- life cycle ----------------------------------------------------------------------
+
+
+def up(state_dir: Path | None = None, region: str = DEFAULT_REGION) -> LocalCloud:
+    """Start the local cloud. A LocalCloudError when one already runs from `state_dir`."""
+    state_dir = Path(state_dir or default_state_dir()).absolute()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(state_dir):
+        existing = _load(state_dir)
+        if existing is not None:
+            if all(existing.alive().values()):
+                raise LocalCloudError(
+                    f"the local cloud already runs ({existing.endpoint}, state in {existing.state_file}); "
+                    "`factory local down` stops it"
+                )
+            _stop(existing)  # half-dead leftovers of a crashed run
+        return _start(state_dir, region)
+
+
+def down(state_dir: Path | None = None) -> bool:
+    """Stop the local cloud and remove what it made. False when none was running."""
+    state_dir = Path(state_dir or default_state_dir()).absolute()
+    with _locked(state_dir):
+        cloud = _load(state_dir)
+        if cloud is None:
+            return False
+        _stop(cloud)
+        return True
+
+
+def load(state_dir: Path | None = None) -> LocalCloud | None:
+    """The cloud recorded in `state_dir` (running or not), or None."""
+    return _load(Path(state_dir or default_state_dir()).absolute())
+
+
+def running(state_dir: Path | None = None) -> LocalCloud:
+    """The running local cloud, or a LocalCloudError saying how to start one."""
+    cloud = load(state_dir)
+    if cloud is None:
+        raise LocalCloudError("no local cloud is running: start one with `factory local up`")
+    alive = cloud.alive()
+    if not all(alive.values()):
+        dead = ", ".join(k for k, v in alive.items() if not v)
+        raise LocalCloudError(
+            f"the local cloud in {cloud.state_file} is not healthy ({dead} not answering): "
+            "`factory local down` then `factory local up`"
+        )
+    return cloud
+
+
+@contextlib.contextmanager
+def using_local_cloud(state_dir: Path | None = None, region: str = DEFAULT_REGION) -> Iterator[tuple[LocalCloud, bool]]:
+    """The running local cloud, or one started now and stopped on exit. Yields (cloud, started)."""
+    state_dir = Path(state_dir or default_state_dir()).absolute()
+    cloud = load(state_dir)
+    if cloud is not None and all(cloud.alive().values()):
+        yield cloud, False
+        return
+    cloud = up(state_dir, region)
+    try:
+        yield cloud, True
+    finally:
+        down(state_dir)
+
+
+# -- internals -----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _locked(state_dir: Path) -> Iterator[None]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / "local-cloud.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _start(state_dir: Path, region: str) -> LocalCloud:
+    from factory.local.buildhost import BuildHost
+    from factory.local.mirror import Mirror
+
+    moto = host = mirror = None
+    try:
+        moto = MotoServer.start(log_path=state_dir / "moto.log")
+        host = BuildHost.start(state_dir / "buildhost")
+        mirror = Mirror.start(state_dir / "mirror")
+        cloud = LocalCloud(
+            state_dir=state_dir,
+            region=region,
+            moto=moto,
+            host=host,
+            mirror=mirror,
+            started_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        cloud.ensure_key_pair(region)
+        cloud._save()
+        return cloud
+    except BaseException:
+        if mirror is not None:
+            with contextlib.suppress(Exception):
+                _stop_mirror(mirror)
+        if host is not None:
+            with contextlib.suppress(Exception):
+                host.stop(remove=True)
+        if moto is not None:
+            moto.stop()
+        raise
+
+
+def _load(state_dir: Path) -> LocalCloud | None:
+    f = state_dir / STATE_FILE
+    if not f.exists():
+        return None
+    from factory.local.buildhost import BuildHost
+    from factory.local.mirror import Mirror
+
+    try:
+        data = json.loads(f.read_text())
+        moto = MotoServer(port=int(data["moto"]["port"]), pid=int(data["moto"]["pid"]))
+        host_dir, mirror_dir = Path(data["build_host_dir"]), Path(data["mirror_dir"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LocalCloudError(f"{f} is damaged ({exc}); stop what runs and delete it") from None
+    host = BuildHost.load(host_dir) or _Gone(host_dir)
+    mirror = Mirror.load(mirror_dir) or _Gone(mirror_dir)
+    return LocalCloud(
+        state_dir=state_dir,
+        region=data.get("region", DEFAULT_REGION),
+        moto=moto,
+        host=host,
+        mirror=mirror,
+        started_at=data.get("started_at", ""),
+    )
+
+
+def _stop(cloud: LocalCloud) -> None:
+    problems = []
+    for name, stop in (("mirror", lambda: _stop_mirror(cloud.mirror)), ("build host", lambda: cloud.host.stop(remove=True))):
+        try:
+            stop()
+        except Exception as exc:  # keep stopping the rest
+            problems.append(f"{name}: {exc}")
+    cloud.moto.stop()
+    deadline = time.monotonic() + 10
+    while _pid_alive(cloud.moto.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    cloud.state_file.unlink(missing_ok=True)
+    (cloud.state_dir / "moto.log").unlink(missing_ok=True)
+    leftovers = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+                 if str(cloud.state_dir) in line.split()[1]]
+    if leftovers:
+        problems.append("mounts left: " + ", ".join(leftovers))
+    if problems:
+        raise LocalCloudError("the local cloud did not stop cleanly: " + "; ".join(problems))
+
+
+def _stop_mirror(mirror: Any) -> None:
+    import shutil
+
+    mirror.stop()
+    shutil.rmtree(mirror.directory, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+class _Gone:
+    """A part whose own state file is missing: nothing to stop, not alive."""
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = self.directory = state_dir
+        self.ssh_host, self.ssh_port, self.ssh_user = "127.0.0.1", 0, "root"
+        self.installer_url = self.installer_sha256 = None
+        self.python_interpreter = None
+        self.private_key_file = state_dir / "gone"
+        self.public_key = ""
+
+    def alive(self) -> bool:
+        return False
+
+    def stop(self, remove: bool = True) -> None:
+        if remove and self.state_dir.exists():
+            import shutil
+
+            shutil.rmtree(self.state_dir, ignore_errors=True)
