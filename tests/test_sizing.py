@@ -289,3 +289,13 @@ def test_size_task_al1_and_bad_benchmarks_name_the_spec(tmp_path):
         size_task(broken)
     assert "star-align.yaml" in exc.value.message and "storage.benchmarks" in exc.value.message
     assert "index_gib" in exc.value.message
+
+
+def test_bench_sizing_has_no_under_provisioned_workload(tmp_path):
+    """bench/sizing/run.py exits 0 only when the model under-provisions no workload."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "sizing" / "run.py")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "| model |" in r.stdout and "0 of" in r.stdout
