@@ -66,7 +66,6 @@ INFRA_KEYS = (
 )
 REPLACE_KEYS = ("spotIamFleetRole",)
 IMAGE_TYPES = {"al2023": "ECS_AL2023", "al2": "ECS_AL2", "al1": "ECS_AL1"}
-SERVICE_LINKED_ROLE = "AWSServiceRoleForBatch"
 
 MIME_BOUNDARY = "==FACTORY-BOUNDARY=="
 
@@ -450,7 +449,8 @@ def _resolve_role(clients: Clients, value: str | None, kind: str, setting: str) 
 
 
 def _is_service_linked(role: str | None) -> bool:
-    return role is None or role.endswith("/" + SERVICE_LINKED_ROLE)
+    """No role (Batch then uses its service-linked role) or that role's ARN."""
+    return role is None or ":role/aws-service-role/batch.amazonaws.com/" in role
 
 
 # ---------------------------------------------------------------------------------------

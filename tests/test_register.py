@@ -1,0 +1,559 @@
+"""factory.register against moto's server over real HTTP (no mocks, no patching).
+
+Every AWS call goes through boto3 to `moto_server` on a loopback port. Calls are counted
+with botocore's `before-call` event on the very clients register uses, so "a second run
+makes zero mutating calls" is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from factory.aws import Clients
+from factory.config import BatchConfig, ConfigError, FactoryConfig, load_config
+from factory.errors import FactoryError, UsageError
+from factory.local.moto_server import MotoServer
+from factory.register import (
+    TAG_MANAGED,
+    launch_template_data,
+    mime_user_data,
+    register_tasks,
+    targets_for,
+)
+from factory.spec import load_specs
+from factory.tiers import Tier
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "specs"
+REGION = "us-east-1"
+READ_PREFIXES = ("Describe", "List", "Get")
+
+
+# ---------------------------------------------------------------------------------------
+# Fixtures
+
+
+@pytest.fixture(scope="module")
+def moto():
+    server = MotoServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cloud(moto, monkeypatch):
+    """A clean moto with what real AWS accounts have: an instance profile and Batch's service-linked role."""
+    moto.reset()
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    clients = Clients(REGION, moto.endpoint)
+    iam = clients.client("iam")
+    slr = iam.create_service_linked_role(AWSServiceName="batch.amazonaws.com")["Role"]["Arn"]
+    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
+    iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
+    iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
+    iam.create_role(RoleName="BatchServiceRole", AssumeRolePolicyDocument="{}")
+    return Cloud(clients, slr, moto.endpoint)
+
+
+@dataclasses.dataclass
+class Cloud:
+    clients: Clients
+    slr: str  # Batch's service-linked role (moto needs a service role named explicitly)
+    endpoint: str
+
+    @property
+    def ec2(self):
+        return self.clients.ec2()
+
+    @property
+    def batch(self):
+        return self.clients.batch()
+
+    def config(self, **batch) -> FactoryConfig:
+        batch.setdefault("service_role", self.slr)
+        return FactoryConfig(batch=BatchConfig(**batch))
+
+    def bake(self, task: str, spec_hash: str = "") -> str:
+        """An AMI as `factory bake` leaves it: made from an instance, tagged factory:task."""
+        base = self.ec2.describe_images(
+            Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-ecs-hvm-*x86_64-ebs"]}]
+        )["Images"][0]["ImageId"]
+        instance = self.ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        ami = self.ec2.create_image(InstanceId=instance, Name=f"factory-{task}-{time.time_ns()}")["ImageId"]
+        self.ec2.create_tags(
+            Resources=[ami],
+            Tags=[
+                {"Key": "factory:task", "Value": task},
+                {"Key": "factory:spec-hash", "Value": spec_hash},
+                {"Key": "factory:image-hash", "Value": "test"},
+            ],
+        )
+        self.ec2.terminate_instances(InstanceIds=[instance])
+        return ami
+
+    def lt_version(self, name: str, version: str = "$Default") -> dict:
+        return self.ec2.describe_launch_template_versions(LaunchTemplateName=name, Versions=[version])["LaunchTemplateVersions"][0]
+
+    def ces(self) -> dict[str, dict]:
+        return {c["computeEnvironmentName"]: c for c in self.batch.describe_compute_environments()["computeEnvironments"]}
+
+    def queues(self) -> dict[str, dict]:
+        return {q["jobQueueName"]: q for q in self.batch.describe_job_queues()["jobQueues"]}
+
+
+class Calls:
+    """Every AWS operation the given clients make, via botocore's before-call event."""
+
+    def __init__(self, clients: Clients, services=("ec2", "batch", "iam")):
+        self.ops: list[str] = []
+        self.params: list[tuple[str, dict]] = []
+        self._clients = [clients.client(s) for s in services]
+        for c in self._clients:
+            c.meta.events.register("before-call", self._call)
+            c.meta.events.register("before-parameter-build", self._params)
+
+    def _call(self, model, **_):
+        self.ops.append(model.name)
+
+    def _params(self, model, params, **_):
+        self.params.append((model.name, json.loads(json.dumps(params, default=str))))
+
+    @property
+    def mutating(self) -> list[str]:
+        return [op for op in self.ops if not op.startswith(READ_PREFIXES)]
+
+    def of(self, op: str) -> list[dict]:
+        return [p for name, p in self.params if name == op]
+
+    def close(self):
+        for c in self._clients:
+            c.meta.events.unregister("before-call", self._call)
+            c.meta.events.unregister("before-parameter-build", self._params)
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return load_specs([SPECS])
+
+
+def bake_all(cloud: Cloud, specs) -> dict[str, str]:
+    return {s.name: cloud.bake(s.name, s.spec_hash) for s in specs}
+
+
+def run(cloud: Cloud, specs, config=None, **kw):
+    return register_tasks(specs, cloud.clients, config=config or cloud.config(), all_specs=specs, poll=0.01, **kw)
+
+
+def with_batch(spec, **changes):
+    return dataclasses.replace(spec, batch=dataclasses.replace(spec.batch, **changes))
+
+
+# ---------------------------------------------------------------------------------------
+# What a first run creates
+
+
+def test_all_specs_make_one_launch_template_environment_and_queue_per_tier(cloud, specs):
+    amis = bake_all(cloud, specs)
+    result = run(cloud, specs)
+
+    from factory.sizing import size_specs
+    from factory.tiers import choose_tiers
+
+    tiers = choose_tiers(size_specs(specs))
+    assert sorted(t.tier for t in result.tiers) == sorted(t.name for t in tiers)
+    assert len(result.tiers) == 3
+    by_spec = {s.name: s for s in specs}
+    for tier in tiers:
+        name = f"factory-{tier.name}"
+        data = cloud.lt_version(name)["LaunchTemplateData"]
+        assert data["ImageId"] == amis[tier.largest_task]
+        (bdm,) = data["BlockDeviceMappings"]
+        assert bdm["DeviceName"] == "/dev/xvda"
+        assert bdm["Ebs"] == {"VolumeSize": tier.volume_gib, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        assert data["MetadataOptions"]["HttpEndpoint"] == "enabled"
+        assert "UserData" not in data  # nothing to run at boot
+        lt = cloud.ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"][0]
+        tags = {t["Key"]: t["Value"] for t in lt["Tags"]}
+        assert tags == {"factory:tier": tier.name, "factory:tasks": ",".join(tier.tasks), TAG_MANAGED: "true"}
+
+        ce = cloud.ces()[name]
+        cr = ce["computeResources"]
+        spec = by_spec[tier.largest_task]
+        assert ce["type"] == "MANAGED" and ce["state"] == "ENABLED" and ce["status"] == "VALID"
+        assert cr["launchTemplate"] == {"launchTemplateName": name, "version": "1"}  # pinned, not $Latest
+        assert cr["type"] == ("SPOT" if spec.batch.provisioning == "spot" else "EC2")
+        assert cr["allocationStrategy"] == spec.batch.allocation_strategy
+        assert cr["instanceTypes"] == list(spec.batch.instance_types)
+        assert (cr["minvCpus"], cr["maxvCpus"]) == (spec.batch.min_vcpus, spec.batch.max_vcpus)
+        assert cr.get("bidPercentage") == spec.batch.spot_bid_percentage
+        assert cr["instanceRole"].endswith(":instance-profile/ecsInstanceRole")
+        assert ce["tags"][TAG_MANAGED] == "true"
+
+        queue = cloud.queues()[name]
+        assert queue["state"] == "ENABLED"
+        assert [o["computeEnvironment"] for o in queue["computeEnvironmentOrder"]] == [ce["computeEnvironmentArn"]]
+        assert queue["tags"]["factory:tier"] == tier.name
+
+        tr = result.for_task(tier.largest_task)
+        assert tr.task_json() == {
+            "tier": tier.name,
+            "ami_id": amis[tier.largest_task],
+            "launch_template": {"name": name, "version": 1},
+            "compute_environment": name,
+            "job_queue": name,
+        }
+    # The default VPC was used, and the result says so.
+    vpc = cloud.ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    assert result.tiers[0].network.source.startswith(f"default VPC {vpc}")
+    assert set(cloud.ces()[result.tiers[0].compute_environment]["computeResources"]["subnets"]) == set(result.tiers[0].network.subnets)
+
+
+def test_registering_one_task_uses_the_same_tiers_as_all(cloud, specs):
+    bake_all(cloud, specs)
+    result = run(cloud, [s for s in specs if s.name == "salmon-quant"])
+    assert [t.tasks for t in result.tiers] == [("salmon-quant",)]
+    assert set(cloud.queues()) == {f"factory-{result.tiers[0].tier}"}
+
+
+def test_tier_uses_the_largest_tasks_ami(cloud, specs):
+    # Two tasks in one tier (what `--max-tiers 2` gives): the AMI is the largest task's.
+    amis = bake_all(cloud, specs)
+    result = run(cloud, specs, config=dataclasses.replace(cloud.config(), max_tiers=2))
+    shared = [t for t in result.tiers if len(t.tasks) == 2]
+    assert len(shared) == 1 and set(shared[0].tasks) == {"salmon-index", "star-align"}
+    assert cloud.lt_version(f"factory-{shared[0].tier}")["LaunchTemplateData"]["ImageId"] == amis["star-align"]
+    assert result.for_task("salmon-index").ami_id == amis["star-align"]
+
+
+# ---------------------------------------------------------------------------------------
+# Idempotence
+
+
+def test_second_run_makes_no_mutating_call_and_says_unchanged(cloud, specs):
+    bake_all(cloud, specs)
+    first = run(cloud, specs)
+    assert first.changed
+    calls = Calls(cloud.clients)
+    try:
+        second = run(cloud, specs)
+    finally:
+        calls.close()
+    assert calls.ops, "the hook saw no call at all: the count would prove nothing"
+    assert calls.mutating == []
+    assert not second.changed
+    assert second.to_json()["status"] == "unchanged"
+    assert {c.action for t in second.tiers for c in t.changes} == {"unchanged"}
+    assert second.to_json()["tasks"] == first.to_json()["tasks"]
+
+
+def test_plan_mutates_nothing_and_lists_what_register_would_create(cloud, specs):
+    bake_all(cloud, specs)
+    calls = Calls(cloud.clients)
+    try:
+        plan = run(cloud, specs, dry_run=True)
+    finally:
+        calls.close()
+    assert calls.mutating == []
+    actions = [(c.resource, c.action) for t in plan.tiers for c in t.changes]
+    assert actions == [("launch-template", "create"), ("compute-environment", "create"), ("job-queue", "create")] * 3
+    assert cloud.ces() == {} and cloud.queues() == {}
+
+
+# ---------------------------------------------------------------------------------------
+# Changes
+
+
+def test_new_ami_makes_a_new_launch_template_version_and_updates_the_environment(cloud, specs):
+    bake_all(cloud, specs)
+    first = run(cloud, specs)
+    star = first.for_task("star-align")
+    name = f"factory-{star.tier}"
+    time.sleep(1.1)  # AMI creation dates have one-second resolution
+    new_ami = cloud.bake("star-align", next(s.spec_hash for s in specs if s.name == "star-align"))
+
+    plan = run(cloud, specs, dry_run=True)
+    star_plan = {c.resource: c for c in plan.for_task("star-align").changes}
+    assert star_plan["launch-template"].action == "update" and new_ami in star_plan["launch-template"].reason
+    assert star_plan["compute-environment"].action == "update"
+    assert "version 1 -> 2" in star_plan["compute-environment"].reason
+
+    calls = Calls(cloud.clients)
+    try:
+        second = run(cloud, specs)
+    finally:
+        calls.close()
+    assert sorted(calls.mutating) == ["CreateLaunchTemplateVersion", "ModifyLaunchTemplate", "UpdateComputeEnvironment"]
+    default = cloud.lt_version(name)
+    assert default["VersionNumber"] == 2 and default["DefaultVersion"] is True
+    assert default["LaunchTemplateData"]["ImageId"] == new_ami
+    (update,) = calls.of("UpdateComputeEnvironment")
+    assert update["computeEnvironment"] == name
+    assert update["computeResources"]["launchTemplate"] == {"launchTemplateName": name, "version": "2"}
+    assert update["computeResources"]["updateToLatestImageVersion"] is True
+    assert second.for_task("star-align").task_json()["launch_template"] == {"name": name, "version": 2}
+    # In place: the same environment, still behind the same queue; nothing else touched.
+    assert set(cloud.ces()) == {f"factory-{t.tier}" for t in first.tiers}
+    others = [t for t in second.tiers if t.tier != star.tier]
+    assert all(not t.changed for t in others)
+
+
+def test_ami_given_explicitly_wins_over_the_tag_lookup(cloud, specs):
+    bake_all(cloud, specs)
+    run(cloud, specs)
+    given = cloud.bake("other-name")
+    result = run(cloud, specs, ami_overrides={"salmon-quant": given})
+    tr = result.for_task("salmon-quant")
+    assert tr.ami_id == given and tr.launch_template["version"] == 2
+    assert cloud.lt_version(f"factory-{tr.tier}")["LaunchTemplateData"]["ImageId"] == given
+
+
+def test_best_fit_environment_is_replaced_not_updated(cloud, specs):
+    # BEST_FIT allows no infrastructure update: a new AMI means a new compute environment,
+    # the queue moved to it, the old one disabled and deleted.
+    specs = [with_batch(s, allocation_strategy="BEST_FIT") if s.name == "star-align" else s for s in specs]
+    bake_all(cloud, specs)
+    first = run(cloud, specs)
+    name = f"factory-{first.for_task('star-align').tier}"
+    new_ami = cloud.bake("star-align")
+    calls = Calls(cloud.clients)
+    try:
+        second = run(cloud, specs, ami_overrides={"star-align": new_ami})
+    finally:
+        calls.close()
+    tr = second.for_task("star-align")
+    assert tr.compute_environment.startswith(name + "-") and tr.compute_environment != name
+    ces = cloud.ces()
+    assert name not in ces and tr.compute_environment in ces
+    assert ces[tr.compute_environment]["computeResources"]["launchTemplate"]["version"] == "2"
+    assert [o["computeEnvironment"] for o in cloud.queues()[name]["computeEnvironmentOrder"]] == [ces[tr.compute_environment]["computeEnvironmentArn"]]
+    assert "UpdateComputeEnvironment" in calls.mutating  # the old one was disabled first
+    assert calls.mutating.index("UpdateJobQueue") < calls.mutating.index("DeleteComputeEnvironment")
+    assert [c.action for c in tr.changes if c.resource == "compute-environment"] == ["replace", "delete"]
+    # ... and the replacement is stable: a third run changes nothing.
+    calls = Calls(cloud.clients)
+    try:
+        third = run(cloud, specs, ami_overrides={"star-align": new_ami})
+    finally:
+        calls.close()
+    assert calls.mutating == [] and not third.changed
+
+
+def test_scaling_change_is_an_in_place_update(cloud, specs):
+    bake_all(cloud, specs)
+    run(cloud, specs)
+    bigger = [with_batch(s, max_vcpus=512) if s.name == "salmon-quant" else s for s in specs]
+    calls = Calls(cloud.clients)
+    try:
+        result = run(cloud, bigger)
+    finally:
+        calls.close()
+    assert calls.mutating == ["UpdateComputeEnvironment"]
+    (update,) = calls.of("UpdateComputeEnvironment")
+    assert update["computeResources"] == {"maxvCpus": 512}
+    change = next(c for c in result.for_task("salmon-quant").changes if c.resource == "compute-environment")
+    assert change.action == "update" and change.reason.startswith("scaling update")
+
+
+def test_regular_service_role_means_replacement_for_infrastructure_changes(cloud, specs):
+    role = cloud.clients.client("iam").get_role(RoleName="BatchServiceRole")["Role"]["Arn"]
+    config = cloud.config(service_role=role)
+    bake_all(cloud, specs)
+    run(cloud, specs, config=config)
+    result = run(cloud, specs, config=config, ami_overrides={"salmon-quant": cloud.bake("salmon-quant")})
+    change = next(c for c in result.for_task("salmon-quant").changes if c.resource == "compute-environment")
+    assert change.action == "replace" and "service-linked role" in change.reason
+
+
+# ---------------------------------------------------------------------------------------
+# A run that fails half way is finished by the next one
+
+
+def test_failure_before_the_queue_is_repaired_not_duplicated(cloud, specs):
+    bake_all(cloud, specs)
+    batch = cloud.batch
+
+    def boom(**_):
+        raise RuntimeError("injected failure before CreateJobQueue")
+
+    batch.meta.events.register("before-call.batch.CreateJobQueue", boom)
+    try:
+        with pytest.raises(RuntimeError, match="injected"):
+            run(cloud, specs)
+    finally:
+        batch.meta.events.unregister("before-call.batch.CreateJobQueue", boom)
+    assert len(cloud.ces()) == 1 and cloud.queues() == {}  # the first tier got its LT and CE only
+
+    calls = Calls(cloud.clients)
+    try:
+        result = run(cloud, specs)
+    finally:
+        calls.close()
+    assert calls.mutating.count("CreateLaunchTemplate") == 2
+    assert calls.mutating.count("CreateComputeEnvironment") == 2
+    assert calls.mutating.count("CreateJobQueue") == 3
+    assert len(cloud.ces()) == 3 and len(cloud.queues()) == 3
+    for t in result.tiers:
+        versions = cloud.ec2.describe_launch_template_versions(LaunchTemplateName=f"factory-{t.tier}")["LaunchTemplateVersions"]
+        assert len(versions) == 1
+    calls = Calls(cloud.clients)
+    try:
+        run(cloud, specs)
+    finally:
+        calls.close()
+    assert calls.mutating == []
+
+
+def test_failure_between_new_version_and_default_is_repaired_without_a_third_version(cloud, specs):
+    bake_all(cloud, specs)
+    first = run(cloud, specs)
+    name = f"factory-{first.for_task('salmon-quant').tier}"
+    new_ami = cloud.bake("salmon-quant")
+    ec2 = cloud.ec2
+
+    def boom(**_):
+        raise RuntimeError("injected failure before ModifyLaunchTemplate")
+
+    ec2.meta.events.register("before-call.ec2.ModifyLaunchTemplate", boom)
+    try:
+        with pytest.raises(RuntimeError):
+            run(cloud, specs, ami_overrides={"salmon-quant": new_ami})
+    finally:
+        ec2.meta.events.unregister("before-call.ec2.ModifyLaunchTemplate", boom)
+    assert cloud.lt_version(name)["VersionNumber"] == 1  # version 2 exists, but is not the default
+
+    calls = Calls(cloud.clients)
+    try:
+        result = run(cloud, specs, ami_overrides={"salmon-quant": new_ami})
+    finally:
+        calls.close()
+    assert "CreateLaunchTemplateVersion" not in calls.mutating
+    assert cloud.lt_version(name)["VersionNumber"] == 2
+    assert len(ec2.describe_launch_template_versions(LaunchTemplateName=name)["LaunchTemplateVersions"]) == 2
+    assert result.for_task("salmon-quant").launch_template["version"] == 2
+
+
+# ---------------------------------------------------------------------------------------
+# Config, network, roles and clear errors
+
+
+def test_subnets_and_security_groups_from_the_config_file(cloud, specs, tmp_path):
+    vpc = cloud.ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = cloud.ec2.create_subnet(VpcId=vpc, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    group = cloud.ec2.create_security_group(GroupName="batch", Description="batch", VpcId=vpc)["GroupId"]
+    path = tmp_path / "factory.yaml"
+    path.write_text(
+        f"batch:\n  subnets: [{subnet}]\n  security_groups: [{group}]\n  service_role: {cloud.slr}\n"
+        "launch_template:\n  boot_commands:\n    - echo ECS_ENABLE_SPOT_INSTANCE_DRAINING=true >> /etc/ecs/ecs.config\n"
+    )
+    config = load_config(None, search_dir=tmp_path)  # found as ./factory.yaml
+    assert config.path == path.resolve()
+    bake_all(cloud, specs)
+    result = run(cloud, specs, config=config)
+    assert result.tiers[0].network.source == f"config {path.resolve()}"
+    cr = cloud.ces()[result.tiers[0].compute_environment]["computeResources"]
+    assert cr["subnets"] == [subnet] and cr["securityGroupIds"] == [group]
+    user_data = base64.b64decode(cloud.lt_version(f"factory-{result.tiers[0].tier}")["LaunchTemplateData"]["UserData"]).decode()
+    assert user_data.startswith('Content-Type: multipart/mixed; boundary="')
+    assert "Content-Type: text/x-shellscript" in user_data
+    assert "ECS_ENABLE_SPOT_INSTANCE_DRAINING=true" in user_data
+
+
+def test_missing_default_vpc_is_a_clear_error(cloud, specs):
+    bake_all(cloud, specs)
+    ec2 = cloud.ec2
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]:
+        ec2.delete_subnet(SubnetId=s["SubnetId"])
+    ec2.delete_vpc(VpcId=vpc)
+    with pytest.raises(FactoryError) as exc:
+        run(cloud, specs)
+    assert "no default VPC" in exc.value.message
+    assert "batch.subnets" in exc.value.message and "factory.yaml" in exc.value.message
+    assert cloud.ec2.describe_launch_templates()["LaunchTemplates"] == []  # refused before creating anything
+
+
+def test_missing_ami_says_bake_first(cloud, specs):
+    with pytest.raises(FactoryError, match=r"factory bake salmon-index"):
+        run(cloud, specs)
+
+
+def test_missing_instance_profile_names_the_setting(cloud, specs):
+    bake_all(cloud, specs)
+    with pytest.raises(FactoryError) as exc:
+        run(cloud, specs, config=cloud.config(instance_role="noSuchProfile"))
+    assert "noSuchProfile" in exc.value.message and "batch.instance_role" in exc.value.message
+
+
+def test_unmanaged_launch_template_with_our_name_is_not_taken_over(cloud, specs):
+    bake_all(cloud, specs)
+    plan = run(cloud, specs, dry_run=True)
+    name = f"factory-{plan.tiers[0].tier}"
+    cloud.ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={"ImageId": "ami-12345678"})
+    with pytest.raises(FactoryError, match="not managed by factory"):
+        run(cloud, specs)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("batch:\n  subnets: [subnet-1]\n", "give both `subnets` and `security_groups`"),
+        ("batch:\n  subnets: [vpc-1]\n  security_groups: [sg-1]\n", "'vpc-1' is not a subnet-... id"),
+        ("batch:\n  subnet: [subnet-1]\n", "batch.subnet: unknown setting"),
+        ("bacth: {}\n", "bacth: unknown section"),
+        ("prune:\n  keep: 0\n", "prune.keep"),
+        ("tiers:\n  max_tiers: many\n", "tiers.max_tiers"),
+        ("batch: [1, 2]\n", "batch: must be a mapping"),
+        ("batch:\n  subnets: [subnet-1\n", "not valid YAML (line"),
+    ],
+)
+def test_bad_config_names_file_field_and_fix(tmp_path, text, expected):
+    path = tmp_path / "factory.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert expected in exc.value.message
+    assert str(path) in exc.value.message
+    assert exc.value.exit_code == 1
+
+
+def test_config_defaults_and_missing_file(tmp_path):
+    config = load_config(None, search_dir=tmp_path)
+    assert config.path is None and config.batch.instance_role == "ecsInstanceRole" and config.batch.service_role is None
+    with pytest.raises(UsageError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+# ---------------------------------------------------------------------------------------
+# The launch template content, without AWS
+
+
+def test_al1_keeps_the_root_and_sizes_the_docker_device(specs):
+    spec = next(s for s in specs if s.name == "star-align")
+    al1 = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base="ecs-al1", family="al1"))
+    (target,) = targets_for([al1], [Tier("77g", 77, (al1.name,), ())], {al1.name: 77})
+    data = launch_template_data(target, "ami-1")
+    assert [m["DeviceName"] for m in data["BlockDeviceMappings"]] == ["/dev/xvdcz"]
+    assert data["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 77
+
+
+def test_user_data_only_when_something_runs_at_boot(specs):
+    (target,) = targets_for(specs[:1], [Tier("10g", 10, (specs[0].name,), ())], {specs[0].name: 10})
+    assert "UserData" not in launch_template_data(target, "ami-1")
+    text = base64.b64decode(launch_template_data(target, "ami-1", ["echo hi"])["UserData"]).decode()
+    assert text == mime_user_data(["echo hi"])
+    assert text.rstrip().endswith("--==FACTORY-BOUNDARY==--") and "#!/bin/bash" in text
+
+
+def test_tier_mixing_groups_is_refused(specs):
+    with pytest.raises(FactoryError, match="mixes tasks"):
+        targets_for(specs, [Tier("x", 10, tuple(s.name for s in specs), ())], {s.name: 10 for s in specs})
