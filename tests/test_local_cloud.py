@@ -1,0 +1,145 @@
+"""The local cloud's life cycle: `factory local up|status|down`, the state file, cleanup.
+
+Real processes: moto's server, the build host (sshd and dockerd in their own
+namespaces), the mirror. One cloud for the module; the last test stops it and checks
+that nothing is left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from factory.errors import LocalCloudError
+from factory.local import cloud as local_cloud
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists(),
+    reason="the local cloud needs root and openssh-server (make system-deps)",
+)
+
+FACTORY = str(Path(sys.executable).with_name("factory"))
+
+
+def factory(*args: str, state_dir: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FACTORY_STATE_DIR=str(state_dir))
+    return subprocess.run([FACTORY, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("local-cloud") / ".factory"
+    yield d
+    local_cloud.down(d)  # whatever a failing test left
+
+
+@pytest.fixture(scope="module")
+def up(state_dir):
+    proc = factory("local", "up", "--json", state_dir=state_dir)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _pids(state_dir: Path) -> list[int]:
+    data = json.loads((state_dir / "local-cloud.json").read_text())
+    host = json.loads((Path(data["build_host_dir"]) / "buildhost.json").read_text())
+    mirror = json.loads((Path(data["mirror_dir"]) / "mirror.json").read_text())
+    return [data["moto"]["pid"], host["pid"], host["init_pid"], mirror["pid"]]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_up_reports_where_everything_runs(up):
+    assert up["running"] is True
+    assert up["endpoint"].startswith("http://127.0.0.1:")
+    assert up["build_host"]["ssh"].startswith("root@127.0.0.1:")
+    assert up["mirror"]["installer_url"].startswith("http://127.0.0.1:")
+    assert len(up["mirror"]["installer_sha256"]) == 64
+
+
+def test_status_finds_it_from_another_process(up, state_dir):
+    proc = factory("local", "status", "--json", state_dir=state_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["endpoint"] == up["endpoint"]
+    text = factory("local", "status", state_dir=state_dir)
+    assert "local cloud: running" in text.stdout
+
+
+def test_state_file_keeps_no_secret(up, state_dir):
+    f = state_dir / "local-cloud.json"
+    assert oct(f.stat().st_mode & 0o777) == "0o600"
+    text = f.read_text()
+    key = Path(up["build_host"]["private_key_file"])
+    assert key.is_file() and str(key).startswith(str(state_dir))  # the throwaway dir
+    assert key.read_text().strip() not in text
+    assert "PRIVATE KEY" not in text and "testing" not in text
+
+
+def test_the_build_host_key_is_imported_into_moto(up, state_dir):
+    lc = local_cloud.running(state_dir)
+    ec2 = lc.clients("us-east-1").ec2()
+    names = [k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]]
+    assert local_cloud.KEY_PAIR_NAME in names
+    # Another region gets it on demand.
+    lc.ensure_key_pair("eu-west-1")
+    assert local_cloud.KEY_PAIR_NAME in [k["KeyName"] for k in lc.clients("eu-west-1").ec2().describe_key_pairs()["KeyPairs"]]
+
+
+def test_the_build_host_answers_ssh_and_runs_docker(up, state_dir):
+    lc = local_cloud.running(state_dir)
+    proc = subprocess.run([*lc.host.ssh_args(), "docker", "info", "--format", "{{.Driver}}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "overlay2"
+
+
+def test_a_second_up_is_refused(up, state_dir):
+    proc = factory("local", "up", state_dir=state_dir)
+    assert proc.returncode == 1
+    assert "already runs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_using_a_running_cloud_does_not_stop_it(up, state_dir):
+    with local_cloud.using_local_cloud(state_dir) as (lc, started):
+        assert started is False
+    assert local_cloud.running(state_dir).endpoint == up["endpoint"]
+
+
+def test_down_leaves_no_process_and_no_mount(up, state_dir):
+    pids = _pids(state_dir)
+    assert all(_alive(p) for p in pids)
+    proc = factory("local", "down", state_dir=state_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert not [p for p in pids if _alive(p)]
+    mounts = Path("/proc/self/mounts").read_text()
+    assert str(state_dir) not in mounts
+    assert not (state_dir / "local-cloud.json").exists()
+    assert not (state_dir / "buildhost").exists()
+    status = factory("local", "status", state_dir=state_dir)
+    assert status.returncode == 1 and "not running" in status.stdout
+    with pytest.raises(LocalCloudError, match="factory local up"):
+        local_cloud.running(state_dir)
+    again = factory("local", "down", state_dir=state_dir)
+    assert again.returncode == 0 and "no local cloud was running" in again.stderr
+
+
+def test_using_local_cloud_starts_and_stops_one(tmp_path):
+    state = tmp_path / ".factory"
+    with local_cloud.using_local_cloud(state) as (lc, started):
+        assert started is True
+        pids = _pids(state)
+        assert lc.moto.alive()
+    assert not [p for p in pids if _alive(p)]
+    assert local_cloud.load(state) is None
