@@ -967,3 +967,77 @@ def _regional(clients: Clients, region: str) -> Clients:
     if key not in _REGIONAL:
         _REGIONAL[key] = replace(clients, region=region, _session=None, _cache={})
     return _REGIONAL[key]
+
+
+# ---------------------------------------------------------------------------------------
+# Prune
+
+
+@dataclass
+class PruneResult:
+    dry_run: bool
+    keep: int
+    changes: list[Change]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "keep": self.keep, "changes": [c.to_json() for c in self.changes]}
+
+
+def prune(clients: Clients, keep: int = 3, dry_run: bool = True) -> PruneResult:
+    """Delete launch template versions and deregister factory AMIs nothing uses any more.
+
+    Kept: each managed launch template's default version, every version a compute
+    environment pins, and the newest `keep`; each task's newest `keep` AMIs and every AMI
+    a kept version uses. AMI snapshots are deleted with their AMI. Only resources tagged
+    by factory are considered. `dry_run` (the CLI's default) lists and deletes nothing.
+    """
+    if keep < 1:
+        raise UsageError(f"--keep must be at least 1 (got {keep})")
+    ec2, batch = clients.ec2(), clients.batch()
+    changes: list[Change] = []
+    with aws_errors("listing factory's launch templates"):
+        lts = ec2.describe_launch_templates(Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}])["LaunchTemplates"]
+        ces = batch.describe_compute_environments()["computeEnvironments"]
+    pinned: dict[str, set[str]] = {}
+    for ce in ces:
+        spec = (ce.get("computeResources") or {}).get("launchTemplate") or {}
+        for key in (spec.get("launchTemplateName"), spec.get("launchTemplateId")):
+            if key:
+                pinned.setdefault(key, set()).add(str(spec.get("version")))
+    used_amis: set[str] = set()
+    for lt in lts:
+        lt_id, name = lt["LaunchTemplateId"], lt["LaunchTemplateName"]
+        with aws_errors(f"reading launch template {name} versions"):
+            versions = ec2.describe_launch_template_versions(LaunchTemplateId=lt_id)["LaunchTemplateVersions"]
+        versions.sort(key=lambda v: int(v["VersionNumber"]), reverse=True)
+        keep_numbers = {str(v["VersionNumber"]) for v in versions[:keep]}
+        keep_numbers.add(str(lt["DefaultVersionNumber"]))
+        keep_numbers |= pinned.get(name, set()) | pinned.get(lt_id, set())
+        doomed = [str(v["VersionNumber"]) for v in versions if str(v["VersionNumber"]) not in keep_numbers]
+        for v in versions:
+            if str(v["VersionNumber"]) in keep_numbers and v["LaunchTemplateData"].get("ImageId"):
+                used_amis.add(v["LaunchTemplateData"]["ImageId"])
+        if doomed:
+            changes.append(Change("launch-template", name, "delete", f"versions {', '.join(sorted(doomed, key=int))} (not default, not pinned, not among the newest {keep})"))
+            if not dry_run:
+                with aws_errors(f"deleting versions of launch template {name}"):
+                    for i in range(0, len(doomed), 200):
+                        ec2.delete_launch_template_versions(LaunchTemplateId=lt_id, Versions=doomed[i : i + 200])
+    with aws_errors("listing factory's AMIs"):
+        images = ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_TASK]}])["Images"]
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for image in images:
+        by_task.setdefault(_tags(image.get("Tags")).get(TAG_TASK, "?"), []).append(image)
+    for task, group in sorted(by_task.items()):
+        group.sort(key=lambda i: (i.get("CreationDate", ""), i["ImageId"]), reverse=True)
+        for image in group[keep:]:
+            if image["ImageId"] in used_amis:
+                continue
+            snapshots = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+            changes.append(Change("ami", image["ImageId"], "delete", f"task {task}, {image.get('CreationDate', '?')}: older than the newest {keep} and in no kept launch template version"))
+            if not dry_run:
+                with aws_errors(f"deregistering AMI {image['ImageId']}"):
+                    ec2.deregister_image(ImageId=image["ImageId"])
+                    for snap in snapshots:
+                        ec2.delete_snapshot(SnapshotId=snap)
+    return PruneResult(dry_run, keep, changes)

@@ -1,37 +1,194 @@
-"""`factory plan`, `register`, `nextflow-config`, `prune` (issue 7)."""
+"""`factory plan`, `register`, `nextflow-config`, `prune` (issue 7). Thin over factory.register.
+
+    factory plan [TASK | --all]                         what register would do; changes nothing
+    factory register [TASK | --all] [--ami AMI] [--dry-run] [--json]
+    factory nextflow-config [TASK... | --all] [--out FILE]
+    factory prune [--keep N] [--apply]                  dry run unless --apply
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
 
 import typer
 
 from factory.cli.app import app
-from factory.cli.common import handle_errors
-from factory.errors import NotReady
+from factory.cli.common import DEFAULT_SPECS_DIR, err, handle_errors, print_json, stdout_console
+from factory.errors import UsageError
 
-_EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+_SPECS = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Folder of task specs.")
+_CONFIG = typer.Option(None, "--config", help="Settings file (default: ./factory.yaml when present); see docs/register.md.")
 
 
-@app.command(context_settings=_EXTRA)
+def _select(task: Optional[str], all_specs: bool, specs_dir: Path, example: str) -> tuple[list[Any], list[Any]]:
+    """(selected specs, every spec in the folder): tiers are always chosen over all of them."""
+    from factory.spec import find_spec, load_specs
+
+    if bool(task) == bool(all_specs):
+        raise UsageError(f"give a TASK or --all, not {'both' if task else 'neither'} (e.g. {example})")
+    if task:
+        spec = find_spec(task, specs_dir)
+        folder_specs = load_specs([spec.path.parent])
+        if spec.name not in {s.name for s in folder_specs}:
+            folder_specs.append(spec)
+        return [spec], folder_specs
+    everything = load_specs([specs_dir])
+    return everything, everything
+
+
+def _clients(specs: list[Any]):
+    from factory.aws import Clients
+
+    # Region from the specs; endpoint and credentials from the usual AWS settings
+    # (AWS_ENDPOINT_URL points the unchanged CLI at the local cloud).
+    return Clients(region=specs[0].region)
+
+
+def _run(command, task, all_specs, specs_dir, config_path, ami, dry_run, progress):
+    from factory.config import load_config
+    from factory.register import register_tasks
+
+    selected, everything = _select(task, all_specs, specs_dir, f"factory {command} salmon-quant, factory {command} --all")
+    if ami and not task:
+        raise UsageError(f"--ami goes with one TASK (e.g. factory {command} salmon-quant --ami ami-0123...)")
+    if ami and not ami.startswith("ami-"):
+        raise UsageError(f"--ami {ami!r} is not an AMI id (ami-...)")
+    config = load_config(config_path)
+    overrides = {selected[0].name: ami} if ami else None
+    return register_tasks(selected, _clients(selected), overrides, dry_run, config=config, all_specs=everything, progress=progress)
+
+
+def _print_result(result, title: str) -> None:
+    from rich.table import Table
+
+    console = stdout_console()
+    table = Table(title=title, title_justify="left")
+    for col in ("tier", "resource", "name", "action", "reason"):
+        table.add_column(col, overflow="fold")
+    styles = {"create": "green", "update": "yellow", "replace": "magenta", "delete": "red", "unchanged": "dim"}
+    for tier in result.tiers:
+        for i, c in enumerate(tier.changes):
+            table.add_row(tier.tier if i == 0 else "", c.resource, c.name, f"[{styles.get(c.action, '')}]{c.action}[/]", c.reason)
+    console.print(table)
+    for tier in result.tiers:
+        console.print(
+            f"tier {tier.tier} ({', '.join(tier.tasks)}): AMI {tier.ami_id} ({tier.ami_source}), {tier.volume_gib} GiB, "
+            f"queue {tier.job_queue}", highlight=False, markup=False
+        )
+        for note in tier.notes:
+            console.print(f"  note: {note}", highlight=False, markup=False)
+    networks = {t.network.source for t in result.tiers}
+    for source in sorted(networks):
+        console.print(f"subnets and security groups: {source}", highlight=False, markup=False)
+    console.print(f"config: {result.config_source}", highlight=False, markup=False)
+    console.print("unchanged: nothing to do" if not result.changed else ("dry run: nothing was changed" if result.dry_run else "done"), highlight=False, markup=False)
+
+
+@app.command()
 @handle_errors
-def plan(ctx: typer.Context) -> None:
-    """Show what `register` would create, change or leave alone (not built yet)."""
-    raise NotReady("`factory plan` is not built yet (issue 7)")
+def plan(
+    task: Optional[str] = typer.Argument(None, help="Task name (specs/<task>.yaml) or a spec file."),
+    all_specs: bool = typer.Option(False, "--all", help="Every spec in --specs-dir."),
+    ami: Optional[str] = typer.Option(None, "--ami", help="Plan with this AMI for TASK instead of its newest baked one."),
+    specs_dir: Path = _SPECS,
+    config: Optional[Path] = _CONFIG,
+    json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Show what `register` would create, change or leave alone (reads AWS, changes nothing)."""
+    result = _run("plan", task, all_specs, specs_dir, config, ami, True, None)
+    if json_output:
+        print_json(result.to_json())
+    else:
+        _print_result(result, "factory plan")
 
 
-@app.command(context_settings=_EXTRA)
+@app.command()
 @handle_errors
-def register(ctx: typer.Context) -> None:
-    """Register AMIs into launch templates, compute environments and job queues (not built yet)."""
-    raise NotReady("`factory register` is not built yet (issue 7)")
+def register(
+    task: Optional[str] = typer.Argument(None, help="Task name (specs/<task>.yaml) or a spec file."),
+    all_specs: bool = typer.Option(False, "--all", help="Every spec in --specs-dir."),
+    ami: Optional[str] = typer.Option(None, "--ami", help="Use this AMI for TASK instead of its newest baked one."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show the plan (same as `factory plan`)."),
+    specs_dir: Path = _SPECS,
+    config: Optional[Path] = _CONFIG,
+    json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Register AMIs into launch templates, Batch compute environments and job queues, per tier."""
+    progress = None if json_output else (lambda msg: err(msg))
+    result = _run("register", task, all_specs, specs_dir, config, ami, dry_run, progress)
+    if json_output:
+        print_json(result.to_json())
+    else:
+        _print_result(result, "factory register" + (" (dry run)" if dry_run else ""))
 
 
-@app.command("nextflow-config", context_settings=_EXTRA)
+@app.command("nextflow-config")
 @handle_errors
-def nextflow_config(ctx: typer.Context) -> None:
-    """Write a Nextflow config sending each task to its queue (not built yet)."""
-    raise NotReady("`factory nextflow-config` is not built yet (issue 7)")
+def nextflow_config(
+    tasks: Optional[List[str]] = typer.Argument(None, help="Tasks to include (default: every spec)."),
+    all_specs: bool = typer.Option(False, "--all", help="Every spec in --specs-dir (the default)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write to FILE (atomically) instead of stdout."),
+    check: bool = typer.Option(False, "--check", help="Also check in AWS that each queue is registered."),
+    specs_dir: Path = _SPECS,
+    config: Optional[Path] = _CONFIG,
+) -> None:
+    """Write a Nextflow config sending each task's process to its tier's job queue."""
+    from factory.config import load_config
+    from factory.nextflow import queue_for_tasks, queues_exist, render_config, write_atomic
+    from factory.register import tiers_for
+    from factory.spec import find_spec, load_specs
+
+    if tasks and all_specs:
+        raise UsageError("give TASK names or --all, not both")
+    everything = load_specs([specs_dir])
+    selected = [find_spec(t, specs_dir) for t in tasks] if tasks else everything
+    settings = load_config(config)
+    tiers, _ = tiers_for(everything, settings.max_tiers)
+    text = render_config(selected, tiers)
+    if check:
+        missing = queues_exist(_clients(selected), sorted(set(queue_for_tasks(selected, tiers).values())))
+        if missing:
+            from factory.errors import FactoryError
+
+            raise FactoryError(f"job queue(s) {', '.join(missing)} are not registered: run `factory register --all` first")
+    if out is None:
+        print(text, end="")
+    else:
+        write_atomic(out, text)
+        err(f"wrote {out}")
 
 
-@app.command(context_settings=_EXTRA)
+@app.command()
 @handle_errors
-def prune(ctx: typer.Context) -> None:
-    """Deregister AMIs and launch template versions nothing uses any more (not built yet)."""
-    raise NotReady("`factory prune` is not built yet")
+def prune(
+    keep: Optional[int] = typer.Option(None, "--keep", help="Newest AMIs per task and launch template versions kept (default: config prune.keep, 3)."),
+    apply: bool = typer.Option(False, "--apply", help="Really delete (the default is a dry run)."),
+    dry_run: bool = typer.Option(True, "--dry-run/--no-dry-run", help="List only (default). --no-dry-run is the same as --apply."),
+    specs_dir: Path = _SPECS,
+    config: Optional[Path] = _CONFIG,
+    json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Deregister factory AMIs and delete launch template versions nothing uses any more."""
+    from factory.aws import Clients
+    from factory.config import load_config
+    from factory.register import prune as prune_core
+    from factory.spec import load_specs
+
+    settings = load_config(config)
+    keep = keep if keep is not None else settings.prune_keep
+    really = apply or not dry_run
+    regions = sorted({s.region for s in load_specs([specs_dir])})
+    results = [(region, prune_core(Clients(region=region), keep, dry_run=not really)) for region in regions]
+    if json_output:
+        print_json({region: r.to_json() for region, r in results})
+        return
+    console = stdout_console()
+    for region, r in results:
+        if not r.changes:
+            console.print(f"{region}: nothing to prune (keeping the newest {keep})", highlight=False, markup=False)
+        for c in r.changes:
+            verb = "would delete" if r.dry_run else "deleted"
+            console.print(f"{region}: {verb} {c.resource} {c.name}: {c.reason}", highlight=False, markup=False)
+    if not really and any(r.changes for _, r in results):
+        console.print("dry run: pass --apply to delete", highlight=False, markup=False)

@@ -1,0 +1,108 @@
+"""The Nextflow config that sends each task's process to its tier's job queue.
+
+    process.executor = 'awsbatch'
+    aws.region = 'us-east-1'
+    aws.batch.cliPath = '/home/ec2-user/miniconda/bin/aws'
+    process {
+        withName: 'SALMON_QUANT' { queue = 'factory-124g' }
+    }
+
+Queue names follow factory.register (`factory-<tier>`), so the config can be written
+before or after `factory register`; `queues_exist` checks that they are registered.
+Nextflow has one `aws.region` and one `aws.batch.cliPath` per run, so the tasks in one
+config must agree on both (tier groups already include region and awscli prefix).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from factory.errors import FactoryError
+from factory.register import resource_name
+
+
+def _quote(value: str) -> str:
+    """A Groovy single-quoted string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def queue_for_tasks(specs: Sequence[Any], tiers: Sequence[Any]) -> dict[str, str]:
+    """task name -> job queue name."""
+    out: dict[str, str] = {}
+    for tier in tiers:
+        for task in tier.tasks:
+            out[task] = resource_name(tier.name)
+    missing = sorted(s.name for s in specs if s.name not in out)
+    if missing:
+        raise FactoryError(f"task(s) {', '.join(missing)} are in no tier; run `factory size --all` to see the tiers")
+    return out
+
+
+def render_config(specs: Sequence[Any], tiers: Sequence[Any]) -> str:
+    """The config text for `specs` (each with a tier in `tiers`)."""
+    if not specs:
+        raise FactoryError("no tasks for the Nextflow config: name tasks or use --all")
+    for label, get in (("region", lambda s: s.region), ("awscli.prefix", lambda s: s.awscli.prefix)):
+        values = {get(s) for s in specs}
+        if len(values) > 1:
+            detail = "; ".join(f"{s.name}: {get(s)}" for s in specs)
+            raise FactoryError(
+                f"the tasks differ in {label} ({detail}); one Nextflow config has one aws.region and one "
+                "aws.batch.cliPath: write one config per group, naming its tasks (factory nextflow-config TASK...)"
+            )
+    processes: dict[str, str] = {}
+    for s in specs:
+        other = processes.get(s.nextflow.process)
+        if other and other != s.name:
+            raise FactoryError(f"tasks {other} and {s.name} both set nextflow.process {s.nextflow.process!r}; give each its own in its spec")
+        processes[s.nextflow.process] = s.name
+    queues = queue_for_tasks(specs, tiers)
+    first = specs[0]
+    width = max(len(_quote(p)) for p in processes)
+    lines = [
+        "// Written by `factory nextflow-config`: each task's process runs on its storage tier's",
+        "// AWS Batch job queue, on the AMI and volume factory registered for it.",
+        "process.executor = 'awsbatch'",
+        f"aws.region = {_quote(first.region)}",
+        f"aws.batch.cliPath = {_quote(first.awscli.cli_path)}",
+        "",
+        "process {",
+    ]
+    for process in sorted(processes):
+        task = processes[process]
+        lines.append(f"    withName: {_quote(process).ljust(width)} {{ queue = {_quote(queues[task])} }}  // {task}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` so a reader sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def queues_exist(clients: Any, queue_names: Sequence[str]) -> list[str]:
+    """The queue names in `queue_names` that AWS Batch does not know (read-only)."""
+    from factory.aws import aws_errors
+
+    with aws_errors("reading job queues"):
+        found = clients.batch().describe_job_queues(jobQueues=list(queue_names))["jobQueues"]
+    have = {q["jobQueueName"] for q in found if q.get("status") not in ("DELETING", "DELETED")}
+    return sorted(set(queue_names) - have)
