@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-from factory.errors import SpecError, UsageError
+from factory.errors import SizingError, SpecError, UsageError
 from factory.families import BASE_TO_FAMILY, FAMILIES, Family
 from factory.yamlsafe import YamlProblem, read_yaml
 
@@ -313,9 +313,10 @@ def _benchmark_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list
             records = load_benchmarks(path)
         else:
             records = _minimal_benchmarks(path)
-    except Exception as exc:  # noqa: BLE001 - any parse failure becomes a problem, not a traceback
-        message = getattr(exc, "message", str(exc))
-        return [Problem(file, field_, f"cannot use {display(path)}: {message}")]
+    except SizingError as exc:  # the loader's message already names the file, line and column
+        return [Problem(file, field_, f"cannot use it: {exc.message}")]
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return [Problem(file, field_, f"cannot use {display(path)}: {exc}")]
     if len(records) < 2 and "footprint" not in storage:
         return [Problem(file, field_, f"{display(path)} has {len(records)} measured run(s); add at least 2 rows to fit, or give `storage.footprint`")]
     return []
