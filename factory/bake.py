@@ -1,0 +1,566 @@
+"""The bake: size, render, reuse-or-build the AMI with Packer, then register it.
+
+Content-addressed: `image_hash()` is a sha256 over everything that shapes the image:
+
+- the resolved base AMI id (not the SSM parameter name: a new base is a new image),
+- every file of the Packer template folder and of the Ansible content (playbook, roles),
+- the rendered variables that go into the image (sizes, prefix, installer checksum, ...),
+  without what varies per run or only labels the AMI (endpoint, SSH host/port, key pair,
+  key file, installer URL, task name, spec hash, timestamps).
+
+The hash is tagged on the AMI and its snapshots as `factory:image-hash`. A bake first
+looks for an available AMI of this account with that tag and reuses it (unless
+`force`), so an unchanged task never runs Packer, and two tasks whose images are
+identical share one AMI. `bake_all()` also bakes each distinct image once.
+
+A bake proves what it baked: the roles end with the container check (bake_check), and
+a failing check fails the Packer build before the AMI is created, so no AMI is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from factory import __version__
+from factory.errors import FactoryError, PackerError
+
+IMAGE_HASH_TAG = "factory:image-hash"
+HASH_VERSION = "factory-image-hash/1"
+
+# Rendered variables that vary per run or per cloud, or only label the AMI. Everything
+# else the render step writes into the variables file shapes the image and is hashed.
+NOT_IMAGE_VARIABLES = frozenset({
+    # where and how Packer reaches the builder (the local cloud's ports, keys, endpoint)
+    "custom_endpoint_ec2", "skip_region_validation", "skip_credential_validation", "skip_metadata_api_check",
+    "ssh_host", "ssh_port", "ssh_username", "ssh_interface", "ssh_timeout", "ssh_keypair_name",
+    "ssh_private_key_file", "builder_cidrs", "subnet_id", "iam_instance_profile", "instance_type",
+    "ansible_python_interpreter", "ansible_become",
+    # the installer's location (its sha256, which pins the content, is hashed)
+    "miniconda_installer_url",
+    # labels: the AMI's name and tags, the region it is made in (the base AMI id already
+    # differs per region)
+    "task", "region", "tags",
+})
+
+_SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ansible"}
+
+
+@dataclass
+class BakeResult:
+    task: str
+    ami_id: str | None
+    region: str
+    base_ami: str | None
+    spec_hash: str
+    image_hash: str | None
+    baked: bool
+    volume_gib: int | None
+    status: str = "baked"  # baked | reused | shared | failed
+    reused_from: str | None = None  # the task whose bake made the reused AMI
+    build_dir: str | None = None
+    log: str | None = None
+    seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
+    launch_template: dict[str, Any] | None = None
+    compute_environment: str | None = None
+    job_queue: str | None = None
+    registered: bool = False
+    note: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "task": self.task,
+            "ami_id": self.ami_id,
+            "region": self.region,
+            "base_ami": self.base_ami,
+            "spec_hash": self.spec_hash,
+            "image_hash": self.image_hash,
+            "baked": self.baked,
+            "volume_gib": self.volume_gib,
+            "status": self.status,
+            "reused_from": self.reused_from,
+            "build_dir": self.build_dir,
+            "log": self.log,
+            "seconds": round(self.seconds, 2),
+            "steps": {k: round(v, 2) for k, v in self.steps.items()},
+            "registered": self.registered,
+            "launch_template": self.launch_template,
+            "compute_environment": self.compute_environment,
+            "job_queue": self.job_queue,
+        }
+        if self.note:
+            data["note"] = self.note
+        if self.error:
+            data["error"] = self.error
+        return data
+
+
+# -- the content hash ----------------------------------------------------------------
+
+
+def content_files(*roots: Path) -> list[tuple[str, Path]]:
+    """Every file under the roots, as (stable relative name, path), sorted."""
+    out: list[tuple[str, Path]] = []
+    for root in roots:
+        root = Path(root)
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if not path.is_file() or _SKIP_PARTS & set(rel.parts) or path.suffix in (".pyc", ".log"):
+                continue
+            out.append((f"{root.name}/{rel.as_posix()}", path))
+    return sorted(out)
+
+
+def image_variables(variables: dict[str, Any]) -> dict[str, Any]:
+    """The rendered variables that shape the image (see NOT_IMAGE_VARIABLES)."""
+    return {k: v for k, v in sorted(variables.items()) if k not in NOT_IMAGE_VARIABLES}
+
+
+def image_hash(base_ami: str, files: Iterable[tuple[str, Path]], variables: dict[str, Any]) -> str:
+    """sha256 over the base AMI id, the template and role files, and the image variables."""
+    h = hashlib.sha256()
+
+    def put(label: str, data: bytes) -> None:
+        h.update(label.encode() + b"\0" + str(len(data)).encode() + b"\0" + data)
+
+    put("version", HASH_VERSION.encode())
+    put("base_ami", base_ami.encode())
+    for name, path in files:
+        put("file:" + name, Path(path).read_bytes())
+    put("variables", json.dumps(image_variables(variables), sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def find_image(ec2: Any, digest: str) -> dict[str, Any] | None:
+    """The newest available AMI of this account tagged with `digest`, or None."""
+    from factory.aws import aws_errors
+
+    with aws_errors("looking for an AMI with the same content hash"):
+        images = ec2.describe_images(
+            Owners=["self"],
+            Filters=[{"Name": f"tag:{IMAGE_HASH_TAG}", "Values": [digest]}, {"Name": "state", "Values": ["available"]}],
+        ).get("Images", [])
+    # Filters are the API's promise; check anyway (a tag filter silently ignored would
+    # otherwise reuse an unrelated image).
+    images = [
+        i for i in images
+        if i.get("State") == "available" and _tags(i).get(IMAGE_HASH_TAG) == digest
+    ]
+    return max(images, key=lambda i: (i.get("CreationDate", ""), i["ImageId"])) if images else None
+
+
+def tag_image(ec2: Any, ami_id: str, tags: dict[str, str]) -> None:
+    """Tag the AMI and its snapshots (idempotent)."""
+    from factory.aws import aws_errors
+
+    with aws_errors(f"tagging {ami_id}"):
+        image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]
+        ids = [ami_id] + [
+            b["Ebs"]["SnapshotId"] for b in image.get("BlockDeviceMappings", []) if b.get("Ebs", {}).get("SnapshotId")
+        ]
+        ec2.create_tags(Resources=ids, Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())])
+
+
+def _tags(resource: dict[str, Any]) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in resource.get("Tags", []) or []}
+
+
+# -- where the bake runs -------------------------------------------------------------
+
+
+@dataclass
+class Cloud:
+    """Where a bake runs: real AWS (credentials from the environment) or the local cloud."""
+
+    kind: str  # aws | local
+    local: Any = None  # factory.local.cloud.LocalCloud
+
+    def clients(self, region: str):
+        if self.kind == "local":
+            return self.local.clients(region)
+        from factory.aws import Clients
+
+        return Clients(region=region)
+
+    def target(self, region: str):
+        from factory import render
+
+        if self.kind == "local":
+            return self.local.build_target(region)
+        return render.BuildTarget.aws() if hasattr(render.BuildTarget, "aws") else render.BuildTarget()
+
+    def packer_env(self, region: str) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.kind == "local":
+            env.update(self.local.env(region))
+        return env
+
+
+# -- one bake ------------------------------------------------------------------------
+
+
+StepCallback = Callable[[str, str], None]  # (task, step text)
+
+
+@dataclass
+class Prepared:
+    """A task sized and rendered, with its content hash: ready to reuse or build."""
+
+    spec: Any
+    plan: Any
+    base_ami: str
+    out_dir: Path
+    render_result: Any
+    image_hash: str
+    steps: dict[str, float]
+
+
+def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None) -> Prepared:
+    """Size, resolve the base AMI, render `build_root/<task>/`, hash."""
+    from factory import render as render_mod
+    from factory.resources import data_dir
+    from factory.sizing import size_task
+
+    steps: dict[str, float] = {}
+    say = (lambda text: on_step(spec.name, text)) if on_step else (lambda text: None)
+
+    t = time.monotonic()
+    say("sizing")
+    plan = size_task(spec)
+    steps["size"] = time.monotonic() - t
+
+    t = time.monotonic()
+    say("resolving the base AMI")
+    clients = cloud.clients(spec.region)
+    base_ami = render_mod.resolve_base_ami(spec, clients)
+    target = cloud.target(spec.region)
+    out_dir = Path(build_root) / spec.name
+    say("rendering the Packer folder")
+    rr = render_mod.render(spec, plan, base_ami, out_dir, target=target)
+    steps["render"] = time.monotonic() - t
+
+    files = content_files(data_dir("packer"), data_dir("ansible"))
+    digest = image_hash(base_ami, files, _rendered_variables(rr))
+    return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
+
+
+def bake_task(
+    spec: Any,
+    clients: Any = None,
+    target: Any = None,
+    force: bool = False,
+    *,
+    cloud: Cloud | None = None,
+    build_root: Path = Path("build"),
+    register: bool = True,
+    on_step: StepCallback | None = None,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
+) -> BakeResult:
+    """Bake (or reuse) the AMI for one task, then register it when register.py exists.
+
+    `cloud` says where (default: real AWS). `clients`/`target` override the cloud's own
+    (tests); `force` rebakes even when an AMI with the same content hash exists.
+    """
+    cloud = cloud or Cloud("aws")
+    if clients is not None or target is not None:
+        cloud = _Override(cloud, clients, target)
+    start = time.monotonic()
+    prepared = prepare(spec, cloud, build_root, on_step)
+    result = build_prepared(prepared, cloud, force=force, on_step=on_step, timeout=timeout, cancel=cancel)
+    if register:
+        register_results([result], [spec], cloud, on_step=on_step)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def build_prepared(
+    p: Prepared,
+    cloud: Cloud,
+    *,
+    force: bool = False,
+    on_step: StepCallback | None = None,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
+) -> BakeResult:
+    """Reuse an AMI with the same content hash (unless `force`), else run Packer."""
+    from factory import packer
+
+    spec = p.spec
+    say = (lambda text: on_step(spec.name, text)) if on_step else (lambda text: None)
+    steps = dict(p.steps)
+    clients = cloud.clients(spec.region)
+    ec2 = clients.ec2()
+    result = BakeResult(
+        task=spec.name,
+        ami_id=None,
+        region=spec.region,
+        base_ami=p.base_ami,
+        spec_hash=spec.spec_hash,
+        image_hash=p.image_hash,
+        baked=False,
+        volume_gib=p.plan.volume_gib,
+        build_dir=str(p.out_dir),
+        steps=steps,
+    )
+    if not force:
+        t = time.monotonic()
+        found = find_image(ec2, p.image_hash)
+        steps["lookup"] = time.monotonic() - t
+        if found is not None:
+            owner = _tags(found).get("factory:task")
+            result.ami_id = found["ImageId"]
+            result.status = "reused"
+            result.reused_from = owner
+            shared = f", baked for task {owner}" if owner and owner != spec.name else ""
+            result.note = f"reused {found['ImageId']}{shared}: same content hash; --force rebakes"
+            say(result.note)
+            return result
+
+    t = time.monotonic()
+    say("checking Packer")
+    info = packer.find_packer()
+    env = cloud.packer_env(spec.region)
+    folder = p.out_dir
+    packer.init(info, folder, env)
+    say("packer validate")
+    packer.validate(info, folder, env)
+    steps["packer_validate"] = time.monotonic() - t
+
+    t = time.monotonic()
+    out = packer.build(
+        info,
+        folder,
+        env=env,
+        log_path=p.out_dir / "packer.log",
+        manifest_path=_manifest_path(p.render_result, folder),
+        on_step=say,
+        timeout=timeout,
+        cancel=cancel,
+    )
+    steps["packer_build"] = time.monotonic() - t
+    result.log = str(out.log_path)
+
+    t = time.monotonic()
+    say(f"tagging {out.ami_id}")
+    tag_image(ec2, out.ami_id, {
+        IMAGE_HASH_TAG: p.image_hash,
+        "factory:task": spec.name,
+        "factory:spec-hash": spec.spec_hash,
+        "factory:base-ami": p.base_ami,
+        "factory:version": __version__,
+    })
+    steps["tag"] = time.monotonic() - t
+    result.ami_id = out.ami_id
+    result.baked = True
+    result.status = "baked"
+    say(f"baked {out.ami_id} in {out.seconds:.0f}s")
+    return result
+
+
+def register_results(results: Sequence[BakeResult], specs: Sequence[Any], cloud: Cloud, on_step: StepCallback | None = None) -> None:
+    """Register the baked/reused AMIs (launch template, compute environment, queue).
+
+    Fills launch_template, compute_environment and job_queue in each result. When the
+    register step is not available, each result says so in `note`.
+    """
+    try:
+        from factory import register as register_mod
+
+        register_tasks = register_mod.register_tasks
+    except (ImportError, AttributeError):
+        for r in results:
+            if r.ami_id:
+                r.note = _join(r.note, "register step not available yet: stopped after the AMI")
+        return
+    ok = [(r, s) for r, s in zip(results, specs) if r.ami_id and r.status != "failed"]
+    by_region: dict[str, list[tuple[BakeResult, Any]]] = {}
+    for r, s in ok:
+        by_region.setdefault(s.region, []).append((r, s))
+    for region, pairs in by_region.items():
+        for r, _ in pairs:
+            if on_step:
+                on_step(r.task, "registering")
+        t = time.monotonic()
+        reg = register_tasks(
+            [s for _, s in pairs],
+            cloud.clients(region),
+            {s.name: r.ami_id for r, s in pairs},
+            False,
+        )
+        seconds = time.monotonic() - t
+        for r, s in pairs:
+            r.steps["register"] = seconds
+            _fill_registration(r, reg)
+
+
+def _fill_registration(result: BakeResult, reg: Any) -> None:
+    data = reg.to_json() if hasattr(reg, "to_json") else reg
+    entry = None
+    if isinstance(data, dict):
+        tasks = data.get("tasks")
+        if isinstance(tasks, dict):
+            entry = tasks.get(result.task)
+        elif isinstance(tasks, list):
+            entry = next((t for t in tasks if t.get("task") == result.task), None)
+    if entry is None and hasattr(reg, "for_task"):
+        entry = reg.for_task(result.task)
+        entry = entry.to_json() if hasattr(entry, "to_json") else entry
+    if not entry:
+        result.note = _join(result.note, "registered, but the register step reported nothing for this task")
+        result.registered = True
+        return
+    result.launch_template = entry.get("launch_template")
+    result.compute_environment = entry.get("compute_environment")
+    result.job_queue = entry.get("job_queue")
+    result.registered = True
+
+
+def _join(a: str | None, b: str) -> str:
+    return f"{a}; {b}" if a else b
+
+
+# -- many bakes ----------------------------------------------------------------------
+
+
+def bake_all(
+    specs: Sequence[Any],
+    cloud: Cloud | None = None,
+    *,
+    force: bool = False,
+    jobs: int = 2,
+    build_root: Path = Path("build"),
+    register: bool = True,
+    on_step: StepCallback | None = None,
+    timeout: float | None = None,
+) -> list[BakeResult]:
+    """Bake every spec: each distinct image once, independent bakes in parallel.
+
+    One failure does not stop the others; a failed task's result has status "failed"
+    and `error`. Ctrl-C interrupts every running Packer and waits for their cleanup.
+    """
+    from factory import packer
+
+    cloud = cloud or Cloud("aws")
+    if cloud.kind == "local":
+        jobs = 1  # one build host: builds on it run one after another
+    results: dict[str, BakeResult] = {}
+    prepared: dict[str, Prepared] = {}
+    for spec in specs:
+        try:
+            prepared[spec.name] = prepare(spec, cloud, build_root, on_step)
+        except FactoryError as exc:
+            results[spec.name] = _failed(spec, exc.message)
+
+    # Each distinct image once: the first task with a hash bakes, the rest share.
+    groups: dict[tuple[str, str], list[Prepared]] = {}
+    for p in prepared.values():
+        groups.setdefault((p.spec.region, p.image_hash), []).append(p)
+
+    def one(group: list[Prepared]) -> None:
+        leader = group[0]
+        try:
+            r = build_prepared(leader, cloud, force=force, on_step=on_step, timeout=timeout)
+        except FactoryError as exc:
+            for p in group:
+                results[p.spec.name] = _failed(p.spec, exc.message, p)
+            return
+        results[leader.spec.name] = r
+        for p in group[1:]:
+            results[p.spec.name] = BakeResult(
+                task=p.spec.name, ami_id=r.ami_id, region=p.spec.region, base_ami=p.base_ami,
+                spec_hash=p.spec.spec_hash, image_hash=p.image_hash, baked=False,
+                volume_gib=p.plan.volume_gib, status="shared", reused_from=leader.spec.name,
+                build_dir=str(p.out_dir), steps=dict(p.steps),
+                note=f"same image as {leader.spec.name}: shares {r.ami_id}",
+            )
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bake") as pool:
+        futures = [pool.submit(one, g) for g in groups.values()]
+        try:
+            for f in futures:
+                while not f.done():
+                    time.sleep(0.1)
+                f.result()
+        except KeyboardInterrupt:
+            for f in futures:
+                f.cancel()
+            packer.cancel_all()
+            pool.shutdown(wait=True)
+            raise
+
+    ordered = [results[s.name] for s in specs]
+    if register:
+        ok_specs = [s for s in specs if results[s.name].status != "failed"]
+        try:
+            register_results([results[s.name] for s in ok_specs], ok_specs, cloud, on_step=on_step)
+        except FactoryError as exc:
+            for s in ok_specs:
+                r = results[s.name]
+                r.error = f"registering: {exc.message}"
+                r.status = "failed"
+    return ordered
+
+
+def _failed(spec: Any, message: str, p: Prepared | None = None) -> BakeResult:
+    return BakeResult(
+        task=spec.name, ami_id=None, region=spec.region, base_ami=p.base_ami if p else None,
+        spec_hash=spec.spec_hash, image_hash=p.image_hash if p else None, baked=False,
+        volume_gib=p.plan.volume_gib if p else None, status="failed", error=message,
+        build_dir=str(p.out_dir) if p else None,
+    )
+
+
+def summary_json(results: Sequence[BakeResult]) -> dict[str, Any]:
+    return {
+        "ok": all(r.status != "failed" for r in results),
+        "results": [r.to_json() for r in results],
+    }
+
+
+def write_summary(results: Sequence[BakeResult], path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary_json(results), indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+class _Override(Cloud):
+    """A cloud whose clients and/or build target are given (tests, callers with their own)."""
+
+    def __init__(self, base: Cloud, clients: Any, target: Any):
+        super().__init__(base.kind, base.local)
+        self._clients = clients
+        self._target = target
+        self._base = base
+
+    def clients(self, region: str):
+        return self._clients if self._clients is not None else self._base.clients(region)
+
+    def target(self, region: str):
+        return self._target if self._target is not None else self._base.target(region)
+
+
+def _rendered_variables(rr: Any) -> dict[str, Any]:
+    for name in ("image_variables", "variables"):
+        value = getattr(rr, name, None)
+        if isinstance(value, dict):
+            return dict(value)
+    raise PackerError("the render step returned no variables to hash")
+
+
+def _manifest_path(rr: Any, folder: Path) -> Path:
+    value = getattr(rr, "manifest", None) or getattr(rr, "manifest_path", None)
+    return Path(value) if value else Path(folder) / "manifest.json"

@@ -1,0 +1,260 @@
+"""`factory bake`: the content hash, AMI reuse, and the full chain on the local cloud.
+
+The chain tests share one local cloud (moto's server, the throwaway build host with sshd
+and a real dockerd, the installer mirror) for the module, and run the real CLI: real
+Packer, real ansible-playbook, real boto3 over HTTP to moto.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from factory import bake
+from factory.local import cloud as local_cloud
+
+REPO = Path(__file__).resolve().parent.parent
+FACTORY = str(Path(sys.executable).with_name("factory"))
+TASK = "salmon-quant"
+
+
+# -- the content hash ----------------------------------------------------------------
+
+
+@pytest.fixture
+def content(tmp_path):
+    (tmp_path / "packer").mkdir()
+    (tmp_path / "packer" / "factory.pkr.hcl").write_text('source "amazon-ebs" "factory" {}\n')
+    role = tmp_path / "ansible" / "roles" / "docker_storage" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text("- name: Do it\n  ansible.builtin.debug:\n")
+    (tmp_path / "ansible" / "roles" / "__pycache__").mkdir()
+    (tmp_path / "ansible" / "roles" / "__pycache__" / "x.pyc").write_bytes(b"noise")
+    return tmp_path
+
+
+VARS = {
+    "task": "salmon-quant", "region": "us-east-1", "base_ami": "ami-1", "volume_gib": 124,
+    "docker_basesize_gib": 0, "awscli_prefix": "/home/ec2-user/miniconda",
+    "miniconda_installer_url": "http://127.0.0.1:4000/x.sh", "miniconda_installer_sha256": "a" * 64,
+    "custom_endpoint_ec2": "http://127.0.0.1:5000", "ssh_port": 2222, "ssh_private_key_file": "/tmp/k",
+    "ssh_keypair_name": "k", "builder_cidrs": ["127.0.0.1/32"], "tags": {"factory:task": "salmon-quant"},
+    "block_devices": [{"device_name": "/dev/xvda", "volume_gib": 30}],
+}
+
+
+def _hash(content: Path, base: str = "ami-1", **changes) -> str:
+    files = bake.content_files(content / "packer", content / "ansible")
+    return bake.image_hash(base, files, {**VARS, **changes})
+
+
+def test_hash_is_stable_and_skips_caches(content):
+    files = bake.content_files(content / "packer", content / "ansible")
+    assert [name for name, _ in files] == ["ansible/roles/docker_storage/tasks/main.yml", "packer/factory.pkr.hcl"]
+    assert _hash(content) == _hash(content)
+    assert len(_hash(content)) == 64
+
+
+@pytest.mark.parametrize("change", [
+    {"custom_endpoint_ec2": "http://127.0.0.1:6000"},
+    {"ssh_port": 3333},
+    {"ssh_private_key_file": "/elsewhere/k"},
+    {"miniconda_installer_url": "http://127.0.0.1:4001/x.sh"},
+    {"task": "another-task"},
+    {"tags": {"factory:task": "another-task", "factory:spec-hash": "x"}},
+])
+def test_what_varies_per_run_or_only_labels_does_not_change_the_hash(content, change):
+    assert _hash(content, **change) == _hash(content)
+
+
+@pytest.mark.parametrize("change", [
+    {"volume_gib": 125},
+    {"docker_basesize_gib": 50},
+    {"awscli_prefix": "/opt/conda"},
+    {"miniconda_installer_sha256": "b" * 64},
+    {"block_devices": [{"device_name": "/dev/xvda", "volume_gib": 124}]},
+])
+def test_what_goes_into_the_image_changes_the_hash(content, change):
+    assert _hash(content, **change) != _hash(content)
+
+
+def test_base_ami_role_and_template_change_the_hash(content):
+    before = _hash(content)
+    assert _hash(content, base="ami-2") != before
+    role = content / "ansible" / "roles" / "docker_storage" / "tasks" / "main.yml"
+    role.write_text(role.read_text() + "  changed_when: false\n")
+    after_role = _hash(content)
+    assert after_role != before
+    (content / "packer" / "factory.pkr.hcl").write_text("# a comment\n")
+    assert _hash(content) != after_role
+
+
+# -- the CLI's input checks (no cloud needed) ----------------------------------------
+
+
+def run(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([FACTORY, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bake"], "name one TASK or pass --all"),
+    (["bake", TASK, "--all"], "name one TASK or pass --all"),
+    (["bake", TASK, "--cloud", "gcp"], "--cloud must be one of aws, local"),
+    (["bake", "no-such-task"], "no spec for task 'no-such-task'"),
+])
+def test_bad_input_is_a_usage_error(args, message):
+    proc = run(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# -- the full chain on the local cloud -----------------------------------------------
+
+needs_local_cloud = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("packer") is None or not Path("/usr/sbin/dockerd").exists(),
+    reason="the local cloud needs root, Packer, openssh-server and docker.io (make system-deps)",
+)
+
+
+@pytest.fixture(scope="module")
+def cloud_env(tmp_path_factory):
+    """One local cloud for the module, found by every `factory` call through FACTORY_STATE_DIR."""
+    work = tmp_path_factory.mktemp("bake")
+    state = work / ".factory"
+    lc = local_cloud.up(state, "us-east-1")
+    env = dict(os.environ, FACTORY_STATE_DIR=str(state))
+    try:
+        yield {"env": env, "cloud": lc, "build": work / "build", "state": state}
+    finally:
+        local_cloud.down(state)
+
+
+def bake_cli(cloud_env, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return run("bake", *args, "--cloud", "local", "--build-dir", str(cloud_env["build"]), env=env or cloud_env["env"])
+
+
+def ec2_of(cloud_env):
+    return cloud_env["cloud"].clients("us-east-1").ec2()
+
+
+def task_images(ec2) -> list[dict]:
+    return ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:factory:task", "Values": [TASK]}])["Images"]
+
+
+@pytest.fixture(scope="module")
+def first_bake(cloud_env):
+    proc = bake_cli(cloud_env, TASK, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+@needs_local_cloud
+def test_full_chain_bakes_and_tags_the_ami(cloud_env, first_bake):
+    r = first_bake
+    for key in ("task", "ami_id", "region", "base_ami", "spec_hash", "image_hash", "baked", "volume_gib"):
+        assert key in r
+    assert r["task"] == TASK and r["baked"] is True and r["status"] == "baked"
+    assert r["ami_id"].startswith("ami-") and r["base_ami"].startswith("ami-")
+    image = ec2_of(cloud_env).describe_images(ImageIds=[r["ami_id"]])["Images"][0]
+    tags = {t["Key"]: t["Value"] for t in image["Tags"]}
+    assert image["State"] == "available"
+    assert tags["factory:task"] == TASK
+    assert tags["factory:spec-hash"] == r["spec_hash"]
+    assert tags["factory:image-hash"] == r["image_hash"]
+    assert tags["factory:base-ami"] == r["base_ami"]
+    assert tags["factory:version"]
+    assert tags["Name"].startswith(f"factory-{TASK}-")
+    log = Path(r["log"]).read_text()
+    assert "testing" not in log.replace("****", "")  # moto's dummy secret key is masked too
+
+
+@needs_local_cloud
+def test_the_roles_wrote_into_the_throwaway_root(cloud_env, first_bake):
+    host = cloud_env["cloud"].host
+    daemon = host.path("/etc/docker/daemon.json")
+    assert daemon.is_file(), "the docker_storage role writes Docker's daemon.json in the throwaway root"
+    assert json.loads(daemon.read_text())["data-root"]
+    assert not Path("/etc/docker/daemon.json").exists() or "factory" not in Path("/etc/docker/daemon.json").read_text()
+    prefix = "/home/ec2-user/miniconda"
+    aws = host.run(f"{prefix}/bin/aws", "--version")
+    assert aws.stdout.startswith("aws-cli/") or aws.stderr.startswith("aws-cli/")
+    assert not Path(prefix).exists(), "nothing may be installed on this machine itself"
+
+
+@needs_local_cloud
+def test_the_container_check_reported(cloud_env, first_bake):
+    report_file = cloud_env["build"] / TASK / "bake-check.json"
+    assert report_file.is_file()
+    report = json.loads(report_file.read_text())
+    assert report, "the container check's report is empty"
+    text = json.dumps(report)
+    assert "aws-cli/" in text
+
+
+@needs_local_cloud
+def test_second_bake_reuses_without_packer(cloud_env, first_bake):
+    log = Path(first_bake["log"])
+    mtime = log.stat().st_mtime_ns
+    # No Packer at all: a reuse must not need it.
+    env = dict(cloud_env["env"], FACTORY_PACKER="/nonexistent/packer")
+    proc = bake_cli(cloud_env, TASK, "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["baked"] is False and r["status"] == "reused"
+    assert r["ami_id"] == first_bake["ami_id"]
+    assert r["image_hash"] == first_bake["image_hash"]
+    assert "reused" in proc.stderr
+    assert log.stat().st_mtime_ns == mtime
+    human = bake_cli(cloud_env, TASK, env=env)
+    assert human.returncode == 0 and "reused" in human.stdout and "--force rebakes" in human.stdout
+
+
+@needs_local_cloud
+def test_missing_packer_is_a_clear_error(cloud_env, first_bake):
+    env = dict(cloud_env["env"], FACTORY_PACKER="/nonexistent/packer")
+    proc = bake_cli(cloud_env, TASK, "--force", env=env)
+    assert proc.returncode == 1
+    assert "apt-get install packer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_local_cloud
+def test_interrupted_bake_leaves_nothing_behind(cloud_env, first_bake):
+    ec2 = ec2_of(cloud_env)
+    images_before = {i["ImageId"] for i in task_images(ec2)}
+    keys_before = {k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]}
+    log = cloud_env["build"] / TASK / "packer.log"
+    log.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [FACTORY, "bake", TASK, "--cloud", "local", "--force", "--build-dir", str(cloud_env["build"])],
+        cwd=REPO, env=cloud_env["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if log.exists() and "Provisioning with Ansible" in log.read_text():
+            break
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("Packer never reached the Ansible provisioner")
+    time.sleep(1.0)  # inside ansible-playbook now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out + err
+    assert "cleaned up" in err and "Traceback" not in err
+    instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert instances
+    assert [i["InstanceId"] for i in instances if i["State"]["Name"] not in ("terminated", "shutting-down")] == []
+    assert {k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]} == keys_before
+    groups = [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]]
+    assert [g for g in groups if g != "default"] == []
+    assert {i["ImageId"] for i in task_images(ec2)} == images_before
