@@ -557,3 +557,128 @@ def test_user_data_only_when_something_runs_at_boot(specs):
 def test_tier_mixing_groups_is_refused(specs):
     with pytest.raises(FactoryError, match="mixes tasks"):
         targets_for(specs, [Tier("x", 10, tuple(s.name for s in specs), ())], {s.name: 10 for s in specs})
+
+
+# ---------------------------------------------------------------------------------------
+# The CLI, pointed at moto by AWS_ENDPOINT_URL as a user would
+
+
+def write_config(cloud: Cloud, tmp_path: Path) -> Path:
+    path = tmp_path / "factory.yaml"
+    path.write_text(f"batch:\n  service_role: {cloud.slr}\n")
+    return path
+
+
+def test_cli_plan_register_json_and_rerun(cloud, specs, cli, tmp_path):
+    amis = bake_all(cloud, specs)
+    env = {"AWS_ENDPOINT_URL": cloud.endpoint, "COLUMNS": "200"}
+    config = write_config(cloud, tmp_path)
+    common = ["--specs-dir", SPECS, "--config", config]
+
+    r = cli("plan", "--all", *common, env=env)
+    assert r.exit_code == 0, r.stderr
+    assert "create" in r.stdout and "dry run: nothing was changed" in r.stdout
+    assert "default VPC" in r.stdout
+    assert cloud.queues() == {}
+
+    r = cli("register", "salmon-quant", *common, "--json", env=env)
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    task = data["tasks"]["salmon-quant"]
+    tier = task["tier"]
+    assert task == {
+        "tier": tier,
+        "ami_id": amis["salmon-quant"],
+        "launch_template": {"name": f"factory-{tier}", "version": 1},
+        "compute_environment": f"factory-{tier}",
+        "job_queue": f"factory-{tier}",
+    }
+    assert set(cloud.queues()) == {f"factory-{tier}"}
+
+    r = cli("register", "salmon-quant", *common, env=env)
+    assert r.exit_code == 0, r.stderr
+    assert "unchanged: nothing to do" in r.stdout
+
+    r = cli("nextflow-config", "--check", "--specs-dir", SPECS, env=env)
+    assert r.exit_code == 1 and "not registered" in r.stderr  # the other tiers are not there yet
+    assert cli("register", "--all", *common, env=env).exit_code == 0
+    r = cli("nextflow-config", "--check", "--specs-dir", SPECS, env=env)
+    assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["register"], 2, "give a TASK or --all"),
+        (["register", "salmon-quant", "--all"], 2, "give a TASK or --all, not both"),
+        (["register", "--all", "--ami", "ami-1"], 2, "--ami goes with one TASK"),
+        (["register", "salmon-quant", "--ami", "nope"], 2, "not an AMI id"),
+        (["plan", "no-such-task"], 2, "no spec for task"),
+        (["register", "--all", "--config", "/no/such/factory.yaml"], 2, "not found"),
+    ],
+)
+def test_cli_usage_errors(cli, args, code, message):
+    r = cli(*args, "--specs-dir", SPECS)
+    assert r.exit_code == code
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_register_without_ami_is_a_clear_error(cloud, cli, tmp_path):
+    r = cli("register", "--all", "--specs-dir", SPECS, "--config", write_config(cloud, tmp_path), env={"AWS_ENDPOINT_URL": cloud.endpoint})
+    assert r.exit_code == 1
+    assert "factory bake" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_bad_config_is_exit_1_with_file_and_field(cli, tmp_path):
+    path = tmp_path / "factory.yaml"
+    path.write_text("batch:\n  subnets: subnet-1\n")
+    r = cli("plan", "--all", "--specs-dir", SPECS, "--config", path)
+    assert r.exit_code == 1
+    assert f"{path.resolve()}: batch:" in r.stderr and "security_groups" in r.stderr
+
+
+def test_prune_dry_run_lists_and_apply_deregisters_old_amis(cloud, specs, cli, tmp_path):
+    bake_all(cloud, specs)
+    run(cloud, specs)
+    quant_tier = run(cloud, specs, dry_run=True).for_task("salmon-quant")
+    in_use = quant_tier.ami_id
+    # Two newer AMIs for salmon-quant that no launch template uses: with --keep 1 the
+    # newest is kept, the middle one goes, the one the launch template uses stays.
+    time.sleep(1.1)
+    middle = cloud.bake("salmon-quant")
+    time.sleep(1.1)
+    newest = cloud.bake("salmon-quant")
+    env = {"AWS_ENDPOINT_URL": cloud.endpoint}
+    r = cli("prune", "--keep", "1", "--specs-dir", SPECS, env=env)
+    assert r.exit_code == 0, r.stderr
+    assert f"would delete ami {middle}" in r.stdout and "--apply" in r.stdout
+    assert in_use not in r.stdout and newest not in r.stdout
+    assert len(cloud.ec2.describe_images(ImageIds=[middle])["Images"]) == 1  # dry run: still there
+
+    calls = Calls(cloud.clients)
+    r = cli("prune", "--keep", "1", "--apply", "--specs-dir", SPECS, env=env)
+    calls.close()
+    assert r.exit_code == 0, r.stderr
+    assert f"deleted ami {middle}" in r.stdout
+    left = {i["ImageId"] for i in cloud.ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:factory:task", "Values": ["salmon-quant"]}])["Images"]}
+    assert left == {in_use, newest}
+
+
+def test_prune_plans_unused_launch_template_versions(cloud, specs):
+    # moto 5.2.5 answers DeleteLaunchTemplateVersions with a 500, so only the plan is checked here.
+    from factory.register import prune
+
+    bake_all(cloud, specs)
+    run(cloud, specs)
+    tier = run(cloud, specs, dry_run=True).for_task("salmon-quant")
+    for _ in range(3):
+        run(cloud, specs, ami_overrides={"salmon-quant": cloud.bake("salmon-quant")})
+    name = f"factory-{tier.tier}"
+    # Versions 1-4, default 4; keep the newest 2 and whatever the compute environment pins
+    # (moto does not store update_compute_environment's new version, so it still says 1).
+    pinned = int(cloud.ces()[name]["computeResources"]["launchTemplate"]["version"])
+    doomed = sorted({1, 2} - {pinned})
+    result = prune(cloud.clients, keep=2, dry_run=True)
+    lt_changes = [c for c in result.changes if c.resource == "launch-template"]
+    assert [(c.name, c.reason.split(" (")[0]) for c in lt_changes] == [(name, "versions " + ", ".join(map(str, doomed)))]
