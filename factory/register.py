@@ -923,9 +923,13 @@ def register_tasks(
     Tiers are chosen over `all_specs` (default: every spec in the folders `specs` come
     from), so registering one task gives the same tiers as `register --all`. `tiers` and
     `volumes` skip the sizing (tests, or a caller that already has them).
-    ami_overrides maps task -> AMI id (e.g. the AMI bake just made).
+    ami_overrides maps task -> AMI id (e.g. the AMI bake just made). `config` defaults to
+    ./factory.yaml when present (factory.config.load_config), else every default.
     """
-    config = config or FactoryConfig()
+    if config is None:
+        from factory.config import load_config
+
+        config = load_config()
     if not specs:
         raise UsageError("no tasks to register: name a TASK or pass --all")
     if tiers is None:
