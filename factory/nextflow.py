@@ -4,7 +4,7 @@
     aws.region = 'us-east-1'
     aws.batch.cliPath = '/home/ec2-user/miniconda/bin/aws'
     process {
-        withName: 'SALMON_QUANT' { queue = 'factory-124g' }
+        withName: 'SALMON_QUANT' { queue = 'factory-salmon-quant' }
     }
 
 Queue names follow factory.register (`factory-<tier>`), so the config can be written

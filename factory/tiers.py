@@ -16,7 +16,6 @@ the groups by a second, knapsack-style DP over each group's cost curve.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -153,52 +152,6 @@ def _share_cap(curves: list[list[tuple[int, Any]]], cap: int) -> list[int]:
 
 
 # ---------------------------------------------------------------------------------------
-# Names
-
-
-def _short(field: str, value: Any) -> str:
-    if field == "image.base":
-        return str(value).removeprefix("ecs-")
-    if field == "batch.provisioning":
-        return "spot" if value == "spot" else "od"
-    if field == "image.volume":
-        return "ami" if value == "ami" else "lt"
-    return str(value)
-
-
-_NAME_FIELDS = ("image.architecture", "image.base", "batch.provisioning", "region", "image.volume")
-
-
-def _names(items: list[tuple[int, tuple]]) -> list[str]:
-    """Unique tier names `<volume>g`, with suffixes only where two groups share a volume."""
-    names = [f"{vol}g" for vol, _ in items]
-    by_vol: dict[int, list[int]] = {}
-    for idx, (vol, _) in enumerate(items):
-        by_vol.setdefault(vol, []).append(idx)
-    for vol, idxs in by_vol.items():
-        if len(idxs) < 2:
-            continue
-        groups = [dict(items[i][1]) for i in idxs]
-        parts: list[list[str]] = [[] for _ in idxs]
-        for f in _NAME_FIELDS:
-            values = {g[f] for g in groups}
-            if len(values) > 1:
-                for p, g in zip(parts, groups):
-                    p.append(_short(f, g[f]))
-        for p, i in zip(parts, idxs):
-            names[i] = "-".join([f"{vol}g", *p])
-        # Still the same name (e.g. only max_vcpus differs): a short hash of the group.
-        seen: dict[str, int] = {}
-        for i in idxs:
-            seen[names[i]] = seen.get(names[i], 0) + 1
-        for i in idxs:
-            if seen[names[i]] > 1:
-                digest = hashlib.sha256(repr(items[i][1]).encode()).hexdigest()[:6]
-                names[i] = f"{names[i]}-{digest}"
-    return names
-
-
-# ---------------------------------------------------------------------------------------
 # The entry point
 
 
@@ -246,11 +199,10 @@ def choose_tiers(specs_and_plans: Iterable[tuple[Any, Any]], max_tiers: int | No
             volume, largest = run[-1]
             raw.append((volume, key, tuple(sorted(n for _, n in run)), largest))
     raw.sort(key=lambda r: (r[0], repr(r[1])))
-    tier_names = _names([(vol, key) for vol, key, _, _ in raw])
-    return [
-        Tier(name=name, volume_gib=vol, tasks=tasks, group=key, largest_task=largest)
-        for name, (vol, key, tasks, largest) in zip(tier_names, raw)
-    ]
+    # A tier is named after its largest task: task names are unique, the name survives a
+    # resize (a new size is a new launch template version, not a new queue), and it keeps
+    # "one name everywhere": a task alone in its tier has queue factory-<task>.
+    return [Tier(name=largest, volume_gib=vol, tasks=tasks, group=key, largest_task=largest) for vol, key, tasks, largest in raw]
 
 
 def provisioned_gib(tiers: Sequence[Tier]) -> int:
