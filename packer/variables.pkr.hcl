@@ -1,0 +1,193 @@
+# Every input of the factory template, typed and described. `factory render` writes the
+# values for one task into factory.auto.pkrvars.hcl beside this file; nothing else in
+# this folder changes from one task to the next.
+
+variable "task" {
+  type        = string
+  description = "The task name (the spec file's stem): names the AMI and tags everything."
+}
+
+variable "region" {
+  type        = string
+  description = "The AWS region to bake in."
+}
+
+variable "base_ami" {
+  type        = string
+  description = "The exact base AMI id, resolved by factory from the ECS-optimized SSM parameter or pinned in the spec."
+}
+
+variable "instance_type" {
+  type        = string
+  description = "The builder instance type: t3.micro for x86_64, t4g.micro for arm64."
+}
+
+variable "ssh_username" {
+  type        = string
+  description = "The user Packer and Ansible log in as (ec2-user on the ECS-optimized AMIs)."
+}
+
+variable "ssh_interface" {
+  type        = string
+  default     = "public_ip"
+  description = "How Packer reaches the builder: public_ip, private_ip or session_manager (no inbound SSH at all)."
+}
+
+variable "builder_cidrs" {
+  type        = list(string)
+  description = "The only addresses the builder's temporary security group admits: the caller's own address as a /32."
+
+  validation {
+    condition     = length(var.builder_cidrs) > 0 && length([for c in var.builder_cidrs : c if split("/", c)[1] < 16]) == 0
+    error_message = "The builder_cidrs must list narrow ranges (a /32 of your own address); ranges wider than /16, such as the whole internet, are refused."
+  }
+}
+
+variable "iam_instance_profile" {
+  type        = string
+  default     = ""
+  description = "An instance profile for the builder (needed with ssh_interface = session_manager); empty for none."
+}
+
+variable "subnet_id" {
+  type        = string
+  default     = ""
+  description = "The subnet to launch the builder in; empty for the default VPC's choice."
+}
+
+variable "kms_key_id" {
+  type        = string
+  default     = ""
+  description = "The KMS key that encrypts the AMI's snapshots; empty for the account's default EBS key."
+}
+
+variable "block_devices" {
+  type = list(object({
+    device_name = string
+    volume_gib  = number
+  }))
+  description = "The builder's EBS volumes, kept in the AMI: the sized volume (spec image.volume = ami) or a small root (launch-template mode)."
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "The factory:* tags for the builder instance, the AMI and its snapshots (Name is added here)."
+}
+
+variable "ssh_timeout" {
+  type        = string
+  default     = "10m"
+  description = "How long Packer waits for SSH on the builder."
+}
+
+# Where the bake runs: real AWS by default, the local cloud when these are set.
+
+variable "custom_endpoint_ec2" {
+  type        = string
+  default     = ""
+  description = "An EC2 endpoint other than AWS's (the local cloud's moto server); empty for AWS."
+}
+
+variable "skip_region_validation" {
+  type        = bool
+  default     = false
+  description = "Skip Packer's check of the region name (local cloud only)."
+}
+
+variable "skip_credential_validation" {
+  type        = bool
+  default     = false
+  description = "Skip Packer's STS credential check (local cloud only)."
+}
+
+variable "skip_metadata_api_check" {
+  type        = bool
+  default     = false
+  description = "Skip the EC2 metadata API check (local cloud only)."
+}
+
+variable "ssh_host" {
+  type        = string
+  default     = ""
+  description = "Reach the builder at this address instead of the instance's (local cloud only)."
+}
+
+variable "ssh_port" {
+  type        = number
+  default     = 22
+  description = "The builder's SSH port."
+}
+
+variable "ssh_keypair_name" {
+  type        = string
+  default     = ""
+  description = "An existing EC2 key pair for the builder; empty for a temporary one."
+}
+
+variable "ssh_private_key_file" {
+  type        = string
+  default     = ""
+  description = "The private key of ssh_keypair_name; empty with a temporary key pair."
+}
+
+# What the Ansible roles bake.
+
+variable "ansible_python_interpreter" {
+  type        = string
+  default     = "/usr/bin/python3"
+  description = "The builder's Python for Ansible, given explicitly."
+}
+
+variable "ansible_become" {
+  type        = bool
+  default     = true
+  description = "Run the roles with sudo (false when ssh_username is already root)."
+}
+
+variable "docker_storage_driver" {
+  type        = string
+  default     = "auto"
+  description = "Docker's storage driver: auto (read from docker info), overlay2 or devicemapper."
+}
+
+variable "volume_gib" {
+  type        = number
+  description = "The sized volume in GiB (from the sizing model): what a task's container must be able to use."
+}
+
+variable "docker_basesize_gib" {
+  type        = number
+  description = "devicemapper only: the per-container base device size in GiB (dm.basesize)."
+}
+
+variable "docker_data_root" {
+  type        = string
+  default     = "/var/lib/docker"
+  description = "overlay2 only: Docker's data root, on the sized volume."
+}
+
+variable "awscli_prefix" {
+  type        = string
+  description = "Where Miniconda and the AWS CLI go; Nextflow's aws.batch.cliPath is <prefix>/bin/aws."
+}
+
+variable "miniconda_installer_url" {
+  type        = string
+  description = "The pinned Miniconda installer for the builder's architecture."
+}
+
+variable "miniconda_installer_sha256" {
+  type        = string
+  description = "The installer's sha256; the download is refused when it differs."
+
+  validation {
+    condition     = length(var.miniconda_installer_sha256) == 64 && length(regex_replace(var.miniconda_installer_sha256, "[0-9a-f]", "")) == 0
+    error_message = "The miniconda_installer_sha256 must be 64 lowercase hex digits."
+  }
+}
+
+variable "bake_check_image" {
+  type        = string
+  default     = ""
+  description = "The container image the bake check starts (as AWS Batch would); empty to import a small busybox root file system."
+}
