@@ -367,11 +367,18 @@ def build_prepared(
     return result
 
 
-def register_results(results: Sequence[BakeResult], specs: Sequence[Any], cloud: Cloud, on_step: StepCallback | None = None) -> None:
+def register_results(
+    results: Sequence[BakeResult],
+    specs: Sequence[Any],
+    cloud: Cloud,
+    on_step: StepCallback | None = None,
+    all_specs: Sequence[Any] | None = None,
+) -> None:
     """Register the baked/reused AMIs (launch template, compute environment, queue).
 
     Fills launch_template, compute_environment and job_queue in each result. When the
-    register step is not available, each result says so in `note`.
+    register step is not available, each result says so in `note`. `all_specs` are the
+    specs tiers are chosen over (default: every spec beside the given ones).
     """
     try:
         from factory import register as register_mod
@@ -387,16 +394,21 @@ def register_results(results: Sequence[BakeResult], specs: Sequence[Any], cloud:
     for r, s in ok:
         by_region.setdefault(s.region, []).append((r, s))
     for region, pairs in by_region.items():
-        for r, _ in pairs:
-            if on_step:
-                on_step(r.task, "registering")
+        first = pairs[0][0].task
+        progress = (lambda text: on_step(first, text)) if on_step else None
+        if progress:
+            progress("registering")
         t = time.monotonic()
-        reg = register_tasks(
-            [s for _, s in pairs],
-            cloud.clients(region),
-            {s.name: r.ami_id for r, s in pairs},
-            False,
-        )
+        kwargs: dict[str, Any] = {"progress": progress}
+        if all_specs is not None:
+            kwargs["all_specs"] = list(all_specs)
+        try:
+            reg = register_tasks(
+                [s for _, s in pairs], cloud.clients(region), {s.name: r.ami_id for r, s in pairs}, False, **kwargs
+            )
+        except FactoryError as exc:
+            amis = ", ".join(f"{r.task} {r.ami_id}" for r, _ in pairs)
+            raise FactoryError(f"the AMI is ready ({amis}) but registering it failed: {exc.message}") from None
         seconds = time.monotonic() - t
         for r, s in pairs:
             r.steps["register"] = seconds
@@ -502,11 +514,11 @@ def bake_all(
     if register:
         ok_specs = [s for s in specs if results[s.name].status != "failed"]
         try:
-            register_results([results[s.name] for s in ok_specs], ok_specs, cloud, on_step=on_step)
+            register_results([results[s.name] for s in ok_specs], ok_specs, cloud, on_step=on_step, all_specs=ok_specs)
         except FactoryError as exc:
             for s in ok_specs:
                 r = results[s.name]
-                r.error = f"registering: {exc.message}"
+                r.error = exc.message
                 r.status = "failed"
     return ordered
 

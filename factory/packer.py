@@ -208,6 +208,7 @@ def build(
             _RUNS[proc.pid] = run
 
         reason: str | None = None
+        clean = False
         try:
             try:
                 reason = _consume(lines, log, env, errors, on_step, start, timeout, cancel)
@@ -217,7 +218,7 @@ def build(
                 _interrupt_and_wait(proc, lines, log, env, on_step)
                 raise
             if reason is not None:
-                _interrupt_and_wait(proc, lines, log, env, on_step)
+                clean = _interrupt_and_wait(proc, lines, log, env, on_step)
             else:
                 proc.wait()
         finally:
@@ -226,15 +227,16 @@ def build(
         seconds = time.monotonic() - start
         log.write(f"# packer exited with status {proc.returncode} after {seconds:.1f}s\n")
 
+    cleanup = (
+        "Packer cleaned up its instance, key pair and security group"
+        if clean
+        else "Packer did not confirm its cleanup: look for instances, key pairs and security groups "
+        "named packer_* (tag factory:task) and remove them"
+    )
     if reason == "timeout":
-        raise PackerError(
-            f"packer build timed out after {timeout:.0f}s; Packer was interrupted and cleaned up "
-            f"its instance, key pair and security group (log: {log_path})"
-        )
+        raise PackerError(f"packer build timed out after {timeout:.0f}s and was interrupted; {cleanup} (log: {log_path})")
     if reason is not None:
-        raise BuildInterrupted(
-            f"packer build {reason}; Packer cleaned up its instance, key pair and security group (log: {log_path})"
-        )
+        raise BuildInterrupted(f"packer build {reason}; {cleanup} (log: {log_path})")
     if proc.returncode != 0:
         detail = "\n".join(dict.fromkeys(errors)) or "no error message; see the log"
         raise PackerError(f"packer build failed in {folder}:\n{detail}\n(full log: {log_path})")
@@ -366,8 +368,11 @@ def _handle_line(line: str, log, secrets: Iterable[str], errors: list[str], on_s
             on_step(text)
 
 
-def _interrupt_and_wait(proc, lines, log, env, on_step) -> None:
-    """SIGINT to Packer's group (as a terminal's Ctrl-C), then wait for its cleanup."""
+def _interrupt_and_wait(proc, lines, log, env, on_step) -> bool:
+    """SIGINT to Packer's group (as a terminal's Ctrl-C), then wait for its cleanup.
+
+    Returns whether Packer said it cancelled cleanly."""
+    clean = False
     if proc.poll() is None:
         log.write("# factory: interrupt; forwarding SIGINT to Packer and waiting for its cleanup\n")
         log.flush()
@@ -392,6 +397,7 @@ def _interrupt_and_wait(proc, lines, log, env, on_step) -> None:
             break
         if line:
             _handle_line(line, log, secrets, errors, on_step)
+            clean = clean or "Cleanly cancelled" in line
         if time.monotonic() > deadline:
             log.write("# factory: Packer did not finish cleaning up in time; killing it\n")
             try:
@@ -405,3 +411,4 @@ def _interrupt_and_wait(proc, lines, log, env, on_step) -> None:
             break
         except KeyboardInterrupt:
             continue
+    return clean

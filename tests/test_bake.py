@@ -227,6 +227,45 @@ def test_missing_packer_is_a_clear_error(cloud_env, first_bake):
 
 
 @needs_local_cloud
+def test_bake_all_shares_identical_images_and_survives_a_failed_check(cloud_env, first_bake, tmp_path):
+    """--all over: salmon-quant (unchanged: reused), a copy of it under another name (same
+    image: shares the AMI), and a task sized beyond what the build host's disk can show,
+    whose container check must fail the bake without keeping an AMI or stopping the others."""
+    import yaml
+
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs" / "benchmarks", specs / "benchmarks")
+    doc = yaml.safe_load((REPO / "specs" / f"{TASK}.yaml").read_text())
+    (specs / f"{TASK}.yaml").write_text(yaml.safe_dump(doc))
+    (specs / "salmon-quant-copy.yaml").write_text(yaml.safe_dump({**doc, "name": "salmon-quant-copy"}))
+    big = yaml.safe_load(yaml.safe_dump(doc))
+    big["name"] = "too-big"
+    big["storage"]["max_input_gib"] = 4000  # a volume far larger than this machine's disk
+    (specs / "too-big.yaml").write_text(yaml.safe_dump(big))
+    ec2 = ec2_of(cloud_env)
+    images_before = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
+
+    proc = bake_cli(cloud_env, "--all", "--specs-dir", str(specs), "--jobs", "2")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "1 of 3 bakes failed: too-big" in proc.stderr
+    assert "bake summary" in proc.stdout
+    summary = json.loads((cloud_env["build"] / "bake-summary.json").read_text())
+    by_task = {r["task"]: r for r in summary["results"]}
+    assert summary["ok"] is False
+    assert by_task[TASK]["status"] == "reused" and by_task[TASK]["ami_id"] == first_bake["ami_id"]
+    assert by_task["salmon-quant-copy"]["ami_id"] == first_bake["ami_id"]
+    assert by_task["salmon-quant-copy"]["baked"] is False
+    assert by_task["too-big"]["status"] == "failed"
+    assert "bake check failed" in by_task["too-big"]["error"].lower()
+    # The failed check kept no AMI, and its builder is gone.
+    assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == images_before
+    running = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+               if i["State"]["Name"] not in ("terminated", "shutting-down")]
+    assert running == []
+
+
+@needs_local_cloud
 def test_interrupted_bake_leaves_nothing_behind(cloud_env, first_bake):
     ec2 = ec2_of(cloud_env)
     images_before = {i["ImageId"] for i in task_images(ec2)}

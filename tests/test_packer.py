@@ -268,6 +268,7 @@ def test_cancel_forwards_sigint_and_packer_cleans_up(tmp_path, moto, ec2, env):
         packer.build(info, folder, env=env, cancel=cancel)
     assert time.monotonic() - start < 40  # did not wait for the 60 s provisioner
     assert exc.value.exit_code == 130
+    assert "Packer cleaned up its instance, key pair and security group" in exc.value.message
     left = leftovers(ec2)
     assert left["instances"], "the build should have launched an instance"
     assert left["running"] == [] and left["key_pairs"] == [] and left["security_groups"] == []
