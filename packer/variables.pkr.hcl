@@ -152,7 +152,7 @@ variable "docker_storage_driver" {
 
 variable "volume_gib" {
   type        = number
-  description = "The sized volume in GiB (from the sizing model): what a task's container must be able to use."
+  description = "The size in GiB of the builder's sized device (the task's volume when the AMI carries it, else the small root): what Docker's storage must sit on."
 }
 
 variable "docker_basesize_gib" {

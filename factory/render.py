@@ -1,0 +1,480 @@
+"""Render one task's self-contained Packer folder (default `build/<task>/`).
+
+The folder holds the static templates from `packer/` (copied as they are, except that
+the blocks fenced `factory:modern-packer` are left out for a Packer older than 1.7, which
+cannot parse them), the Ansible content from `ansible/`, and ONE generated, sorted
+variables file, `factory.auto.pkrvars.hcl`, which Packer loads by itself. So
+`packer validate .` and `packer build .` need no other argument, wherever the folder is.
+Rendering the same inputs twice gives byte-identical files; the folder is written
+beside its final place and renamed into it, so it is never half-written.
+
+    target = BuildTarget.aws()                       # or BuildTarget.local(...)
+    result = render(spec, plan, base_ami, Path("build/salmon-quant"), target)
+    result.files, result.variables, result.manifest
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from factory import __version__
+from factory.errors import AwsError, FactoryError, UsageError
+from factory.families import BUILDER_INSTANCE_TYPE
+
+VARIABLES_FILE = "factory.auto.pkrvars.hcl"
+MANIFEST_FILE = "manifest.json"
+BAKE_CHECK_REPORT = "bake-check.json"
+MODERN_PACKER = (1, 7, 0)
+_FENCE_BEGIN = "# factory:modern-packer begin"
+_FENCE_END = "# factory:modern-packer end"
+_SKIP = {"__pycache__", ".ansible", ".pytest_cache", ".cache"}
+
+# The pinned Miniconda installers (Anaconda's own ContinuumIO/docker-images miniconda3
+# Dockerfile pins these), by the spec's architecture.
+MINICONDA_INSTALLERS: dict[str, tuple[str, str]] = {
+    "x86_64": (
+        "https://repo.anaconda.com/miniconda/Miniconda3-py311_23.11.0-1-Linux-x86_64.sh",
+        "5b3cefe534e23541f5f703f40d4818e361c3615dbf14651a0f29554c3fc3d0fd",
+    ),
+    "arm64": (
+        "https://repo.anaconda.com/miniconda/Miniconda3-py311_23.11.0-1-Linux-aarch64.sh",
+        "63c06a1974695e50bbe767a030903d169e637e42d5b7b6d30876b19a01fbbad8",
+    ),
+}
+
+# The root volume of the ECS-optimized AMIs (a builder volume may not be smaller than
+# the base snapshot); AL1 keeps Docker on a separate 22 GiB device.
+BASE_ROOT_GIB = {"al2023": 30, "al2": 30, "al1": 8}
+BASE_DOCKER_GIB = {"al1": 22}
+
+CALLER_CIDR_ENV = "FACTORY_BUILDER_CIDR"
+CHECKIP_URL = "https://checkip.amazonaws.com"
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """Where a bake builds: real AWS (the defaults) or the local cloud."""
+
+    kind: str = "aws"  # aws | local
+    region: str | None = None  # None: the spec's region
+    endpoint: str = ""  # custom_endpoint_ec2 (moto's server for the local cloud)
+    skip_validations: bool = False  # region / credential / metadata API checks
+    ssh_host: str = ""  # "" : the instance's own address
+    ssh_port: int = 22
+    ssh_username: str | None = None  # None: the family's user (ec2-user)
+    ssh_interface: str = "public_ip"  # or private_ip, session_manager
+    keypair_name: str = ""  # "" : Packer makes a temporary key pair
+    private_key_file: str = ""
+    builder_cidrs: tuple[str, ...] = ()  # () : the caller's public address as a /32
+    installer_url: str | None = None  # None: the pinned Miniconda installer for the arch
+    installer_sha256: str | None = None
+    python_interpreter: str = "/usr/bin/python3"
+    become: bool | None = None  # None: sudo unless the SSH user is root
+    iam_instance_profile: str = ""
+    subnet_id: str = ""
+    kms_key_id: str = ""
+    bake_check_image: str = ""  # "" : a busybox image made with `docker import`
+
+    @classmethod
+    def aws(cls, **overrides: Any) -> "BuildTarget":
+        return cls(kind="aws", **overrides)
+
+    @classmethod
+    def local(
+        cls,
+        *,
+        endpoint: str,
+        ssh_host: str,
+        ssh_port: int,
+        ssh_username: str,
+        keypair_name: str,
+        private_key_file: str,
+        installer_url: str,
+        installer_sha256: str,
+        python_interpreter: str,
+        **overrides: Any,
+    ) -> "BuildTarget":
+        return cls(
+            kind="local",
+            endpoint=endpoint,
+            skip_validations=True,
+            ssh_host=ssh_host,
+            ssh_port=ssh_port,
+            ssh_username=ssh_username,
+            keypair_name=keypair_name,
+            private_key_file=private_key_file,
+            builder_cidrs=("127.0.0.1/32",),
+            installer_url=installer_url,
+            installer_sha256=installer_sha256,
+            python_interpreter=python_interpreter,
+            **overrides,
+        )
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    task: str
+    out_dir: Path
+    files: tuple[str, ...]  # every file written, relative to out_dir, sorted
+    variables: dict[str, Any]  # what factory.auto.pkrvars.hcl holds
+    variables_file: Path
+    manifest: Path  # where Packer's manifest post-processor writes
+    bake_check_report: Path  # where the bake check's report is fetched to
+    packer_version: tuple[int, int, int] | None
+    modern_packer: bool  # the factory:modern-packer blocks were kept
+    notes: tuple[str, ...] = field(default=())
+
+    def summary(self) -> str:
+        lines = [f"rendered {self.task} into {self.out_dir} ({len(self.files)} files):"]
+        lines += [f"  {f}" for f in self.files if "/" not in f or f.startswith("ansible/bake")]
+        roles = sorted({f.split("/")[2] for f in self.files if f.startswith("ansible/roles/")})
+        if roles:
+            lines.append(f"  ansible/roles/: {', '.join(roles)}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+# -- the base AMI -----------------------------------------------------------------------
+
+
+def resolve_base_ami(spec: Any, clients: Any) -> str:
+    """The exact base AMI: the spec's pinned `ami-...`, else the ECS-optimized SSM parameter."""
+    pinned = spec.image.pinned_ami
+    if pinned:
+        return pinned
+    family = spec.image.family_info
+    name = family.ssm_parameter(spec.image.architecture)
+    if not name:
+        raise FactoryError(
+            f"{spec.path}: image.architecture: {family.label} has no {spec.image.architecture} image; "
+            "use x86_64 or another image.base"
+        )
+    from factory.aws import aws_errors
+
+    with aws_errors(f"reading the base AMI from SSM parameter {name}"):
+        value = clients.ssm().get_parameter(Name=name)["Parameter"]["Value"]
+    value = value.strip()
+    if value.startswith("{"):  # the `recommended` parameter (not `/image_id`) holds JSON
+        value = json.loads(value).get("image_id", "")
+    if not re.fullmatch(r"ami-[0-9a-f]+", value):
+        raise AwsError(f"SSM parameter {name} does not hold an AMI id (it says {value[:60]!r})")
+    return value
+
+
+def caller_cidr() -> str:
+    """This machine's public address as a /32, for the builder's security group."""
+    env = os.environ.get(CALLER_CIDR_ENV, "").strip()
+    if env:
+        return _check_cidr(env, CALLER_CIDR_ENV)
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(CHECKIP_URL, timeout=5) as r:
+            ip = r.read().decode().strip()
+    except OSError as exc:
+        raise FactoryError(
+            f"cannot find this machine's public address ({CHECKIP_URL}: {exc}); set "
+            f"{CALLER_CIDR_ENV}=<your address>/32 so only you can reach the builder"
+        ) from None
+    return _check_cidr(f"{ip}/32", CHECKIP_URL)
+
+
+def _check_cidr(value: str, where: str) -> str:
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise UsageError(f"{where}: {value!r} is not an address range such as 203.0.113.7/32") from None
+    if net.prefixlen < 16:
+        raise UsageError(f"{where}: {value} is too wide; give your own address as a /32")
+    return str(net)
+
+
+# -- the variables ----------------------------------------------------------------------
+
+
+def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> dict[str, Any]:
+    """Every template variable's value for one task (the generated file's content)."""
+    family = spec.image.family_info
+    arch = spec.image.architecture
+    volume_gib, basesize_gib = _sizes(plan)
+    root_gib = max(BASE_ROOT_GIB.get(family.key, 30), int(getattr(plan, "ami_min_gib", 0) or 0)
+                   if not family.docker_device else 0)
+
+    # What the builder's sized device holds at bake time: the task's volume when the AMI
+    # carries it, else the base's own size (the launch template sizes it at launch).
+    if spec.image.volume == "ami":
+        sized_gib = max(volume_gib, BASE_DOCKER_GIB.get(family.key, 0) if family.docker_device else root_gib)
+    else:
+        sized_gib = BASE_DOCKER_GIB.get(family.key, root_gib) if family.docker_device else root_gib
+    if family.docker_device:
+        devices = [
+            {"device_name": family.root_device, "volume_gib": BASE_ROOT_GIB.get(family.key, 8)},
+            {"device_name": family.docker_device, "volume_gib": sized_gib},
+        ]
+    else:
+        devices = [{"device_name": family.root_device, "volume_gib": sized_gib}]
+    if family.storage_driver == "overlay2":
+        basesize_gib = sized_gib  # no per-container limit: a container sees the volume
+
+    url, sha = MINICONDA_INSTALLERS[arch]
+    if target.installer_url:
+        url, sha = target.installer_url, target.installer_sha256 or ""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha or ""):
+        raise UsageError(f"the Miniconda installer for {url} needs its sha256 (64 hex digits), not {sha!r}")
+
+    user = target.ssh_username or family.ssh_user
+    cidrs = list(target.builder_cidrs)
+    if not cidrs:
+        # Session Manager needs no inbound SSH: the group then admits only loopback.
+        cidrs = ["127.0.0.1/32"] if target.ssh_interface == "session_manager" else [caller_cidr()]
+    for c in cidrs:
+        _check_cidr(c, "the builder's allowed addresses")
+
+    tags = {
+        "factory:task": spec.name,
+        "factory:spec-hash": spec.spec_hash,
+        "factory:base-ami": base_ami,
+        "factory:version": __version__,
+    }
+    return {
+        "task": spec.name,
+        "region": target.region or spec.region,
+        "base_ami": base_ami,
+        "instance_type": BUILDER_INSTANCE_TYPE[arch],
+        "ssh_username": user,
+        "ssh_interface": target.ssh_interface,
+        "builder_cidrs": cidrs,
+        "iam_instance_profile": target.iam_instance_profile,
+        "subnet_id": target.subnet_id,
+        "kms_key_id": target.kms_key_id,
+        "block_devices": devices,
+        "tags": tags,
+        "custom_endpoint_ec2": target.endpoint,
+        "skip_region_validation": target.skip_validations,
+        "skip_credential_validation": target.skip_validations,
+        "skip_metadata_api_check": target.skip_validations,
+        "ssh_host": target.ssh_host,
+        "ssh_port": int(target.ssh_port),
+        "ssh_keypair_name": target.keypair_name,
+        "ssh_private_key_file": target.private_key_file,
+        "ansible_python_interpreter": target.python_interpreter,
+        "ansible_become": target.become if target.become is not None else user != "root",
+        "docker_storage_driver": family.storage_driver,
+        "volume_gib": int(sized_gib),
+        "docker_basesize_gib": int(basesize_gib),
+        "awscli_prefix": spec.awscli.prefix,
+        "miniconda_installer_url": url,
+        "miniconda_installer_sha256": sha,
+        "bake_check_image": target.bake_check_image,
+    }
+
+
+def _sizes(plan: Any) -> tuple[int, int]:
+    """(volume_gib, docker_basesize_gib) from a SizingPlan, a dict or a (volume, basesize) pair."""
+    if isinstance(plan, (tuple, list)):
+        volume, basesize = plan
+    elif isinstance(plan, dict):
+        volume, basesize = plan["volume_gib"], plan.get("docker_basesize_gib")
+    else:
+        volume = getattr(plan, "tier_volume_gib", None) or plan.volume_gib
+        basesize = getattr(plan, "docker_basesize_gib", None)
+    volume = int(volume)
+    return volume, int(basesize) if basesize else volume
+
+
+# -- writing ----------------------------------------------------------------------------
+
+
+def render(
+    spec: Any,
+    plan: Any,
+    base_ami: str,
+    out_dir: Path | None = None,
+    target: BuildTarget | None = None,
+    *,
+    packer_version: tuple[int, int, int] | None = None,
+) -> RenderResult:
+    """Write `out_dir` (default build/<task>) for one task; see the module docstring.
+
+    `plan` is a SizingPlan (or `(volume_gib, docker_basesize_gib)`). `packer_version` is
+    detected from the `packer` on PATH when not given; without any Packer the folder is
+    written for a modern Packer (1.7+), which is what users run.
+    """
+    from factory.resources import data_dir
+
+    target = target or BuildTarget.aws()
+    out_dir = Path(out_dir) if out_dir is not None else Path("build") / spec.name
+    notes: list[str] = []
+    if packer_version is None:
+        packer_version = _detect_packer_version(notes)
+    modern = packer_version is None or tuple(packer_version) >= MODERN_PACKER
+    if not modern:
+        notes.append(
+            f"Packer {'.'.join(map(str, packer_version))} is older than 1.7: the template's "
+            "required_plugins and IMDSv2 (metadata_options) blocks are left out"
+        )
+
+    variables = variables_for(spec, plan, base_ami, target)
+    _guard_out_dir(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
+    try:
+        written: list[str] = []
+        for src in sorted(data_dir("packer").glob("*.pkr.hcl")):
+            text = src.read_text()
+            if not modern:
+                text = strip_modern_blocks(text)
+            (tmp / src.name).write_text(text)
+            written.append(src.name)
+        ansible_src = data_dir("ansible")
+        for src in sorted(ansible_src.rglob("*")):
+            rel = src.relative_to(ansible_src)
+            if any(part in _SKIP for part in rel.parts) or src.is_dir():
+                continue
+            dest = tmp / "ansible" / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
+            written.append(f"ansible/{rel.as_posix()}")
+        (tmp / VARIABLES_FILE).write_text(to_pkrvars(variables))
+        written.append(VARIABLES_FILE)
+        for d in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:
+            os.chmod(d, 0o755)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                os.chmod(f, 0o644)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    out_abs = out_dir.absolute()
+    return RenderResult(
+        task=spec.name,
+        out_dir=out_abs,
+        files=tuple(sorted(written)),
+        variables=variables,
+        variables_file=out_abs / VARIABLES_FILE,
+        manifest=out_abs / MANIFEST_FILE,
+        bake_check_report=out_abs / BAKE_CHECK_REPORT,
+        packer_version=tuple(packer_version) if packer_version else None,
+        modern_packer=modern,
+        notes=tuple(notes),
+    )
+
+
+def strip_modern_blocks(text: str) -> str:
+    """Leave out the lines fenced `factory:modern-packer` (for Packer < 1.7)."""
+    out: list[str] = []
+    skipping = False
+    for line in text.splitlines(keepends=True):
+        mark = line.strip()
+        if mark == _FENCE_BEGIN:
+            skipping = True
+            continue
+        if mark == _FENCE_END:
+            skipping = False
+            continue
+        if not skipping:
+            out.append(line)
+    # a fenced block sat between blank lines: do not leave two in a row
+    return re.sub(r"\n(\s*\n){2,}", "\n\n", "".join(out))
+
+
+def _detect_packer_version(notes: list[str]) -> tuple[int, int, int] | None:
+    from factory.errors import PackerError
+    from factory.packer import find_packer
+
+    try:
+        return find_packer().version
+    except PackerError:
+        notes.append("no Packer found: rendered for Packer 1.7 or newer")
+        return None
+
+
+def _guard_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a folder factory did not render (e.g. `--out .`)."""
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / VARIABLES_FILE).exists())):
+        raise UsageError(
+            f"{out_dir}: exists and is not a folder factory rendered (no {VARIABLES_FILE}); "
+            "pick an empty or new folder with --out"
+        )
+
+
+def _replace_dir(new: Path, out_dir: Path) -> None:
+    """Put `new` at `out_dir` by renames, so no reader ever sees a half-written folder."""
+    if not out_dir.exists():
+        new.rename(out_dir)
+        return
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    out_dir.rename(old)
+    try:
+        new.rename(out_dir)
+    except BaseException:
+        old.rename(out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# -- HCL for the variables file ---------------------------------------------------------
+
+
+def to_pkrvars(variables: dict[str, Any]) -> str:
+    """A sorted `.pkrvars.hcl`, already in `packer fmt`'s canonical layout."""
+    header = (
+        "# Generated by `factory render`; do not edit (re-render instead).\n"
+        "# The values of variables.pkr.hcl for this task and build target.\n\n"
+    )
+    simple = {k: v for k, v in sorted(variables.items()) if not isinstance(v, (dict, list)) or _inline(v)}
+    nested = {k: v for k, v in sorted(variables.items()) if k not in simple}
+    blocks = [_aligned([(k, _hcl(v)) for k, v in simple.items()], "")]
+    for k, v in nested.items():
+        blocks.append(f"{k} = " + _hcl_block(v, ""))
+    return header + "\n\n".join(b.rstrip("\n") for b in blocks) + "\n"
+
+
+def _inline(v: Any) -> bool:
+    return isinstance(v, list) and all(not isinstance(x, (dict, list)) for x in v)
+
+
+def _aligned(pairs: list[tuple[str, str]], indent: str) -> str:
+    width = max((len(k) for k, _ in pairs), default=0)
+    return "".join(f"{indent}{k.ljust(width)} = {v}\n" for k, v in pairs)
+
+
+def _key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", k) else json.dumps(k)
+
+
+def _hcl(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v).replace("${", "$${").replace("%{", "%%{")
+    if isinstance(v, list):
+        return "[" + ", ".join(_hcl(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} as HCL")
+
+
+def _hcl_block(v: Any, indent: str) -> str:
+    inner = indent + "  "
+    if isinstance(v, dict):
+        simple = [(_key(k), _hcl(x)) for k, x in sorted(v.items()) if not isinstance(x, (dict, list)) or _inline(x)]
+        nested = [(k, x) for k, x in sorted(v.items()) if isinstance(x, (dict, list)) and not _inline(x)]
+        body = _aligned(simple, inner)
+        for k, x in nested:
+            body += f"{inner}{_key(k)} = " + _hcl_block(x, inner)
+        return "{\n" + body + indent + "}\n"
+    if isinstance(v, list):
+        body = "".join(inner + _hcl_block(x, inner).rstrip("\n") + ",\n" for x in v)
+        return "[\n" + body + indent + "]\n"
+    return _hcl(v) + "\n"
