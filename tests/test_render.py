@@ -1,0 +1,239 @@
+"""`factory render`: the rendered folder passes real `packer validate` / `packer fmt -check`,
+parses with python-hcl2 to the expected values, never opens the builder to the world, and
+renders byte-identically."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from factory import render as render_mod
+from factory.errors import UsageError
+from factory.render import BuildTarget, render
+from factory.sizing import size_task
+from factory.spec import find_spec, load_specs
+
+REPO = Path(__file__).resolve().parent.parent
+SPECS = REPO / "specs"
+TASKS = sorted(p.stem for p in SPECS.glob("*.yaml"))
+BASE_AMI = "ami-0123456789abcdef0"
+CALLER = "203.0.113.7/32"
+VENV_BIN = str(Path(sys.executable).parent)
+
+needs_packer = pytest.mark.skipif(shutil.which("packer") is None, reason="Packer is not installed")
+
+
+def packer(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", CHECKPOINT_DISABLE="1")
+    return subprocess.run(["packer", *args], cwd=folder, capture_output=True, text=True, env=env, timeout=120)
+
+
+def unq(v):
+    """python-hcl2 keeps the quotes of strings and keys; drop them."""
+    if isinstance(v, str) and len(v) >= 2 and v[0] == v[-1] == '"':
+        return v[1:-1]
+    if isinstance(v, dict):
+        return {unq(k): unq(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [unq(x) for x in v]
+    return v
+
+
+def load_hcl(path: Path) -> dict:
+    import hcl2
+
+    with open(path) as f:
+        return unq(hcl2.load(f))
+
+
+@pytest.fixture(autouse=True)
+def caller_cidr(monkeypatch):
+    monkeypatch.setenv(render_mod.CALLER_CIDR_ENV, CALLER)
+
+
+def _render(task: str, out: Path, **kw):
+    spec = find_spec(task, SPECS)
+    return spec, render(spec, size_task(spec), BASE_AMI, out, **kw)
+
+
+@needs_packer
+@pytest.mark.parametrize("task", TASKS)
+def test_every_spec_renders_a_folder_packer_validates(task, tmp_path):
+    spec, result = _render(task, tmp_path / "out")
+    folder = result.out_dir
+    v = packer(folder, "validate", ".")
+    assert v.returncode == 0, v.stdout + v.stderr
+    f = packer(folder, "fmt", "-check", ".")
+    assert f.returncode == 0, f"packer fmt -check: {f.stdout}{f.stderr}"
+    # self-contained: the same folder validates after moving elsewhere
+    moved = tmp_path / "elsewhere" / "deeper"
+    shutil.move(str(folder), moved)
+    v2 = packer(moved, "validate", ".")
+    assert v2.returncode == 0, v2.stdout + v2.stderr
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_no_rendered_file_opens_the_builder_to_the_world(task, tmp_path):
+    _, result = _render(task, tmp_path / "out", packer_version=(1, 10, 0))
+    for rel in result.files:
+        assert "0.0.0.0/0" not in (result.out_dir / rel).read_text(), rel
+    assert result.variables["builder_cidrs"] == [CALLER]
+
+
+@needs_packer
+def test_packer_refuses_a_world_open_builder(tmp_path):
+    """The variable's validation is real: a wide range fails `packer validate`."""
+    _, result = _render("salmon-quant", tmp_path / "out")
+    pkrvars = result.variables_file
+    pkrvars.write_text(pkrvars.read_text().replace(CALLER, "0.0.0.0/0"))
+    v = packer(result.out_dir, "validate", ".")
+    assert v.returncode != 0
+    assert "builder_cidrs" in v.stdout + v.stderr
+
+
+def test_render_refuses_a_world_open_cidr(tmp_path, monkeypatch):
+    monkeypatch.setenv(render_mod.CALLER_CIDR_ENV, "0.0.0.0/0")
+    with pytest.raises(UsageError, match="too wide"):
+        _render("salmon-quant", tmp_path / "out")
+
+
+def test_rendered_values_parse_with_python_hcl2(tmp_path):
+    spec, result = _render("salmon-quant", tmp_path / "out", packer_version=(1, 6, 6))
+    plan = size_task(spec)
+    vars_ = load_hcl(result.variables_file)
+    assert vars_["task"] == "salmon-quant"
+    assert vars_["base_ami"] == BASE_AMI
+    assert vars_["instance_type"] == "t3.micro"
+    assert vars_["ssh_username"] == "ec2-user"
+    assert vars_["ansible_become"] is True
+    assert vars_["builder_cidrs"] == [CALLER]
+    assert vars_["awscli_prefix"] == spec.awscli.prefix
+    assert vars_["docker_storage_driver"] == "overlay2"
+    assert vars_["tags"] == {
+        "factory:task": "salmon-quant",
+        "factory:spec-hash": spec.spec_hash,
+        "factory:base-ami": BASE_AMI,
+        "factory:version": render_mod.__version__,
+    }
+    # launch-template mode (the spec's default): a small root, sized at launch
+    assert spec.image.volume == "launch-template"
+    assert vars_["block_devices"] == [{"device_name": "/dev/xvda", "volume_gib": 30}]
+    assert plan.volume_gib > 30
+    url, sha = render_mod.MINICONDA_INSTALLERS["x86_64"]
+    assert vars_["miniconda_installer_url"] == url and vars_["miniconda_installer_sha256"] == sha
+    # one sorted file: the one-line values first, then the nested ones, each group sorted
+    keys = [k for k in vars_ if not k.startswith("__")]
+    flat = [k for k in keys if not isinstance(vars_[k], (dict, list)) or k == "builder_cidrs"]
+    nested = [k for k in keys if k not in flat]
+    assert keys == sorted(flat) + sorted(nested) and nested == ["block_devices", "tags"]
+
+    tpl = load_hcl(result.out_dir / "factory.pkr.hcl")
+    src = tpl["source"][0]["amazon-ebs"]["factory"]
+    assert src["shutdown_behavior"] == "terminate"
+    assert src["encrypt_boot"] is True
+    assert src["temporary_security_group_source_cidrs"] == "${var.builder_cidrs}"
+    assert "metadata_options" not in src and "packer" not in tpl  # 1.6.6 cannot parse them
+    prov = tpl["build"][0]["provisioner"][0]["ansible"]
+    assert prov["use_proxy"] is False
+    assert prov["playbook_file"] == "${path.root}/ansible/bake.yml"
+    assert "manifest" in tpl["build"][0]["post-processor"][0]
+
+
+def test_modern_packer_gets_plugins_and_imdsv2(tmp_path):
+    _, result = _render("salmon-quant", tmp_path / "out", packer_version=(1, 11, 2))
+    assert result.modern_packer
+    tpl = load_hcl(result.out_dir / "factory.pkr.hcl")
+    plugins = tpl["packer"][0]["required_plugins"][0]
+    assert {k for k in plugins if not k.startswith("__")} == {"amazon", "ansible"}
+    src = tpl["source"][0]["amazon-ebs"]["factory"]
+    assert src["metadata_options"][0]["http_tokens"] == "required"
+
+
+def test_ami_mode_puts_the_sized_volume_in_the_ami(tmp_path):
+    spec = find_spec("salmon-quant", SPECS)
+    spec = dataclasses.replace(spec, image=dataclasses.replace(spec.image, volume="ami"))
+    plan = size_task(spec)
+    result = render(spec, plan, BASE_AMI, tmp_path / "out", packer_version=(1, 6, 6))
+    assert result.variables["block_devices"] == [{"device_name": "/dev/xvda", "volume_gib": plan.volume_gib}]
+    assert result.variables["volume_gib"] == plan.volume_gib
+
+
+def test_al1_sizes_the_docker_device_and_basesize(tmp_path):
+    spec = find_spec("salmon-quant", SPECS)
+    spec = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base="ecs-al1", family="al1", volume="ami"))
+    result = render(spec, (200, 150), BASE_AMI, tmp_path / "out", packer_version=(1, 6, 6))
+    assert result.variables["block_devices"] == [
+        {"device_name": "/dev/xvda", "volume_gib": 8},
+        {"device_name": "/dev/xvdcz", "volume_gib": 200},
+    ]
+    assert result.variables["docker_storage_driver"] == "devicemapper"
+    assert result.variables["docker_basesize_gib"] == 150
+
+
+def test_rendering_twice_is_byte_identical(tmp_path):
+    _, a = _render("salmon-quant", tmp_path / "a", packer_version=(1, 6, 6))
+    _, b = _render("salmon-quant", tmp_path / "b", packer_version=(1, 6, 6))
+    snap = {rel: (a.out_dir / rel).read_bytes() for rel in a.files}
+    assert a.files == b.files
+    assert all((b.out_dir / rel).read_bytes() == data for rel, data in snap.items())
+    # re-rendering in place replaces the folder with identical bytes, and nothing else
+    _, again = _render("salmon-quant", tmp_path / "a", packer_version=(1, 6, 6))
+    assert {rel: (again.out_dir / rel).read_bytes() for rel in again.files} == snap
+    on_disk = sorted(str(p.relative_to(a.out_dir)) for p in a.out_dir.rglob("*") if p.is_file())
+    assert on_disk == list(a.files)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+def test_local_target_variables(tmp_path):
+    target = BuildTarget.local(
+        endpoint="http://127.0.0.1:5000", ssh_host="127.0.0.1", ssh_port=2222, ssh_username="root",
+        keypair_name="factory-local", private_key_file="/tmp/key", installer_url="http://127.0.0.1:8000/i.sh",
+        installer_sha256="a" * 64, python_interpreter="/usr/bin/python3",
+    )
+    _, result = _render("salmon-quant", tmp_path / "out", target=target, packer_version=(1, 6, 6))
+    v = result.variables
+    assert v["custom_endpoint_ec2"] == "http://127.0.0.1:5000"
+    assert v["skip_credential_validation"] is True
+    assert (v["ssh_host"], v["ssh_port"], v["ssh_username"]) == ("127.0.0.1", 2222, "root")
+    assert v["ansible_become"] is False
+    assert v["builder_cidrs"] == ["127.0.0.1/32"]
+    assert v["miniconda_installer_sha256"] == "a" * 64
+
+
+def test_render_refuses_to_replace_a_foreign_folder(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(UsageError, match="not a folder factory rendered"):
+        _render("salmon-quant", tmp_path / "mine", packer_version=(1, 6, 6))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_render_writes_the_folder(cli, tmp_path):
+    out = tmp_path / "cli"
+    r = cli("render", "salmon-quant", "--out", out, "--base-ami", BASE_AMI, "--specs-dir", SPECS)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "factory.auto.pkrvars.hcl" in r.stdout
+    assert (out / "factory.auto.pkrvars.hcl").is_file()
+    bad = cli("render", "no-such-task", "--out", tmp_path / "x", "--base-ami", BASE_AMI, "--specs-dir", SPECS)
+    assert bad.exit_code != 0
+    assert "no-such-task" in bad.stderr
+
+
+def test_base_ami_from_ssm_through_moto():
+    """The SSM lookup is a real boto3 call (moto's in-process mock)."""
+    from moto import mock_aws
+
+    from factory.aws import Clients
+
+    spec = find_spec("salmon-quant", SPECS)
+    with mock_aws():
+        ami = render_mod.resolve_base_ami(spec, Clients(region="us-east-1"))
+    assert ami.startswith("ami-")
+    pinned = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base="ami-0feedface0000000"))
+    assert render_mod.resolve_base_ami(pinned, None) == "ami-0feedface0000000"
