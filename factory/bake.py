@@ -50,6 +50,9 @@ NOT_IMAGE_VARIABLES = frozenset({
     "task", "region", "tags",
 })
 
+# Files of the last real build kept in build/<task>/ when the folder is re-rendered.
+KEEP_ACROSS_RENDERS = ("packer.log", "manifest.json", "bake-check.json")
+
 _SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ansible"}
 
 
@@ -198,6 +201,20 @@ class Cloud:
             return self.local.build_target(region)
         return render.BuildTarget.aws() if hasattr(render.BuildTarget, "aws") else render.BuildTarget()
 
+    def register_config(self):
+        """The register step's settings: ./factory.yaml (or defaults); on the local cloud,
+        its Batch service role unless the file names one."""
+        from dataclasses import replace
+
+        from factory.config import load_config
+
+        config = load_config()
+        if self.kind == "local" and config.batch.service_role is None:
+            from factory.local.cloud import BATCH_SERVICE_ROLE
+
+            config = replace(config, batch=replace(config.batch, service_role=BATCH_SERVICE_ROLE))
+        return config
+
     def packer_env(self, region: str) -> dict[str, str]:
         env = dict(os.environ)
         if self.kind == "local":
@@ -245,11 +262,20 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     target = cloud.target(spec.region)
     out_dir = Path(build_root) / spec.name
     say("rendering the Packer folder")
+    # Rendering replaces the folder: keep the record of the last real build (its log
+    # and manifest) when this bake turns out to reuse that build's AMI.
+    kept = {name: (out_dir / name).read_bytes() for name in KEEP_ACROSS_RENDERS if (out_dir / name).is_file()}
     rr = render_mod.render(spec, plan, base_ami, out_dir, target=target)
+    for name, data in kept.items():
+        if not (out_dir / name).exists():
+            (out_dir / name).write_bytes(data)
     steps["render"] = time.monotonic() - t
 
     files = content_files(data_dir("packer"), data_dir("ansible"))
-    digest = image_hash(base_ami, files, _rendered_variables(rr))
+    variables = _rendered_variables(rr)
+    # Packer 1.7+ keeps the template's IMDSv2 blocks, which set the AMI's imds_support.
+    variables["__modern_packer"] = bool(getattr(rr, "modern_packer", True))
+    digest = image_hash(base_ami, files, variables)
     return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
 
 
@@ -309,7 +335,7 @@ def build_prepared(
         image_hash=p.image_hash,
         baked=False,
         volume_gib=p.plan.volume_gib,
-        build_dir=str(p.out_dir),
+        build_dir=str(Path(p.out_dir).absolute()),
         steps=steps,
     )
     if not force:
@@ -348,7 +374,7 @@ def build_prepared(
         cancel=cancel,
     )
     steps["packer_build"] = time.monotonic() - t
-    result.log = str(out.log_path)
+    result.log = str(Path(out.log_path).absolute())
 
     t = time.monotonic()
     say(f"tagging {out.ami_id}")
@@ -399,7 +425,7 @@ def register_results(
         if progress:
             progress("registering")
         t = time.monotonic()
-        kwargs: dict[str, Any] = {"progress": progress}
+        kwargs: dict[str, Any] = {"progress": progress, "config": cloud.register_config()}
         if all_specs is not None:
             kwargs["all_specs"] = list(all_specs)
         try:
@@ -492,7 +518,7 @@ def bake_all(
                 task=p.spec.name, ami_id=r.ami_id, region=p.spec.region, base_ami=p.base_ami,
                 spec_hash=p.spec.spec_hash, image_hash=p.image_hash, baked=False,
                 volume_gib=p.plan.volume_gib, status="shared", reused_from=leader.spec.name,
-                build_dir=str(p.out_dir), steps=dict(p.steps),
+                build_dir=str(Path(p.out_dir).absolute()), steps=dict(p.steps),
                 note=f"same image as {leader.spec.name}: shares {r.ami_id}",
             )
 
@@ -528,7 +554,7 @@ def _failed(spec: Any, message: str, p: Prepared | None = None) -> BakeResult:
         task=spec.name, ami_id=None, region=spec.region, base_ami=p.base_ami if p else None,
         spec_hash=spec.spec_hash, image_hash=p.image_hash if p else None, baked=False,
         volume_gib=p.plan.volume_gib if p else None, status="failed", error=message,
-        build_dir=str(p.out_dir) if p else None,
+        build_dir=str(Path(p.out_dir).absolute()) if p else None,
     )
 
 

@@ -26,6 +26,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -300,6 +301,12 @@ def _packer_env(env: dict[str, str] | None) -> dict[str, str]:
     base = dict(os.environ if env is None else env)
     for name in _DROPPED_ENV:
         base.pop(name, None)
+    # Packer's ansible provisioner runs `ansible-playbook` from PATH: use the one
+    # installed beside factory (its virtualenv) when PATH has none.
+    venv_bin = Path(sys.executable).parent
+    path = base.get("PATH", os.defpath)
+    if (venv_bin / "ansible-playbook").exists() and not shutil.which("ansible-playbook", path=path):
+        base["PATH"] = f"{venv_bin}{os.pathsep}{path}"
     base.setdefault("CHECKPOINT_DISABLE", "1")  # no version check phoning home
     base.setdefault("PACKER_NO_COLOR", "1")
     return base
@@ -366,6 +373,11 @@ def _handle_line(line: str, log, secrets: Iterable[str], errors: list[str], on_s
         text = step_text(data[1])
         if text and on_step is not None:
             on_step(text)
+    elif kind == "ui" and len(data) >= 2 and data[0] == "message" and on_step is not None:
+        # Ansible's task headers: the provisioner's own steps.
+        m = re.search(r"TASK \[(.+?)\] \*+", data[1])
+        if m:
+            on_step(f"Ansible: {m.group(1)}")
 
 
 def _interrupt_and_wait(proc, lines, log, env, on_step) -> bool:

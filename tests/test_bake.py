@@ -192,12 +192,15 @@ def test_the_roles_wrote_into_the_throwaway_root(cloud_env, first_bake):
 
 @needs_local_cloud
 def test_the_container_check_reported(cloud_env, first_bake):
-    report_file = cloud_env["build"] / TASK / "bake-check.json"
+    """The roles' container check ran on the build host and wrote its report there."""
+    report_file = cloud_env["cloud"].host.path("/var/lib/factory/bake-check.json")
     assert report_file.is_file()
     report = json.loads(report_file.read_text())
-    assert report, "the container check's report is empty"
-    text = json.dumps(report)
-    assert "aws-cli/" in text
+    assert report["container_ran"] is True and report["space_ok"] is True and report["aws_ok"] is True
+    assert report["aws_version"].startswith("aws-cli/")
+    assert report["min_gib"] == first_bake["volume_gib"]
+    assert float(report["size_gib"]) >= first_bake["volume_gib"]
+    assert "Ansible: bake_check" in Path(first_bake["log"]).read_text() or "bake_check :" in Path(first_bake["log"]).read_text()
 
 
 @needs_local_cloud

@@ -39,6 +39,9 @@ from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, MotoSe
 
 STATE_FILE = "local-cloud.json"
 KEY_PAIR_NAME = "factory-local-buildhost"
+INSTANCE_ROLE = "ecsInstanceRole"
+# moto's Batch wants an explicit service role (real AWS falls back to the service-linked one).
+BATCH_SERVICE_ROLE = "AWSBatchServiceRole"
 DEFAULT_REGION = "us-east-1"
 
 
@@ -98,6 +101,36 @@ class LocalCloud:
             if KEY_PAIR_NAME not in names:
                 ec2.import_key_pair(KeyName=KEY_PAIR_NAME, PublicKeyMaterial=self.host.public_key.encode())
         return KEY_PAIR_NAME
+
+    def seed_account(self) -> None:
+        """What a real account set up for AWS Batch already has: the `ecsInstanceRole`
+        instance profile (AWS Batch's default for the instances it launches) and a Batch
+        service role (`AWSBatchServiceRole`)."""
+        import json as _json
+
+        from botocore.exceptions import ClientError
+
+        from factory.aws import aws_errors
+
+        iam = self.clients(self.region).client("iam")
+        def trust(service: str) -> str:
+            return _json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
+            })
+
+        with aws_errors("setting up the local cloud's IAM (ecsInstanceRole)"):
+            for call, kwargs in (
+                (iam.create_role, {"RoleName": INSTANCE_ROLE, "AssumeRolePolicyDocument": trust("ec2.amazonaws.com")}),
+                (iam.create_role, {"RoleName": BATCH_SERVICE_ROLE, "AssumeRolePolicyDocument": trust("batch.amazonaws.com")}),
+                (iam.create_instance_profile, {"InstanceProfileName": INSTANCE_ROLE}),
+                (iam.add_role_to_instance_profile, {"InstanceProfileName": INSTANCE_ROLE, "RoleName": INSTANCE_ROLE}),
+            ):
+                try:
+                    call(**kwargs)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") not in ("EntityAlreadyExists", "LimitExceeded"):
+                        raise
 
     def build_target(self, region: str | None = None):
         """The render step's BuildTarget for this cloud: endpoint, SSH, key, mirror."""
@@ -258,6 +291,7 @@ def _start(state_dir: Path, region: str) -> LocalCloud:
             started_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
         cloud.ensure_key_pair(region)
+        cloud.seed_account()
         cloud._save()
         return cloud
     except BaseException:
