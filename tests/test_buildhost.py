@@ -1,0 +1,123 @@
+"""The throwaway build host and the mirror: real sshd, real dockerd, an overlay root that
+keeps every write away from this machine, and a stop that leaves nothing behind."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from buildhost_fixtures import requires_buildhost, start_host
+
+pytestmark = requires_buildhost
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    h = start_host(tmp_path_factory.mktemp("bh") / "host")
+    try:
+        yield h
+    finally:
+        h.stop(remove=True)
+
+
+def ssh(host, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(host.ssh_args() + [command], capture_output=True, text=True, timeout=60)
+
+
+def test_ssh_by_key_as_root_with_sftp(host, tmp_path):
+    p = ssh(host, "id -u; cat /proc/1/comm")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split()[0] == "0"
+    local = tmp_path / "f.txt"
+    local.write_text("over sftp\n")
+    sftp = subprocess.run(
+        ["sftp", "-b", "-", "-i", str(host.private_key_file), "-P", str(host.ssh_port),
+         "-o", f"UserKnownHostsFile={host.known_hosts_file}", "-o", "BatchMode=yes", f"root@{host.ssh_host}"],
+        input=f"put {local} /root/f.txt\n", capture_output=True, text=True, timeout=60,
+    )
+    assert sftp.returncode == 0, sftp.stderr
+    assert host.path("/root/f.txt").read_text() == "over sftp\n"
+    # a password or another key is refused
+    other = subprocess.run(
+        ["ssh", "-p", str(host.ssh_port), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-i", "/dev/null",
+         "-o", f"UserKnownHostsFile={host.known_hosts_file}", f"root@{host.ssh_host}", "true"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert other.returncode != 0
+
+
+def test_writes_stay_in_the_throwaway_root(host):
+    marker = f"/etc/factory-buildhost-test-{os.getpid()}"
+    assert ssh(host, f"echo inside > {marker} && mkdir -p /home/ec2-user && touch /home/ec2-user/x").returncode == 0
+    assert not Path(marker).exists()  # this machine's /etc is untouched
+    assert not Path("/home/ec2-user/x").exists()
+    assert host.path(marker).read_text() == "inside\n"
+    assert host.path("/home/ec2-user/x").exists()
+
+
+def test_real_docker_with_its_data_root_outside_the_overlay(host):
+    out = host.run("docker", "info", "--format", "{{.Driver}} {{.DockerRootDir}}").stdout.split()
+    assert out == ["overlay2", "/var/lib/docker"]
+    assert (host.docker_data_dir / "overlay2").is_dir()  # Docker's data is in the bind-mounted dir
+    # a restart through the root's init script, as ansible.builtin.service does here
+    host.run("/etc/init.d/docker", "restart")
+    host.run("sh", "-c", "for i in $(seq 100); do docker info >/dev/null 2>&1 && exit 0; sleep 0.1; done; exit 1")
+    # a container runs from a locally imported busybox image
+    script = (
+        "set -e; d=$(mktemp -d); mkdir $d/bin; cp /bin/busybox $d/bin/; ln -s busybox $d/bin/sh; "
+        "tar -C $d -cf /tmp/r.tar .; docker import /tmp/r.tar bh-test:1 >/dev/null; "
+        "docker run --rm --network none bh-test:1 sh -c 'echo from-container'"
+    )
+    assert host.run("sh", "-c", script).stdout.strip() == "from-container"
+
+
+def test_stop_leaves_no_process_mount_or_cgroup(tmp_path):
+    h = start_host(tmp_path / "host")
+    pids = [h.pid, h.init_pid]
+    inside = [int(p) for p in h.run("sh", "-c", "ls /proc | grep -E '^[0-9]+$'").stdout.split()]
+    assert len(inside) >= 3  # init, sshd, dockerd, containerd...
+    h.stop()
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+    assert str(tmp_path) not in Path("/proc/self/mountinfo").read_text()
+    assert not glob.glob(f"/sys/fs/cgroup/*{h.cgroup_parent}")
+    assert not h.alive()
+    assert h.path("/etc/default/docker").exists()  # the upper dir stays for inspection...
+    h.stop(remove=True)
+    assert not (tmp_path / "host").exists()  # ...until removed
+
+
+def test_mirror_serves_the_standin_with_its_sha256(tmp_path):
+    from factory.local.mirror import Mirror, standin_installer
+
+    m = Mirror.start(tmp_path / "mirror")
+    try:
+        body = urllib.request.urlopen(m.installer_url, timeout=5).read()
+        assert hashlib.sha256(body).hexdigest() == m.installer_sha256
+        assert body == standin_installer().read_bytes()
+        assert Mirror.load(tmp_path / "mirror").port == m.port
+    finally:
+        m.stop()
+    assert not m.alive()
+
+
+def test_standin_installer_behaves_like_miniconda(tmp_path):
+    from factory.local.mirror import standin_installer
+
+    inst = standin_installer()
+    no_batch = subprocess.run(["sh", str(inst), "-p", str(tmp_path / "p")], capture_output=True, text=True)
+    assert no_batch.returncode != 0 and "batch mode" in no_batch.stderr
+    prefix = tmp_path / "mc"
+    ok = subprocess.run(["sh", str(inst), "-b", "-p", str(prefix)], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert (prefix / "bin" / "conda").exists()
+    again = subprocess.run(["sh", str(inst), "-b", "-p", str(prefix)], capture_output=True, text=True)
+    assert again.returncode != 0 and "already exists" in again.stderr
+    bad = subprocess.run([str(prefix / "bin" / "conda"), "install", "-y", "numpy"], capture_output=True, text=True)
+    assert bad.returncode != 0

@@ -1,0 +1,161 @@
+"""The roles, run for real: ansible-playbook over SSH into the throwaway build host, with
+a real dockerd (overlay2), the mirror's Miniconda stand-in verified by its sha256, and
+the devicemapper branch as far as its file (that driver cannot run here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from buildhost_fixtures import ANSIBLE, VENV_BIN, changed, requires_buildhost, role_playbook, run_playbook, show, start_host
+
+PREFIX = "/home/ec2-user/miniconda"
+
+pytestmark = requires_buildhost
+
+
+@pytest.fixture(scope="module")
+def cloud(tmp_path_factory):
+    from factory.local.mirror import Mirror
+
+    base = tmp_path_factory.mktemp("roles")
+    mirror = Mirror.start(base / "mirror")
+    host = start_host(base / "host")
+    try:
+        yield host, mirror, base
+    finally:
+        host.stop(remove=True)
+        mirror.stop()
+
+
+def installer_vars(mirror, prefix=PREFIX):
+    return {
+        "miniconda_awscli_prefix": prefix,
+        "miniconda_awscli_installer_url": mirror.installer_url,
+        "miniconda_awscli_installer_checksum": f"sha256:{mirror.installer_sha256}",
+    }
+
+
+def test_ansible_lint_production_profile_is_clean():
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", NO_COLOR="1")
+    p = subprocess.run(
+        [str(VENV_BIN / "ansible-lint"), "--profile", "production", "--offline", "bake.yml", "roles"],
+        cwd=ANSIBLE, capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Profile 'production' was required, and it passed" in p.stdout + p.stderr
+
+
+def test_bake_play_overlay2_then_idempotent(cloud, tmp_path):
+    host, mirror, _ = cloud
+    report = tmp_path / "report.json"
+    ev = {
+        "factory_become": False,
+        "ansible_python_interpreter": host.python_interpreter,
+        "docker_storage_volume_gib": 20,
+        "bake_check_prefix": PREFIX,
+        "bake_check_min_gib": 20,
+        "bake_check_report_dest": str(report),
+        **installer_vars(mirror),
+    }
+    first = run_playbook(host, ANSIBLE / "bake.yml", ev, tmp_path)
+    assert first.returncode == 0, show(first)
+    assert changed(first) > 0
+    # overlay2: daemon.json written inside the throwaway root, and Docker restarted with it
+    daemon = json.loads(host.path("/etc/docker/daemon.json").read_text())
+    assert daemon == {"data-root": "/var/lib/docker", "storage-driver": "overlay2"}
+    assert "RUNNING HANDLER [docker_storage : Restart docker]" in first.stdout
+    info = host.run("docker", "info", "--format", "{{.Driver}} {{.DockerRootDir}}").stdout.split()
+    assert info == ["overlay2", "/var/lib/docker"]
+    # the AWS CLI works from the prefix; installer and package cache are gone
+    assert host.run(f"{PREFIX}/bin/aws", "--version").stdout.startswith("aws-cli/")
+    assert host.run("sh", "-c", f"test ! -e /tmp/miniconda-installer.sh && test ! -e {PREFIX}/pkgs", check=False).returncode == 0
+    mode = host.path(PREFIX).stat().st_mode & 0o777
+    assert mode & 0o055 == 0o055 and not mode & 0o022, oct(mode)
+    # the container check's report, fetched to this machine
+    got = json.loads(report.read_text())
+    assert got["container_ran"] and got["space_ok"] and got["aws_ok"], got
+    assert got["aws_version"].startswith("aws-cli/") and got["size_gib"] >= 20
+    assert json.loads(host.path("/var/lib/factory/bake-check.json").read_text()) == got
+
+    second = run_playbook(host, ANSIBLE / "bake.yml", ev, tmp_path)
+    assert second.returncode == 0, show(second)
+    assert changed(second) == 0, show(second)
+    assert "Restart docker" not in second.stdout
+
+
+def test_devicemapper_keeps_other_options_and_replaces_the_basesize(cloud, tmp_path):
+    host, _, _ = cloud
+    old = (
+        'DOCKER_STORAGE_OPTIONS="--storage-driver devicemapper --storage-opt dm.thinpooldev=/dev/mapper/docker-docker--pool '
+        '--storage-opt dm.use_deferred_removal=true --storage-opt dm.basesize=10G --storage-opt dm.fs=ext4"'
+    )
+    host.run("sh", "-c", f"mkdir -p /etc/sysconfig && printf '%s\\n%s\\n' '# kept' '{old}' > /etc/sysconfig/docker-storage")
+    play = role_playbook(tmp_path, "docker_storage")
+    ev = {"docker_storage_driver": "devicemapper", "docker_storage_restart": False, "docker_storage_basesize_gib": 120,
+          "ansible_python_interpreter": host.python_interpreter}
+    first = run_playbook(host, play, ev, tmp_path)
+    assert first.returncode == 0, show(first)
+    text = host.path("/etc/sysconfig/docker-storage").read_text()
+    assert text.splitlines()[0] == "# kept"
+    line = text.splitlines()[1]
+    assert line == (
+        'DOCKER_STORAGE_OPTIONS="--storage-driver devicemapper --storage-opt dm.thinpooldev=/dev/mapper/docker-docker--pool '
+        '--storage-opt dm.use_deferred_removal=true --storage-opt dm.fs=ext4 --storage-opt dm.basesize=120GB"'
+    )
+    assert text.count("dm.basesize") == 1
+    again = run_playbook(host, play, ev, tmp_path)
+    assert again.returncode == 0 and changed(again) == 0, show(again)
+    # a new size replaces the old one rather than adding a second
+    bigger = run_playbook(host, play, {**ev, "docker_storage_basesize_gib": 200}, tmp_path)
+    assert bigger.returncode == 0 and changed(bigger) == 1, show(bigger)
+    text = host.path("/etc/sysconfig/docker-storage").read_text()
+    assert text.count("dm.basesize") == 1 and "dm.basesize=200GB" in text and "dm.fs=ext4" in text
+
+
+def test_devicemapper_creates_the_file_when_missing(cloud, tmp_path):
+    host, _, _ = cloud
+    play = role_playbook(tmp_path, "docker_storage")
+    ev = {"docker_storage_driver": "devicemapper", "docker_storage_restart": False, "docker_storage_basesize_gib": 50,
+          "docker_storage_sysconfig_file": "/etc/sysconfig/docker-storage-new",
+          "ansible_python_interpreter": host.python_interpreter}
+    p = run_playbook(host, play, ev, tmp_path)
+    assert p.returncode == 0, show(p)
+    assert host.path("/etc/sysconfig/docker-storage-new").read_text() == 'DOCKER_STORAGE_OPTIONS="--storage-opt dm.basesize=50GB"\n'
+
+
+def test_checksum_mismatch_fails_and_installs_nothing(cloud, tmp_path):
+    host, mirror, _ = cloud
+    play = role_playbook(tmp_path, "miniconda_awscli")
+    ev = {**installer_vars(mirror, "/opt/mismatch"), "miniconda_awscli_installer_checksum": "sha256:" + "0" * 64,
+          "ansible_python_interpreter": host.python_interpreter}
+    p = run_playbook(host, play, ev, tmp_path)
+    assert p.returncode != 0
+    assert "checksum" in p.stdout.lower(), show(p)
+    assert host.run("test", "-e", "/opt/mismatch/bin/conda", check=False).returncode != 0
+
+
+def test_overlay2_refuses_a_data_root_smaller_than_the_volume(cloud, tmp_path):
+    host, _, _ = cloud
+    play = role_playbook(tmp_path, "docker_storage")
+    p = run_playbook(host, play, {"docker_storage_volume_gib": 1_000_000,
+                                  "ansible_python_interpreter": host.python_interpreter}, tmp_path)
+    assert p.returncode != 0
+    assert "smaller than the sized volume" in p.stdout, show(p)
+
+
+def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
+    host, _, _ = cloud
+    play = role_playbook(tmp_path, "bake_check")
+    report = tmp_path / "bad.json"
+    p = run_playbook(host, play, {"bake_check_prefix": "/opt/nothing-here", "bake_check_min_gib": 1,
+                                  "bake_check_report_dest": str(report),
+                                  "ansible_python_interpreter": host.python_interpreter}, tmp_path)
+    assert p.returncode != 0
+    assert "The bake check failed" in p.stdout, show(p)
+    got = json.loads(report.read_text())
+    assert got["aws_ok"] is False and got["space_ok"] is True
