@@ -9,6 +9,8 @@ PY := $(VENV)/bin/python
 FACTORY := $(VENV)/bin/factory
 STAMP := $(VENV)/.installed
 JOBS ?= 2
+# Packer's ansible provisioner runs ansible-playbook from PATH: the venv's comes first.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: help venv system-deps demo test images lint bench bake render size clean
 
