@@ -264,11 +264,22 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     say("rendering the Packer folder")
     # Rendering replaces the folder: keep the record of the last real build (its log
     # and manifest) when this bake turns out to reuse that build's AMI.
-    kept = {name: (out_dir / name).read_bytes() for name in KEEP_ACROSS_RENDERS if (out_dir / name).is_file()}
-    rr = render_mod.render(spec, plan, base_ami, out_dir, target=target)
-    for name, data in kept.items():
-        if not (out_dir / name).exists():
-            (out_dir / name).write_bytes(data)
+    keep = Path(out_dir).parent / f".{Path(out_dir).name}.kept-{os.getpid()}-{threading.get_ident()}"
+    kept = [name for name in KEEP_ACROSS_RENDERS if (Path(out_dir) / name).is_file()]
+    if kept:
+        keep.mkdir(parents=True, exist_ok=True)
+        for name in kept:
+            os.replace(Path(out_dir) / name, keep / name)
+    try:
+        rr = render_mod.render(spec, plan, base_ami, out_dir, target=target)
+    finally:
+        for name in kept:
+            if (keep / name).exists() and not (Path(out_dir) / name).exists() and Path(out_dir).is_dir():
+                os.replace(keep / name, Path(out_dir) / name)
+        if kept:
+            import shutil
+
+            shutil.rmtree(keep, ignore_errors=True)
     steps["render"] = time.monotonic() - t
 
     files = content_files(data_dir("packer"), data_dir("ansible"))
@@ -517,7 +528,10 @@ def bake_all(
             results[p.spec.name] = BakeResult(
                 task=p.spec.name, ami_id=r.ami_id, region=p.spec.region, base_ami=p.base_ami,
                 spec_hash=p.spec.spec_hash, image_hash=p.image_hash, baked=False,
-                volume_gib=p.plan.volume_gib, status="shared", reused_from=leader.spec.name,
+                volume_gib=p.plan.volume_gib,
+                # An AMI that existed before this run is reused; one baked now is shared.
+                status="reused" if r.status == "reused" else "shared",
+                reused_from=r.reused_from or leader.spec.name,
                 build_dir=str(Path(p.out_dir).absolute()), steps=dict(p.steps),
                 note=f"same image as {leader.spec.name}: shares {r.ami_id}",
             )

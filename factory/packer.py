@@ -180,7 +180,7 @@ def build(
     cmd = [info.path, "build", "-machine-readable", "-color=false", "-on-error=cleanup", "."]
     start = time.monotonic()
     lines: queue.Queue[str | None] = queue.Queue()
-    errors: list[str] = []
+    errors = _Errors()
     cancel = cancel or threading.Event()
 
     with open(log_path, "w", encoding="utf-8") as log:
@@ -240,6 +240,8 @@ def build(
         raise BuildInterrupted(f"packer build {reason}; {cleanup} (log: {log_path})")
     if proc.returncode != 0:
         detail = "\n".join(dict.fromkeys(errors)) or "no error message; see the log"
+        if errors.fatal:
+            detail = errors.ansible_summary() + "\n" + detail
         raise PackerError(f"packer build failed in {folder}:\n{detail}\n(full log: {log_path})")
     ami_id, region, artifact_id, manifest = read_manifest(manifest_path)
     return BuildOutput(ami_id, region, artifact_id, manifest, log_path, seconds)
@@ -295,6 +297,37 @@ def step_text(message: str) -> str:
 
 
 # -- internals ---------------------------------------------------------------------------
+
+
+class _Errors(list):
+    """Packer's error lines, plus the `fatal:` block of a failed Ansible task."""
+
+    MAX_LINES = 12
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ansible_task: str | None = None
+        self.fatal: list[str] = []
+        self.fatal_task: str | None = None
+        self.capturing = False
+
+    def watch(self, text: str) -> None:
+        stripped = text.strip()
+        if re.match(r"(fatal|failed): \[", stripped):
+            self.capturing, self.fatal, self.fatal_task = True, [], self.ansible_task
+            rest = stripped.split("=>", 1)[1].strip() if "=>" in stripped else ""
+            if rest:
+                self.fatal.append(rest)
+        elif self.capturing:
+            if not stripped or stripped.startswith("PLAY RECAP") or stripped.startswith("TASK ["):
+                self.capturing = False
+            elif len(self.fatal) < self.MAX_LINES:
+                self.fatal.append(stripped)
+
+    def ansible_summary(self) -> str:
+        msg = [line for line in self.fatal if not re.match(r"(changed|evaluated_to|assertion|_ansible\w*): ", line)]
+        body = "\n  ".join(msg or self.fatal)
+        return f"Ansible failed at task [{self.fatal_task or '?'}]:\n  {body}"
 
 
 def _packer_env(env: dict[str, str] | None) -> dict[str, str]:
@@ -373,11 +406,19 @@ def _handle_line(line: str, log, secrets: Iterable[str], errors: list[str], on_s
         text = step_text(data[1])
         if text and on_step is not None:
             on_step(text)
-    elif kind == "ui" and len(data) >= 2 and data[0] == "message" and on_step is not None:
-        # Ansible's task headers: the provisioner's own steps.
-        m = re.search(r"TASK \[(.+?)\] \*+", data[1])
+    elif kind == "ui" and len(data) >= 2 and data[0] == "message":
+        # Ansible's output, relayed by the provisioner: its task headers are our steps,
+        # and its `fatal:` block is what a failed bake must say.
+        text = re.sub(r"^\s*[\w.-]+\.[\w.-]+:\s?", "", data[1].rstrip("\n"))
+        m = re.search(r"TASK \[(.+?)\] \*+", text)
         if m:
-            on_step(f"Ansible: {m.group(1)}")
+            if isinstance(errors, _Errors):
+                errors.ansible_task = m.group(1)
+                errors.capturing = False
+            if on_step is not None:
+                on_step(f"Ansible: {m.group(1)}")
+        elif isinstance(errors, _Errors):
+            errors.watch(text)
 
 
 def _interrupt_and_wait(proc, lines, log, env, on_step) -> bool:
@@ -396,7 +437,7 @@ def _interrupt_and_wait(proc, lines, log, env, on_step) -> bool:
             pass
     secrets = _secrets(env)
     deadline = time.monotonic() + CLEANUP_GRACE_SECONDS
-    errors: list[str] = []
+    errors = _Errors()
     while True:
         try:
             line = lines.get(timeout=0.5)

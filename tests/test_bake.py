@@ -198,17 +198,27 @@ def test_the_container_check_reported(cloud_env, first_bake):
     report = json.loads(report_file.read_text())
     assert report["container_ran"] is True and report["space_ok"] is True and report["aws_ok"] is True
     assert report["aws_version"].startswith("aws-cli/")
-    assert report["min_gib"] == first_bake["volume_gib"]
-    assert float(report["size_gib"]) >= first_bake["volume_gib"]
+    # The check's minimum is the sized volume the builder carries (the rendered volume_gib:
+    # the task's volume when the AMI carries it, else the root the launch template grows).
+    import hcl2
+
+    with open(Path(first_bake["build_dir"]) / "factory.auto.pkrvars.hcl") as f:
+        rendered = hcl2.load(f)
+    assert int(report["min_gib"]) == int(rendered["volume_gib"])
+    assert float(report["size_gib"]) >= int(rendered["volume_gib"])
     assert "Ansible: bake_check" in Path(first_bake["log"]).read_text() or "bake_check :" in Path(first_bake["log"]).read_text()
 
 
 @needs_local_cloud
-def test_second_bake_reuses_without_packer(cloud_env, first_bake):
+def test_second_bake_reuses_without_packer(cloud_env, first_bake, tmp_path):
     log = Path(first_bake["log"])
     mtime = log.stat().st_mtime_ns
-    # No Packer at all: a reuse must not need it.
-    env = dict(cloud_env["env"], FACTORY_PACKER="/nonexistent/packer")
+    # A Packer that records how it is called: a reuse may ask its version, never build.
+    calls = tmp_path / "packer-calls.txt"
+    spy = tmp_path / "packer"
+    spy.write_text(f'#!/bin/sh\necho "$*" >> {calls}\nexec {shutil.which("packer")} "$@"\n')
+    spy.chmod(0o755)
+    env = dict(cloud_env["env"], FACTORY_PACKER=str(spy))
     proc = bake_cli(cloud_env, TASK, "--json", env=env)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout)
@@ -219,6 +229,8 @@ def test_second_bake_reuses_without_packer(cloud_env, first_bake):
     assert log.stat().st_mtime_ns == mtime
     human = bake_cli(cloud_env, TASK, env=env)
     assert human.returncode == 0 and "reused" in human.stdout and "--force rebakes" in human.stdout
+    called = calls.read_text().splitlines() if calls.exists() else []
+    assert called and not [c for c in called if c.split()[0] in ("build", "validate", "init")], called
 
 
 @needs_local_cloud
@@ -230,10 +242,11 @@ def test_missing_packer_is_a_clear_error(cloud_env, first_bake):
 
 
 @needs_local_cloud
-def test_bake_all_shares_identical_images_and_survives_a_failed_check(cloud_env, first_bake, tmp_path):
+def test_bake_all_shares_identical_images_and_survives_a_failed_bake(cloud_env, first_bake, tmp_path):
     """--all over: salmon-quant (unchanged: reused), a copy of it under another name (same
-    image: shares the AMI), and a task sized beyond what the build host's disk can show,
-    whose container check must fail the bake without keeping an AMI or stopping the others."""
+    image: shares the AMI), and a task whose AMI must carry a volume beyond what the build
+    host's disk can show, whose storage check must fail the bake without keeping an AMI
+    or stopping the others."""
     import yaml
 
     specs = tmp_path / "specs"
@@ -243,7 +256,8 @@ def test_bake_all_shares_identical_images_and_survives_a_failed_check(cloud_env,
     (specs / "salmon-quant-copy.yaml").write_text(yaml.safe_dump({**doc, "name": "salmon-quant-copy"}))
     big = yaml.safe_load(yaml.safe_dump(doc))
     big["name"] = "too-big"
-    big["storage"]["max_input_gib"] = 4000  # a volume far larger than this machine's disk
+    big["storage"]["max_input_gib"] = 4000  # a volume far larger than this machine's disk,
+    big["image"]["volume"] = "ami"  # carried by the AMI, so the check on the builder must see it
     (specs / "too-big.yaml").write_text(yaml.safe_dump(big))
     ec2 = ec2_of(cloud_env)
     images_before = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
@@ -260,8 +274,39 @@ def test_bake_all_shares_identical_images_and_survives_a_failed_check(cloud_env,
     assert by_task["salmon-quant-copy"]["ami_id"] == first_bake["ami_id"]
     assert by_task["salmon-quant-copy"]["baked"] is False
     assert by_task["too-big"]["status"] == "failed"
-    assert "bake check failed" in by_task["too-big"]["error"].lower()
+    error = by_task["too-big"]["error"]
+    assert "Ansible failed at task [docker_storage : Check the data root lives on the sized volume]" in error
+    assert "smaller than the sized volume" in " ".join(error.split())
     # The failed check kept no AMI, and its builder is gone.
+    assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == images_before
+    running = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
+               if i["State"]["Name"] not in ("terminated", "shutting-down")]
+    assert running == []
+
+
+@needs_local_cloud
+def test_a_failed_container_check_fails_the_bake_and_keeps_no_ami(cloud_env, first_bake, monkeypatch):
+    """The bake_check role's container cannot start (its image does not exist and no
+    registry can be reached): the check fails, so Packer makes no AMI and bake says why."""
+    from dataclasses import replace
+
+    from factory.errors import PackerError
+    from factory.spec import find_spec
+
+    for key, value in cloud_env["env"].items():
+        if key.startswith("AWS_") or key == "FACTORY_STATE_DIR":
+            monkeypatch.setenv(key, value)
+    lc = cloud_env["cloud"]
+    target = replace(lc.build_target("us-east-1"), bake_check_image="factory-no-such-image:latest")
+    spec = find_spec(TASK, REPO / "specs")
+    ec2 = ec2_of(cloud_env)
+    images_before = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
+    with pytest.raises(PackerError) as exc:
+        bake.bake_task(spec, target=target, force=True, cloud=bake.Cloud("local", lc),
+                       build_root=cloud_env["build"] / "check-fails")
+    msg = exc.value.message
+    assert "Ansible failed at task [bake_check : Fail the bake when a check failed]" in msg
+    assert "The bake check failed" in msg and '"container_ran": false' in msg
     assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == images_before
     running = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
                if i["State"]["Name"] not in ("terminated", "shutting-down")]
