@@ -186,13 +186,18 @@ class Cloud:
 
     kind: str  # aws | local
     local: Any = None  # factory.local.cloud.LocalCloud
+    _clients: dict = field(default_factory=dict, repr=False)
 
     def clients(self, region: str):
-        if self.kind == "local":
-            return self.local.clients(region)
-        from factory.aws import Clients
+        """One Clients per region, reused by every step of every bake."""
+        if region not in self._clients:
+            if self.kind == "local":
+                self._clients[region] = self.local.clients(region)
+            else:
+                from factory.aws import Clients
 
-        return Clients(region=region)
+                self._clients[region] = Clients(region=region)
+        return self._clients[region]
 
     def target(self, region: str):
         from factory import render
@@ -515,6 +520,10 @@ def bake_all(
     for p in prepared.values():
         groups.setdefault((p.spec.region, p.image_hash), []).append(p)
 
+    # boto3 sessions are not thread-safe when making clients: make them here, once.
+    for region, _ in groups:
+        cloud.clients(region).ec2()
+
     def one(group: list[Prepared]) -> None:
         leader = group[0]
         try:
@@ -594,12 +603,12 @@ class _Override(Cloud):
 
     def __init__(self, base: Cloud, clients: Any, target: Any):
         super().__init__(base.kind, base.local)
-        self._clients = clients
+        self._given_clients = clients
         self._target = target
         self._base = base
 
     def clients(self, region: str):
-        return self._clients if self._clients is not None else self._base.clients(region)
+        return self._given_clients if self._given_clients is not None else self._base.clients(region)
 
     def target(self, region: str):
         return self._target if self._target is not None else self._base.target(region)
