@@ -24,10 +24,11 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from factory import __version__
 from factory.errors import FactoryError, PackerError
@@ -437,7 +438,7 @@ def register_results(
         by_region.setdefault(s.region, []).append((r, s))
     for region, pairs in by_region.items():
         first = pairs[0][0].task
-        progress = (lambda text: on_step(first, text)) if on_step else None
+        progress = (lambda text, first=first: on_step(first, text)) if on_step else None
         if progress:
             progress("registering")
         t = time.monotonic()

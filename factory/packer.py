@@ -29,9 +29,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from factory.errors import PackerError
 
@@ -99,7 +99,7 @@ def find_packer(binary: str | None = None) -> PackerInfo:
         raise PackerError(f"Packer not found {where}: {INSTALL_HINT}")
     try:
         out = subprocess.run(
-            [path, "version"], capture_output=True, text=True, timeout=30, env=_packer_env(None)
+            [path, "version"], capture_output=True, text=True, timeout=30, env=_packer_env(None), check=False
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise PackerError(f"cannot run `{path} version` ({exc}): {INSTALL_HINT}") from None
@@ -143,7 +143,8 @@ def _run_simple(info: PackerInfo, args: list[str], folder: Path, env: dict[str, 
         raise PackerError(f"{what}: no such folder {folder}; run `factory render` first")
     try:
         out = subprocess.run(
-            [info.path, *args], cwd=folder, capture_output=True, text=True, env=_packer_env(env), timeout=600
+            [info.path, *args], cwd=folder, capture_output=True, text=True, env=_packer_env(env), timeout=600,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         raise PackerError(f"{what} in {folder} did not finish within 10 minutes") from None
@@ -319,7 +320,7 @@ class _Errors(list):
             if rest:
                 self.fatal.append(rest)
         elif self.capturing:
-            if not stripped or stripped.startswith("PLAY RECAP") or stripped.startswith("TASK ["):
+            if not stripped or stripped.startswith(("PLAY RECAP", "TASK [")):
                 self.capturing = False
             elif len(self.fatal) < self.MAX_LINES:
                 self.fatal.append(stripped)
@@ -357,7 +358,7 @@ def _mask(text: str, env: dict[str, str] | None) -> str:
     return text
 
 
-def _pump(proc: subprocess.Popen, lines: "queue.Queue[str | None]") -> None:
+def _pump(proc: subprocess.Popen, lines: queue.Queue[str | None]) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.put(line)
@@ -365,7 +366,7 @@ def _pump(proc: subprocess.Popen, lines: "queue.Queue[str | None]") -> None:
 
 
 def _consume(
-    lines: "queue.Queue[str | None]",
+    lines: queue.Queue[str | None],
     log,
     env: dict[str, str] | None,
     errors: list[str],

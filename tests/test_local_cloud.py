@@ -29,7 +29,7 @@ FACTORY = str(Path(sys.executable).with_name("factory"))
 
 def factory(*args: str, state_dir: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, FACTORY_STATE_DIR=str(state_dir))
-    return subprocess.run([FACTORY, *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([FACTORY, *args], capture_output=True, text=True, env=env, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_the_build_host_key_is_imported_into_moto(up, state_dir):
 def test_the_build_host_answers_ssh_and_runs_docker(up, state_dir):
     lc = local_cloud.running(state_dir)
     proc = subprocess.run([*lc.host.ssh_args(), "docker", "info", "--format", "{{.Driver}}"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "overlay2"
 
@@ -112,7 +112,7 @@ def test_a_second_up_is_refused(up, state_dir):
 
 
 def test_using_a_running_cloud_does_not_stop_it(up, state_dir):
-    with local_cloud.using_local_cloud(state_dir) as (lc, started):
+    with local_cloud.using_local_cloud(state_dir) as (_lc, started):
         assert started is False
     assert local_cloud.running(state_dir).endpoint == up["endpoint"]
 

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -26,7 +25,7 @@ CLOUDS = ("aws", "local")
 @app.command()
 @handle_errors
 def bake(
-    task: Optional[str] = typer.Argument(None, help="Task to bake (the spec's file stem), or a path to a spec file."),
+    task: str | None = typer.Argument(None, help="Task to bake (the spec's file stem), or a path to a spec file."),
     cloud: str = typer.Option("aws", "--cloud", help="aws: your AWS account; local: moto + a throwaway build host (no account)."),
     force: bool = typer.Option(False, "--force", help="Bake even when an AMI with the same content hash exists."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
@@ -56,18 +55,17 @@ def bake(
 
     _sigterm_is_interrupt()
     board = StatusBoard([s.name for s in specs])
-    with _the_cloud(cloud, specs[0].region, board) as where:
-        with board:
-            if all_tasks:
-                results = core.bake_all(
-                    specs, where, force=force, jobs=jobs, build_root=build_dir,
-                    register=not no_register, on_step=board.step, timeout=timeout,
-                )
-            else:
-                results = [core.bake_task(
-                    specs[0], force=force, cloud=where, build_root=build_dir,
-                    register=not no_register, on_step=board.step, timeout=timeout,
-                )]
+    with _the_cloud(cloud, specs[0].region, board) as where, board:
+        if all_tasks:
+            results = core.bake_all(
+                specs, where, force=force, jobs=jobs, build_root=build_dir,
+                register=not no_register, on_step=board.step, timeout=timeout,
+            )
+        else:
+            results = [core.bake_task(
+                specs[0], force=force, cloud=where, build_root=build_dir,
+                register=not no_register, on_step=board.step, timeout=timeout,
+            )]
 
     failed = [r for r in results if r.status == "failed"]
     if all_tasks:
@@ -88,7 +86,7 @@ def bake(
         _print_one(result)
 
 
-def _the_cloud(kind: str, region: str, board: "StatusBoard"):
+def _the_cloud(kind: str, region: str, board: StatusBoard):
     import contextlib
     import os
 
@@ -153,7 +151,7 @@ class StatusBoard:
         self.lock = threading.Lock()
         self.tty = sys.stderr.isatty()
 
-    def __enter__(self) -> "StatusBoard":
+    def __enter__(self) -> StatusBoard:
         if self.tty:
             from rich.console import Console
             from rich.live import Live

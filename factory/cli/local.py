@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -23,7 +22,7 @@ _STATE = typer.Option(None, "--state-dir", help="Where the local cloud keeps its
 @handle_errors
 def up(
     region: str = typer.Option("us-east-1", "--region", help="The region the build host's key pair is imported into first."),
-    state_dir: Optional[Path] = _STATE,
+    state_dir: Path | None = _STATE,
     json_out: bool = typer.Option(False, "--json", help="Print where everything runs as JSON."),
 ) -> None:
     """Start moto's server, the build host and the mirror; record them in the state file."""
@@ -39,7 +38,7 @@ def up(
 
 @local_app.command()
 @handle_errors
-def down(state_dir: Optional[Path] = _STATE) -> None:
+def down(state_dir: Path | None = _STATE) -> None:
     """Stop the local cloud and remove what it made (no process, no mount left)."""
     from factory.local import cloud
 
@@ -52,7 +51,7 @@ def down(state_dir: Optional[Path] = _STATE) -> None:
 @local_app.command()
 @handle_errors
 def status(
-    state_dir: Optional[Path] = _STATE,
+    state_dir: Path | None = _STATE,
     json_out: bool = typer.Option(False, "--json", help="Print the status as JSON."),
 ) -> None:
     """Say whether the local cloud runs, and where. Exit 1 when it is not running."""
@@ -83,4 +82,4 @@ def _describe(lc, data=None) -> None:
     print(f"  build host      {host['ssh']}  key pair {host['key_pair']}")
     print(f"  installer       {data['mirror']['installer_url']}")
     print(f"  state           {data['state_file']}")
-    print(f"  use it          factory bake TASK --cloud local")
+    print("  use it          factory bake TASK --cloud local")

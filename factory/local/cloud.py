@@ -29,13 +29,19 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from factory.errors import LocalCloudError
-from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, MotoServer, local_env
+from factory.local.moto_server import (
+    LOCAL_ACCESS_KEY,
+    LOCAL_SECRET_KEY,
+    MotoServer,
+    local_env,
+)
 
 STATE_FILE = "local-cloud.json"
 KEY_PAIR_NAME = "factory-local-buildhost"
@@ -288,7 +294,7 @@ def _start(state_dir: Path, region: str) -> LocalCloud:
             moto=moto,
             host=host,
             mirror=mirror,
-            started_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            started_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )
         cloud.ensure_key_pair(region)
         cloud.seed_account()
