@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from factory import __version__
+from factory.cloud import Cloud  # noqa: F401 - where a bake runs; re-exported for callers
 from factory.errors import FactoryError, PackerError
 
 IMAGE_HASH_TAG = "factory:image-hash"
@@ -179,53 +180,6 @@ def _tags(resource: dict[str, Any]) -> dict[str, str]:
 
 
 # -- where the bake runs -------------------------------------------------------------
-
-
-@dataclass
-class Cloud:
-    """Where a bake runs: real AWS (credentials from the environment) or the local cloud."""
-
-    kind: str  # aws | local
-    local: Any = None  # factory.local.cloud.LocalCloud
-    _clients: dict = field(default_factory=dict, repr=False)
-
-    def clients(self, region: str):
-        """One Clients per region, reused by every step of every bake."""
-        if region not in self._clients:
-            if self.kind == "local":
-                self._clients[region] = self.local.clients(region)
-            else:
-                from factory.aws import Clients
-
-                self._clients[region] = Clients(region=region)
-        return self._clients[region]
-
-    def target(self, region: str):
-        from factory import render
-
-        if self.kind == "local":
-            return self.local.build_target(region)
-        return render.BuildTarget.aws() if hasattr(render.BuildTarget, "aws") else render.BuildTarget()
-
-    def register_config(self):
-        """The register step's settings: ./factory.yaml (or defaults); on the local cloud,
-        its Batch service role unless the file names one."""
-        from dataclasses import replace
-
-        from factory.config import load_config
-
-        config = load_config()
-        if self.kind == "local" and config.batch.service_role is None:
-            from factory.local.cloud import BATCH_SERVICE_ROLE
-
-            config = replace(config, batch=replace(config.batch, service_role=BATCH_SERVICE_ROLE))
-        return config
-
-    def packer_env(self, region: str) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.kind == "local":
-            env.update(self.local.env(region))
-        return env
 
 
 # -- one bake ------------------------------------------------------------------------

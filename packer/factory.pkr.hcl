@@ -39,7 +39,7 @@ locals {
     bake_check_image                    = var.bake_check_image
     bake_check_prefix                   = var.awscli_prefix
     bake_check_min_gib                  = min(var.volume_gib, var.docker_basesize_gib)
-    bake_check_report_dest              = "${path.root}/bake-check.json"
+    bake_check_report_dest              = "${abspath(path.root)}/bake-check.json"
   }
 }
 

@@ -17,9 +17,8 @@ import typer
 
 from factory.cli.app import app
 from factory.cli.common import DEFAULT_SPECS_DIR, err, handle_errors, print_json
+from factory.cloud import CLOUDS
 from factory.errors import UsageError
-
-CLOUDS = ("aws", "local")
 
 
 @app.command()
@@ -90,7 +89,7 @@ def _the_cloud(kind: str, region: str, board: StatusBoard):
     import contextlib
     import os
 
-    from factory.bake import Cloud
+    from factory.cloud import Cloud
 
     @contextlib.contextmanager
     def cm():

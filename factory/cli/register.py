@@ -19,6 +19,7 @@ from factory.errors import UsageError
 
 _SPECS = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Folder of task specs.")
 _CONFIG = typer.Option(None, "--config", help="Settings file (default: ./factory.yaml when present); see docs/register.md.")
+_CLOUD = typer.Option("aws", "--cloud", help="aws: your AWS account; local: the running local cloud (`factory local up`).")
 
 
 def _select(task: Optional[str], all_specs: bool, specs_dir: Path, example: str) -> tuple[list[Any], list[Any]]:
@@ -37,16 +38,8 @@ def _select(task: Optional[str], all_specs: bool, specs_dir: Path, example: str)
     return everything, everything
 
 
-def _clients(specs: list[Any]):
-    from factory.aws import Clients
-
-    # Region from the specs; endpoint and credentials from the usual AWS settings
-    # (AWS_ENDPOINT_URL points the unchanged CLI at the local cloud).
-    return Clients(region=specs[0].region)
-
-
-def _run(command, task, all_specs, specs_dir, config_path, ami, dry_run, progress):
-    from factory.config import load_config
+def _run(command, task, all_specs, specs_dir, config_path, ami, dry_run, progress, cloud_kind):
+    from factory.cloud import Cloud
     from factory.register import register_tasks
 
     selected, everything = _select(task, all_specs, specs_dir, f"factory {command} salmon-quant, factory {command} --all")
@@ -54,9 +47,12 @@ def _run(command, task, all_specs, specs_dir, config_path, ami, dry_run, progres
         raise UsageError(f"--ami goes with one TASK (e.g. factory {command} salmon-quant --ami ami-0123...)")
     if ami and not ami.startswith("ami-"):
         raise UsageError(f"--ami {ami!r} is not an AMI id (ami-...)")
-    config = load_config(config_path)
+    # Region from the specs; the account (AWS, or the local cloud's moto) from --cloud;
+    # endpoint and credentials otherwise from the usual AWS settings.
+    cloud = Cloud.open(cloud_kind)
+    config = cloud.register_config(config_path)
     overrides = {selected[0].name: ami} if ami else None
-    return register_tasks(selected, _clients(selected), overrides, dry_run, config=config, all_specs=everything, progress=progress)
+    return register_tasks(selected, cloud.clients(selected[0].region), overrides, dry_run, config=config, all_specs=everything, progress=progress)
 
 
 def _print_result(result, title: str) -> None:
@@ -93,10 +89,11 @@ def plan(
     ami: Optional[str] = typer.Option(None, "--ami", help="Plan with this AMI for TASK instead of its newest baked one."),
     specs_dir: Path = _SPECS,
     config: Optional[Path] = _CONFIG,
+    cloud: str = _CLOUD,
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Show what `register` would create, change or leave alone (reads AWS, changes nothing)."""
-    result = _run("plan", task, all_specs, specs_dir, config, ami, True, None)
+    result = _run("plan", task, all_specs, specs_dir, config, ami, True, None, cloud)
     if json_output:
         print_json(result.to_json())
     else:
@@ -112,11 +109,12 @@ def register(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only show the plan (same as `factory plan`)."),
     specs_dir: Path = _SPECS,
     config: Optional[Path] = _CONFIG,
+    cloud: str = _CLOUD,
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Register AMIs into launch templates, Batch compute environments and job queues, per tier."""
     progress = None if json_output else (lambda msg: err(msg))
-    result = _run("register", task, all_specs, specs_dir, config, ami, dry_run, progress)
+    result = _run("register", task, all_specs, specs_dir, config, ami, dry_run, progress, cloud)
     if json_output:
         print_json(result.to_json())
     else:
@@ -132,6 +130,7 @@ def nextflow_config(
     check: bool = typer.Option(False, "--check", help="Also check in AWS that each queue is registered."),
     specs_dir: Path = _SPECS,
     config: Optional[Path] = _CONFIG,
+    cloud: str = _CLOUD,
 ) -> None:
     """Write a Nextflow config sending each task's process to its tier's job queue."""
     from factory.config import load_config
@@ -147,7 +146,9 @@ def nextflow_config(
     tiers, _ = tiers_for(everything, settings.max_tiers)
     text = render_config(selected, tiers)
     if check:
-        missing = queues_exist(_clients(selected), sorted(set(queue_for_tasks(selected, tiers).values())))
+        from factory.cloud import Cloud
+
+        missing = queues_exist(Cloud.open(cloud).clients(selected[0].region), sorted(set(queue_for_tasks(selected, tiers).values())))
         if missing:
             from factory.errors import FactoryError
 
@@ -167,10 +168,11 @@ def prune(
     dry_run: bool = typer.Option(True, "--dry-run/--no-dry-run", help="List only (default). --no-dry-run is the same as --apply."),
     specs_dir: Path = _SPECS,
     config: Optional[Path] = _CONFIG,
+    cloud: str = _CLOUD,
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Deregister factory AMIs and delete launch template versions nothing uses any more."""
-    from factory.aws import Clients
+    from factory.cloud import Cloud
     from factory.config import load_config
     from factory.register import prune as prune_core
     from factory.spec import load_specs
@@ -179,7 +181,8 @@ def prune(
     keep = keep if keep is not None else settings.prune_keep
     really = apply or not dry_run
     regions = sorted({s.region for s in load_specs([specs_dir])})
-    results = [(region, prune_core(Clients(region=region), keep, dry_run=not really)) for region in regions]
+    where = Cloud.open(cloud)
+    results = [(region, prune_core(where.clients(region), keep, dry_run=not really)) for region in regions]
     if json_output:
         print_json({region: r.to_json() for region, r in results})
         return

@@ -1,0 +1,75 @@
+"""Where factory's AWS work happens: your AWS account, or the local cloud.
+
+One `Cloud` object gives every step (bake, register, plan, prune) its boto3 clients,
+Packer's environment, the build target and the register settings, so no step decides
+on its own which account it talks to.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from factory.errors import UsageError
+
+CLOUDS = ("aws", "local")
+
+
+@dataclass
+class Cloud:
+    """Where a bake runs: real AWS (credentials from the environment) or the local cloud."""
+
+    kind: str  # aws | local
+    local: Any = None  # factory.local.cloud.LocalCloud
+    _clients: dict = field(default_factory=dict, repr=False)
+
+    def clients(self, region: str):
+        """One Clients per region, reused by every step of every bake."""
+        if region not in self._clients:
+            if self.kind == "local":
+                self._clients[region] = self.local.clients(region)
+            else:
+                from factory.aws import Clients
+
+                self._clients[region] = Clients(region=region)
+        return self._clients[region]
+
+    def target(self, region: str):
+        from factory import render
+
+        if self.kind == "local":
+            return self.local.build_target(region)
+        return render.BuildTarget.aws() if hasattr(render.BuildTarget, "aws") else render.BuildTarget()
+
+    def register_config(self, path: Path | None = None):
+        """The register step's settings: `path`, else ./factory.yaml (or defaults); on the
+        local cloud, its Batch service role unless the file names one."""
+        from dataclasses import replace
+
+        from factory.config import load_config
+
+        config = load_config(path)
+        if self.kind == "local" and config.batch.service_role is None:
+            from factory.local.cloud import BATCH_SERVICE_ROLE
+
+            config = replace(config, batch=replace(config.batch, service_role=BATCH_SERVICE_ROLE))
+        return config
+
+    def packer_env(self, region: str) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.kind == "local":
+            env.update(self.local.env(region))
+        return env
+
+    @classmethod
+    def open(cls, kind: str) -> "Cloud":
+        """`aws`, or the running local cloud (`factory local up`); never starts one."""
+        if kind not in CLOUDS:
+            raise UsageError(f"--cloud must be one of {', '.join(CLOUDS)}, not {kind!r}")
+        if kind == "aws":
+            return cls("aws")
+        from factory.local.cloud import running
+
+        return cls("local", running())
