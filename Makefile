@@ -39,7 +39,7 @@ images: $(STAMP) system-deps ## Bake every spec in specs/ (CLOUD=aws|local, JOBS
 
 lint: $(STAMP) system-deps ## ansible-lint (production), packer fmt, ruff
 	@$(VENV)/bin/ansible-lint --profile production ansible/
-	@packer fmt -check -recursive packer/
+	@packer fmt -check packer/
 	@$(VENV)/bin/ruff check factory tests bench scripts
 
 bench: $(STAMP) system-deps ## Run the benchmarks in bench/ and print their figures

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from factory import __version__
-from factory.cloud import Cloud  # noqa: F401 - where a bake runs; re-exported for callers
+from factory.cloud import Cloud
 from factory.errors import FactoryError, PackerError
 
 IMAGE_HASH_TAG = "factory:image-hash"
@@ -407,7 +407,7 @@ def register_results(
             amis = ", ".join(f"{r.task} {r.ami_id}" for r, _ in pairs)
             raise FactoryError(f"the AMI is ready ({amis}) but registering it failed: {exc.message}") from None
         seconds = time.monotonic() - t
-        for r, s in pairs:
+        for r, _spec in pairs:
             r.steps["register"] = seconds
             _fill_registration(r, reg)
 

@@ -64,7 +64,7 @@ class Cloud:
         return env
 
     @classmethod
-    def open(cls, kind: str) -> "Cloud":
+    def open(cls, kind: str) -> Cloud:
         """`aws`, or the running local cloud (`factory local up`); never starts one."""
         if kind not in CLOUDS:
             raise UsageError(f"--cloud must be one of {', '.join(CLOUDS)}, not {kind!r}")

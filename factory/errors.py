@@ -26,7 +26,7 @@ class UsageError(FactoryError):
 class SpecError(FactoryError):
     """One or more task specs are invalid. `problems` holds every one found."""
 
-    def __init__(self, problems: list["Problem"]):  # noqa: F821 - see factory.spec
+    def __init__(self, problems: list[Problem]):  # noqa: F821 - see factory.spec
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
 

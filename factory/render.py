@@ -83,7 +83,7 @@ class BuildTarget:
     bake_check_image: str = ""  # "" : a busybox image made with `docker import`
 
     @classmethod
-    def aws(cls, **overrides: Any) -> "BuildTarget":
+    def aws(cls, **overrides: Any) -> BuildTarget:
         return cls(kind="aws", **overrides)
 
     @classmethod
@@ -100,7 +100,7 @@ class BuildTarget:
         installer_sha256: str,
         python_interpreter: str,
         **overrides: Any,
-    ) -> "BuildTarget":
+    ) -> BuildTarget:
         return cls(
             kind="local",
             endpoint=endpoint,

@@ -405,7 +405,7 @@ class SizingPlan:
         """gp3 storage cost of one instance's volume for a month (the tier's if assigned)."""
         return round((self.tier_volume_gib or self.volume_gib) * self.price_per_gib_month, 2)
 
-    def with_tier(self, name: str, volume_gib: int) -> "SizingPlan":
+    def with_tier(self, name: str, volume_gib: int) -> SizingPlan:
         return replace(self, tier=name, tier_volume_gib=volume_gib)
 
     def fit_quality(self) -> dict[str, Any]:

@@ -87,7 +87,7 @@ def read_yaml(path: Path) -> Any:
     if not text.strip() or all(line.lstrip().startswith("#") or not line.strip() for line in text.splitlines()):
         raise YamlProblem("file is empty; a spec needs at least `name`, `description` and `storage`")
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+        return yaml.load(text, Loader=_StrictLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         problem = exc.problem or exc.context or "invalid YAML"
@@ -97,4 +97,4 @@ def read_yaml(path: Path) -> Any:
     except yaml.YAMLError as exc:
         raise YamlProblem(f"YAML error: {exc}") from None
     except RecursionError:
-        raise YamlProblem(f"nested too deeply; a spec is a shallow mapping") from None
+        raise YamlProblem("nested too deeply; a spec is a shallow mapping") from None

@@ -11,7 +11,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from buildhost_fixtures import requires_buildhost, start_host
 
 pytestmark = requires_buildhost

@@ -36,7 +36,7 @@ def test_config_sends_each_process_to_its_tiers_queue(specs, tiers):
     assert "aws.batch.cliPath = '/home/ec2-user/miniconda/bin/aws'" in lines
     queue_of = {task: f"factory-{t.name}" for t in tiers for task in t.tasks}
     for spec in specs:
-        selector = [l for l in lines if f"withName: '{spec.nextflow.process}'" in l]
+        selector = [line for line in lines if f"withName: '{spec.nextflow.process}'" in line]
         assert len(selector) == 1, spec.name
         assert f"queue = '{queue_of[spec.name]}'" in selector[0]
     assert text.count("withName:") == len(specs)

@@ -17,7 +17,7 @@ from factory import render as render_mod
 from factory.errors import UsageError
 from factory.render import BuildTarget, render
 from factory.sizing import size_task
-from factory.spec import find_spec, load_specs
+from factory.spec import find_spec
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "specs"

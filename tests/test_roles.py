@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
-
 from buildhost_fixtures import ANSIBLE, VENV_BIN, changed, requires_buildhost, role_playbook, run_playbook, show, start_host
 
 PREFIX = "/home/ec2-user/miniconda"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from types import SimpleNamespace
 
@@ -135,5 +136,5 @@ def test_duplicate_task_refused_and_empty_ok():
 def test_tier_is_frozen_with_register_fields():
     t = Tier(name="200g", volume_gib=200, tasks=("a",), group=())
     assert (t.name, t.volume_gib, t.tasks) == ("200g", 200, ("a",))
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         t.name = "x"  # type: ignore[misc]

@@ -39,7 +39,7 @@ def write_spec(tmp_path: Path, text: str | bytes, name: str = "demo-task.yaml", 
 
 
 def with_lines(*extra: str, drop: str | None = None) -> str:
-    lines = [l for l in GOOD.splitlines() if drop is None or not l.strip().startswith(drop)]
+    lines = [line for line in GOOD.splitlines() if drop is None or not line.strip().startswith(drop)]
     return "\n".join(lines + list(extra)) + "\n"
 
 
@@ -222,9 +222,9 @@ def test_startup_does_not_import_heavy_modules():
     code = (
         "import sys, factory.cli\n"
         "from typer.testing import CliRunner\n"
-        "CliRunner().invoke(factory.cli.app, ['validate', %r])\n"
+        f"CliRunner().invoke(factory.cli.app, ['validate', {str(SPECS)!r}])\n"
         "heavy = [m for m in ('boto3', 'botocore', 'ansible', 'moto', 'matplotlib') if m in sys.modules]\n"
-        "print(','.join(heavy))\n" % str(SPECS)
+        "print(','.join(heavy))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env={**os.environ})
     assert proc.returncode == 0, proc.stderr

@@ -62,7 +62,7 @@ def size(
         _size_all(specs_dir, max_tiers, price_per_gib, plot, json_output)
         return
 
-    from factory.sizing import size_task, size_workload, load_benchmarks
+    from factory.sizing import load_benchmarks, size_task, size_workload
 
     if benchmarks is not None:
         if max_input_gib is None:

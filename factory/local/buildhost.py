@@ -131,7 +131,7 @@ class BuildHost:
         port: int | None = None,
         docker: bool = True,
         timeout: float = 60.0,
-    ) -> "BuildHost":
+    ) -> BuildHost:
         """Make the throwaway root under `state_dir` and start sshd (and Docker) in it.
 
         A previous host's files in `state_dir` are removed first (stop it before).
@@ -196,7 +196,7 @@ class BuildHost:
         )
 
     @classmethod
-    def load(cls, state_dir: Path) -> "BuildHost | None":
+    def load(cls, state_dir: Path) -> BuildHost | None:
         """The host started from `state_dir`, as saved by `start()`, or None."""
         f = Path(state_dir) / STATE_FILE
         if not f.exists():
@@ -241,7 +241,7 @@ class BuildHost:
         if remove:
             _remove_tree(self.state_dir)
 
-    def __enter__(self) -> "BuildHost":
+    def __enter__(self) -> BuildHost:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -80,7 +80,7 @@ class Mirror:
         return self.directory / "www"
 
     @classmethod
-    def start(cls, directory: Path, port: int | None = None, timeout: float = 10.0) -> "Mirror":
+    def start(cls, directory: Path, port: int | None = None, timeout: float = 10.0) -> Mirror:
         directory = Path(directory).absolute()
         existing = cls.load(directory)
         if existing is not None and existing.alive():
@@ -114,7 +114,7 @@ class Mirror:
         raise LocalCloudError(f"the local mirror did not answer on {mirror.url} within {timeout:.0f}s")
 
     @classmethod
-    def load(cls, directory: Path) -> "Mirror | None":
+    def load(cls, directory: Path) -> Mirror | None:
         f = Path(directory) / STATE_FILE
         if not f.exists():
             return None

@@ -50,7 +50,7 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, log_path: Path | None = None, port: int | None = None, timeout: float = 20.0) -> "MotoServer":
+    def start(cls, log_path: Path | None = None, port: int | None = None, timeout: float = 20.0) -> MotoServer:
         port = port or free_port()
         exe = Path(sys.executable).with_name("moto_server")
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
