@@ -35,7 +35,7 @@ test: $(STAMP) system-deps ## Run the whole test suite (real Packer, Ansible, ss
 	@$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 images: $(STAMP) system-deps ## Bake every spec in specs/ (CLOUD=aws|local, JOBS=N), skipping unchanged ones
-	@$(FACTORY) bake --all --cloud $(or $(CLOUD),aws) --jobs $(JOBS)
+	@$(FACTORY) bake --all --cloud $(or $(CLOUD),aws) --jobs $(JOBS) $(FACTORY_BAKE_ARGS)
 
 lint: $(STAMP) system-deps ## ansible-lint (production), packer fmt, ruff
 	@$(VENV)/bin/ansible-lint --profile production ansible/

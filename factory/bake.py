@@ -250,6 +250,30 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
 
 
+# ansible-core 2.17 dropped Python 3.7 and older on managed hosts: Amazon Linux 2 ships
+# Python 3.7 and the legacy Amazon Linux 2.7, which only ansible-core <= 2.16 can manage.
+_OLD_PYTHON_FAMILIES = {"al2": "Python 3.7", "al1": "Python 2.7"}
+
+
+def check_ansible_can_manage(family: str) -> None:
+    """Refuse early (before any EC2 instance starts) when ansible-core is too new for the family's Python."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if family not in _OLD_PYTHON_FAMILIES:
+        return
+    try:
+        installed = version("ansible-core")
+    except PackageNotFoundError:
+        return
+    major_minor = tuple(int(x) for x in installed.split(".")[:2])
+    if major_minor >= (2, 17):
+        raise FactoryError(
+            f"ansible-core {installed} cannot manage ecs-{family}: its {_OLD_PYTHON_FAMILIES[family]} is older than "
+            "ansible-core 2.17+ supports. Bake it from a virtualenv with `pip install 'ansible-core<2.17'`, "
+            "or move the spec to `image.base: ecs-al2023`"
+        )
+
+
 def bake_task(
     spec: Any,
     clients: Any = None,
@@ -324,6 +348,8 @@ def build_prepared(
             return result
 
     t = time.monotonic()
+    if cloud.kind == "aws":
+        check_ansible_can_manage(spec.image.family)
     say("checking Packer")
     info = packer.find_packer()
     env = cloud.packer_env(spec.region)

@@ -345,3 +345,18 @@ def test_interrupted_bake_leaves_nothing_behind(cloud_env, first_bake):
     groups = [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]]
     assert [g for g in groups if g != "default"] == []
     assert {i["ImageId"] for i in task_images(ec2)} == images_before
+
+
+def test_old_python_families_are_refused_before_any_instance_starts():
+    """ecs-al2 (Python 3.7) and ecs-al1 (2.7) need ansible-core < 2.17; the venv has a newer one."""
+    from importlib.metadata import version
+
+    from factory.bake import check_ansible_can_manage
+    from factory.errors import FactoryError
+
+    check_ansible_can_manage("al2023")  # Python 3.9: fine
+    installed = tuple(int(x) for x in version("ansible-core").split(".")[:2])
+    assert installed >= (2, 17), "this test assumes the project's own ansible-core"
+    for family in ("al2", "al1"):
+        with pytest.raises(FactoryError, match=rf"cannot manage ecs-{family}.*ansible-core<2.17"):
+            check_ansible_can_manage(family)
