@@ -93,20 +93,17 @@ def load_config(path: Path | str | None = None, search_dir: Path | str = ".") ->
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} not found: pass an existing file to --config, or omit it")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read config file {path}: {exc}") from None
-    if len(text) > 256 * 1024:
-        raise ConfigError(f"{path}: the file is larger than 256 KiB; a factory config is a few lines")
-    import yaml
+    # The same defensive reader as the specs: size, encoding, depth, aliases, duplicate
+    # keys and absurd numbers are refused with a line and column, never a traceback.
+    from factory.yamlsafe import YamlProblem, read_yaml
 
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        data = read_yaml(path, what="a factory config", empty=None)
+    except YamlProblem as exc:
+        where = f" (line {exc.line}, column {exc.column})" if exc.line else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {exc.message}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     return parse_config(data, path.resolve())
 
 

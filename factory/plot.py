@@ -47,6 +47,16 @@ def plot_plan(plan: Any, path: Path | str) -> Path:
     """Benchmark points, the fit, the prediction bound and the chosen size of one plan."""
     path = _check_target(Path(path))
     plt = _pyplot()
+    fig = plan_figure(plan)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plan_figure(plan: Any) -> Any:
+    """The matplotlib Figure `plot_plan` saves: left, one task's data against input (runs,
+    fit, bound, the size chosen at max_input_gib); right, how the volume is built up."""
+    plt = _pyplot()
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [3, 2]})
     title = plan.task or "ad-hoc workload"
     fig.suptitle(f"factory size: {title} -> {plan.volume_gib} GiB gp3"
@@ -107,9 +117,7 @@ def plot_plan(plan: Any, path: Path | str) -> Path:
     bx.legend(loc="lower right", fontsize=8)
     bx.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def plot_tiers(plans: Sequence[Any], tiers: Sequence[Any], path: Path | str) -> Path:

@@ -486,6 +486,13 @@ def size_workload(
     at = f"{where}: " if where else ""
     if not (isinstance(max_input_gib, (int, float)) and math.isfinite(max_input_gib) and max_input_gib > 0):
         raise SizingError(f"{at}storage.max_input_gib must be a number > 0 (got {max_input_gib!r})")
+    if max_input_gib > GP3_MAX_GIB:
+        raise SizingError(
+            f"{at}storage.max_input_gib {max_input_gib:g} GiB is beyond one gp3 volume ({GP3_MAX_GIB} GiB, 16 TiB) "
+            "before anything else is added; split the input"
+        )
+    if not (isinstance(price_per_gib_month, (int, float)) and math.isfinite(price_per_gib_month) and price_per_gib_month >= 0):
+        raise SizingError(f"{at}the gp3 price must be a number of USD per GiB-month >= 0 (got {price_per_gib_month!r})")
     if not isinstance(concurrent_tasks, int) or concurrent_tasks < 1:
         raise SizingError(f"{at}storage.concurrent_tasks must be a whole number >= 1 (got {concurrent_tasks!r})")
     if not (math.isfinite(headroom) and headroom >= 0):
@@ -506,7 +513,13 @@ def size_workload(
     if can_fit:
         source = "benchmarks"
         fits = tuple(fit_component(records, c) for c in COMPONENTS)
-        index, scratch, output = (f.upper(max_input_gib) for f in fits)
+        try:
+            index, scratch, output = (f.upper(max_input_gib) for f in fits)
+        except OverflowError:
+            raise SizingError(
+                f"{at}max_input_gib {max_input_gib:g} is too far beyond the benchmarked inputs to extrapolate; "
+                "benchmark a run closer to it"
+            ) from None
         if largest_input and max_input_gib > EXTRAPOLATION_WARN_FACTOR * largest_input:
             warnings.append(
                 f"max_input_gib {max_input_gib:g} is {max_input_gib / largest_input:.1f}x the largest "
@@ -544,6 +557,25 @@ def size_workload(
             "storage.footprint {index_gib, scratch_gib, output_gib} measured at max_input_gib"
         )
 
+    try:
+        return _finish(
+            records, max_input_gib, concurrent_tasks, headroom, container_images_gib, storage_driver, family,
+            task, benchmarks, price_per_gib_month, at, source, fits, index, scratch, output, warnings,
+        )
+    except OverflowError:
+        raise SizingError(
+            f"{at}the sizes are too large to compute (beyond gp3's {GP3_MAX_GIB} GiB by far); "
+            "lower storage.concurrent_tasks or storage.max_input_gib"
+        ) from None
+
+
+def _finish(
+    records: tuple[BenchmarkRecord, ...], max_input_gib: float, concurrent_tasks: int, headroom: float,
+    container_images_gib: float, storage_driver: str, family: str | None, task: str | None,
+    benchmarks: str | None, price_per_gib_month: float, at: str, source: str,
+    fits: tuple[ComponentFit, ...], index: float, scratch: float, output: float, warnings: list[str],
+) -> SizingPlan:
+    """Steps 3-5 of the module docstring: from the three components to the volume."""
     largest_fp = max((r.footprint_gib for r in records), default=0.0)
     modelled = max_input_gib + index + scratch + output
     data = max(modelled, largest_fp)
@@ -578,7 +610,7 @@ def size_workload(
             f"{at}needs a {volume} GiB volume ({concurrent_tasks} x {data:.1f} GiB per task + "
             f"{container_images_gib:g} GiB images, +{headroom:.0%} headroom, +{reserve:g} GiB reserve), "
             f"beyond gp3's limit of {GP3_MAX_GIB} GiB (16 TiB). Fix: lower storage.concurrent_tasks, "
-            "split the input so storage.max_input_gib is smaller, or lower storage.headroom"
+            "split the input so storage.max_input_gib is smaller, or lower storage.headroom or storage.container_images_gib"
         )
 
     return SizingPlan(

@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import io
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -193,6 +194,11 @@ def _path_str(parts: Iterable[Any]) -> str:
     return out
 
 
+def _path_key(parts: Iterable[Any]) -> list[tuple[int, Any]]:
+    """Sort key for a field path: list indexes in numeric order ([2] before [10])."""
+    return [(0, p) if isinstance(p, int) else (1, str(p)) for p in parts]
+
+
 def _type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
@@ -229,7 +235,7 @@ def _schema_problems(doc: Any, file: str) -> list[Problem]:
 
     problems: list[Problem] = []
     validator = Draft202012Validator(schema())
-    for error in sorted(validator.iter_errors(doc), key=lambda e: (list(map(str, e.absolute_path)), e.validator)):
+    for error in sorted(validator.iter_errors(doc), key=lambda e: (_path_key(e.absolute_path), e.validator)):
         path = list(error.absolute_path)
         where = _path_str(path)
         kind = error.validator
@@ -499,14 +505,43 @@ def check_file(path: Path) -> FileResult:
     if bad_keys:
         result.problems.append(Problem(file, "", f"keys must be text; found {bad_keys[0]!r}"))
         return result
-    result.problems += _schema_problems(doc, file)
+    # YAML reads .nan and .inf as numbers that pass every comparison the schema makes
+    # (nan > 0 is False, and so is nan <= 0): refuse them here, by field.
+    result.problems += [Problem(file, where, f"must be a finite number, not {value!r}") for where, value in _non_finite(doc)]
+    faulted = {p.field for p in result.problems}
+    result.problems += [p for p in _schema_problems(doc, file) if p.field not in faulted]
     # Semantic rules read only values of the right type, so they run beside schema errors;
     # a field the schema already faulted is not reported twice.
     faulted = {p.field for p in result.problems}
     result.problems += [p for p in _semantic_problems(doc, path, file) if p.field not in faulted]
     if not result.problems:
-        result.spec = _build(doc, path)
+        spec = _build(doc, path)
+        # "Within EBS limits" means the volume the spec asks for, not only its input: size
+        # it (pure Python, milliseconds) and report a spec no gp3 volume can hold.
+        from factory.sizing import size_task
+
+        try:
+            size_task(spec)
+        except SizingError as exc:
+            message = exc.message
+            for prefix in (f"{spec.path}: ", f"{path}: "):
+                message = message.removeprefix(prefix)
+            result.problems.append(Problem(file, "storage", f"cannot be sized: {message}"))
+        else:
+            result.spec = spec
     return result
+
+
+def _non_finite(node: Any, path: tuple[Any, ...] = ()) -> Iterable[tuple[str, float]]:
+    """(field path, value) of every NaN or infinite number in the document."""
+    if isinstance(node, float) and not math.isfinite(node):
+        yield _path_str(path), node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _non_finite(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _non_finite(v, path + (i,))
 
 
 def _walk_keys(node: Any) -> Iterable[Any]:

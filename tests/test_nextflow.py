@@ -109,3 +109,19 @@ def test_cli_unknown_task_is_a_usage_error(cli):
     assert r.exit_code == 2
     assert "no spec for task 'no-such-task'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "make_out, needle",
+    [
+        (lambda tmp: tmp, "is a folder"),
+        (lambda tmp: (tmp / "plain-file").write_text("x") and tmp / "plain-file" / "nextflow.config", "cannot write there"),
+    ],
+    ids=["folder", "under-a-file"],
+)
+def test_cli_unwritable_out_is_a_clear_error(cli, tmp_path, make_out, needle):
+    out = make_out(tmp_path)
+    r = cli("nextflow-config", "--specs-dir", SPECS, "--out", out)
+    assert r.exit_code == 2, (r.stdout, r.stderr)
+    assert needle in r.stderr and str(out) in r.stderr
+    assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary file left behind

@@ -514,6 +514,12 @@ def test_unmanaged_launch_template_with_our_name_is_not_taken_over(cloud, specs)
         ("tiers:\n  max_tiers: many\n", "tiers.max_tiers"),
         ("batch: [1, 2]\n", "batch: must be a mapping"),
         ("batch:\n  subnets: [subnet-1\n", "not valid YAML (line"),
+        # The spec reader's defences, for the config file too (each was a traceback or silent).
+        ("batch: " + "[" * 5000 + "]" * 5000 + "\n", "nested deeper than 32 levels"),
+        ("tiers:\n  max_tiers: 1" + "0" * 5000 + "\n", "a number of 5001 characters"),
+        ("batch:\n  queue_priority: 1\n  queue_priority: 2\n", "duplicate key 'queue_priority'"),
+        ("x: &a [1, 2]\nbatch: {subnets: *a}\n", "YAML aliases (*a) are not allowed"),
+        ("\x00\x01binary", "not a text file"),
     ],
 )
 def test_bad_config_names_file_field_and_fix(tmp_path, text, expected):
@@ -527,6 +533,8 @@ def test_bad_config_names_file_field_and_fix(tmp_path, text, expected):
 
 
 def test_config_defaults_and_missing_file(tmp_path):
+    (tmp_path / "empty.yaml").write_text("# nothing set\n")
+    assert load_config(tmp_path / "empty.yaml").batch.instance_role == "ecsInstanceRole"  # an empty file is all defaults
     config = load_config(None, search_dir=tmp_path)
     assert config.path is None and config.batch.instance_role == "ecsInstanceRole" and config.batch.service_role is None
     with pytest.raises(UsageError, match="not found"):

@@ -98,6 +98,21 @@ def test_adhoc_bad_csv_is_a_clear_error(cli, tmp_path, text, needle):
     no_traceback(r)
 
 
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--max-input-gib", "1e300"], "beyond one gp3 volume"),  # once an OverflowError traceback
+        (["--max-input-gib", "16000"], "beyond gp3's limit of 16384"),
+        (["--max-input-gib", "10", "--concurrency", "1" + "0" * 400], "too large to compute"),
+    ],
+)
+def test_absurd_sizes_are_refused_without_traceback(cli, extra, needle):
+    r = cli("size", "--benchmarks", BENCH / "star-align.csv", *extra)
+    assert r.exit_code == 1, (r.stdout, r.stderr)
+    assert needle in r.stderr
+    no_traceback(r)
+
+
 def test_beyond_gp3_refused(cli, tmp_path):
     csv = tmp_path / "runs.csv"
     csv.write_text("input_gib,index_gib,scratch_gib,output_gib\n1,0,10,1\n2,0,20,2\n3,0,30,3\n")
@@ -120,6 +135,11 @@ def test_beyond_gp3_refused(cli, tmp_path):
         (["salmon-quant", "--concurrency", "0"], "--concurrency must be at least 1"),
         (["no-such-task"], "no spec for task 'no-such-task'"),
         (["salmon-quant", "--plot", "out.txt"], "ending in .png"),
+        (["salmon-quant", "--price-per-gib", "inf"], "--price-per-gib must be"),
+        (["salmon-quant", "--price-per-gib", "nan"], "--price-per-gib must be"),
+        (["salmon-quant", "--headroom", "inf"], "--headroom must be"),
+        (["--benchmarks", str(BENCH / "star-align.csv"), "--max-input-gib", "inf"], "--max-input-gib must be"),
+        (["salmon-quant", "--plot", "/nonexistent-folder/x.png"], "does not exist"),
     ],
 )
 def test_usage_errors_exit_2(cli, args, needle):
@@ -129,15 +149,75 @@ def test_usage_errors_exit_2(cli, args, needle):
     no_traceback(r)
 
 
-def test_plot_writes_png(cli, tmp_path):
+def _colour_share(png, rgb, tol=0.08):
+    """Fraction of the picture's pixels within `tol` of colour `rgb` (0..1 floats)."""
+    import numpy as np
+    from matplotlib import image
+
+    pixels = image.imread(png)[..., :3]
+    return float((np.abs(pixels - np.array(rgb)).max(axis=-1) < tol).mean()), pixels.shape
+
+
+TAB_BLUE, TAB_RED = (0.122, 0.467, 0.706), (0.839, 0.153, 0.157)
+
+
+def test_plot_writes_a_png_with_the_sizing_drawn(cli, tmp_path):
     out = tmp_path / "star.png"
     r = cli("size", "star-align", "--specs-dir", SPECS, "--plot", out)
     assert r.exit_code == 0, r.stderr
+    assert f"plot: {out}" in r.stdout
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A real picture, not an empty canvas: 12x5 in at 130 dpi, with the fit (blue) and
+    # the prediction bound and chosen size (red) drawn on it.
+    blue, shape = _colour_share(out, TAB_BLUE)
+    red, _ = _colour_share(out, TAB_RED)
+    assert shape[:2] == (650, 1560)
+    assert blue > 0.01 and red > 0.0005, (blue, red)
     out2 = tmp_path / "tiers.png"
     r = cli("size", "--all", "--specs-dir", SPECS, "--plot", out2)
     assert r.exit_code == 0, r.stderr
-    assert out2.stat().st_size > 1000
+    assert out2.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _colour_share(out2, TAB_BLUE)[0] > 0.01
+
+
+def test_plot_shows_runs_fit_bound_and_chosen_size():
+    """What the picture says, read back from the figure: every benchmarked run, the fit
+    and the bound at max_input_gib, the per-task size and the volume."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from factory.plot import plan_figure
+    from factory.sizing import size_task
+    from factory.spec import find_spec
+
+    plan = size_task(find_spec("star-align", SPECS))
+    fig = plan_figure(plan)
+    try:
+        ax, bx = fig.axes
+        points = sorted(tuple(map(float, xy)) for c in ax.collections for xy in c.get_offsets()
+                        if c.get_label().startswith("benchmarked runs"))
+        assert points == sorted((r.input_gib, pytest.approx(r.footprint_gib)) for r in plan.records)
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        fit = next(v for k, v in lines.items() if k.startswith("least squares fit"))
+        bound = next(v for k, v in lines.items() if k.startswith("95% one-sided prediction bound"))
+        x = plan.max_input_gib
+        xs = list(bound.get_xdata())
+        i = min(range(len(xs)), key=lambda j: abs(xs[j] - x))
+        assert bound.get_ydata()[i] == pytest.approx(xs[i] + sum(f.upper(xs[i]) for f in plan.fits))
+        assert fit.get_ydata()[i] == pytest.approx(xs[i] + sum(f.predict(xs[i]) for f in plan.fits))
+        assert bound.get_ydata()[i] > fit.get_ydata()[i]
+        assert xs[-1] >= x  # drawn up to (and past) the largest input sized for
+        chosen = [c for c in ax.collections if c.get_label().startswith("sized per task")]
+        assert [tuple(map(float, xy)) for xy in chosen[0].get_offsets()] == [(x, pytest.approx(plan.data_gib))]
+        volume = [line for line in bx.get_lines() if line.get_label() == f"volume: {plan.volume_gib} GiB"]
+        assert volume and volume[0].get_ydata()[0] == plan.volume_gib
+        stacked = sum(p.get_height() for p in bx.patches)
+        assert stacked == pytest.approx(plan.volume_gib)  # the bars add up to the volume
+        assert f"{plan.volume_gib} GiB" in fig._suptitle.get_text()
+    finally:
+        plt.close(fig)
 
 
 def test_size_does_not_import_matplotlib_without_plot(cli):

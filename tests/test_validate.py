@@ -87,6 +87,14 @@ BAD_SPECS = [
     ("duplicate-instance-types", with_lines("batch:", "  instance_types: [m5.xlarge, m5.xlarge]"), "batch.instance_types: lists the same item twice"),
     ("relative-prefix", with_lines("awscli:", "  prefix: miniconda"), "awscli.prefix: must be an absolute path"),
     ("non-string-key", GOOD + "1: one\n", "keys must be text"),
+    # Hostile but small files: each once took seconds (a 20,000-item list of mappings made
+    # the schema's uniqueItems check quadratic: minutes) or printed a traceback.
+    ("long-list-of-mappings", with_lines("batch:", "  instance_types: [" + ",".join("{a: %d}" % i for i in range(20000)) + "]"), "a list of more than 256 items"),
+    ("many-keys", "".join(f"k{i}: {i}\n" for i in range(20000)), "a mapping of more than 256 items"),
+    ("huge-number", GOOD.replace("max_input_gib: 10", "max_input_gib: 1" + "0" * 5000), "a number of 5001 characters"),
+    ("nan-input", GOOD.replace("max_input_gib: 10", "max_input_gib: .nan"), "storage.max_input_gib: must be a finite number, not nan"),
+    ("inf-headroom", with_lines("  headroom: .inf"), "storage.headroom: must be a finite number, not inf"),
+    ("volume-beyond-gp3", with_lines("  container_images_gib: 20000"), "::storage: cannot be sized: needs a"),
     ("name-not-file", GOOD.replace("name: demo-task", "name: other-task"), "::name: is 'other-task' but the file is demo-task.yaml; rename the file to other-task.yaml or set `name: demo-task`"),
 ]
 
@@ -155,6 +163,21 @@ def test_json_report(cli, tmp_path):
     errors = by_file["bad.yaml"]["errors"]
     assert {"field": "storage.max_input_gib", "message": "must be > 0; got 0"}.items() <= errors[0].items()
     assert report["error_count"] == len(errors) == 2  # max_input_gib and the missing benchmarks/footprint
+
+
+def test_list_index_errors_are_in_numeric_order(cli, tmp_path):
+    types = ", ".join(f"X{i}" for i in range(12))
+    result = cli("validate", write_spec(tmp_path, with_lines("batch:", f"  instance_types: [{types}]")))
+    fields = [line.split("::")[1].split(":")[0] for line in result.output.splitlines() if "::" in line]
+    assert fields == [f"batch.instance_types[{i}]" for i in range(12)]
+
+
+def test_a_list_at_the_cap_is_still_read(cli, tmp_path):
+    from factory.yamlsafe import MAX_ITEMS
+
+    types = ", ".join(f"m{i}.xlarge" for i in range(MAX_ITEMS))
+    result = cli("validate", write_spec(tmp_path, with_lines("batch:", f"  instance_types: [{types}]")))
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.parametrize(

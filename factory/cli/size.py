@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Optional
 
@@ -51,11 +52,11 @@ def size(
         raise UsageError("--max-input-gib goes with --benchmarks; a spec sets storage.max_input_gib")
     if all_specs and (concurrency is not None or headroom is not None):
         raise UsageError("--concurrency and --headroom size one task; with --all each spec's own values are used")
-    if not (price_per_gib >= 0):
-        raise UsageError(f"--price-per-gib must be >= 0 (got {price_per_gib})")
+    if not (math.isfinite(price_per_gib) and price_per_gib >= 0):
+        raise UsageError(f"--price-per-gib must be a number of USD >= 0 (got {price_per_gib})")
     if concurrency is not None and concurrency < 1:
         raise UsageError(f"--concurrency must be at least 1 (got {concurrency})")
-    if headroom is not None and not (headroom >= 0):
+    if headroom is not None and not (math.isfinite(headroom) and headroom >= 0):
         raise UsageError(f"--headroom must be a fraction >= 0, e.g. 0.2 (got {headroom})")
 
     if all_specs:
@@ -67,7 +68,7 @@ def size(
     if benchmarks is not None:
         if max_input_gib is None:
             raise UsageError(f"--benchmarks needs --max-input-gib X (e.g. factory size --benchmarks {benchmarks} --max-input-gib 40)")
-        if not (max_input_gib > 0):
+        if not (math.isfinite(max_input_gib) and max_input_gib > 0):
             raise UsageError(f"--max-input-gib must be a number of GiB > 0 (got {max_input_gib})")
         from factory.families import FAMILIES
 
