@@ -14,6 +14,11 @@ from typing import Any, Iterator
 
 from factory.errors import AwsError
 
+# Per attempt; a call gives up after MAX_ATTEMPTS attempts (throttling is retried too).
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = 15
+MAX_ATTEMPTS = 3
+
 
 @dataclass
 class Clients:
@@ -34,7 +39,15 @@ class Clients:
             region = self.region or self._session.region_name
             if not region:
                 raise AwsError("no AWS region: set `region:` in the spec, pass --region, or set AWS_REGION")
-            config = Config(retries={"mode": "standard", "max_attempts": 5}, user_agent_extra="factory")
+            # Fail within about a minute when AWS cannot be reached (a firewall that drops
+            # packets, a proxy that never answers): botocore's defaults (60 s connect and
+            # read timeouts, each retried) would otherwise hang for many minutes.
+            config = Config(
+                retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+                connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                read_timeout=READ_TIMEOUT_SECONDS,
+                user_agent_extra="factory",
+            )
             kwargs: dict[str, Any] = {"region_name": region, "config": config}
             if self.endpoint_url:
                 kwargs["endpoint_url"] = self.endpoint_url
@@ -56,10 +69,12 @@ def aws_errors(doing: str) -> Iterator[None]:
     """Turn botocore failures inside the block into an AwsError saying what to do."""
     from botocore.exceptions import (
         ClientError,
+        ConnectionClosedError,
         EndpointConnectionError,
         NoCredentialsError,
         NoRegionError,
         PartialCredentialsError,
+        ReadTimeoutError,
     )
 
     try:
@@ -75,6 +90,12 @@ def aws_errors(doing: str) -> Iterator[None]:
         raise AwsError(
             f"{doing}: cannot reach {exc.kwargs.get('endpoint_url', 'the AWS endpoint')}. "
             "Is the network up, or (for the local cloud) is `factory local up` running?"
+        ) from None
+    except (ReadTimeoutError, ConnectionClosedError) as exc:
+        raise AwsError(
+            f"{doing}: {exc.kwargs.get('endpoint_url', 'the AWS endpoint')} did not answer "
+            f"(no reply within {READ_TIMEOUT_SECONDS}s, {MAX_ATTEMPTS} attempts). Is the network or a "
+            "proxy (HTTPS_PROXY) blocking AWS, or (for the local cloud) is `factory local up` running?"
         ) from None
     except ClientError as exc:
         err = exc.response.get("Error", {})

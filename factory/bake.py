@@ -219,6 +219,8 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     say("resolving the base AMI")
     clients = cloud.clients(spec.region)
     base_ami = render_mod.resolve_base_ami(spec, clients)
+    if spec.image.pinned_ami:
+        check_pinned_ami(spec, clients.ec2(), base_ami)
     target = cloud.target(spec.region)
     out_dir = Path(build_root) / spec.name
     say("rendering the Packer folder")
@@ -248,6 +250,31 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     variables["__modern_packer"] = bool(getattr(rr, "modern_packer", True))
     digest = image_hash(base_ami, files, variables)
     return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
+
+
+def check_pinned_ami(spec: Any, ec2: Any, ami: str) -> None:
+    """A pinned `image.base` must name an AMI this account can launch in the spec's region:
+    say so, naming the spec's field, before Packer makes a key pair and security group."""
+    from botocore.exceptions import ClientError
+
+    from factory.aws import aws_errors
+
+    missing = False
+    with aws_errors(f"looking up the pinned base AMI {ami}"):
+        try:
+            images = ec2.describe_images(ImageIds=[ami]).get("Images", [])
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed",
+                                                                  "InvalidAMIID.Unavailable"):
+                raise
+            images, missing = [], True
+    state = images[0].get("State") if images else None
+    if missing or not images or state not in (None, "available"):
+        why = f"is {state}" if state else "does not exist or is not shared with this account"
+        raise FactoryError(
+            f"{spec.path}: image.base: {ami} {why} in {spec.region}. Pin an available AMI of that "
+            "region (AMI ids differ per region), or use ecs-al2023, ecs-al2 or ecs-al1"
+        )
 
 
 # ansible-core 2.17 dropped Python 3.7 and older on managed hosts: Amazon Linux 2 ships

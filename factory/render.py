@@ -193,8 +193,12 @@ def _check_cidr(value: str, where: str) -> str:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise UsageError(f"{where}: {value!r} is not an address range such as 203.0.113.7/32") from None
-    if net.prefixlen < 16:
-        raise UsageError(f"{where}: {value} is too wide; give your own address as a /32")
+    # /16 is the widest accepted: 65,536 IPv4 addresses. The same width in IPv6 would be
+    # a sixteenth of the internet, so an IPv6 range must be a /48 (one site) or narrower.
+    widest = 16 if net.version == 4 else 48
+    if net.prefixlen < widest:
+        own = "/32" if net.version == 4 else "/128"
+        raise UsageError(f"{where}: {value} is too wide (wider than /{widest}); give your own address as a {own}")
     return str(net)
 
 
@@ -236,8 +240,8 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     if not cidrs:
         # Session Manager needs no inbound SSH: the group then admits only loopback.
         cidrs = ["127.0.0.1/32"] if target.ssh_interface == "session_manager" else [caller_cidr()]
-    for c in cidrs:
-        _check_cidr(c, "the builder's allowed addresses")
+    # Normalised as Packer's validation reads them: "a.b.c.d/len" (a bare address is a /32).
+    cidrs = [_check_cidr(c, "the builder's allowed addresses") for c in cidrs]
 
     tags = {
         "factory:task": spec.name,

@@ -38,8 +38,8 @@ variable "builder_cidrs" {
   description = "The only addresses the builder's temporary security group admits: the caller's own address as a /32."
 
   validation {
-    condition     = length(var.builder_cidrs) > 0 && length([for c in var.builder_cidrs : c if split("/", c)[1] < 16]) == 0
-    error_message = "The builder_cidrs must list narrow ranges (a /32 of your own address); ranges wider than /16, such as the whole internet, are refused."
+    condition     = length(var.builder_cidrs) > 0 && length([for c in var.builder_cidrs : c if split("/", c)[1] < (length(split(":", c)) > 1 ? 48 : 16)]) == 0
+    error_message = "The builder_cidrs must list narrow ranges (a /32 of your own address); IPv4 ranges wider than /16 and IPv6 ranges wider than /48, such as the whole internet, are refused."
   }
 }
 

@@ -117,6 +117,32 @@ def test_bad_input_is_a_usage_error(args, message):
     assert "Traceback" not in proc.stderr
 
 
+def test_an_aws_endpoint_that_never_answers_fails_fast_and_clearly(tmp_path):
+    """A firewall or proxy that swallows requests: a clear message within about a minute,
+    not botocore's 60 s timeouts retried for many minutes ending in a traceback."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)  # accepts connections (the kernel does) and never answers
+    port = listener.getsockname()[1]
+    env = dict(
+        os.environ, AWS_ACCESS_KEY_ID="AKIAEXAMPLEEXAMPLE", AWS_SECRET_ACCESS_KEY="not-a-real-secret",
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", FACTORY_BUILDER_CIDR="203.0.113.7/32",
+    )
+    env.pop("AWS_PROFILE", None)
+    try:
+        t = time.monotonic()
+        proc = run("bake", TASK, "--cloud", "aws", "--build-dir", str(tmp_path / "build"), env=env, timeout=300)
+        seconds = time.monotonic() - t
+    finally:
+        listener.close()
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "did not answer" in proc.stderr and "SSM parameter" in proc.stderr, proc.stderr
+    assert seconds < 90, seconds
+
+
 # -- the full chain on the local cloud -----------------------------------------------
 
 needs_local_cloud = pytest.mark.skipif(
@@ -239,6 +265,28 @@ def test_missing_packer_is_a_clear_error(cloud_env, first_bake):
     proc = bake_cli(cloud_env, TASK, "--force", env=env)
     assert proc.returncode == 1
     assert "apt-get install packer" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_local_cloud
+def test_a_pinned_ami_the_cloud_does_not_have_names_the_spec_field(cloud_env, tmp_path):
+    """Refused before Packer runs (no key pair, no security group), naming file and field."""
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs", specs)
+    text = (specs / f"{TASK}.yaml").read_text()
+    pinned = text.replace(f"name: {TASK}", "name: pinned").replace(
+        "  base: ecs-al2023", "  base: ami-0123456789abcdef0\n  family: al2023"
+    )
+    assert "ami-0123456789abcdef0" in pinned and "name: pinned" in pinned
+    (specs / "pinned.yaml").write_text(pinned)
+    ec2 = ec2_of(cloud_env)
+    groups_before = len(ec2.describe_security_groups()["SecurityGroups"])
+    proc = run("bake", "pinned", "--cloud", "local", "--specs-dir", str(specs),
+               "--build-dir", str(tmp_path / "build"), env=cloud_env["env"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{specs / 'pinned.yaml'}: image.base: ami-0123456789abcdef0 does not exist" in proc.stderr, proc.stderr
+    assert "packer build" not in proc.stderr
+    assert len(ec2.describe_security_groups()["SecurityGroups"]) == groups_before
 
 
 @needs_local_cloud

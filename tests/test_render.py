@@ -103,6 +103,35 @@ def test_render_refuses_a_world_open_cidr(tmp_path, monkeypatch):
         _render("salmon-quant", tmp_path / "out")
 
 
+@pytest.mark.parametrize("cidr", ["::/0", "2001:db8::/20"])
+def test_render_refuses_a_wide_ipv6_cidr(tmp_path, monkeypatch, cidr):
+    """An IPv6 /16 is a sixteenth of the internet: IPv6 ranges must be /48 or narrower."""
+    monkeypatch.setenv(render_mod.CALLER_CIDR_ENV, cidr)
+    with pytest.raises(UsageError, match="too wide"):
+        _render("salmon-quant", tmp_path / "out")
+
+
+def test_builder_cidrs_are_normalised_as_packer_reads_them(tmp_path):
+    """A bare address given in the build target is written as a /32 (Packer's validation
+    splits each entry at its slash)."""
+    spec = find_spec("salmon-quant", SPECS)
+    target = BuildTarget.aws(builder_cidrs=("203.0.113.9", "2001:db8::1"))
+    v = render_mod.variables_for(spec, size_task(spec), BASE_AMI, target)
+    assert v["builder_cidrs"] == ["203.0.113.9/32", "2001:db8::1/128"]
+
+
+@needs_packer
+@pytest.mark.parametrize("cidr, ok", [("::/0", False), ("2001:db8::/20", False), ("2001:db8::/48", True)])
+def test_packer_refuses_a_wide_ipv6_builder_range(tmp_path, cidr, ok):
+    _, result = _render("salmon-quant", tmp_path / "out")
+    pkrvars = result.variables_file
+    pkrvars.write_text(pkrvars.read_text().replace(CALLER, cidr))
+    v = packer(result.out_dir, "validate", ".")
+    assert (v.returncode == 0) == ok, v.stdout + v.stderr
+    if not ok:
+        assert "builder_cidrs" in v.stdout + v.stderr
+
+
 def test_rendered_values_parse_with_python_hcl2(tmp_path):
     spec, result = _render("salmon-quant", tmp_path / "out", packer_version=(1, 6, 6))
     plan = size_task(spec)
