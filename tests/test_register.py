@@ -613,6 +613,47 @@ def test_cli_plan_register_json_and_rerun(cloud, specs, cli, tmp_path):
     r = cli("nextflow-config", "--check", "--specs-dir", SPECS, env=env)
     assert r.exit_code == 0, r.stderr
 
+    # The unchanged CLI run, seen from moto's side of the wire: only reads reach it.
+    with Recording(cloud.endpoint) as seen:
+        r = cli("register", "--all", *common, env=env)
+    assert r.exit_code == 0, r.stderr
+    assert "unchanged: nothing to do" in r.stdout
+    assert "DescribeLaunchTemplates" in seen.ops and "describecomputeenvironments" in seen.ops
+    assert [op for op in seen.ops if not op.lower().startswith(("describe", "get", "list"))] == []
+
+
+class Recording:
+    """moto's request recorder: the operation of every HTTP request the server received."""
+
+    def __init__(self, endpoint: str):
+        self.endpoint = endpoint
+        self.ops: list[str] = []
+
+    def _post(self, action: str) -> None:
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/recorder/{action}", method="POST")).close()
+
+    def __enter__(self) -> "Recording":
+        self._post("reset-recording")
+        self._post("start-recording")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import urllib.parse
+        import urllib.request
+
+        self._post("stop-recording")
+        with urllib.request.urlopen(f"{self.endpoint}/moto-api/recorder/download-recording") as resp:
+            lines = resp.read().decode().splitlines()
+        for line in filter(None, lines):
+            req = json.loads(line)
+            body = req.get("body") or ""
+            if req.get("body_encoded"):
+                body = base64.b64decode(body).decode(errors="replace")
+            action = dict(urllib.parse.parse_qsl(body)).get("Action")  # EC2 / IAM query API
+            self.ops.append(action or req["url"].rstrip("/").rsplit("/", 1)[-1])  # Batch REST path
+
 
 @pytest.mark.parametrize(
     "args, code, message",
