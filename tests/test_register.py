@@ -634,7 +634,7 @@ class Recording:
 
         urllib.request.urlopen(urllib.request.Request(f"{self.endpoint}/moto-api/recorder/{action}", method="POST")).close()
 
-    def __enter__(self) -> "Recording":
+    def __enter__(self) -> Recording:
         self._post("reset-recording")
         self._post("start-recording")
         return self
