@@ -31,7 +31,7 @@ def test_size_task_json_keys_and_price(cli):
     for key in ("volume_gib", "per_task_gib", "docker_basesize_gib", "tier", "monthly_cost_usd"):
         assert key in data
     assert data["docker_basesize_gib"] is None
-    assert data["tier"] is None
+    assert data["tier"] == "star-align"  # alone in its tier without a cap (no factory.yaml here)
     assert data["monthly_cost_usd"] == pytest.approx(round(data["volume_gib"] * 0.1, 2))
     assert data["fit"]["components"]["scratch"]["model"] == "linear"
 
@@ -231,3 +231,24 @@ def test_size_does_not_import_matplotlib_without_plot(cli):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False False"
+
+
+def test_size_task_reports_the_tier_register_would_use(cli, tmp_path, monkeypatch):
+    """`size TASK --json` fills `tier` from the tiers over the task's folder, with factory.yaml's cap."""
+    import shutil
+
+    from tests.conftest import SPECS
+
+    specs = tmp_path / "specs"
+    shutil.copytree(SPECS, specs)
+    monkeypatch.chdir(tmp_path)
+    alone = json.loads(cli("size", "salmon-index", "--specs-dir", specs, "--json").stdout)
+    assert (alone["tier"], alone["tier_volume_gib"]) == ("salmon-index", alone["volume_gib"])
+
+    (tmp_path / "factory.yaml").write_text("tiers:\n  max_tiers: 2\n")
+    shared = json.loads(cli("size", "salmon-index", "--specs-dir", specs, "--json").stdout)
+    star = json.loads(cli("size", "star-align", "--specs-dir", specs, "--json").stdout)
+    assert shared["tier"] == star["tier"] == "star-align"
+    assert shared["tier_volume_gib"] == star["volume_gib"] > shared["volume_gib"]
+    table = cli("size", "--all", "--specs-dir", specs, "--json")
+    assert len(json.loads(table.stdout)["tiers"]) == 2  # --all honours the same cap

@@ -89,7 +89,7 @@ BAD_SPECS = [
     ("non-string-key", GOOD + "1: one\n", "keys must be text"),
     # Hostile but small files: each once took seconds (a 20,000-item list of mappings made
     # the schema's uniqueItems check quadratic: minutes) or printed a traceback.
-    ("long-list-of-mappings", with_lines("batch:", "  instance_types: [" + ",".join("{a: %d}" % i for i in range(20000)) + "]"), "a list of more than 256 items"),
+    ("long-list-of-mappings", with_lines("batch:", "  instance_types: [" + ",".join(f"{{a: {i}}}" for i in range(20000)) + "]"), "a list of more than 256 items"),
     ("many-keys", "".join(f"k{i}: {i}\n" for i in range(20000)), "a mapping of more than 256 items"),
     ("huge-number", GOOD.replace("max_input_gib: 10", "max_input_gib: 1" + "0" * 5000), "a number of 5001 characters"),
     ("nan-input", GOOD.replace("max_input_gib: 10", "max_input_gib: .nan"), "storage.max_input_gib: must be a finite number, not nan"),

@@ -29,7 +29,7 @@ EXAMPLES = (
 def size(
     task: Optional[str] = typer.Argument(None, help="Task name (specs/<task>.yaml) or a spec file."),
     all_specs: bool = typer.Option(False, "--all", help="Size every spec and choose storage tiers."),
-    max_tiers: Optional[int] = typer.Option(None, "--max-tiers", help="With --all: at most N tiers in total."),
+    max_tiers: Optional[int] = typer.Option(None, "--max-tiers", help="With --all: at most N tiers in total (default: factory.yaml's tiers.max_tiers, else no cap)."),
     benchmarks: Optional[Path] = typer.Option(None, "--benchmarks", help="Size an ad-hoc workload from this benchmark CSV (no spec)."),
     max_input_gib: Optional[float] = typer.Option(None, "--max-input-gib", help="Largest input one task handles, GiB (with --benchmarks)."),
     concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Tasks running at once on one instance (default 1, or the spec's)."),
@@ -99,6 +99,8 @@ def size(
         if overrides:
             spec = dataclasses.replace(spec, storage=dataclasses.replace(spec.storage, **overrides))
         plan = size_task(spec, price_per_gib_month=price_per_gib)
+        if not overrides:
+            plan = _with_folder_tier(spec, plan)
 
     if plot is not None:
         from factory.plot import plot_plan
@@ -113,11 +115,32 @@ def size(
         _print_plan(plan, plot)
 
 
+def _with_folder_tier(spec, plan):
+    """The plan with the tier `register` would put the task in: tiers over every spec in
+    the task's folder, capped by factory.yaml's `tiers.max_tiers`. Unchanged when a
+    sibling spec is invalid (validate reports that)."""
+    from factory.config import load_config
+    from factory.errors import FactoryError
+    from factory.sizing import size_specs
+    from factory.spec import load_specs
+    from factory.tiers import choose_tiers, tier_of
+
+    try:
+        pairs = size_specs(load_specs([spec.path.parent]))
+        tier = tier_of(spec.name, choose_tiers(pairs, load_config().max_tiers))
+    except (FactoryError, KeyError):
+        return plan
+    return plan.with_tier(tier.name, tier.volume_gib)
+
+
 def _size_all(specs_dir: Path, max_tiers: Optional[int], price: float, plot: Optional[Path], json_output: bool) -> None:
+    from factory.config import load_config
     from factory.sizing import size_specs
     from factory.spec import load_specs
     from factory.tiers import choose_tiers, provisioned_gib, tier_of
 
+    if max_tiers is None:  # the cap register uses, so the table shows what it will make
+        max_tiers = load_config().max_tiers
     pairs = size_specs(load_specs([specs_dir]), price_per_gib_month=price)
     tiers = choose_tiers(pairs, max_tiers)
     plans = []
