@@ -22,3 +22,13 @@ def cli():
         return runner.invoke(app, [str(a) for a in args], catch_exceptions=False, **kwargs)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def moto():
+    """moto's server on a free loopback port, one per test module; tests talk to it over HTTP."""
+    from factory.local.moto_server import MotoServer
+
+    server = MotoServer.start()
+    yield server
+    server.stop()

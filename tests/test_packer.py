@@ -22,19 +22,11 @@ import pytest
 
 from factory import packer
 from factory.errors import PackerError
-from factory.local.moto_server import MotoServer
 
 pytestmark = pytest.mark.skipif(shutil.which("packer") is None, reason="needs Packer (make system-deps)")
 
 REGION = "us-east-1"
 SECRET = "SuperSecretValueThatMustNotBeLogged42"
-
-
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

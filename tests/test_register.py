@@ -18,7 +18,6 @@ import pytest
 from factory.aws import Clients
 from factory.config import BatchConfig, ConfigError, FactoryConfig, load_config
 from factory.errors import FactoryError, UsageError
-from factory.local.moto_server import MotoServer
 from factory.register import (
     TAG_MANAGED,
     launch_template_data,
@@ -37,13 +36,6 @@ READ_PREFIXES = ("Describe", "List", "Get")
 
 # ---------------------------------------------------------------------------------------
 # Fixtures
-
-
-@pytest.fixture(scope="module")
-def moto():
-    server = MotoServer.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
