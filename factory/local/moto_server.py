@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -56,8 +57,12 @@ class MotoServer:
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
         cmd += ["-H", "127.0.0.1", "-p", str(port)]
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+        # Anything moto writes (e.g. its request recorder's file) goes beside its log or
+        # into the temp folder, never into the user's working directory.
+        workdir = log_path.parent if log_path else Path(tempfile.gettempdir())
+        env = dict(os.environ, MOTO_RECORDER_FILEPATH=str(workdir / f"moto-recording-{port}"))
         try:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir, env=env)
         except OSError as exc:
             raise LocalCloudError(f"cannot start moto's server ({exc}); run `make venv` to install it") from None
         finally:
@@ -89,6 +94,7 @@ class MotoServer:
         urllib.request.urlopen(req, timeout=5).close()
 
     def stop(self) -> None:
+        (Path(tempfile.gettempdir()) / f"moto-recording-{self.port}").unlink(missing_ok=True)
         try:
             os.killpg(self.pid, signal.SIGTERM)
         except ProcessLookupError:
