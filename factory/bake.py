@@ -8,7 +8,10 @@ Content-addressed: `image_hash()` is a sha256 over everything that shapes the im
   without what varies per run or only labels the AMI (endpoint, SSH host/port, key pair,
   key file, installer URL, task name, spec hash, timestamps).
 
-The hash is tagged on the AMI and its snapshots as `factory:image-hash`. A bake first
+The hash is tagged on the AMI and its snapshots as `factory:image-hash`, by Packer when
+it creates them (the bake adds it to the rendered `tags` variable), so an AMI is never
+left without it; should a tag still be missing after the build and adding it fail, the
+AMI is deregistered and its snapshots deleted, and the error says so. A bake first
 looks for an available AMI of this account with that tag and reuses it (unless
 `force`), so an unchanged task never runs Packer, and two tasks whose images are
 identical share one AMI. `bake_all()` also bakes each distinct image once.
@@ -175,6 +178,50 @@ def tag_image(ec2: Any, ami_id: str, tags: dict[str, str]) -> None:
         ec2.create_tags(Resources=ids, Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())])
 
 
+def ensure_tagged(ec2: Any, ami_id: str, tags: dict[str, str]) -> str | None:
+    """After a build: the AMI should carry `tags` from birth (Packer's `tags` and
+    `snapshot_tags`). Add any that are missing; when that fails, deregister the AMI and
+    delete its snapshots (an AMI without its content hash would never be reused, only paid
+    for) and raise, naming them. Returns a note for the result, or None."""
+    from factory.aws import aws_errors
+    from factory.errors import AwsError
+
+    try:
+        with aws_errors(f"reading the tags of {ami_id}"):
+            image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]
+    except (AwsError, IndexError, KeyError) as exc:
+        # Packer created it with the tags; not being able to look is no reason to drop it.
+        return f"could not confirm the tags of {ami_id} ({getattr(exc, 'message', exc)}); Packer set them at creation"
+    snapshots = [b["Ebs"]["SnapshotId"] for b in image.get("BlockDeviceMappings", []) if b.get("Ebs", {}).get("SnapshotId")]
+    have = _tags(image)
+    if all(have.get(k) == v for k, v in tags.items()):
+        return None
+    try:
+        with aws_errors(f"tagging {ami_id}"):
+            ec2.create_tags(Resources=[ami_id, *snapshots], Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())])
+    except AwsError as exc:
+        raise FactoryError(f"{exc.message}. {discard_image(ec2, ami_id, snapshots)}") from None
+    return f"added missing tags to {ami_id} after the build"
+
+
+def discard_image(ec2: Any, ami_id: str, snapshots: Sequence[str]) -> str:
+    """Deregister an AMI and delete its snapshots; say what was done (or what to do by hand)."""
+    from factory.aws import aws_errors
+    from factory.errors import AwsError
+
+    what = f"{ami_id}" + (f" and its snapshots {', '.join(snapshots)}" if snapshots else "")
+    try:
+        with aws_errors(f"deregistering {ami_id}"):
+            ec2.deregister_image(ImageId=ami_id)
+            for snap in snapshots:
+                ec2.delete_snapshot(SnapshotId=snap)
+    except AwsError as exc:
+        by_hand = f"aws ec2 deregister-image --image-id {ami_id}" + "".join(
+            f"; aws ec2 delete-snapshot --snapshot-id {snap}" for snap in snapshots)
+        return f"The untagged AMI could not be removed either ({exc.message}): remove it by hand: {by_hand}"
+    return f"The untagged AMI was removed: deregistered {what}"
+
+
 def _tags(resource: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in resource.get("Tags", []) or []}
 
@@ -249,6 +296,10 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     # Packer 1.7+ keeps the template's IMDSv2 blocks, which set the AMI's imds_support.
     variables["__modern_packer"] = bool(getattr(rr, "modern_packer", True))
     digest = image_hash(base_ami, files, variables)
+    # The AMI is born with its content hash: Packer tags the AMI and its snapshots with it
+    # when it creates them, so there is never an untagged AMI nobody will reuse. `tags` is
+    # not hashed (NOT_IMAGE_VARIABLES), and the hash was taken before it was added.
+    rr = render_mod.with_tags(rr, {IMAGE_HASH_TAG: digest})
     return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
 
 
@@ -401,14 +452,16 @@ def build_prepared(
     result.log = str(Path(out.log_path).absolute())
 
     t = time.monotonic()
-    say(f"tagging {out.ami_id}")
-    tag_image(ec2, out.ami_id, {
+    say(f"checking the tags of {out.ami_id}")
+    note = ensure_tagged(ec2, out.ami_id, {
         IMAGE_HASH_TAG: p.image_hash,
         "factory:task": spec.name,
         "factory:spec-hash": spec.spec_hash,
         "factory:base-ami": p.base_ami,
         "factory:version": __version__,
     })
+    if note:
+        result.note = _join(result.note, note)
     steps["tag"] = time.monotonic() - t
     result.ami_id = out.ami_id
     result.baked = True

@@ -58,8 +58,13 @@ class Cloud:
         return config
 
     def packer_env(self, region: str) -> dict[str, str]:
+        """The environment Packer runs in. On the local cloud: moto's endpoint and dummy
+        keys, and none of the user's session token or profile (never sent to moto)."""
         env = dict(os.environ)
         if self.kind == "local":
+            from factory.local.moto_server import scrub_env
+
+            env = scrub_env(env)
             env.update(self.local.env(region))
         return env
 

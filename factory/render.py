@@ -374,6 +374,21 @@ def render(
     )
 
 
+def with_tags(rr: RenderResult, tags: dict[str, str]) -> RenderResult:
+    """`rr` with `tags` added to the rendered `tags` variable, and its variables file
+    rewritten, so Packer creates the builder, the AMI and its snapshots with them (the
+    bake adds the content hash it computed over the folder, which never covers `tags`)."""
+    from dataclasses import replace
+
+    variables = dict(rr.variables)
+    variables["tags"] = {**dict(variables.get("tags") or {}), **tags}
+    tmp = rr.variables_file.with_name(rr.variables_file.name + ".tmp")
+    tmp.write_text(to_pkrvars(variables))
+    os.chmod(tmp, 0o644)
+    tmp.replace(rr.variables_file)
+    return replace(rr, variables=variables)
+
+
 def strip_modern_blocks(text: str) -> str:
     """Leave out the lines fenced `factory:modern-packer` (for Packer < 1.7)."""
     out: list[str] = []

@@ -189,5 +189,5 @@ variable "miniconda_installer_sha256" {
 variable "bake_check_image" {
   type        = string
   default     = ""
-  description = "The container image the bake check starts (as AWS Batch would); empty to import a small busybox root file system."
+  description = "The container image the bake check starts (as AWS Batch would); empty to import an empty image and mount the host's C library into it."
 }

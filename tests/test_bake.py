@@ -97,6 +97,81 @@ def test_base_ami_role_and_template_change_the_hash(content):
     assert _hash(content) != after_role
 
 
+# -- the AMI is born tagged; an untagged one is not left behind --------------------
+
+
+class FakeEc2:
+    """describe_images / create_tags / deregister_image / delete_snapshot, recorded."""
+
+    def __init__(self, tags: dict[str, str], fail_tagging: bool = False):
+        self.tags, self.fail_tagging, self.calls = dict(tags), fail_tagging, []
+
+    def describe_images(self, ImageIds):
+        self.calls.append(("describe_images", ImageIds))
+        return {"Images": [{"ImageId": ImageIds[0], "Tags": [{"Key": k, "Value": v} for k, v in self.tags.items()],
+                            "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-1"}}]}]}
+
+    def create_tags(self, Resources, Tags):
+        from botocore.exceptions import ClientError
+
+        self.calls.append(("create_tags", Resources))
+        if self.fail_tagging:
+            raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "not allowed"}}, "CreateTags")
+        self.tags.update({t["Key"]: t["Value"] for t in Tags})
+
+    def deregister_image(self, ImageId):
+        self.calls.append(("deregister_image", ImageId))
+
+    def delete_snapshot(self, SnapshotId):
+        self.calls.append(("delete_snapshot", SnapshotId))
+
+
+WANTED = {"factory:image-hash": "h" * 64, "factory:task": TASK}
+
+
+def test_an_ami_born_with_its_tags_is_not_tagged_again():
+    ec2 = FakeEc2(WANTED, fail_tagging=True)
+    assert bake.ensure_tagged(ec2, "ami-1", WANTED) is None
+    assert [c[0] for c in ec2.calls] == ["describe_images"]
+
+
+def test_missing_tags_are_added_to_the_ami_and_its_snapshots():
+    ec2 = FakeEc2({"factory:task": TASK})
+    assert "added missing tags" in bake.ensure_tagged(ec2, "ami-1", WANTED)
+    assert ("create_tags", ["ami-1", "snap-1"]) in ec2.calls and ec2.tags == WANTED
+
+
+def test_an_ami_that_cannot_be_tagged_is_removed_and_named():
+    from factory.errors import FactoryError
+
+    ec2 = FakeEc2({"factory:task": TASK}, fail_tagging=True)
+    with pytest.raises(FactoryError) as exc:
+        bake.ensure_tagged(ec2, "ami-1", WANTED)
+    assert ("deregister_image", "ami-1") in ec2.calls and ("delete_snapshot", "snap-1") in ec2.calls
+    assert "tagging ami-1" in exc.value.message
+    assert "deregistered ami-1 and its snapshots snap-1" in exc.value.message
+
+
+def test_the_rendered_tags_carry_the_image_hash_and_the_hash_ignores_them(tmp_path):
+    """with_tags rewrites the variables file Packer reads; the hash does not cover `tags`."""
+    import hcl2
+
+    from factory import render as render_mod
+
+    vf = tmp_path / render_mod.VARIABLES_FILE
+    vf.write_text(render_mod.to_pkrvars(VARS))
+    rr = render_mod.RenderResult(task=TASK, out_dir=tmp_path, files=(), variables=dict(VARS), variables_file=vf,
+                                 manifest=tmp_path / "m.json", bake_check_report=tmp_path / "b.json",
+                                 packer_version=None, modern_packer=True)
+    tagged = render_mod.with_tags(rr, {"factory:image-hash": "h" * 64})
+    with open(vf) as f:
+        written = hcl2.load(f)
+    written_tags = {k.strip('"'): v.strip('"') for k, v in written["tags"].items()}
+    assert written_tags == {"factory:task": TASK, "factory:image-hash": "h" * 64}
+    assert tagged.variables["tags"] == written_tags and rr.variables["tags"] == VARS["tags"]
+    assert bake.image_variables(tagged.variables) == bake.image_variables(rr.variables)
+
+
 # -- the CLI's input checks (no cloud needed) ----------------------------------------
 
 
@@ -199,6 +274,17 @@ def test_full_chain_bakes_and_tags_the_ami(cloud_env, first_bake):
     assert tags["factory:base-ami"] == r["base_ami"]
     assert tags["factory:version"]
     assert tags["Name"].startswith(f"factory-{TASK}-")
+    # born tagged: Packer was given the content hash, and tagged the snapshot with it too
+    import hcl2
+
+    with open(Path(r["build_dir"]) / "factory.auto.pkrvars.hcl") as f:
+        rendered_tags = {k.strip('"'): v.strip('"') for k, v in hcl2.load(f)["tags"].items()}
+    assert rendered_tags["factory:image-hash"] == r["image_hash"]
+    ec2 = ec2_of(cloud_env)
+    for snap in [b["Ebs"]["SnapshotId"] for b in image["BlockDeviceMappings"] if "Ebs" in b]:
+        snap_tags = {t["Key"]: t["Value"] for t in ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0].get("Tags", [])}
+        assert snap_tags.get("factory:image-hash") == r["image_hash"]
+    assert "added missing tags" not in (r.get("note") or "")
     log = Path(r["log"]).read_text()
     assert "testing" not in log.replace("****", "")  # moto's dummy secret key is masked too
 

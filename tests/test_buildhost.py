@@ -120,3 +120,34 @@ def test_standin_installer_behaves_like_miniconda(tmp_path):
     assert again.returncode != 0 and "already exists" in again.stderr
     bad = subprocess.run([str(prefix / "bin" / "conda"), "install", "-y", "numpy"], capture_output=True, text=True)
     assert bad.returncode != 0
+    for spec in ("awscli=1.3;rm", "awscli="):
+        refused = subprocess.run([str(prefix / "bin" / "conda"), "install", "-y", spec], capture_output=True, text=True)
+        assert refused.returncode != 0 and "not a version" in refused.stderr, refused.stderr
+    # Like Miniconda: a real interpreter, no C library or loader of its own, nothing
+    # pointing outside the prefix (it must run where only the prefix and the host's
+    # libraries are mounted).
+    assert not (prefix / "bin" / "python").read_bytes().startswith(b"#!")
+    assert not [p for p in prefix.rglob("*") if p.name.startswith(("libc.so", "ld-linux")) or p.name == "ld.so"]
+    for link in [p for p in prefix.rglob("*") if p.is_symlink()]:
+        assert link.resolve().is_relative_to(prefix.resolve()), link
+
+
+def test_standin_conda_installs_the_pinned_awscli(tmp_path):
+    """`conda install awscli=X` (or ==X) installs exactly that release; `aws` is a Python
+    script run by the prefix's own python, working with an empty environment."""
+    from factory.local.mirror import standin_installer
+
+    prefix = tmp_path / "mc"
+    ok = subprocess.run(["sh", str(standin_installer()), "-b", "-p", str(prefix)], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    inst = subprocess.run([str(prefix / "bin" / "conda"), "install", "-c", "conda-forge", "-y", "awscli=1.32.27"],
+                          capture_output=True, text=True, timeout=600)
+    assert inst.returncode == 0, inst.stderr
+    assert (prefix / "bin" / "aws").read_text().startswith(f"#!{prefix}/bin/python\n")
+    aws = subprocess.run([str(prefix / "bin" / "aws"), "--version"], capture_output=True, text=True, env={}, timeout=60)
+    assert (aws.stdout + aws.stderr).startswith("aws-cli/1.32.27 "), aws.stdout + aws.stderr
+    again = subprocess.run([str(prefix / "bin" / "conda"), "install", "-y", "awscli==1.32.26"],
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    aws = subprocess.run([str(prefix / "bin" / "aws"), "--version"], capture_output=True, text=True, env={}, timeout=60)
+    assert (aws.stdout + aws.stderr).startswith("aws-cli/1.32.26 "), aws.stdout + aws.stderr

@@ -143,3 +143,33 @@ def test_using_local_cloud_starts_and_stops_one(tmp_path):
         assert lc.moto.alive()
     assert not [p for p in pids if _alive(p)]
     assert local_cloud.load(state) is None
+
+
+USER_CREDENTIALS = {
+    "AWS_SESSION_TOKEN": "IQoJb3JpZ2luX2VjEXAMPLE-a-real-users-token",
+    "AWS_SECURITY_TOKEN": "IQoJb3JpZ2luX2VjEXAMPLE-a-real-users-token",
+    "AWS_PROFILE": "prod-admin",
+    "AWS_DEFAULT_PROFILE": "prod-admin",
+}
+
+
+def test_the_users_session_token_and_profile_never_reach_moto(monkeypatch, tmp_path):
+    """Packer's environment on the local cloud carries moto's dummy keys and none of the
+    user's session token or profile; on real AWS they stay (they are the credentials)."""
+    from factory.cloud import Cloud
+    from factory.local.moto_server import LOCAL_ACCESS_KEY, MotoServer
+
+    for name, value in USER_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    lc = local_cloud.LocalCloud(state_dir=tmp_path, region="us-east-1", moto=MotoServer(port=1, pid=0),
+                                host=None, mirror=None, started_at="now")
+    env = Cloud("local", lc).packer_env("us-east-1")
+    assert not set(USER_CREDENTIALS) & set(env), {k: env[k] for k in USER_CREDENTIALS if k in env}
+    assert env["AWS_ACCESS_KEY_ID"] == LOCAL_ACCESS_KEY and env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:1"
+    assert USER_CREDENTIALS["AWS_SESSION_TOKEN"] not in "".join(env.values())
+    # the boto3 clients factory makes for the local cloud sign with moto's keys, no token
+    creds = lc.clients("us-east-1").ec2()._request_signer._credentials.get_frozen_credentials()
+    assert creds.access_key == LOCAL_ACCESS_KEY and creds.token is None
+    # real AWS: the user's environment is Packer's
+    aws_env = Cloud("aws").packer_env("us-east-1")
+    assert {k: aws_env[k] for k in USER_CREDENTIALS} == USER_CREDENTIALS

@@ -12,6 +12,7 @@ import pytest
 from buildhost_fixtures import ANSIBLE, VENV_BIN, changed, requires_buildhost, role_playbook, run_playbook, show, start_host
 
 PREFIX = "/home/ec2-user/miniconda"
+AWSCLI_VERSION = "1.32.27"  # the role's pinned miniconda_awscli_awscli_version
 
 pytestmark = requires_buildhost
 
@@ -60,6 +61,8 @@ def test_bake_play_overlay2_then_idempotent(cloud, tmp_path):
         "bake_check_report_dest": str(report),
         **installer_vars(mirror),
     }
+    # As on the ECS-optimized AMIs: no busybox, and ec2-user's home is private.
+    host.run("sh", "-c", "rm -f /bin/busybox /usr/bin/busybox && mkdir -p -m 0700 /home/ec2-user && chmod 0700 /home/ec2-user")
     first = run_playbook(host, ANSIBLE / "bake.yml", ev, tmp_path)
     assert first.returncode == 0, show(first)
     assert changed(first) > 0
@@ -70,15 +73,24 @@ def test_bake_play_overlay2_then_idempotent(cloud, tmp_path):
     info = host.run("docker", "info", "--format", "{{.Driver}} {{.DockerRootDir}}").stdout.split()
     assert info == ["overlay2", "/var/lib/docker"]
     # the AWS CLI works from the prefix; installer and package cache are gone
-    assert host.run(f"{PREFIX}/bin/aws", "--version").stdout.startswith("aws-cli/")
+    assert host.run(f"{PREFIX}/bin/aws", "--version").stdout.startswith(f"aws-cli/{AWSCLI_VERSION} ")
+    # the home directory is traversable by every user, not listable
+    assert host.path("/home/ec2-user").stat().st_mode & 0o777 == 0o711
     assert host.run("sh", "-c", f"test ! -e /tmp/miniconda-installer.sh && test ! -e {PREFIX}/pkgs", check=False).returncode == 0
     mode = host.path(PREFIX).stat().st_mode & 0o777
     assert mode & 0o055 == 0o055 and not mode & 0o022, oct(mode)
     # the container check's report, fetched to this machine
     got = json.loads(report.read_text())
     assert got["container_ran"] and got["space_ok"] and got["aws_ok"], got
-    assert got["aws_version"].startswith("aws-cli/") and got["size_gib"] >= 20
+    assert got["aws_version"].startswith(f"aws-cli/{AWSCLI_VERSION} ") and got["size_gib"] >= 20
+    assert got["image"].startswith("empty (docker import)")
     assert json.loads(host.path("/var/lib/factory/bake-check.json").read_text()) == got
+    # the check image is gone again (the AMI does not carry it), and so is its tarball
+    assert host.run("docker", "images", "-q", "factory-bake-check").stdout.strip() == ""
+    assert host.run("test", "-e", "/tmp/factory-bake-check-empty.tar", check=False).returncode != 0
+    # the stand-in, like Miniconda, brings no C library or loader of its own
+    bundled = host.run("sh", "-c", f"find {PREFIX} -name 'libc.so*' -o -name 'ld-linux*' -o -name 'ld.so'").stdout
+    assert bundled.strip() == "", bundled
 
     second = run_playbook(host, ANSIBLE / "bake.yml", ev, tmp_path)
     assert second.returncode == 0, show(second)
@@ -147,6 +159,26 @@ def test_overlay2_refuses_a_data_root_smaller_than_the_volume(cloud, tmp_path):
 
 
 def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
+    """A prefix with Miniconda's python but no AWS CLI: the space is measured (by that
+    python, in the empty image with the host's C library), the CLI check fails the play."""
+    from factory.local.mirror import standin_installer
+
+    host, _, _ = cloud
+    host.run("sh", "-c", f"rm -rf /opt/no-aws && sh {standin_installer()} -b -p /opt/no-aws >/dev/null")
+    play = role_playbook(tmp_path, "bake_check")
+    report = tmp_path / "bad.json"
+    p = run_playbook(host, play, {"bake_check_prefix": "/opt/no-aws", "bake_check_min_gib": 1,
+                                  "bake_check_report_dest": str(report),
+                                  "ansible_python_interpreter": host.python_interpreter}, tmp_path)
+    assert p.returncode != 0
+    assert "The bake check failed" in p.stdout, show(p)
+    got = json.loads(report.read_text())
+    assert got["aws_ok"] is False and got["space_ok"] is True and got["size_gib"] >= 1, got
+    assert host.run("docker", "images", "-q", "factory-bake-check").stdout.strip() == ""
+
+
+def test_bake_check_fails_when_the_prefix_is_missing(cloud, tmp_path):
+    """--mount refuses a missing prefix (nothing is created on the host), and the play fails."""
     host, _, _ = cloud
     play = role_playbook(tmp_path, "bake_check")
     report = tmp_path / "bad.json"
@@ -156,4 +188,5 @@ def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
     assert p.returncode != 0
     assert "The bake check failed" in p.stdout, show(p)
     got = json.loads(report.read_text())
-    assert got["aws_ok"] is False and got["space_ok"] is True
+    assert got["container_ran"] is False and got["aws_ok"] is False and got["space_ok"] is False
+    assert host.run("test", "-e", "/opt/nothing-here", check=False).returncode != 0

@@ -101,7 +101,12 @@ def _the_cloud(kind: str, region: str, board: StatusBoard):
         with local_cloud.using_local_cloud(region=region) as (lc, started):
             if started:
                 err(f"started a local cloud for this bake ({lc.endpoint}); it stops when the bake ends")
-            # Anything that makes its own boto3 client in this process talks to moto too.
+            # Anything that makes its own boto3 client in this process talks to moto too,
+            # without the user's session token or profile.
+            from factory.local.moto_server import CREDENTIALS_NOT_FOR_MOTO
+
+            for name in CREDENTIALS_NOT_FOR_MOTO:
+                os.environ.pop(name, None)
             os.environ.update(lc.env(region))
             yield Cloud("local", lc)
 

@@ -80,7 +80,9 @@ class LocalCloud:
         return KEY_PAIR_NAME
 
     def env(self, region: str | None = None) -> dict[str, str]:
-        """Environment variables pointing boto3, the AWS CLI and Packer at moto."""
+        """Environment variables pointing boto3, the AWS CLI and Packer at moto. Merge them
+        into an environment scrubbed of the user's session token and profile
+        (`moto_server.scrub_env`), as `Cloud.packer_env` does."""
         return local_env(self.endpoint, region or self.region)
 
     def clients(self, region: str | None = None):
@@ -88,12 +90,27 @@ class LocalCloud:
         from factory.aws import Clients
 
         clients = Clients(region=region or self.region, endpoint_url=self.endpoint)
-        import boto3
+        import os
 
+        import boto3
+        import botocore.session
+
+        # Nothing of the user's own AWS set-up: not their AWS_PROFILE (a profile missing
+        # here would fail, one present could add a session token or a credential process)
+        # nor their ~/.aws files; moto's dummy keys only.
+        config = self.state_dir / "aws-config"
+        if not config.is_file():
+            config.parent.mkdir(parents=True, exist_ok=True)
+            config.write_text("# the local cloud's AWS config: one empty profile, moto's keys come from factory\n[default]\n")
+        core = botocore.session.Session()
+        core.set_config_variable("profile", "default")
+        core.set_config_variable("config_file", str(config))
+        core.set_config_variable("credentials_file", os.devnull)
         clients._session = boto3.session.Session(
             aws_access_key_id=LOCAL_ACCESS_KEY,
             aws_secret_access_key=LOCAL_SECRET_KEY,
             region_name=region or self.region,
+            botocore_session=core,
         )
         return clients
 

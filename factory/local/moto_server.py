@@ -30,6 +30,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A user's own credentials that would otherwise ride along with moto's dummy keys: a real
+# session token (sent with every request), or a profile that makes boto3/Packer read
+# ~/.aws instead. They are removed from every environment aimed at the local cloud.
+CREDENTIALS_NOT_FOR_MOTO = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE")
+
+
+def scrub_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` without the user's credentials that must never reach moto."""
+    return {k: v for k, v in env.items() if k not in CREDENTIALS_NOT_FOR_MOTO}
+
+
 def local_env(endpoint: str, region: str) -> dict[str, str]:
     """Environment variables that point boto3, the AWS CLI and Packer at moto."""
     return {

@@ -2,13 +2,19 @@
 # A stand-in for the Miniconda installer, served by factory's local cloud only
 # (factory/local/mirror.py): the real installer's download site cannot be reached there.
 #
-# It behaves like the real one where the miniconda_awscli role relies on it:
+# It behaves like the real one where the miniconda_awscli role and the bake check rely on it:
 #   sh Miniconda3-standin-Linux.sh -b [-f] [-u] [-p PREFIX]
-# installs a self-contained prefix: PREFIX/bin/python (this machine's Python with its
-# standard library and shared libraries, glibc and its loader included, so the prefix
-# runs inside any container the way Miniconda's does) and PREFIX/bin/conda, whose
-# `conda install [-c CHANNEL] [-y] awscli` installs the real AWS CLI from PyPI into the
-# prefix, so `PREFIX/bin/aws --version` works; `conda clean` empties PREFIX/pkgs.
+# installs a prefix with PREFIX/bin/python, a real (ELF) interpreter copied from this
+# machine's Python, with its standard library in PREFIX/lib/pythonX.Y and packages in
+# PREFIX/lib/pythonX.Y/site-packages, as Miniconda lays them out. Like Miniconda's, it
+# does not carry the C library or the dynamic loader: glibc comes from the host (in a
+# container, from the host's library directories mounted into it). Unlike Miniconda,
+# which bundles OpenSSL, libffi, zlib and the like in PREFIX/lib, the stand-in takes
+# those from the host as well. PREFIX/bin/conda is a stand-in too:
+# `conda install [-c CHANNEL] [-y] awscli[=VERSION|==VERSION]` installs that release of
+# the real AWS CLI from PyPI into the prefix, with PREFIX/bin/aws a Python script whose
+# shebang is PREFIX/bin/python (as conda writes it), so `PREFIX/bin/aws --version` runs
+# without any shell; `conda clean` empties PREFIX/pkgs.
 set -eu
 
 usage() {
@@ -47,35 +53,31 @@ pyver="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
 
 echo "PREFIX=$prefix"
 echo "Unpacking payload ..."
-mkdir -p "$prefix/bin" "$prefix/lib/runtime" "$prefix/lib/site-packages" "$prefix/pkgs" "$prefix/conda-meta"
-cp "$exe" "$prefix/bin/python$pyver.real"
+mkdir -p "$prefix/bin" "$prefix/pkgs" "$prefix/conda-meta"
+cp "$exe" "$prefix/bin/python$pyver"
 mkdir -p "$prefix/lib/python$pyver"
-tar -C "$stdlib" --exclude=./test --exclude=./site-packages --exclude=./dist-packages -cf - . \
+# Copied with symbolic links followed (-h): nothing in the prefix may point outside it, or
+# it would not resolve in a container (and a write through a link would land on the host;
+# Debian's sitecustomize.py is such a link into /etc, so it is left out).
+tar -C "$stdlib" -h --exclude=./test --exclude=./site-packages --exclude=./dist-packages \
+    --exclude=./sitecustomize.py --exclude='./config-*' -cf - . \
     | tar -C "$prefix/lib/python$pyver" -xf -
 
-# The shared libraries the interpreter and its extension modules need, and the loader.
-ldd "$exe" "$stdlib"/lib-dynload/*.so 2>/dev/null \
-    | awk '$2 == "=>" && $3 ~ /^\// { print $3 } $1 ~ /^\/.*ld-linux/ { print $1 }' \
-    | sort -u > "$prefix/pkgs/runtime-libs.txt"
-while read -r lib; do
-    case "$lib" in
-        *ld-linux*) cp -L "$lib" "$prefix/lib/runtime/ld.so" ;;
-        *) cp -L "$lib" "$prefix/lib/runtime/" ;;
-    esac
-done < "$prefix/pkgs/runtime-libs.txt"
-[ -f "$prefix/lib/runtime/ld.so" ] || { echo "ERROR: cannot find the dynamic loader of $exe" >&2; exit 1; }
+# The interpreter itself, with no wrapper script: a container without a shell must be able
+# to run it (the bake check's image has nothing but what is mounted into it). Python finds
+# its prefix from where the binary lives (PREFIX/lib/pythonX.Y/os.py).
+ln -sf "python$pyver" "$prefix/bin/python"
+ln -sf "python$pyver" "$prefix/bin/python3"
+mkdir -p "$prefix/lib/python$pyver/site-packages"
+# Miniconda's Python reads PREFIX/lib/pythonX.Y/site-packages; a Debian-built interpreter
+# looks for dist-packages instead, so name the directory explicitly.
+rm -f "$prefix/lib/python$pyver/sitecustomize.py"
+cat > "$prefix/lib/python$pyver/sitecustomize.py" <<SITE
+import site
+import sys
 
-cat > "$prefix/bin/python" <<PY
-#!/bin/sh
-# The prefix's own Python (Miniconda stand-in): its own libraries, no system Python needed.
-PYTHONHOME='$prefix'
-PYTHONPATH='$prefix/lib/site-packages'
-PYTHONNOUSERSITE=1
-PYTHONDONTWRITEBYTECODE=1
-export PYTHONHOME PYTHONPATH PYTHONNOUSERSITE PYTHONDONTWRITEBYTECODE
-exec '$prefix/lib/runtime/ld.so' --library-path '$prefix/lib/runtime' '$prefix/bin/python$pyver.real' "\$@"
-PY
-ln -sf python "$prefix/bin/python3"
+site.addsitedir(sys.prefix + "/lib/python$pyver/site-packages")
+SITE
 
 cat > "$prefix/bin/conda" <<CONDA
 #!/bin/sh
@@ -97,22 +99,36 @@ while [ \$# -gt 0 ]; do
         *) pkgs="\$pkgs \$1"; shift ;;
     esac
 done
+spec=""
 for pkg in \$pkgs; do
     case "\$pkg" in
-        awscli | awscli=* | awscli==*) ;;
+        awscli) spec="awscli" ;;
+        awscli=* | awscli==*)
+            version="\${pkg#awscli=}"
+            version="\${version#=}"
+            case "\$version" in
+                "" | *[!0-9A-Za-z.]*) echo "stand-in conda: not a version: \$pkg" >&2; exit 1 ;;
+            esac
+            spec="awscli==\$version" ;;
         *) echo "stand-in conda: only awscli can be installed, not \$pkg" >&2; exit 1 ;;
     esac
 done
-[ -n "\$pkgs" ] || { echo "stand-in conda: nothing to install" >&2; exit 2; }
+[ -n "\$spec" ] || { echo "stand-in conda: nothing to install" >&2; exit 2; }
 '$py' -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-warn-script-location --upgrade \\
-    --target "\$prefix/lib/site-packages" --cache-dir "\$prefix/pkgs/pip-cache" awscli
+    --target "\$prefix/lib/python$pyver/site-packages" --cache-dir "\$prefix/pkgs/pip-cache" "\$spec"
+# The entry point as conda writes it: a Python script run by the prefix's own python.
 cat > "\$prefix/bin/aws" <<AWS
-#!/bin/sh
-exec '\$prefix/bin/python' -m awscli "\\\$@"
+#!\$prefix/bin/python
+import sys
+
+from awscli.clidriver import main
+
+if __name__ == "__main__":
+    sys.exit(main())
 AWS
 chmod 0755 "\$prefix/bin/aws"
-echo "awscli installed into \$prefix"
+echo "\$spec installed into \$prefix"
 CONDA
-chmod 0755 "$prefix/bin/python" "$prefix/bin/conda"
+chmod 0755 "$prefix/bin/python$pyver" "$prefix/bin/conda"
 echo "factory local stand-in for Miniconda, python $pyver" > "$prefix/conda-meta/history"
 echo "installation finished."
