@@ -166,18 +166,6 @@ def find_image(ec2: Any, digest: str) -> dict[str, Any] | None:
     return max(images, key=lambda i: (i.get("CreationDate", ""), i["ImageId"])) if images else None
 
 
-def tag_image(ec2: Any, ami_id: str, tags: dict[str, str]) -> None:
-    """Tag the AMI and its snapshots (idempotent)."""
-    from factory.aws import aws_errors
-
-    with aws_errors(f"tagging {ami_id}"):
-        image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]
-        ids = [ami_id] + [
-            b["Ebs"]["SnapshotId"] for b in image.get("BlockDeviceMappings", []) if b.get("Ebs", {}).get("SnapshotId")
-        ]
-        ec2.create_tags(Resources=ids, Tags=[{"Key": k, "Value": v} for k, v in sorted(tags.items())])
-
-
 def ensure_tagged(ec2: Any, ami_id: str, tags: dict[str, str]) -> str | None:
     """After a build: the AMI should carry `tags` from birth (Packer's `tags` and
     `snapshot_tags`). Add any that are missing; when that fails, deregister the AMI and
