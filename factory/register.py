@@ -729,13 +729,7 @@ class _Run:
                 self._wait_ce(batch, name)
         else:
             changes.append(Change("compute-environment", name, "unchanged", f"launch template v{lt['version']}, settings match"))
-        have_tags = current.get("tags") or {}
-        missing = {k: v for k, v in tags.items() if have_tags.get(k) != v}
-        if missing:
-            changes.append(Change("compute-environment", name, "update", "tags: " + ", ".join(f"{k}={v}" for k, v in missing.items())))
-            if not self.dry_run:
-                with aws_errors(f"tagging compute environment {name}"):
-                    batch.tag_resource(resourceArn=arn, tags=missing)
+        self._sync_batch_tags(batch, "compute-environment", name, arn, current.get("tags"), tags, changes)
         return name, arn, retire
 
     def _create_ce(self, batch: Any, name: str, cr: dict[str, Any], tags: dict[str, str], env: _Env) -> str | None:
@@ -813,13 +807,19 @@ class _Run:
                 self._wait_queue(batch, name)
         else:
             changes.append(Change("job-queue", name, "unchanged", f"in front of {ce_name}"))
-        have_tags = queue.get("tags") or {}
-        missing = {k: v for k, v in tags.items() if have_tags.get(k) != v}
-        if missing:
-            changes.append(Change("job-queue", name, "update", "tags: " + ", ".join(f"{k}={v}" for k, v in missing.items())))
-            if not self.dry_run:
-                with aws_errors(f"tagging job queue {name}"):
-                    batch.tag_resource(resourceArn=queue["jobQueueArn"], tags=missing)
+        self._sync_batch_tags(batch, "job-queue", name, queue["jobQueueArn"], queue.get("tags"), tags, changes)
+
+    def _sync_batch_tags(
+        self, batch: Any, resource: str, name: str, arn: str, have: dict[str, str] | None, want: dict[str, str], changes: list[Change]
+    ) -> None:
+        """Add the tags a Batch resource lacks (or has with another value); one change, one call."""
+        missing = {k: v for k, v in want.items() if (have or {}).get(k) != v}
+        if not missing:
+            return
+        changes.append(Change(resource, name, "update", "tags: " + ", ".join(f"{k}={v}" for k, v in missing.items())))
+        if not self.dry_run:
+            with aws_errors(f"tagging {resource.replace('-', ' ')} {name}"):
+                batch.tag_resource(resourceArn=arn, tags=missing)
 
     def _wait_queue(self, batch: Any, name: str) -> None:
         deadline = time.monotonic() + self.wait_timeout

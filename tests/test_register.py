@@ -723,3 +723,22 @@ def test_prune_plans_unused_launch_template_versions(cloud, specs):
     result = prune(cloud.clients, keep=2, dry_run=True)
     lt_changes = [c for c in result.changes if c.resource == "launch-template"]
     assert [(c.name, c.reason.split(" (")[0]) for c in lt_changes] == [(name, "versions " + ", ".join(map(str, doomed)))]
+
+
+def test_a_tag_removed_by_hand_is_put_back_with_one_call(cloud, specs):
+    bake_all(cloud, specs)
+    first = run(cloud, specs)
+    queue = first.tiers[0].job_queue
+    batch = cloud.clients.batch()
+    arn = batch.describe_job_queues(jobQueues=[queue])["jobQueues"][0]["jobQueueArn"]
+    batch.untag_resource(resourceArn=arn, tagKeys=["factory:tier"])
+    calls = Calls(cloud.clients)
+    try:
+        second = run(cloud, specs)
+    finally:
+        calls.close()
+    assert calls.mutating == ["TagResource"]
+    fixed = [c for t in second.tiers for c in t.changes if c.action != "unchanged"]
+    assert [(c.resource, c.name) for c in fixed] == [("job-queue", queue)]
+    assert fixed[0].reason.startswith("tags: factory:tier=")
+    assert batch.describe_job_queues(jobQueues=[queue])["jobQueues"][0]["tags"]["factory:tier"] == first.tiers[0].tier
