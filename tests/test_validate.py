@@ -132,7 +132,9 @@ def test_bad_spec(cli, tmp_path, case, text, expected):
     assert expected in result.output, result.output
     assert "demo-task.yaml" in result.output  # every message names the file
     assert "Traceback" not in result.output
-    assert elapsed < 1.0, f"{case} took {elapsed:.2f}s"
+    # The speed goal (refused within a second) is measured by bench/startup/run.py; this
+    # bound only catches a hang (one case once took four minutes), with room for a busy CI.
+    assert elapsed < 15, f"{case} took {elapsed:.2f}s"
 
 
 def test_every_error_in_every_file_is_reported(cli, tmp_path):

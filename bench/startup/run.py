@@ -28,6 +28,25 @@ def timed(cmd: list[str]) -> list[float]:
     return out
 
 
+def hostile_specs() -> dict[str, float]:
+    """Seconds `factory validate` takes to refuse each bad spec of the test suite (goal: < 1 s)."""
+    import tempfile
+
+    sys.path.insert(0, str(REPO))
+    from tests.test_validate import BAD_SPECS, BENCH, BENCH_OVERRIDES, write_spec
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case, text, _ in BAD_SPECS:
+            folder = Path(tmp) / case
+            folder.mkdir()
+            path = write_spec(folder, text, bench=BENCH_OVERRIDES.get(case, BENCH))
+            start = time.perf_counter()
+            subprocess.run([str(FACTORY), "validate", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            out[case] = round(time.perf_counter() - start, 3)
+    return out
+
+
 def main() -> int:
     results = {}
     for label, args in (("factory --help", ["--help"]), ("factory validate specs/", ["validate", "specs"])):
@@ -38,15 +57,21 @@ def main() -> int:
         cwd=REPO, capture_output=True, text=True, check=True,
     )
     results["heavy_modules_at_startup"] = probe.stdout.strip()
+    hostile = hostile_specs()
+    worst = max(hostile, key=hostile.get)
+    results["bad_specs_refused"] = {"count": len(hostile), "max_s": hostile[worst], "slowest": worst, "each_s": hostile}
     out_dir = REPO / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "startup.json").write_text(json.dumps(results, indent=2) + "\n")
     print("CLI start-up")
     for label, r in results.items():
-        if isinstance(r, dict):
+        if isinstance(r, dict) and "median_s" in r:
             flag = "ok" if r["median_s"] < 0.5 else "SLOW (goal < 0.5 s)"
             print(f"  {label:<26} median {r['median_s']:.3f} s  max {r['max_s']:.3f} s  ({r['runs']} runs)  {flag}")
     print(f"  heavy modules imported at start-up: {results['heavy_modules_at_startup']}")
+    bad = results["bad_specs_refused"]
+    flag = "ok" if bad["max_s"] < 1.0 else "SLOW (goal < 1 s)"
+    print(f"  {bad['count']} bad specs refused (whole process); slowest {bad['slowest']}: {bad['max_s']:.3f} s  {flag}")
     return 0
 
 
