@@ -164,7 +164,10 @@ def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
     from factory.local.mirror import standin_installer
 
     host, _, _ = cloud
-    host.run("sh", "-c", f"rm -rf /opt/no-aws && sh {standin_installer()} -b -p /opt/no-aws >/dev/null")
+    # Copied in, not run from the checkout: the build host has its own /tmp, and a clone
+    # may live under this machine's /tmp (as CI's does).
+    host.run("sh", "-c", "cat > /root/standin-installer.sh", input=standin_installer().read_text())
+    host.run("sh", "-c", "rm -rf /opt/no-aws && sh /root/standin-installer.sh -b -p /opt/no-aws >/dev/null")
     play = role_playbook(tmp_path, "bake_check")
     report = tmp_path / "bad.json"
     p = run_playbook(host, play, {"bake_check_prefix": "/opt/no-aws", "bake_check_min_gib": 1,
