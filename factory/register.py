@@ -30,7 +30,7 @@ import base64
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from factory.aws import Clients, aws_errors
@@ -97,24 +97,22 @@ class TierTarget:
     def name(self) -> str:
         return resource_name(self.tier)
 
+    @property
+    def tags(self) -> dict[str, str]:
+        """The tags on the tier's launch template, compute environment and queue."""
+        return {TAG_TIER: self.tier, TAG_TASKS: ",".join(self.tasks), TAG_MANAGED: "true"}
 
-def targets_for(specs: Sequence[Any], tiers: Sequence[Any], volumes: Mapping[str, int] | None = None) -> list[TierTarget]:
-    """One TierTarget per tier. `volumes` maps task -> sized GiB (default: size_task)."""
+
+def targets_for(specs: Sequence[Any], tiers: Sequence[Any]) -> list[TierTarget]:
+    """One TierTarget per tier; the tier's AMI, family and settings are its largest task's."""
     by_name = {s.name: s for s in specs}
-    if volumes is None and not all(getattr(t, "largest_task", "") for t in tiers):
-        from factory.sizing import size_task
-
-        volumes = {s.name: size_task(s).volume_gib for s in specs}
     out: list[TierTarget] = []
     for tier in tiers:
         missing = [t for t in tier.tasks if t not in by_name]
         if missing:
             raise FactoryError(f"tier {tier.name} names task(s) {', '.join(missing)} with no spec; run `factory validate specs/`")
         members = [by_name[t] for t in tier.tasks]
-        if getattr(tier, "largest_task", "") in by_name:
-            largest = by_name[tier.largest_task]
-        else:
-            largest = max(members, key=lambda s: ((volumes or {}).get(s.name, 0), s.name))
+        largest = by_name[tier.largest_task]
         for field_name, get in (
             ("region", lambda s: s.region),
             ("image.family", lambda s: s.image.family),
@@ -141,16 +139,6 @@ def targets_for(specs: Sequence[Any], tiers: Sequence[Any], volumes: Mapping[str
             )
         )
     return out
-
-
-def tiers_for(all_specs: Sequence[Any], max_tiers: int | None = None) -> tuple[list[Any], dict[str, int]]:
-    """The storage tiers over every spec (factory.tiers) and each task's sized volume."""
-    from factory.sizing import size_specs
-    from factory.tiers import choose_tiers
-
-    pairs = size_specs(all_specs)
-    volumes = {spec.name: plan.volume_gib for spec, plan in pairs}
-    return list(choose_tiers(pairs, max_tiers=max_tiers)), volumes
 
 
 def mime_user_data(commands: Sequence[str]) -> str:
@@ -643,7 +631,7 @@ class _Run:
         """Returns (name, arn, old environments to retire)."""
         base = target.name
         want = self.desired_compute_resources(target, env, lt["name"], lt["version"])
-        tags = {TAG_TIER: target.tier, TAG_TASKS: ",".join(target.tasks), TAG_MANAGED: "true"}
+        tags = target.tags
         all_ces = self._list_ces(batch)
         by_name = {c["computeEnvironmentName"]: c for c in all_ces}
         ours = [
@@ -780,7 +768,7 @@ class _Run:
 
     def job_queue(self, batch: Any, target: TierTarget, queue: dict[str, Any] | None, ce_name: str, ce_arn: str | None, changes: list[Change]) -> None:
         name = target.name
-        tags = {TAG_TIER: target.tier, TAG_TASKS: ",".join(target.tasks), TAG_MANAGED: "true"}
+        tags = target.tags
         priority = self.config.batch.queue_priority
         order = [{"order": 1, "computeEnvironment": ce_arn or ce_name}]
         if queue is None:
@@ -863,9 +851,11 @@ def register_targets(
     run = _Run(config, dry_run, wait_timeout, poll, progress)
     overrides = dict(ami_overrides or {})
     envs: dict[str, _Env] = {}
+    regional = {clients.region: clients}
     results: list[TierResult] = []
     for target in targets:
-        cl = _regional(clients, target.region)
+        # Tiers in another region get their own clients, at the caller's endpoint.
+        cl = regional.setdefault(target.region, Clients(region=target.region, endpoint_url=clients.endpoint_url))
         if target.region not in envs:
             envs[target.region] = _Env(
                 clients=cl,
@@ -879,8 +869,7 @@ def register_targets(
         ami, ami_source, notes = _resolve_ami(cl, target, overrides)
         changes: list[Change] = []
         data = launch_template_data(target, ami, config.boot_commands)
-        lt_tags = {TAG_TIER: target.tier, TAG_TASKS: ",".join(target.tasks), TAG_MANAGED: "true"}
-        lt = run.launch_template(ec2, target, data, lt_tags, changes)
+        lt = run.launch_template(ec2, target, data, target.tags, changes)
         queue = run.find_queue(batch, target.name)
         ce_name, ce_arn, olds = run.compute_environment(batch, target, env, lt, queue, changes)
         run.job_queue(batch, target, queue, ce_name, ce_arn, changes)
@@ -912,8 +901,6 @@ def register_tasks(
     *,
     config: FactoryConfig | None = None,
     all_specs: Sequence[Any] | None = None,
-    tiers: Sequence[Any] | None = None,
-    volumes: Mapping[str, int] | None = None,
     wait_timeout: float = 900.0,
     poll: float = 5.0,
     progress: Callable[[str], None] | None = None,
@@ -921,8 +908,7 @@ def register_tasks(
     """Register the tiers that hold `specs` (the call `factory bake` ends with).
 
     Tiers are chosen over `all_specs` (default: every spec in the folders `specs` come
-    from), so registering one task gives the same tiers as `register --all`. `tiers` and
-    `volumes` skip the sizing (tests, or a caller that already has them).
+    from), so registering one task gives the same tiers as `register --all`.
     ami_overrides maps task -> AMI id (e.g. the AMI bake just made). `config` defaults to
     ./factory.yaml when present (factory.config.load_config), else every default.
     """
@@ -932,12 +918,12 @@ def register_tasks(
         config = load_config()
     if not specs:
         raise UsageError("no tasks to register: name a TASK or pass --all")
-    if tiers is None:
-        if all_specs is None:
-            all_specs = _sibling_specs(specs)
-        tiers, sized = tiers_for(all_specs, config.max_tiers)
-        volumes = volumes or sized
-    pool = {s.name: s for s in (all_specs or [])}
+    from factory.tiers import tiers_for
+
+    if all_specs is None:
+        all_specs = _sibling_specs(specs)
+    tiers, _ = tiers_for(all_specs, config.max_tiers)
+    pool = {s.name: s for s in all_specs}
     pool.update({s.name: s for s in specs})
     wanted = {s.name for s in specs}
     chosen = [t for t in tiers if wanted & set(t.tasks)]
@@ -945,7 +931,7 @@ def register_tasks(
     if uncovered:
         raise FactoryError(f"task(s) {', '.join(sorted(uncovered))} are in no tier; run `factory size --all` to see the tiers")
     members = [pool[n] for t in chosen for n in t.tasks if n in pool]
-    targets = targets_for(members, chosen, volumes)
+    targets = targets_for(members, chosen)
     return register_targets(
         targets, clients, ami_overrides, dry_run, config=config, wait_timeout=wait_timeout, poll=poll, progress=progress
     )
@@ -958,19 +944,6 @@ def _sibling_specs(specs: Sequence[Any]) -> list[Any]:
     found = {s.name: s for s in load_specs(folders)}
     found.update({s.name: s for s in specs})
     return list(found.values())
-
-
-_REGIONAL: dict[tuple[int, str], Clients] = {}
-
-
-def _regional(clients: Clients, region: str) -> Clients:
-    """The caller's Clients when it is for `region`, else one for that region (same endpoint)."""
-    if clients.region == region:
-        return clients
-    key = (id(clients), region)
-    if key not in _REGIONAL:
-        _REGIONAL[key] = replace(clients, region=region, _session=None, _cache={})
-    return _REGIONAL[key]
 
 
 # ---------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ class Tier:
     volume_gib: int
     tasks: tuple[str, ...]
     group: tuple
-    largest_task: str = ""  # the task whose AMI and plan the tier uses
+    largest_task: str  # the task whose AMI and plan the tier uses (and whose name it bears)
 
     @property
     def group_dict(self) -> dict[str, Any]:
@@ -215,3 +215,16 @@ def tier_of(task: str, tiers: Sequence[Tier]) -> Tier:
         if task in t.tasks:
             return t
     raise KeyError(task)
+
+
+def tiers_for(specs: Sequence[Any], max_tiers: int | None = None, **size_options: Any) -> tuple[list[Tier], list[tuple[Any, Any]]]:
+    """Size every spec and choose the tiers over them: (tiers, [(spec, plan), ...]).
+
+    The one way the CLI and the register step get tiers, so `size --all`, `size TASK`,
+    `register` and `nextflow-config` always agree. `size_options` go to size_task
+    (e.g. price_per_gib_month).
+    """
+    from factory.sizing import size_specs
+
+    pairs = size_specs(specs, **size_options)
+    return choose_tiers(pairs, max_tiers=max_tiers), pairs

@@ -70,7 +70,7 @@ def test_tasks_that_disagree_on_region_or_cli_prefix_are_refused(specs, tiers):
 
 def test_task_without_tier_is_refused(specs):
     with pytest.raises(FactoryError, match="in no tier"):
-        render_config(specs, [Tier("1g", 1, (specs[0].name,), ())])
+        render_config(specs, [Tier("1g", 1, (specs[0].name,), (), specs[0].name)])
 
 
 def test_write_is_atomic_and_leaves_no_temp_file(tmp_path):

@@ -131,6 +131,12 @@ class Calls:
             c.meta.events.unregister("before-call", self._call)
             c.meta.events.unregister("before-parameter-build", self._params)
 
+    def __enter__(self) -> Calls:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 @pytest.fixture(scope="module")
 def specs():
@@ -235,11 +241,8 @@ def test_second_run_makes_no_mutating_call_and_says_unchanged(cloud, specs):
     bake_all(cloud, specs)
     first = run(cloud, specs)
     assert first.changed
-    calls = Calls(cloud.clients)
-    try:
+    with Calls(cloud.clients) as calls:
         second = run(cloud, specs)
-    finally:
-        calls.close()
     assert calls.ops, "the hook saw no call at all: the count would prove nothing"
     assert calls.mutating == []
     assert not second.changed
@@ -250,11 +253,8 @@ def test_second_run_makes_no_mutating_call_and_says_unchanged(cloud, specs):
 
 def test_plan_mutates_nothing_and_lists_what_register_would_create(cloud, specs):
     bake_all(cloud, specs)
-    calls = Calls(cloud.clients)
-    try:
+    with Calls(cloud.clients) as calls:
         plan = run(cloud, specs, dry_run=True)
-    finally:
-        calls.close()
     assert calls.mutating == []
     actions = [(c.resource, c.action) for t in plan.tiers for c in t.changes]
     assert actions == [("launch-template", "create"), ("compute-environment", "create"), ("job-queue", "create")] * 3
@@ -279,11 +279,8 @@ def test_new_ami_makes_a_new_launch_template_version_and_updates_the_environment
     assert star_plan["compute-environment"].action == "update"
     assert "version 1 -> 2" in star_plan["compute-environment"].reason
 
-    calls = Calls(cloud.clients)
-    try:
+    with Calls(cloud.clients) as calls:
         second = run(cloud, specs)
-    finally:
-        calls.close()
     assert sorted(calls.mutating) == ["CreateLaunchTemplateVersion", "ModifyLaunchTemplate", "UpdateComputeEnvironment"]
     default = cloud.lt_version(name)
     assert default["VersionNumber"] == 2 and default["DefaultVersion"] is True
@@ -317,11 +314,8 @@ def test_best_fit_environment_is_replaced_not_updated(cloud, specs):
     first = run(cloud, specs)
     name = f"factory-{first.for_task('star-align').tier}"
     new_ami = cloud.bake("star-align")
-    calls = Calls(cloud.clients)
-    try:
+    with Calls(cloud.clients) as calls:
         second = run(cloud, specs, ami_overrides={"star-align": new_ami})
-    finally:
-        calls.close()
     tr = second.for_task("star-align")
     assert tr.compute_environment.startswith(name + "-") and tr.compute_environment != name
     ces = cloud.ces()
@@ -332,11 +326,8 @@ def test_best_fit_environment_is_replaced_not_updated(cloud, specs):
     assert calls.mutating.index("UpdateJobQueue") < calls.mutating.index("DeleteComputeEnvironment")
     assert [c.action for c in tr.changes if c.resource == "compute-environment"] == ["replace", "delete"]
     # ... and the replacement is stable: a third run changes nothing.
-    calls = Calls(cloud.clients)
-    try:
+    with Calls(cloud.clients) as calls:
         third = run(cloud, specs, ami_overrides={"star-align": new_ami})
-    finally:
-        calls.close()
     assert calls.mutating == [] and not third.changed
 
 
@@ -344,11 +335,8 @@ def test_scaling_change_is_an_in_place_update(cloud, specs):
     bake_all(cloud, specs)
     run(cloud, specs)
     bigger = [with_batch(s, max_vcpus=512) if s.name == "salmon-quant" else s for s in specs]
-    calls = Calls(cloud.clients)
-    try:
+    with Calls(cloud.clients) as calls:
         result = run(cloud, bigger)
-    finally:
-        calls.close()
     assert calls.mutating == ["UpdateComputeEnvironment"]
     (update,) = calls.of("UpdateComputeEnvironment")
     assert update["computeResources"] == {"maxvCpus": 512}
@@ -385,11 +373,8 @@ def test_failure_before_the_queue_is_repaired_not_duplicated(cloud, specs):
         batch.meta.events.unregister("before-call.batch.CreateJobQueue", boom)
     assert len(cloud.ces()) == 1 and cloud.queues() == {}  # the first tier got its LT and CE only
 
-    calls = Calls(cloud.clients)
-    try:
+    with Calls(cloud.clients) as calls:
         result = run(cloud, specs)
-    finally:
-        calls.close()
     assert calls.mutating.count("CreateLaunchTemplate") == 2
     assert calls.mutating.count("CreateComputeEnvironment") == 2
     assert calls.mutating.count("CreateJobQueue") == 3
@@ -397,11 +382,8 @@ def test_failure_before_the_queue_is_repaired_not_duplicated(cloud, specs):
     for t in result.tiers:
         versions = cloud.ec2.describe_launch_template_versions(LaunchTemplateName=f"factory-{t.tier}")["LaunchTemplateVersions"]
         assert len(versions) == 1
-    calls = Calls(cloud.clients)
-    try:
+    with Calls(cloud.clients) as calls:
         run(cloud, specs)
-    finally:
-        calls.close()
     assert calls.mutating == []
 
 
@@ -423,11 +405,8 @@ def test_failure_between_new_version_and_default_is_repaired_without_a_third_ver
         ec2.meta.events.unregister("before-call.ec2.ModifyLaunchTemplate", boom)
     assert cloud.lt_version(name)["VersionNumber"] == 1  # version 2 exists, but is not the default
 
-    calls = Calls(cloud.clients)
-    try:
+    with Calls(cloud.clients) as calls:
         result = run(cloud, specs, ami_overrides={"salmon-quant": new_ami})
-    finally:
-        calls.close()
     assert "CreateLaunchTemplateVersion" not in calls.mutating
     assert cloud.lt_version(name)["VersionNumber"] == 2
     assert len(ec2.describe_launch_template_versions(LaunchTemplateName=name)["LaunchTemplateVersions"]) == 2
@@ -540,14 +519,14 @@ def test_config_defaults_and_missing_file(tmp_path):
 def test_al1_keeps_the_root_and_sizes_the_docker_device(specs):
     spec = next(s for s in specs if s.name == "star-align")
     al1 = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base="ecs-al1", family="al1"))
-    (target,) = targets_for([al1], [Tier("77g", 77, (al1.name,), ())], {al1.name: 77})
+    (target,) = targets_for([al1], [Tier("77g", 77, (al1.name,), (), al1.name)])
     data = launch_template_data(target, "ami-1")
     assert [m["DeviceName"] for m in data["BlockDeviceMappings"]] == ["/dev/xvdcz"]
     assert data["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 77
 
 
 def test_user_data_only_when_something_runs_at_boot(specs):
-    (target,) = targets_for(specs[:1], [Tier("10g", 10, (specs[0].name,), ())], {specs[0].name: 10})
+    (target,) = targets_for(specs[:1], [Tier("10g", 10, (specs[0].name,), (), specs[0].name)])
     assert "UserData" not in launch_template_data(target, "ami-1")
     text = base64.b64decode(launch_template_data(target, "ami-1", ["echo hi"])["UserData"]).decode()
     assert text == mime_user_data(["echo hi"])
@@ -556,7 +535,7 @@ def test_user_data_only_when_something_runs_at_boot(specs):
 
 def test_tier_mixing_groups_is_refused(specs):
     with pytest.raises(FactoryError, match="mixes tasks"):
-        targets_for(specs, [Tier("x", 10, tuple(s.name for s in specs), ())], {s.name: 10 for s in specs})
+        targets_for(specs, [Tier("x", 10, tuple(s.name for s in specs), (), specs[0].name)])
 
 
 # ---------------------------------------------------------------------------------------
@@ -697,9 +676,7 @@ def test_prune_dry_run_lists_and_apply_deregisters_old_amis(cloud, specs, cli, t
     assert in_use not in r.stdout and newest not in r.stdout
     assert len(cloud.ec2.describe_images(ImageIds=[middle])["Images"]) == 1  # dry run: still there
 
-    calls = Calls(cloud.clients)
     r = cli("prune", "--keep", "1", "--apply", "--specs-dir", SPECS, env=env)
-    calls.close()
     assert r.exit_code == 0, r.stderr
     assert f"deleted ami {middle}" in r.stdout
     left = {i["ImageId"] for i in cloud.ec2.describe_images(Owners=["self"], Filters=[{"Name": "tag:factory:task", "Values": ["salmon-quant"]}])["Images"]}
@@ -732,11 +709,8 @@ def test_a_tag_removed_by_hand_is_put_back_with_one_call(cloud, specs):
     batch = cloud.clients.batch()
     arn = batch.describe_job_queues(jobQueues=[queue])["jobQueues"][0]["jobQueueArn"]
     batch.untag_resource(resourceArn=arn, tagKeys=["factory:tier"])
-    calls = Calls(cloud.clients)
-    try:
+    with Calls(cloud.clients) as calls:
         second = run(cloud, specs)
-    finally:
-        calls.close()
     assert calls.mutating == ["TagResource"]
     fixed = [c for t in second.tiers for c in t.changes if c.action != "unchanged"]
     assert [(c.resource, c.name) for c in fixed] == [("job-queue", queue)]

@@ -134,7 +134,7 @@ def test_duplicate_task_refused_and_empty_ok():
 
 
 def test_tier_is_frozen_with_register_fields():
-    t = Tier(name="200g", volume_gib=200, tasks=("a",), group=())
+    t = Tier(name="200g", volume_gib=200, tasks=("a",), group=(), largest_task="a")
     assert (t.name, t.volume_gib, t.tasks) == ("200g", 200, ("a",))
     with pytest.raises(dataclasses.FrozenInstanceError):
         t.name = "x"  # type: ignore[misc]

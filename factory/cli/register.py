@@ -113,7 +113,7 @@ def register(
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
     """Register AMIs into launch templates, Batch compute environments and job queues, per tier."""
-    progress = None if json_output else (lambda msg: err(msg))
+    progress = None if json_output else err
     result = _run("register", task, all_specs, specs_dir, config, ami, dry_run, progress, cloud)
     if json_output:
         print_json(result.to_json())
@@ -135,13 +135,15 @@ def nextflow_config(
     """Write a Nextflow config sending each task's process to its tier's job queue."""
     from factory.config import load_config
     from factory.nextflow import queue_for_tasks, queues_exist, render_config, write_atomic
-    from factory.register import tiers_for
     from factory.spec import find_spec, load_specs
+    from factory.tiers import tiers_for
 
     if tasks and all_specs:
         raise UsageError("give TASK names or --all, not both")
     everything = load_specs([specs_dir])
-    selected = [find_spec(t, specs_dir) for t in tasks] if tasks else everything
+    by_name = {s.name: s for s in everything}
+    # A task outside --specs-dir (or a typo) goes through find_spec for its message.
+    selected = [by_name.get(t) or find_spec(t, specs_dir) for t in tasks] if tasks else everything
     settings = load_config(config)
     tiers, _ = tiers_for(everything, settings.max_tiers)
     text = render_config(selected, tiers)

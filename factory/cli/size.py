@@ -121,13 +121,12 @@ def _with_folder_tier(spec, plan):
     sibling spec is invalid (validate reports that)."""
     from factory.config import load_config
     from factory.errors import FactoryError
-    from factory.sizing import size_specs
     from factory.spec import load_specs
-    from factory.tiers import choose_tiers, tier_of
+    from factory.tiers import tier_of, tiers_for
 
     try:
-        pairs = size_specs(load_specs([spec.path.parent]))
-        tier = tier_of(spec.name, choose_tiers(pairs, load_config().max_tiers))
+        tiers, _ = tiers_for(load_specs([spec.path.parent]), load_config().max_tiers)
+        tier = tier_of(spec.name, tiers)
     except (FactoryError, KeyError):
         return plan
     return plan.with_tier(tier.name, tier.volume_gib)
@@ -135,14 +134,12 @@ def _with_folder_tier(spec, plan):
 
 def _size_all(specs_dir: Path, max_tiers: Optional[int], price: float, plot: Optional[Path], json_output: bool) -> None:
     from factory.config import load_config
-    from factory.sizing import size_specs
     from factory.spec import load_specs
-    from factory.tiers import choose_tiers, provisioned_gib, tier_of
+    from factory.tiers import provisioned_gib, tier_of, tiers_for
 
     if max_tiers is None:  # the cap register uses, so the table shows what it will make
         max_tiers = load_config().max_tiers
-    pairs = size_specs(load_specs([specs_dir]), price_per_gib_month=price)
-    tiers = choose_tiers(pairs, max_tiers)
+    tiers, pairs = tiers_for(load_specs([specs_dir]), max_tiers, price_per_gib_month=price)
     plans = []
     for spec, plan in pairs:
         tier = tier_of(spec.name, tiers)
