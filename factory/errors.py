@@ -35,10 +35,6 @@ class SizingError(FactoryError):
     """The benchmarks or spec cannot give a safe size (too few records, beyond EBS limits)."""
 
 
-class NotReady(FactoryError):
-    """A command that exists in the CLI but whose work is not built yet."""
-
-
 class AwsError(FactoryError):
     """An AWS call failed; the message says what to do (credentials, region, permissions)."""
 

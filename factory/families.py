@@ -65,6 +65,6 @@ FAMILIES: dict[str, Family] = {
 }
 
 # The spec's `image.base` names a family as `ecs-<family>`.
-BASE_TO_FAMILY = {"ecs-al2023": "al2023", "ecs-al2": "al2", "ecs-al1": "al1"}
+BASE_TO_FAMILY = {f"ecs-{key}": key for key in FAMILIES}
 
 BUILDER_INSTANCE_TYPE = {"x86_64": "t3.micro", "arm64": "t4g.micro"}

@@ -7,28 +7,25 @@ traceback for bad input.
 
 from __future__ import annotations
 
-import csv
 import difflib
 import hashlib
-import io
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 from factory.errors import SizingError, SpecError, UsageError
 from factory.families import BASE_TO_FAMILY, FAMILIES, Family
+from factory.sizing import GP3_MAX_GIB, load_benchmarks
 from factory.yamlsafe import YamlProblem, read_yaml
 
 SPEC_SUFFIXES = (".yaml", ".yml")
-EBS_GP3_MAX_GIB = 16 * 1024
 DEFAULT_PREFIX = "/home/ec2-user/miniconda"
 ON_DEMAND_STRATEGIES = ("BEST_FIT", "BEST_FIT_PROGRESSIVE")
 SPOT_STRATEGIES = ("BEST_FIT", "BEST_FIT_PROGRESSIVE", "SPOT_CAPACITY_OPTIMIZED", "SPOT_PRICE_CAPACITY_OPTIMIZED")
-BENCHMARK_COLUMNS = ("input_gib", "index_gib", "scratch_gib", "output_gib")
 
 
 # ---------------------------------------------------------------------------------------
@@ -311,14 +308,7 @@ def _benchmark_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list
     if not path.is_file():
         return [Problem(file, field_, f"file {display(path)} does not exist (the path is relative to the spec file)")]
     try:
-        from factory.sizing import load_benchmarks  # the sizing model owns the format
-    except ImportError:  # pragma: no cover - sizing not installed
-        load_benchmarks = None
-    try:
-        if load_benchmarks is not None:
-            records = load_benchmarks(path)
-        else:
-            records = _minimal_benchmarks(path)
+        records = load_benchmarks(path)  # the sizing model owns the format
     except SizingError as exc:  # the loader's message already names the file, line and column
         return [Problem(file, field_, f"cannot use it: {exc.message}")]
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -326,16 +316,6 @@ def _benchmark_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list
     if len(records) < 2 and "footprint" not in storage:
         return [Problem(file, field_, f"{display(path)} has {len(records)} measured run(s); add at least 2 rows to fit, or give `storage.footprint`")]
     return []
-
-
-def _minimal_benchmarks(path: Path) -> list[dict[str, str]]:
-    text = path.read_text(encoding="utf-8")
-    rows = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-    reader = csv.DictReader(io.StringIO("\n".join(rows)))
-    missing = [c for c in BENCHMARK_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ValueError(f"missing column(s) {', '.join(missing)}")
-    return list(reader)
 
 
 def _section(doc: dict[str, Any], key: str) -> dict[str, Any]:
@@ -369,8 +349,8 @@ def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[
 
     storage = _section(doc, "storage")
     max_in = storage.get("max_input_gib")
-    if _number(max_in) and max_in > EBS_GP3_MAX_GIB:
-        problems.append(Problem(file, "storage.max_input_gib", f"{max_in} GiB is beyond one gp3 volume ({EBS_GP3_MAX_GIB} GiB); split the input"))
+    if _number(max_in) and max_in > GP3_MAX_GIB:
+        problems.append(Problem(file, "storage.max_input_gib", f"{max_in} GiB is beyond one gp3 volume ({GP3_MAX_GIB} GiB); split the input"))
     if "storage" in doc and isinstance(doc["storage"], dict):
         problems += _benchmark_problems(doc, spec_path, file)
 
@@ -442,13 +422,7 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
     digest = hashlib.sha256(json.dumps(normalised(spec), sort_keys=True).encode())
     if bench is not None:
         digest.update(bench.read_bytes())
-    return _replace_hash(spec, digest.hexdigest())
-
-
-def _replace_hash(spec: TaskSpec, value: str) -> TaskSpec:
-    from dataclasses import replace
-
-    return replace(spec, spec_hash=value)
+    return replace(spec, spec_hash=digest.hexdigest())
 
 
 def normalised(spec: TaskSpec) -> dict[str, Any]:

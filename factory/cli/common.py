@@ -45,12 +45,6 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def stderr_console():
-    from rich.console import Console
-
-    return Console(stderr=True)
-
-
 def stdout_console():
     from rich.console import Console
 
