@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from factory import __version__
 from factory.cloud import Cloud
-from factory.errors import FactoryError, PackerError
+from factory.errors import FactoryError
 
 IMAGE_HASH_TAG = "factory:image-hash"
 HASH_VERSION = "factory-image-hash/1"
@@ -57,9 +56,6 @@ NOT_IMAGE_VARIABLES = frozenset({
 
 # Files of the last real build kept in build/<task>/ when the folder is re-rendered.
 KEEP_ACROSS_RENDERS = ("packer.log", "manifest.json", "bake-check.json")
-
-_SKIP_PARTS = {"__pycache__", ".pytest_cache", ".ansible"}
-
 
 @dataclass
 class BakeResult:
@@ -113,19 +109,6 @@ class BakeResult:
 
 
 # -- the content hash ----------------------------------------------------------------
-
-
-def content_files(*roots: Path) -> list[tuple[str, Path]]:
-    """Every file under the roots, as (stable relative name, path), sorted."""
-    out: list[tuple[str, Path]] = []
-    for root in roots:
-        root = Path(root)
-        for path in sorted(root.rglob("*")):
-            rel = path.relative_to(root)
-            if not path.is_file() or _SKIP_PARTS & set(rel.parts) or path.suffix in (".pyc", ".log"):
-                continue
-            out.append((f"{root.name}/{rel.as_posix()}", path))
-    return sorted(out)
 
 
 def image_variables(variables: dict[str, Any]) -> dict[str, Any]:
@@ -239,7 +222,6 @@ class Prepared:
 def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None) -> Prepared:
     """Size, resolve the base AMI, render `build_root/<task>/`, hash."""
     from factory import render as render_mod
-    from factory.resources import data_dir
     from factory.sizing import size_task
 
     steps: dict[str, float] = {}
@@ -279,10 +261,10 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
             shutil.rmtree(keep, ignore_errors=True)
     steps["render"] = time.monotonic() - t
 
-    files = content_files(data_dir("packer"), data_dir("ansible"))
-    variables = _rendered_variables(rr)
+    files = render_mod.content_files()
+    variables = dict(rr.variables)
     # Packer 1.7+ keeps the template's IMDSv2 blocks, which set the AMI's imds_support.
-    variables["__modern_packer"] = bool(getattr(rr, "modern_packer", True))
+    variables["__modern_packer"] = rr.modern_packer
     digest = image_hash(base_ami, files, variables)
     # The AMI is born with its content hash: Packer tags the AMI and its snapshots with it
     # when it creates them, so there is never an untagged AMI nobody will reuse. `tags` is
@@ -431,7 +413,7 @@ def build_prepared(
         folder,
         env=env,
         log_path=p.out_dir / "packer.log",
-        manifest_path=_manifest_path(p.render_result, folder),
+        manifest_path=p.render_result.manifest,
         on_step=say,
         timeout=timeout,
         cancel=cancel,
@@ -441,13 +423,7 @@ def build_prepared(
 
     t = time.monotonic()
     say(f"checking the tags of {out.ami_id}")
-    note = ensure_tagged(ec2, out.ami_id, {
-        IMAGE_HASH_TAG: p.image_hash,
-        "factory:task": spec.name,
-        "factory:spec-hash": spec.spec_hash,
-        "factory:base-ami": p.base_ami,
-        "factory:version": __version__,
-    })
+    note = ensure_tagged(ec2, out.ami_id, p.render_result.variables["tags"])  # with_tags added the hash
     if note:
         result.note = _join(result.note, note)
     steps["tag"] = time.monotonic() - t
@@ -467,19 +443,11 @@ def register_results(
 ) -> None:
     """Register the baked/reused AMIs (launch template, compute environment, queue).
 
-    Fills launch_template, compute_environment and job_queue in each result. When the
-    register step is not available, each result says so in `note`. `all_specs` are the
-    specs tiers are chosen over (default: every spec beside the given ones).
+    Fills launch_template, compute_environment and job_queue in each result. `all_specs`
+    are the specs tiers are chosen over (default: every spec beside the given ones).
     """
-    try:
-        from factory import register as register_mod
+    from factory.register import register_tasks
 
-        register_tasks = register_mod.register_tasks
-    except (ImportError, AttributeError):
-        for r in results:
-            if r.ami_id:
-                r.note = _join(r.note, "register step not available yet: stopped after the AMI")
-        return
     ok = [(r, s) for r, s in zip(results, specs) if r.ami_id and r.status != "failed"]
     by_region: dict[str, list[tuple[BakeResult, Any]]] = {}
     for r, s in ok:
@@ -507,21 +475,8 @@ def register_results(
 
 
 def _fill_registration(result: BakeResult, reg: Any) -> None:
-    data = reg.to_json() if hasattr(reg, "to_json") else reg
-    entry = None
-    if isinstance(data, dict):
-        tasks = data.get("tasks")
-        if isinstance(tasks, dict):
-            entry = tasks.get(result.task)
-        elif isinstance(tasks, list):
-            entry = next((t for t in tasks if t.get("task") == result.task), None)
-    if entry is None and hasattr(reg, "for_task"):
-        entry = reg.for_task(result.task)
-        entry = entry.to_json() if hasattr(entry, "to_json") else entry
-    if not entry:
-        result.note = _join(result.note, "registered, but the register step reported nothing for this task")
-        result.registered = True
-        return
+    """Copy the task's launch template, compute environment and queue from a RegisterResult."""
+    entry = reg.for_task(result.task).task_json()
     result.launch_template = entry.get("launch_template")
     result.compute_environment = entry.get("compute_environment")
     result.job_queue = entry.get("job_queue")
@@ -663,14 +618,3 @@ class _Override(Cloud):
         return self._target if self._target is not None else self._base.target(region)
 
 
-def _rendered_variables(rr: Any) -> dict[str, Any]:
-    for name in ("image_variables", "variables"):
-        value = getattr(rr, name, None)
-        if isinstance(value, dict):
-            return dict(value)
-    raise PackerError("the render step returned no variables to hash")
-
-
-def _manifest_path(rr: Any, folder: Path) -> Path:
-    value = getattr(rr, "manifest", None) or getattr(rr, "manifest_path", None)
-    return Path(value) if value else Path(folder) / "manifest.json"

@@ -27,6 +27,7 @@ from typing import Any
 from factory import __version__
 from factory.errors import AwsError, FactoryError, UsageError
 from factory.families import BUILDER_INSTANCE_TYPE
+from factory.resources import data_dir
 
 VARIABLES_FILE = "factory.auto.pkrvars.hcl"
 MANIFEST_FILE = "manifest.json"
@@ -36,18 +37,31 @@ _FENCE_BEGIN = "# factory:modern-packer begin"
 _FENCE_END = "# factory:modern-packer end"
 _SKIP = {"__pycache__", ".ansible", ".pytest_cache", ".cache"}
 
-# The pinned Miniconda installers (Anaconda's own ContinuumIO/docker-images miniconda3
-# Dockerfile pins these), by the spec's architecture.
-MINICONDA_INSTALLERS: dict[str, tuple[str, str]] = {
-    "x86_64": (
-        "https://repo.anaconda.com/miniconda/Miniconda3-py311_23.11.0-1-Linux-x86_64.sh",
-        "5b3cefe534e23541f5f703f40d4818e361c3615dbf14651a0f29554c3fc3d0fd",
-    ),
-    "arm64": (
-        "https://repo.anaconda.com/miniconda/Miniconda3-py311_23.11.0-1-Linux-aarch64.sh",
-        "63c06a1974695e50bbe767a030903d169e637e42d5b7b6d30876b19a01fbbad8",
-    ),
-}
+
+def content_files(packer_dir: Path | None = None, ansible_dir: Path | None = None) -> list[tuple[str, Path]]:
+    """What render copies into a build folder, as (stable name, source file), sorted: the
+    Packer templates (`packer/*.pkr.hcl`) and the Ansible tree, caches left out. The bake's
+    content hash is taken over exactly these, so what is hashed is what is shipped."""
+    packer_dir = Path(packer_dir or data_dir("packer"))
+    ansible_dir = Path(ansible_dir or data_dir("ansible"))
+    out = [(f"packer/{src.name}", src) for src in packer_dir.glob("*.pkr.hcl") if src.is_file()]
+    for src in ansible_dir.rglob("*"):
+        rel = src.relative_to(ansible_dir)
+        if src.is_file() and not _SKIP & set(rel.parts) and src.suffix != ".pyc":
+            out.append((f"ansible/{rel.as_posix()}", src))
+    return sorted(out)
+
+
+def miniconda_installer(architecture: str) -> tuple[str, str]:
+    """The pinned Miniconda installer (url, sha256) for a spec's architecture.
+
+    The pins live in one place, the miniconda_awscli role's defaults (keyed by `uname -m`),
+    so the role works on its own and factory renders the same pins into every build."""
+    import yaml
+
+    defaults = yaml.safe_load((data_dir("ansible") / "roles/miniconda_awscli/defaults/main.yml").read_text())
+    pin = defaults["miniconda_awscli_installers"]["aarch64" if architecture == "arm64" else architecture]
+    return pin["url"], pin["sha256"]
 
 # The root volume of the ECS-optimized AMIs (a builder volume may not be smaller than
 # the base snapshot); AL1 keeps Docker on a separate 22 GiB device.
@@ -80,7 +94,7 @@ class BuildTarget:
     iam_instance_profile: str = ""
     subnet_id: str = ""
     kms_key_id: str = ""
-    bake_check_image: str = ""  # "" : a busybox image made with `docker import`
+    bake_check_image: str = ""  # "": an empty image made with `docker import`, the host's C library mounted
 
     @classmethod
     def aws(cls, **overrides: Any) -> BuildTarget:
@@ -229,9 +243,10 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     if family.storage_driver == "overlay2":
         basesize_gib = sized_gib  # no per-container limit: a container sees the volume
 
-    url, sha = MINICONDA_INSTALLERS[arch]
     if target.installer_url:
         url, sha = target.installer_url, target.installer_sha256 or ""
+    else:
+        url, sha = miniconda_installer(arch)
     if not re.fullmatch(r"[0-9a-f]{64}", sha or ""):
         raise UsageError(f"the Miniconda installer for {url} needs its sha256 (64 hex digits), not {sha!r}")
 
@@ -313,7 +328,6 @@ def render(
     detected from the `packer` on PATH when not given; without any Packer the folder is
     written for a modern Packer (1.7+), which is what users run.
     """
-    from factory.resources import data_dir
 
     target = target or BuildTarget.aws()
     out_dir = Path(out_dir) if out_dir is not None else Path("build") / spec.name
@@ -333,21 +347,16 @@ def render(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
     try:
         written: list[str] = []
-        for src in sorted(data_dir("packer").glob("*.pkr.hcl")):
-            text = src.read_text()
-            if not modern:
-                text = strip_modern_blocks(text)
-            (tmp / src.name).write_text(text)
-            written.append(src.name)
-        ansible_src = data_dir("ansible")
-        for src in sorted(ansible_src.rglob("*")):
-            rel = src.relative_to(ansible_src)
-            if any(part in _SKIP for part in rel.parts) or src.is_dir():
-                continue
-            dest = tmp / "ansible" / rel
+        for name, src in content_files():
+            rel = name.removeprefix("packer/")  # templates sit at the folder's top
+            dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest)
-            written.append(f"ansible/{rel.as_posix()}")
+            if src.suffix == ".hcl":
+                text = src.read_text()
+                dest.write_text(text if modern else strip_modern_blocks(text))
+            else:
+                shutil.copyfile(src, dest)
+            written.append(rel)
         (tmp / VARIABLES_FILE).write_text(to_pkrvars(variables))
         written.append(VARIABLES_FILE)
         for d in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from factory import bake
+from factory import bake, render
 from factory.local import cloud as local_cloud
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,15 +52,31 @@ VARS = {
 
 
 def _hash(content: Path, base: str = "ami-1", **changes) -> str:
-    files = bake.content_files(content / "packer", content / "ansible")
+    files = render.content_files(content / "packer", content / "ansible")
     return bake.image_hash(base, files, {**VARS, **changes})
 
 
 def test_hash_is_stable_and_skips_caches(content):
-    files = bake.content_files(content / "packer", content / "ansible")
+    files = render.content_files(content / "packer", content / "ansible")
     assert [name for name, _ in files] == ["ansible/roles/docker_storage/tasks/main.yml", "packer/factory.pkr.hcl"]
     assert _hash(content) == _hash(content)
     assert len(_hash(content)) == 64
+
+
+def test_what_is_hashed_is_exactly_what_render_ships(content, tmp_path):
+    """One file list for both: a role's data file counts, notes beside the templates do not."""
+    (content / "ansible" / "roles" / "seed.log").write_text("shipped, so hashed")
+    (content / "packer" / "README.md").write_text("not shipped, so not hashed")
+    names = [name for name, _ in render.content_files(content / "packer", content / "ansible")]
+    assert "ansible/roles/seed.log" in names and "packer/README.md" not in names
+    shipped = render.content_files()
+    from factory.spec import find_spec
+
+    rendered = render.render(find_spec(TASK, REPO / "specs"), (124, 0), "ami-0123456789abcdef0", tmp_path / "out",
+                             render.BuildTarget.aws(builder_cidrs=["203.0.113.7/32"]), packer_version=(1, 6, 6))
+    assert sorted(n.removeprefix("packer/") for n, _ in shipped) == sorted(
+        f for f in rendered.files if f != render.VARIABLES_FILE
+    )
 
 
 @pytest.mark.parametrize("change", [
@@ -129,16 +145,62 @@ class FakeEc2:
 WANTED = {"factory:image-hash": "h" * 64, "factory:task": TASK}
 
 
-def test_an_ami_born_with_its_tags_is_not_tagged_again():
-    ec2 = FakeEc2(WANTED, fail_tagging=True)
-    assert bake.ensure_tagged(ec2, "ami-1", WANTED) is None
-    assert [c[0] for c in ec2.calls] == ["describe_images"]
+@pytest.fixture
+def moto_ec2(moto):
+    """boto3's EC2 client over HTTP to moto's server, and a maker of AMIs with given tags."""
+    import boto3
+
+    moto.reset()
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto.endpoint,
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    base = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-ecs-hvm-*-x86_64-ebs"]}])["Images"][0]
+
+    def make_ami(tags: dict[str, str], name: str) -> str:
+        instance = ec2.run_instances(ImageId=base["ImageId"], MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        ami = ec2.create_image(InstanceId=instance, Name=name)["ImageId"]
+        if tags:
+            ec2.create_tags(Resources=[ami], Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+        return ami
+
+    return ec2, make_ami
 
 
-def test_missing_tags_are_added_to_the_ami_and_its_snapshots():
-    ec2 = FakeEc2({"factory:task": TASK})
-    assert "added missing tags" in bake.ensure_tagged(ec2, "ami-1", WANTED)
-    assert ("create_tags", ["ami-1", "snap-1"]) in ec2.calls and ec2.tags == WANTED
+def _operations(ec2) -> list[str]:
+    ops: list[str] = []
+    ec2.meta.events.register("before-call", lambda model, **_: ops.append(model.name))
+    return ops
+
+
+def test_an_ami_born_with_its_tags_is_not_tagged_again(moto_ec2):
+    ec2, make_ami = moto_ec2
+    ami = make_ami(WANTED, "born-tagged")
+    ops = _operations(ec2)
+    assert bake.ensure_tagged(ec2, ami, WANTED) is None
+    assert ops == ["DescribeImages"]
+
+
+def test_missing_tags_are_added_to_the_ami_and_its_snapshots(moto_ec2):
+    ec2, make_ami = moto_ec2
+    ami = make_ami({"factory:task": TASK}, "half-tagged")
+    assert "added missing tags" in bake.ensure_tagged(ec2, ami, WANTED)
+    image = ec2.describe_images(ImageIds=[ami])["Images"][0]
+    assert {t["Key"]: t["Value"] for t in image["Tags"]} == WANTED
+    snapshots = [b["Ebs"]["SnapshotId"] for b in image["BlockDeviceMappings"] if "Ebs" in b]
+    assert snapshots
+    for snap in ec2.describe_snapshots(SnapshotIds=snapshots)["Snapshots"]:
+        assert {t["Key"]: t["Value"] for t in snap.get("Tags", [])}.items() >= WANTED.items()
+
+
+def test_find_image_takes_the_newest_available_ami_with_the_hash(moto_ec2):
+    import time as _time
+
+    ec2, make_ami = moto_ec2
+    make_ami({"factory:image-hash": "other"}, "other-hash")
+    older = make_ami(WANTED, "older")
+    _time.sleep(1.1)  # CreationDate has one-second resolution
+    newer = make_ami(WANTED, "newer")
+    assert bake.find_image(ec2, WANTED["factory:image-hash"])["ImageId"] == newer != older
+    assert bake.find_image(ec2, "z" * 64) is None
 
 
 def test_an_ami_that_cannot_be_tagged_is_removed_and_named():

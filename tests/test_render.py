@@ -154,7 +154,7 @@ def test_rendered_values_parse_with_python_hcl2(tmp_path):
     assert spec.image.volume == "launch-template"
     assert vars_["block_devices"] == [{"device_name": "/dev/xvda", "volume_gib": 30}]
     assert plan.volume_gib > 30
-    url, sha = render_mod.MINICONDA_INSTALLERS["x86_64"]
+    url, sha = render_mod.miniconda_installer("x86_64")
     assert vars_["miniconda_installer_url"] == url and vars_["miniconda_installer_sha256"] == sha
     # one sorted file: the one-line values first, then the nested ones, each group sorted
     keys = [k for k in vars_ if not k.startswith("__")]
@@ -254,15 +254,29 @@ def test_cli_render_writes_the_folder(cli, tmp_path):
     assert "no-such-task" in bad.stderr
 
 
-def test_base_ami_from_ssm_through_moto():
-    """The SSM lookup is a real boto3 call (moto's in-process mock)."""
-    from moto import mock_aws
+def test_base_ami_from_ssm_through_moto(moto, monkeypatch):
+    """The SSM lookup is a real boto3 call over HTTP to moto's server."""
+    import boto3
 
     from factory.aws import Clients
 
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     spec = find_spec("salmon-quant", SPECS)
-    with mock_aws():
-        ami = render_mod.resolve_base_ami(spec, Clients(region="us-east-1"))
-    assert ami.startswith("ami-")
+    ami = render_mod.resolve_base_ami(spec, Clients(region="us-east-1", endpoint_url=moto.endpoint))
+    ssm = boto3.client("ssm", region_name="us-east-1", endpoint_url=moto.endpoint)
+    parameter = spec.image.family_info.ssm_parameter(spec.image.architecture)
+    assert ami == ssm.get_parameter(Name=parameter)["Parameter"]["Value"] and ami.startswith("ami-")
     pinned = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base="ami-0feedface0000000"))
     assert render_mod.resolve_base_ami(pinned, None) == "ami-0feedface0000000"
+
+
+def test_miniconda_pins_come_from_the_role_defaults_for_each_architecture():
+    """One place for the pins: the role's defaults, keyed by `uname -m`."""
+    import re
+
+    x86_url, x86_sha = render_mod.miniconda_installer("x86_64")
+    arm_url, arm_sha = render_mod.miniconda_installer("arm64")
+    assert x86_url.startswith("https://repo.anaconda.com/miniconda/") and x86_url.endswith("-Linux-x86_64.sh")
+    assert arm_url.endswith("-Linux-aarch64.sh")
+    assert all(re.fullmatch(r"[0-9a-f]{64}", s) for s in (x86_sha, arm_sha)) and x86_sha != arm_sha
