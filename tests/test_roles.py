@@ -59,6 +59,8 @@ def test_bake_play_overlay2_then_idempotent(cloud, tmp_path):
         "bake_check_prefix": PREFIX,
         "bake_check_min_gib": 20,
         "bake_check_report_dest": str(report),
+        # a setting the running dockerd can only show if the handler really restarted it
+        "docker_storage_daemon_options": {"labels": ["factory-role-test=1"]},
         **installer_vars(mirror),
     }
     # As on the ECS-optimized AMIs: no busybox, and ec2-user's home is private.
@@ -68,10 +70,11 @@ def test_bake_play_overlay2_then_idempotent(cloud, tmp_path):
     assert changed(first) > 0
     # overlay2: daemon.json written inside the throwaway root, and Docker restarted with it
     daemon = json.loads(host.path("/etc/docker/daemon.json").read_text())
-    assert daemon == {"data-root": "/var/lib/docker", "storage-driver": "overlay2"}
+    assert daemon == {"data-root": "/var/lib/docker", "storage-driver": "overlay2", "labels": ["factory-role-test=1"]}
     assert "RUNNING HANDLER [docker_storage : Restart docker]" in first.stdout
     info = host.run("docker", "info", "--format", "{{.Driver}} {{.DockerRootDir}}").stdout.split()
     assert info == ["overlay2", "/var/lib/docker"]
+    assert "factory-role-test=1" in host.run("docker", "info", "--format", "{{json .Labels}}").stdout
     # the AWS CLI works from the prefix; installer and package cache are gone
     assert host.run(f"{PREFIX}/bin/aws", "--version").stdout.startswith(f"aws-cli/{AWSCLI_VERSION} ")
     # the home directory is traversable by every user, not listable
@@ -158,6 +161,17 @@ def test_overlay2_refuses_a_data_root_smaller_than_the_volume(cloud, tmp_path):
     assert "smaller than the sized volume" in p.stdout, show(p)
 
 
+def failed_bake_check(host, tmp_path, prefix: str) -> dict:
+    """Run the bake_check role alone against `prefix`; it must fail the play. Its report."""
+    report = tmp_path / "bad.json"
+    p = run_playbook(host, role_playbook(tmp_path, "bake_check"),
+                     {"bake_check_prefix": prefix, "bake_check_min_gib": 1, "bake_check_report_dest": str(report),
+                      "ansible_python_interpreter": host.python_interpreter}, tmp_path)
+    assert p.returncode != 0
+    assert "The bake check failed" in p.stdout, show(p)
+    return json.loads(report.read_text())
+
+
 def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
     """A prefix with Miniconda's python but no AWS CLI: the space is measured (by that
     python, in the empty image with the host's C library), the CLI check fails the play."""
@@ -168,14 +182,7 @@ def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
     # may live under this machine's /tmp (as CI's does).
     host.run("sh", "-c", "cat > /root/standin-installer.sh", input=standin_installer().read_text())
     host.run("sh", "-c", "rm -rf /opt/no-aws && sh /root/standin-installer.sh -b -p /opt/no-aws >/dev/null")
-    play = role_playbook(tmp_path, "bake_check")
-    report = tmp_path / "bad.json"
-    p = run_playbook(host, play, {"bake_check_prefix": "/opt/no-aws", "bake_check_min_gib": 1,
-                                  "bake_check_report_dest": str(report),
-                                  "ansible_python_interpreter": host.python_interpreter}, tmp_path)
-    assert p.returncode != 0
-    assert "The bake check failed" in p.stdout, show(p)
-    got = json.loads(report.read_text())
+    got = failed_bake_check(host, tmp_path, "/opt/no-aws")
     assert got["aws_ok"] is False and got["space_ok"] is True and got["size_gib"] >= 1, got
     assert host.run("docker", "images", "-q", "factory-bake-check").stdout.strip() == ""
 
@@ -183,13 +190,6 @@ def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
 def test_bake_check_fails_when_the_prefix_is_missing(cloud, tmp_path):
     """--mount refuses a missing prefix (nothing is created on the host), and the play fails."""
     host, _, _ = cloud
-    play = role_playbook(tmp_path, "bake_check")
-    report = tmp_path / "bad.json"
-    p = run_playbook(host, play, {"bake_check_prefix": "/opt/nothing-here", "bake_check_min_gib": 1,
-                                  "bake_check_report_dest": str(report),
-                                  "ansible_python_interpreter": host.python_interpreter}, tmp_path)
-    assert p.returncode != 0
-    assert "The bake check failed" in p.stdout, show(p)
-    got = json.loads(report.read_text())
+    got = failed_bake_check(host, tmp_path, "/opt/nothing-here")
     assert got["container_ran"] is False and got["aws_ok"] is False and got["space_ok"] is False
     assert host.run("test", "-e", "/opt/nothing-here", check=False).returncode != 0
