@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv/ with factory and its test tools
 
-system-deps: ## apt-get install packer, openssh-server, docker.io, busybox-static when missing
-	@bash scripts/system-deps.sh
+system-deps: ## apt-get install packer, openssh-server, docker.io, python3-pip, busybox-static when missing
+	@bash scripts/system-deps.sh local
 
 demo: $(STAMP) system-deps ## Bake salmon-quant on the local cloud and register it (no AWS account)
 	@$(PY) scripts/demo.py
@@ -34,7 +34,8 @@ demo: $(STAMP) system-deps ## Bake salmon-quant on the local cloud and register 
 test: $(STAMP) system-deps ## Run the whole test suite (real Packer, Ansible, sshd, dockerd, moto)
 	@$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
-images: $(STAMP) system-deps ## Bake every spec in specs/ (CLOUD=aws|local, JOBS=N), skipping unchanged ones
+images: $(STAMP) ## Bake every spec in specs/ (CLOUD=aws|local, JOBS=N), skipping unchanged ones
+	@bash scripts/system-deps.sh $(or $(CLOUD),aws)
 	@$(FACTORY) bake --all --cloud $(or $(CLOUD),aws) --jobs $(JOBS) $(FACTORY_BAKE_ARGS)
 
 lint: $(STAMP) system-deps ## ansible-lint (production), packer fmt, ruff
@@ -56,7 +57,8 @@ size: $(STAMP) guard-TASK ## Print the storage sizing of one task: make size TAS
 render: $(STAMP) guard-TASK ## Write build/TASK/ for Packer: make render TASK=salmon-quant
 	@$(FACTORY) render $(TASK)
 
-bake: $(STAMP) system-deps guard-TASK ## Bake one task: make bake TASK=salmon-quant [CLOUD=local]
+bake: $(STAMP) guard-TASK ## Bake one task: make bake TASK=salmon-quant [CLOUD=local]
+	@bash scripts/system-deps.sh $(or $(CLOUD),aws)
 	@$(FACTORY) bake $(TASK) --cloud $(or $(CLOUD),aws)
 
 clean: ## Remove build/ and stop a local cloud left running

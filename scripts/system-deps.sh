@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Install the Debian tools factory's local cloud and tests run for real, when missing:
-# packer (Debian's 1.6.6 is enough here), openssh-server (the build host's sshd),
-# docker.io (the build host's Docker engine) and busybox-static (the root filesystem of
-# the container the bake check starts). Idempotent: does nothing when all are present.
+# Install the Debian tools factory runs for real, when missing. Idempotent.
+#   scripts/system-deps.sh [local|aws]     (default: local)
+# aws:   packer (Debian's 1.6.6 is enough here; modern Packer works too).
+# local: also what the local cloud and the tests need: openssh-server and its sftp
+#        server (the build host's sshd), docker.io (its Docker engine), python3-pip (the
+#        stand-in Miniconda installs the real awscli with the host's pip) and
+#        busybox-static (a small root filesystem for the build host's own Docker test).
 set -euo pipefail
 
 need=()
 command -v packer >/dev/null 2>&1 || need+=(packer)
-[ -x /usr/sbin/sshd ] || need+=(openssh-server)
-[ -x /usr/lib/openssh/sftp-server ] || need+=(openssh-sftp-server)
-command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
-[ -x /bin/busybox ] || command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
+if [ "${1:-local}" != aws ]; then
+  [ -x /usr/sbin/sshd ] || need+=(openssh-server)
+  [ -x /usr/lib/openssh/sftp-server ] || need+=(openssh-sftp-server)
+  command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+  /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+  [ -x /bin/busybox ] || command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
