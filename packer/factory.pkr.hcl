@@ -25,6 +25,7 @@ packer {
 locals {
   timestamp = regex_replace(timestamp(), "[- TZ:]", "")
   name      = "factory-${var.task}-${local.timestamp}"
+  tags      = merge(var.tags, { Name = local.name })
 
   ansible_vars = {
     ansible_python_interpreter          = var.ansible_python_interpreter
@@ -92,10 +93,10 @@ source "amazon-ebs" "factory" {
     }
   }
 
-  run_tags        = merge(var.tags, { Name = local.name })
-  run_volume_tags = merge(var.tags, { Name = local.name })
-  tags            = merge(var.tags, { Name = local.name })
-  snapshot_tags   = merge(var.tags, { Name = local.name })
+  run_tags        = local.tags
+  run_volume_tags = local.tags
+  tags            = local.tags
+  snapshot_tags   = local.tags
 }
 
 build {
