@@ -18,6 +18,7 @@ import pytest
 
 from factory.errors import LocalCloudError
 from factory.local import cloud as local_cloud
+from factory.local.procs import pid_alive
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("sshd") and not Path("/usr/sbin/sshd").exists(),
@@ -51,14 +52,6 @@ def _pids(state_dir: Path) -> list[int]:
     host = json.loads((Path(data["build_host_dir"]) / "buildhost.json").read_text())
     mirror = json.loads((Path(data["mirror_dir"]) / "mirror.json").read_text())
     return [data["moto"]["pid"], host["pid"], host["init_pid"], mirror["pid"]]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def test_up_reports_where_everything_runs(up):
@@ -119,10 +112,10 @@ def test_using_a_running_cloud_does_not_stop_it(up, state_dir):
 
 def test_down_leaves_no_process_and_no_mount(up, state_dir):
     pids = _pids(state_dir)
-    assert all(_alive(p) for p in pids)
+    assert all(pid_alive(p) for p in pids)
     proc = factory("local", "down", state_dir=state_dir)
     assert proc.returncode == 0, proc.stderr
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if pid_alive(p)]
     mounts = Path("/proc/self/mounts").read_text()
     assert str(state_dir) not in mounts
     assert not (state_dir / "local-cloud.json").exists()
@@ -141,7 +134,7 @@ def test_using_local_cloud_starts_and_stops_one(tmp_path):
         assert started is True
         pids = _pids(state)
         assert lc.moto.alive()
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if pid_alive(p)]
     assert local_cloud.load(state) is None
 
 

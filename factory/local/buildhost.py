@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from factory.errors import LocalCloudError
+from factory.local.procs import free_port, pid_alive
 
 STATE_FILE = "buildhost.json"
 PYTHON_INTERPRETER = "/usr/bin/python3"  # Debian's python, seen inside the root
@@ -51,12 +52,6 @@ DOCKER_OPTS = "--iptables=false --bridge=none"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 _REQUIRED_TOOLS = ("unshare", "nsenter", "mount", "chroot", "ssh-keygen", "/usr/sbin/sshd")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -206,33 +201,33 @@ class BuildHost:
         return cls(**data)
 
     def alive(self) -> bool:
-        return _pid_alive(self.pid) and _port_open(self.ssh_port)
+        return pid_alive(self.pid) and _port_open(self.ssh_port)
 
     def stop(self, remove: bool = False, timeout: float = 30.0) -> None:
         """Stop Docker and sshd, end the namespaces (no process, no mount left).
 
         With `remove`, also delete `state_dir` (the upper dir, Docker's data, the keys).
         """
-        if self.init_pid and _pid_alive(self.init_pid):
+        if self.init_pid and pid_alive(self.init_pid):
             try:
                 os.kill(self.init_pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        elif self.pid and _pid_alive(self.pid):
+        elif self.pid and pid_alive(self.pid):
             os.kill(self.pid, signal.SIGKILL)  # unshare --fork: its child dies with it? not always
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and (_pid_alive(self.pid) or _pid_alive(self.init_pid)):
+        while time.monotonic() < deadline and (pid_alive(self.pid) or pid_alive(self.init_pid)):
             _reap(self.pid)
             time.sleep(0.1)
         for pid in (self.init_pid, self.pid):
-            if pid and _pid_alive(pid):
+            if pid and pid_alive(pid):
                 try:
                     os.kill(pid, signal.SIGKILL)  # SIGKILL of the init kills the whole namespace
                 except ProcessLookupError:
                     pass
         for _ in range(50):
             _reap(self.pid)
-            if not _pid_alive(self.pid) and not _pid_alive(self.init_pid):
+            if not pid_alive(self.pid) and not pid_alive(self.init_pid):
                 break
             time.sleep(0.1)
         _remove_cgroups(self.cgroup_parent)
@@ -359,16 +354,6 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _pid_alive(pid: int) -> bool:
-    if not pid:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _reap(pid: int) -> None:

@@ -28,7 +28,6 @@ import contextlib
 import fcntl
 import json
 import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -361,10 +360,7 @@ def _stop(cloud: LocalCloud) -> None:
             stop()
         except Exception as exc:  # keep stopping the rest
             problems.append(f"{name}: {exc}")
-    cloud.moto.stop()
-    deadline = time.monotonic() + 10
-    while _pid_alive(cloud.moto.pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    cloud.moto.stop()  # waits until it is gone (procs.stop_group)
     cloud.state_file.unlink(missing_ok=True)
     (cloud.state_dir / "moto.log").unlink(missing_ok=True)
     leftovers = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
@@ -380,14 +376,6 @@ def _stop_mirror(mirror: Any) -> None:
 
     mirror.stop()
     shutil.rmtree(mirror.directory, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 class _Gone:

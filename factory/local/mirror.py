@@ -17,8 +17,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 
 from factory.errors import LocalCloudError
+from factory.local.procs import free_port, stop_group
 
 STANDIN_INSTALLER = "Miniconda3-standin-Linux.sh"
 STATE_FILE = "mirror.json"
@@ -50,12 +49,6 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -92,7 +85,7 @@ class Mirror:
         target = www / STANDIN_INSTALLER
         shutil.copyfile(standin_installer(), target)
         os.chmod(target, 0o644)
-        port = port or _free_port()
+        port = port or free_port()
         log = open(directory / "mirror.log", "ab")
         try:
             proc = subprocess.Popen(
@@ -130,27 +123,7 @@ class Mirror:
             return False
 
     def stop(self) -> None:
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        for _ in range(50):
-            try:
-                os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                break
-            if Path(f"/proc/{self.pid}/stat").exists() and " Z " in Path(f"/proc/{self.pid}/stat").read_text():
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_group(self.pid)
         (self.directory / STATE_FILE).unlink(missing_ok=True)
 
     def _save(self) -> None:

@@ -7,8 +7,6 @@ real HTTP with boto3.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,16 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from factory.errors import LocalCloudError
+from factory.local.procs import free_port, stop_group
 
 # moto accepts any key; these never reach AWS. They are not credentials.
 LOCAL_ACCESS_KEY = "testing"
 LOCAL_SECRET_KEY = "testing"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # A user's own credentials that would otherwise ride along with moto's dummy keys: a real
@@ -106,22 +99,4 @@ class MotoServer:
 
     def stop(self) -> None:
         (Path(tempfile.gettempdir()) / f"moto-recording-{self.port}").unlink(missing_ok=True)
-        try:
-            os.killpg(self.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        for _ in range(50):
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return
-            # reap if it is our child
-            try:
-                os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            time.sleep(0.1)
-        try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_group(self.pid)
