@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -55,7 +54,6 @@ NOT_IMAGE_VARIABLES = frozenset({
 })
 
 # Files of the last real build kept in build/<task>/ when the folder is re-rendered.
-KEEP_ACROSS_RENDERS = ("packer.log", "manifest.json", "bake-check.json")
 
 @dataclass
 class BakeResult:
@@ -241,24 +239,9 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     target = cloud.target(spec.region)
     out_dir = Path(build_root) / spec.name
     say("rendering the Packer folder")
-    # Rendering replaces the folder: keep the record of the last real build (its log
-    # and manifest) when this bake turns out to reuse that build's AMI.
-    keep = Path(out_dir).parent / f".{Path(out_dir).name}.kept-{os.getpid()}-{threading.get_ident()}"
-    kept = [name for name in KEEP_ACROSS_RENDERS if (Path(out_dir) / name).is_file()]
-    if kept:
-        keep.mkdir(parents=True, exist_ok=True)
-        for name in kept:
-            os.replace(Path(out_dir) / name, keep / name)
-    try:
-        rr = render_mod.render(spec, plan, base_ami, out_dir, target=target)
-    finally:
-        for name in kept:
-            if (keep / name).exists() and not (Path(out_dir) / name).exists() and Path(out_dir).is_dir():
-                os.replace(keep / name, Path(out_dir) / name)
-        if kept:
-            import shutil
-
-            shutil.rmtree(keep, ignore_errors=True)
+    # Rendering replaces the folder: keep the record of the last real build (its log and
+    # manifest) for when this bake turns out to reuse that build's AMI.
+    rr = render_mod.render(spec, plan, base_ami, out_dir, target=target, keep=render_mod.BUILD_RECORDS)
     steps["render"] = time.monotonic() - t
 
     files = render_mod.content_files()
@@ -363,6 +346,7 @@ def build_prepared(
 ) -> BakeResult:
     """Reuse an AMI with the same content hash (unless `force`), else run Packer."""
     from factory import packer
+    from factory import render as render_mod
 
     spec = p.spec
     say = (lambda text: on_step(spec.name, text)) if on_step else (lambda text: None)
@@ -412,7 +396,7 @@ def build_prepared(
         info,
         folder,
         env=env,
-        log_path=p.out_dir / "packer.log",
+        log_path=p.out_dir / render_mod.PACKER_LOG,
         manifest_path=p.render_result.manifest,
         on_step=say,
         timeout=timeout,

@@ -32,6 +32,9 @@ from factory.resources import data_dir
 VARIABLES_FILE = "factory.auto.pkrvars.hcl"
 MANIFEST_FILE = "manifest.json"
 BAKE_CHECK_REPORT = "bake-check.json"
+PACKER_LOG = "packer.log"
+# What a real build leaves in the folder; a re-render keeps them (see render's `keep`).
+BUILD_RECORDS = (PACKER_LOG, MANIFEST_FILE, BAKE_CHECK_REPORT)
 MODERN_PACKER = (1, 7, 0)
 _FENCE_BEGIN = "# factory:modern-packer begin"
 _FENCE_END = "# factory:modern-packer end"
@@ -321,12 +324,14 @@ def render(
     target: BuildTarget | None = None,
     *,
     packer_version: tuple[int, int, int] | None = None,
+    keep: tuple[str, ...] = (),
 ) -> RenderResult:
     """Write `out_dir` (default build/<task>) for one task; see the module docstring.
 
     `plan` is a SizingPlan (or `(volume_gib, docker_basesize_gib)`). `packer_version` is
     detected from the `packer` on PATH when not given; without any Packer the folder is
-    written for a modern Packer (1.7+), which is what users run.
+    written for a modern Packer (1.7+), which is what users run. `keep` names files of the
+    folder being replaced that move into the new one (a bake keeps its last build's log).
     """
 
     target = target or BuildTarget.aws()
@@ -364,6 +369,9 @@ def render(
         for f in tmp.rglob("*"):
             if f.is_file():
                 os.chmod(f, 0o644)
+        for name in keep:
+            if (out_dir / name).is_file() and not (tmp / name).exists():
+                shutil.copy2(out_dir / name, tmp / name)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

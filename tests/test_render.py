@@ -280,3 +280,18 @@ def test_miniconda_pins_come_from_the_role_defaults_for_each_architecture():
     assert x86_url.startswith("https://repo.anaconda.com/miniconda/") and x86_url.endswith("-Linux-x86_64.sh")
     assert arm_url.endswith("-Linux-aarch64.sh")
     assert all(re.fullmatch(r"[0-9a-f]{64}", s) for s in (x86_sha, arm_sha)) and x86_sha != arm_sha
+
+
+def test_a_rerender_keeps_only_the_build_records_it_is_told_to(tmp_path):
+    spec = find_spec("salmon-quant", SPECS)
+    target = render_mod.BuildTarget.aws(builder_cidrs=["203.0.113.7/32"])
+    out = tmp_path / "build" / spec.name
+    render_mod.render(spec, (124, 0), "ami-0123456789abcdef0", out, target, packer_version=(1, 6, 6))
+    (out / render_mod.PACKER_LOG).write_text("the last real build\n")
+    (out / "stray.txt").write_text("not a build record\n")
+    render_mod.render(spec, (124, 0), "ami-0123456789abcdef0", out, target, packer_version=(1, 6, 6), keep=render_mod.BUILD_RECORDS)
+    assert (out / render_mod.PACKER_LOG).read_text() == "the last real build\n"
+    assert not (out / "stray.txt").exists()
+    render_mod.render(spec, (124, 0), "ami-0123456789abcdef0", out, target, packer_version=(1, 6, 6))
+    assert not (out / render_mod.PACKER_LOG).exists()
+    assert not list(out.parent.glob(".*"))  # no temporary folder left beside it
