@@ -19,6 +19,7 @@ JSON templates. Everything goes through the real binary:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
@@ -97,6 +98,14 @@ def find_packer(binary: str | None = None) -> PackerInfo:
     if not path:
         where = f"`{candidate}`" if (binary or os.environ.get("FACTORY_PACKER")) else "on PATH"
         raise PackerError(f"Packer not found {where}: {INSTALL_HINT}")
+    stat = os.stat(path)
+    return PackerInfo(path=path, version=_version_of(path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.lru_cache(maxsize=8)
+def _version_of(path: str, mtime_ns: int, size: int) -> tuple[int, int, int]:
+    """`packer version` of one binary, asked once per process (render and build both need
+    it, once per task); a replaced binary has another mtime or size and is asked again."""
     try:
         out = subprocess.run(
             [path, "version"], capture_output=True, text=True, timeout=30, env=_packer_env(None), check=False
@@ -109,7 +118,7 @@ def find_packer(binary: str | None = None) -> PackerInfo:
             f"`{path}` is not HashiCorp Packer (`{path} version` said {out.stdout.strip()[:80]!r}; "
             f"cracklib ships a `packer` too): {INSTALL_HINT}"
         )
-    return PackerInfo(path=path, version=version)
+    return version
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:

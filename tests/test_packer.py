@@ -311,3 +311,17 @@ def _sleep_61_running() -> bool:
             continue
     return False
 
+
+
+def test_packer_version_is_asked_once_per_binary(tmp_path):
+    """render and build both need the version: one `packer version` per binary, again when it is replaced."""
+    calls = tmp_path / "calls"
+    fake = tmp_path / "packer"
+    fake.write_text(f'#!/bin/sh\necho asked >> {calls}\necho "Packer v1.6.6"\n')
+    fake.chmod(0o755)
+    assert packer.find_packer(str(fake)).version == (1, 6, 6)
+    assert packer.find_packer(str(fake)).version == (1, 6, 6)
+    assert calls.read_text().count("asked") == 1
+    fake.write_text(f'#!/bin/sh\necho asked >> {calls}\necho "Packer v1.10.3"\n')
+    assert packer.find_packer(str(fake)).version == (1, 10, 3)
+    assert calls.read_text().count("asked") == 2
