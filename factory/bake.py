@@ -217,7 +217,7 @@ class Prepared:
     steps: dict[str, float]
 
 
-def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None) -> Prepared:
+def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None, target: Any = None) -> Prepared:
     """Size, resolve the base AMI, render `build_root/<task>/`, hash."""
     from factory import render as render_mod
     from factory.sizing import size_task
@@ -236,7 +236,7 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     base_ami = render_mod.resolve_base_ami(spec, clients)
     if spec.image.pinned_ami:
         check_pinned_ami(spec, clients.ec2(), base_ami)
-    target = cloud.target(spec.region)
+    target = target or cloud.target(spec.region)
     out_dir = Path(build_root) / spec.name
     say("rendering the Packer folder")
     # Rendering replaces the folder: keep the record of the last real build (its log and
@@ -307,10 +307,9 @@ def check_ansible_can_manage(family: str) -> None:
 
 def bake_task(
     spec: Any,
-    clients: Any = None,
-    target: Any = None,
     force: bool = False,
     *,
+    target: Any = None,
     cloud: Cloud | None = None,
     build_root: Path = Path("build"),
     register: bool = True,
@@ -320,14 +319,12 @@ def bake_task(
 ) -> BakeResult:
     """Bake (or reuse) the AMI for one task, then register it when register.py exists.
 
-    `cloud` says where (default: real AWS). `clients`/`target` override the cloud's own
-    (tests); `force` rebakes even when an AMI with the same content hash exists.
+    `cloud` says where (default: real AWS); `target` replaces its build target (a
+    render.BuildTarget); `force` rebakes even when an AMI with the same content hash exists.
     """
     cloud = cloud or Cloud("aws")
-    if clients is not None or target is not None:
-        cloud = _Override(cloud, clients, target)
     start = time.monotonic()
-    prepared = prepare(spec, cloud, build_root, on_step)
+    prepared = prepare(spec, cloud, build_root, on_step, target=target)
     result = build_prepared(prepared, cloud, force=force, on_step=on_step, timeout=timeout, cancel=cancel)
     if register:
         register_results([result], [spec], cloud, on_step=on_step)
@@ -581,24 +578,3 @@ def write_summary(results: Sequence[BakeResult], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary_json(results), indent=2, sort_keys=True, default=str) + "\n")
     return path
-
-
-# -- helpers -------------------------------------------------------------------------
-
-
-class _Override(Cloud):
-    """A cloud whose clients and/or build target are given (tests, callers with their own)."""
-
-    def __init__(self, base: Cloud, clients: Any, target: Any):
-        super().__init__(base.kind, base.local)
-        self._given_clients = clients
-        self._target = target
-        self._base = base
-
-    def clients(self, region: str):
-        return self._given_clients if self._given_clients is not None else self._base.clients(region)
-
-    def target(self, region: str):
-        return self._target if self._target is not None else self._base.target(region)
-
-

@@ -7,6 +7,8 @@ Only options and output live here; the work is `factory.bake`. Progress goes to 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -54,7 +56,7 @@ def bake(
 
     _sigterm_is_interrupt()
     board = StatusBoard([s.name for s in specs])
-    with _the_cloud(cloud, specs[0].region, board) as where, board:
+    with _the_cloud(cloud, specs[0].region) as where, board:
         if all_tasks:
             results = core.bake_all(
                 specs, where, force=force, jobs=jobs, build_root=build_dir,
@@ -85,32 +87,26 @@ def bake(
         _print_one(result)
 
 
-def _the_cloud(kind: str, region: str, board: StatusBoard):
-    import contextlib
-    import os
-
+@contextlib.contextmanager
+def _the_cloud(kind: str, region: str):
+    """Where the bake runs; a local cloud is started for it (and stopped after) when none runs."""
     from factory.cloud import Cloud
 
-    @contextlib.contextmanager
-    def cm():
-        if kind == "aws":
-            yield Cloud("aws")
-            return
-        from factory.local import cloud as local_cloud
+    if kind == "aws":
+        yield Cloud("aws")
+        return
+    from factory.local import cloud as local_cloud
+    from factory.local.moto_server import CREDENTIALS_NOT_FOR_MOTO
 
-        with local_cloud.using_local_cloud(region=region) as (lc, started):
-            if started:
-                err(f"started a local cloud for this bake ({lc.endpoint}); it stops when the bake ends")
-            # Anything that makes its own boto3 client in this process talks to moto too,
-            # without the user's session token or profile.
-            from factory.local.moto_server import CREDENTIALS_NOT_FOR_MOTO
-
-            for name in CREDENTIALS_NOT_FOR_MOTO:
-                os.environ.pop(name, None)
-            os.environ.update(lc.env(region))
-            yield Cloud("local", lc)
-
-    return cm()
+    with local_cloud.using_local_cloud(region=region) as (lc, started):
+        if started:
+            err(f"started a local cloud for this bake ({lc.endpoint}); it stops when the bake ends")
+        # Anything that makes its own boto3 client in this process talks to moto too,
+        # without the user's session token or profile.
+        for name in CREDENTIALS_NOT_FOR_MOTO:
+            os.environ.pop(name, None)
+        os.environ.update(lc.env(region))
+        yield Cloud("local", lc)
 
 
 def _print_one(r) -> None:
