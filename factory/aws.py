@@ -98,12 +98,23 @@ def aws_errors(doing: str) -> Iterator[None]:
             "proxy (HTTPS_PROXY) blocking AWS, or (for the local cloud) is `factory local up` running?"
         ) from None
     except ClientError as exc:
-        err = exc.response.get("Error", {})
-        code = err.get("Code", "Error")
-        msg = err.get("Message", str(exc))
+        code = error_code(exc) or "Error"
+        msg = error_message(exc) or str(exc)
         hint = ""
         if code in {"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"}:
             hint = " Check that your role may make this call (see README, 'Real AWS')."
         elif code in {"ExpiredToken", "ExpiredTokenException", "RequestExpired"}:
             hint = " Your credentials expired: log in again (e.g. `aws sso login`)."
         raise AwsError(f"{doing}: {code}: {msg}.{hint}") from None
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError (e.g. "InvalidAMIID.NotFound"), else ""."""
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
+
+
+def error_message(exc: BaseException) -> str:
+    """The AWS error message of a botocore ClientError, else ""."""
+    response = getattr(exc, "response", None)
+    return str(response.get("Error", {}).get("Message", "")) if isinstance(response, dict) else ""

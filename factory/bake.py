@@ -261,15 +261,14 @@ def check_pinned_ami(spec: Any, ec2: Any, ami: str) -> None:
     say so, naming the spec's field, before Packer makes a key pair and security group."""
     from botocore.exceptions import ClientError
 
-    from factory.aws import aws_errors
+    from factory.aws import aws_errors, error_code
 
     missing = False
     with aws_errors(f"looking up the pinned base AMI {ami}"):
         try:
             images = ec2.describe_images(ImageIds=[ami]).get("Images", [])
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed",
-                                                                  "InvalidAMIID.Unavailable"):
+            if error_code(exc) not in ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidAMIID.Unavailable"):
                 raise
             images, missing = [], True
     state = images[0].get("State") if images else None

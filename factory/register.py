@@ -33,7 +33,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from factory.aws import Clients, aws_errors
+from botocore.exceptions import ClientError
+
+from factory.aws import Clients, aws_errors, error_code, error_message
 from factory.config import FactoryConfig
 from factory.errors import FactoryError, UsageError
 from factory.families import FAMILIES, Family
@@ -351,9 +353,8 @@ def _resolve_ami(clients: Clients, target: TierTarget, overrides: Mapping[str, s
         with aws_errors(f"checking AMI {ami}"):
             try:
                 images = clients.ec2().describe_images(ImageIds=[ami])["Images"]
-            except Exception as exc:  # botocore ClientError: an id that does not exist
-                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-                if code.startswith("InvalidAMIID"):
+            except ClientError as exc:  # an id that does not exist
+                if error_code(exc).startswith("InvalidAMIID"):
                     images = []
                 else:
                     raise
@@ -418,15 +419,13 @@ def _resolve_role(clients: Clients, value: str | None, kind: str, setting: str) 
     if value is None or value.startswith("arn:"):
         return value
     iam = clients.client("iam")
-    from botocore.exceptions import ClientError
-
     with aws_errors(f"looking up the {kind} {value}"):
         try:
             if kind == "instance profile":
                 return iam.get_instance_profile(InstanceProfileName=value)["InstanceProfile"]["Arn"]
             return iam.get_role(RoleName=value)["Role"]["Arn"]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchEntity":
+            if error_code(exc) != "NoSuchEntity":
                 raise
     hint = (
         "create it (AWS Batch's 'ecsInstanceRole' with the AmazonEC2ContainerServiceforEC2Role policy)"
@@ -467,14 +466,12 @@ class _Run:
     # -- launch template ---------------------------------------------------------------
 
     def launch_template(self, ec2: Any, target: TierTarget, data: dict[str, Any], tags: dict[str, str], changes: list[Change]) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
-
         name = target.name
         with aws_errors(f"reading launch template {name}"):
             try:
                 lts = ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]
             except ClientError as exc:
-                if "NotFound" not in exc.response.get("Error", {}).get("Code", ""):
+                if "NotFound" not in error_code(exc):
                     raise
                 lts = []
         if not lts:
@@ -730,9 +727,8 @@ class _Run:
         with aws_errors(f"creating compute environment {name}"):
             try:
                 arn = batch.create_compute_environment(**kw)["computeEnvironmentArn"]
-            except Exception as exc:
-                msg = str(getattr(exc, "response", {}).get("Error", {}).get("Message", ""))
-                if "ServiceRole is required" in msg:
+            except ClientError as exc:
+                if "ServiceRole is required" in error_message(exc):
                     raise FactoryError(
                         f"creating compute environment {name}: this endpoint needs a service role "
                         "(moto's local cloud does; real AWS uses the service-linked role): set batch.service_role in factory.yaml"

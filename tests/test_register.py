@@ -716,3 +716,16 @@ def test_a_tag_removed_by_hand_is_put_back_with_one_call(cloud, specs):
     assert [(c.resource, c.name) for c in fixed] == [("job-queue", queue)]
     assert fixed[0].reason.startswith("tags: factory:tier=")
     assert batch.describe_job_queues(jobQueues=[queue])["jobQueues"][0]["tags"]["factory:tier"] == first.tiers[0].tier
+
+
+def test_error_code_and_message_read_a_real_botocore_error(cloud):
+    """aws.error_code/error_message: the one way factory reads an AWS error."""
+    from botocore.exceptions import ClientError
+
+    from factory.aws import error_code, error_message
+
+    with pytest.raises(ClientError) as exc:
+        cloud.clients.ec2().describe_images(ImageIds=["ami-0000000000000dead"])
+    assert error_code(exc.value).startswith("InvalidAMIID")
+    assert error_message(exc.value)
+    assert error_code(ValueError("not AWS")) == "" == error_message(ValueError("not AWS"))

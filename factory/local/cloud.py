@@ -132,7 +132,7 @@ class LocalCloud:
 
         from botocore.exceptions import ClientError
 
-        from factory.aws import aws_errors
+        from factory.aws import aws_errors, error_code
 
         iam = self.clients(self.region).client("iam")
         def trust(service: str) -> str:
@@ -151,7 +151,7 @@ class LocalCloud:
                 try:
                     call(**kwargs)
                 except ClientError as exc:
-                    if exc.response.get("Error", {}).get("Code") not in ("EntityAlreadyExists", "LimitExceeded"):
+                    if error_code(exc) not in ("EntityAlreadyExists", "LimitExceeded"):
                         raise
 
     def build_target(self, region: str | None = None):
