@@ -29,7 +29,7 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ class LocalCloud:
     host: Any  # factory.local.buildhost.BuildHost
     mirror: Any  # factory.local.mirror.Mirror
     started_at: str
+    _clients: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # -- where things are ------------------------------------------------------------
 
@@ -74,10 +75,6 @@ class LocalCloud:
     def state_file(self) -> Path:
         return self.state_dir / STATE_FILE
 
-    @property
-    def key_pair_name(self) -> str:
-        return KEY_PAIR_NAME
-
     def env(self, region: str | None = None) -> dict[str, str]:
         """Environment variables pointing boto3, the AWS CLI and Packer at moto. Merge them
         into an environment scrubbed of the user's session token and profile
@@ -85,12 +82,17 @@ class LocalCloud:
         return local_env(self.endpoint, region or self.region)
 
     def clients(self, region: str | None = None):
-        """boto3 clients for moto's server (credentials are moto's dummies, not secrets)."""
+        """boto3 clients for moto's server (credentials are moto's dummies, not secrets),
+        made once per region."""
+        region = region or self.region
+        if region not in self._clients:
+            self._clients[region] = self._make_clients(region)
+        return self._clients[region]
+
+    def _make_clients(self, region: str):
         from factory.aws import Clients
 
-        clients = Clients(region=region or self.region, endpoint_url=self.endpoint)
-        import os
-
+        clients = Clients(region=region, endpoint_url=self.endpoint)
         import boto3
         import botocore.session
 
@@ -108,7 +110,7 @@ class LocalCloud:
         clients._session = boto3.session.Session(
             aws_access_key_id=LOCAL_ACCESS_KEY,
             aws_secret_access_key=LOCAL_SECRET_KEY,
-            region_name=region or self.region,
+            region_name=region,
             botocore_session=core,
         )
         return clients
