@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
 ANSIBLE = REPO / "ansible"
 VENV_BIN = Path(sys.executable).parent
 

@@ -20,8 +20,8 @@ import pytest
 
 from factory import bake, render
 from factory.local import cloud as local_cloud
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 FACTORY = str(Path(sys.executable).with_name("factory"))
 TASK = "salmon-quant"
 

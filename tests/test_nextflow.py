@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,7 @@ from factory.nextflow import render_config, write_atomic
 from factory.sizing import size_specs
 from factory.spec import load_specs
 from factory.tiers import Tier, choose_tiers
-
-REPO = Path(__file__).resolve().parent.parent
-SPECS = REPO / "specs"
+from tests.conftest import SPECS
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,8 @@ from factory.register import (
 )
 from factory.spec import load_specs
 from factory.tiers import Tier
+from tests.conftest import SPECS
 
-REPO = Path(__file__).resolve().parent.parent
-SPECS = REPO / "specs"
 REGION = "us-east-1"
 READ_PREFIXES = ("Describe", "List", "Get")
 

@@ -18,9 +18,8 @@ from factory.errors import UsageError
 from factory.render import BuildTarget, render
 from factory.sizing import size_task
 from factory.spec import find_spec
+from tests.conftest import SPECS
 
-REPO = Path(__file__).resolve().parent.parent
-SPECS = REPO / "specs"
 TASKS = sorted(p.stem for p in SPECS.glob("*.yaml"))
 BASE_AMI = "ami-0123456789abcdef0"
 CALLER = "203.0.113.7/32"

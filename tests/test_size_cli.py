@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SPECS = REPO / "specs"
+from tests.conftest import SPECS
+
 BENCH = SPECS / "benchmarks"
 
 
@@ -24,7 +23,8 @@ def test_size_task_readable(cli):
         assert word in r.stdout
 
 
-def test_size_task_json_keys_and_price(cli):
+def test_size_task_json_keys_and_price(cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no factory.yaml here: its tier cap would change `tier`
     r = cli("size", "star-align", "--specs-dir", SPECS, "--json", "--price-per-gib", "0.1")
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)
@@ -236,8 +236,6 @@ def test_size_does_not_import_matplotlib_without_plot(cli):
 def test_size_task_reports_the_tier_register_would_use(cli, tmp_path, monkeypatch):
     """`size TASK --json` fills `tier` from the tiers over the task's folder, with factory.yaml's cap."""
     import shutil
-
-    from tests.conftest import SPECS
 
     specs = tmp_path / "specs"
     shutil.copytree(SPECS, specs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -24,8 +23,7 @@ from factory.sizing import (
     size_workload,
     t_quantile,
 )
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
 
 
 def rec(x, index=0.0, scratch=0.0, output=0.0):
