@@ -41,7 +41,7 @@ class Cloud:
 
         if self.kind == "local":
             return self.local.build_target(region)
-        return render.BuildTarget.aws() if hasattr(render.BuildTarget, "aws") else render.BuildTarget()
+        return render.BuildTarget.aws()
 
     def register_config(self, path: Path | None = None):
         """The register step's settings: `path`, else ./factory.yaml (or defaults); on the

@@ -378,7 +378,7 @@ def _consume(
     lines: queue.Queue[str | None],
     log,
     env: dict[str, str] | None,
-    errors: list[str],
+    errors: _Errors,
     on_step: Callable[[str], None] | None,
     start: float,
     timeout: float | None,
@@ -400,7 +400,7 @@ def _consume(
         _handle_line(line, log, secrets, errors, on_step)
 
 
-def _handle_line(line: str, log, secrets: Iterable[str], errors: list[str], on_step) -> None:
+def _handle_line(line: str, log, secrets: Iterable[str], errors: _Errors, on_step) -> None:
     for value in secrets:
         line = line.replace(value, "****")
     log.write(line if line.endswith("\n") else line + "\n")
@@ -422,12 +422,11 @@ def _handle_line(line: str, log, secrets: Iterable[str], errors: list[str], on_s
         text = re.sub(r"^\s*[\w.-]+\.[\w.-]+:\s?", "", data[1].rstrip("\n"))
         m = re.search(r"TASK \[(.+?)\] \*+", text)
         if m:
-            if isinstance(errors, _Errors):
-                errors.ansible_task = m.group(1)
-                errors.capturing = False
+            errors.ansible_task = m.group(1)
+            errors.capturing = False
             if on_step is not None:
                 on_step(f"Ansible: {m.group(1)}")
-        elif isinstance(errors, _Errors):
+        else:
             errors.watch(text)
 
 

@@ -301,11 +301,9 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
 
 
 def _sizes(plan: Any) -> tuple[int, int]:
-    """(volume_gib, docker_basesize_gib) from a SizingPlan, a dict or a (volume, basesize) pair."""
+    """(volume_gib, docker_basesize_gib) from a SizingPlan or a (volume, basesize) pair."""
     if isinstance(plan, (tuple, list)):
         volume, basesize = plan
-    elif isinstance(plan, dict):
-        volume, basesize = plan["volume_gib"], plan.get("docker_basesize_gib")
     else:
         volume = getattr(plan, "tier_volume_gib", None) or plan.volume_gib
         basesize = getattr(plan, "docker_basesize_gib", None)

@@ -236,12 +236,6 @@ class BuildHost:
         if remove:
             _remove_tree(self.state_dir)
 
-    def __enter__(self) -> BuildHost:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- using it --------------------------------------------------------------------
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 120.0, input: str | None = None) -> subprocess.CompletedProcess:

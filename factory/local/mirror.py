@@ -68,10 +68,6 @@ class Mirror:
     def installer_url(self) -> str:
         return f"{self.url}/{STANDIN_INSTALLER}"
 
-    @property
-    def www(self) -> Path:
-        return self.directory / "www"
-
     @classmethod
     def start(cls, directory: Path, port: int | None = None, timeout: float = 10.0) -> Mirror:
         directory = Path(directory).absolute()
