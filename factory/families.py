@@ -19,6 +19,9 @@ class Family:
     ssh_user: str
     ssm_x86_64: str
     ssm_arm64: str | None  # AL1 has no arm64 image
+    ecs_image_type: str  # AWS Batch's ec2Configuration imageType
+    base_root_gib: int  # the root volume of the ECS-optimized AMI
+    base_docker_gib: int | None = None  # its separate Docker volume (AL1), else None
 
     def ssm_parameter(self, architecture: str) -> str | None:
         return self.ssm_arm64 if architecture == "arm64" else self.ssm_x86_64
@@ -27,6 +30,11 @@ class Family:
     def sized_device(self) -> str:
         """The device whose size must hold the task's data."""
         return self.docker_device or self.root_device
+
+    @property
+    def base_sized_gib(self) -> int:
+        """The sized device's size in the base AMI: a launch template cannot make it smaller."""
+        return self.base_docker_gib or self.base_root_gib
 
 
 _ECS = "/aws/service/ecs/optimized-ami"
@@ -41,6 +49,8 @@ FAMILIES: dict[str, Family] = {
         ssh_user="ec2-user",
         ssm_x86_64=f"{_ECS}/amazon-linux-2023/recommended/image_id",
         ssm_arm64=f"{_ECS}/amazon-linux-2023/arm64/recommended/image_id",
+        ecs_image_type="ECS_AL2023",
+        base_root_gib=30,
     ),
     "al2": Family(
         key="al2",
@@ -51,6 +61,8 @@ FAMILIES: dict[str, Family] = {
         ssh_user="ec2-user",
         ssm_x86_64=f"{_ECS}/amazon-linux-2/recommended/image_id",
         ssm_arm64=f"{_ECS}/amazon-linux-2/arm64/recommended/image_id",
+        ecs_image_type="ECS_AL2",
+        base_root_gib=30,
     ),
     "al1": Family(
         key="al1",
@@ -61,6 +73,9 @@ FAMILIES: dict[str, Family] = {
         ssh_user="ec2-user",
         ssm_x86_64=f"{_ECS}/amazon-linux/recommended/image_id",
         ssm_arm64=None,
+        ecs_image_type="ECS_AL1",
+        base_root_gib=8,
+        base_docker_gib=22,
     ),
 }
 

@@ -67,7 +67,6 @@ INFRA_KEYS = (
     "tags",
 )
 REPLACE_KEYS = ("spotIamFleetRole",)
-IMAGE_TYPES = {"al2023": "ECS_AL2023", "al2": "ECS_AL2", "al1": "ECS_AL1"}
 
 MIME_BOUNDARY = "==FACTORY-BOUNDARY=="
 
@@ -548,7 +547,7 @@ class _Run:
             "securityGroupIds": list(env.network.security_groups),
             "instanceRole": env.instance_role,
             "launchTemplate": {"launchTemplateName": lt_name, "version": str(lt_version)},
-            "ec2Configuration": [{"imageType": IMAGE_TYPES[target.family.key]}],
+            "ec2Configuration": [{"imageType": target.family.ecs_image_type}],
             "tags": {TAG_TIER: target.tier, TAG_MANAGED: "true", "Name": target.name},
         }
         if spot and b.spot_bid_percentage is not None:

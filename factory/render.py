@@ -68,8 +68,6 @@ def miniconda_installer(architecture: str) -> tuple[str, str]:
 
 # The root volume of the ECS-optimized AMIs (a builder volume may not be smaller than
 # the base snapshot); AL1 keeps Docker on a separate 22 GiB device.
-BASE_ROOT_GIB = {"al2023": 30, "al2": 30, "al1": 8}
-BASE_DOCKER_GIB = {"al1": 22}
 
 CALLER_CIDR_ENV = "FACTORY_BUILDER_CIDR"
 CHECKIP_URL = "https://checkip.amazonaws.com"
@@ -227,18 +225,18 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     family = spec.image.family_info
     arch = spec.image.architecture
     volume_gib, basesize_gib = _sizes(plan)
-    root_gib = max(BASE_ROOT_GIB.get(family.key, 30), int(getattr(plan, "ami_min_gib", 0) or 0)
+    root_gib = max(family.base_root_gib, int(getattr(plan, "ami_min_gib", 0) or 0)
                    if not family.docker_device else 0)
 
     # What the builder's sized device holds at bake time: the task's volume when the AMI
     # carries it, else the base's own size (the launch template sizes it at launch).
     if spec.image.volume == "ami":
-        sized_gib = max(volume_gib, BASE_DOCKER_GIB.get(family.key, 0) if family.docker_device else root_gib)
+        sized_gib = max(volume_gib, family.base_sized_gib if family.docker_device else root_gib)
     else:
-        sized_gib = BASE_DOCKER_GIB.get(family.key, root_gib) if family.docker_device else root_gib
+        sized_gib = family.base_sized_gib if family.docker_device else root_gib
     if family.docker_device:
         devices = [
-            {"device_name": family.root_device, "volume_gib": BASE_ROOT_GIB.get(family.key, 8)},
+            {"device_name": family.root_device, "volume_gib": family.base_root_gib},
             {"device_name": family.docker_device, "volume_gib": sized_gib},
         ]
     else:

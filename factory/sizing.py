@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from factory.errors import SizingError
+from factory.families import FAMILIES
 
 REQUIRED_COLUMNS = ("input_gib", "index_gib", "scratch_gib", "output_gib")
 COMPONENTS = ("index", "scratch", "output")
@@ -60,7 +61,6 @@ RESERVE_GIB = {"overlay2": 5.0, "devicemapper": 2.0}
 # The smallest volume the AMI allows: a launch template cannot shrink a volume below its
 # snapshot. The ECS-optimized AL2023 and AL2 AMIs boot from a 30 GiB root snapshot; AL1's
 # Docker volume is an empty 22 GiB mapping that any size may replace.
-AMI_MIN_GIB = {"al2023": 30, "al2": 30, "al1": 1}
 
 # devicemapper's default dm.basesize is 10 GiB; factory never sets it lower.
 DOCKER_DEFAULT_BASESIZE_GIB = 10
@@ -588,7 +588,7 @@ def _finish(
     need = concurrent_tasks * data + container_images_gib
     headroom_gib = need * headroom
     reserve = RESERVE_GIB[storage_driver]
-    ami_min = AMI_MIN_GIB.get(family or "", GP3_MIN_GIB)
+    ami_min = FAMILIES[family].base_sized_gib if family in FAMILIES else GP3_MIN_GIB
     if storage_driver == "devicemapper":
         basesize: int | None = max(_ceil_gib(per_task * (1.0 + headroom)), DOCKER_DEFAULT_BASESIZE_GIB)
         note = (
@@ -633,8 +633,6 @@ def size_task(
     price_per_gib_month: float = DEFAULT_PRICE_PER_GIB_MONTH,
 ) -> SizingPlan:
     """Size a TaskSpec. `records` overrides reading spec.storage.benchmarks (for tests)."""
-    from factory.families import FAMILIES
-
     st = spec.storage
     where = str(getattr(spec, "path", "") or spec.name)
     bench_path = st.benchmarks

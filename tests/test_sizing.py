@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from factory.errors import SizingError
+from factory.families import FAMILIES
 from factory.sizing import (
-    AMI_MIN_GIB,
     GP3_MAX_GIB,
     RESERVE_GIB,
     BenchmarkRecord,
@@ -165,7 +165,7 @@ def test_devicemapper_gets_a_basesize():
 
 def test_ami_minimum_and_whole_gib():
     plan = size_workload([rec(0.1, 0, 0.1, 0.1), rec(0.2, 0, 0.2, 0.2)], 0.3, family="al2023")
-    assert plan.volume_gib == AMI_MIN_GIB["al2023"]
+    assert plan.volume_gib == FAMILIES["al2023"].base_sized_gib
     assert isinstance(plan.volume_gib, int)
 
 
