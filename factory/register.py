@@ -452,6 +452,7 @@ class _Env:
     instance_role: str
     service_role: str | None
     spot_fleet_role: str | None
+    compute_environments: list[dict[str, Any]]  # listed once per region (tiers never share one)
 
 
 class _Run:
@@ -608,7 +609,7 @@ class _Run:
                 raise FactoryError(f"compute environment {name} is still {status} after {self.wait_timeout:.0f}s; run `factory register` again later")
             time.sleep(self.poll)
 
-    def _list_ces(self, batch: Any) -> list[dict[str, Any]]:
+    def list_compute_environments(self, batch: Any) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         with aws_errors("listing compute environments"):
             token = None
@@ -628,7 +629,7 @@ class _Run:
         base = target.name
         want = self.desired_compute_resources(target, env, lt["name"], lt["version"])
         tags = target.tags
-        all_ces = self._list_ces(batch)
+        all_ces = env.compute_environments
         by_name = {c["computeEnvironmentName"]: c for c in all_ces}
         ours = [
             c
@@ -858,6 +859,7 @@ def register_targets(
                 instance_role=_resolve_role(cl, config.batch.instance_role, "instance profile", "batch.instance_role") or "",
                 service_role=_resolve_role(cl, config.batch.service_role, "role", "batch.service_role"),
                 spot_fleet_role=_resolve_role(cl, config.batch.spot_fleet_role, "role", "batch.spot_fleet_role"),
+                compute_environments=run.list_compute_environments(cl.batch()),
             )
         env = envs[target.region]
         ec2, batch = cl.ec2(), cl.batch()
