@@ -258,7 +258,7 @@ def _schema_problems(doc: Any, file: str) -> list[Problem]:
         elif kind == "pattern":
             generic = re.sub(r"\[\d+\]", "[]", where)
             help_text = _PATTERN_HELP.get(generic) or (
-                "must be an EC2 instance type such as m5.xlarge, a family such as c6i, or `optimal`"
+                "must be an EC2 instance type such as m5.xlarge, a family such as c6i, `optimal`, `default_x86_64` or `default_arm64`"
                 if generic == "batch.instance_types[]"
                 else f"must match {error.validator_value}"
             )
@@ -281,10 +281,18 @@ def _schema_problems(doc: Any, file: str) -> list[Problem]:
 # Semantic rules the schema cannot express
 
 
+def default_instance_types(architecture: str) -> list[str]:
+    """Batch's own choice of instance types for the architecture: `optimal` is x86 only,
+    so an arm64 task defaults to `default_arm64` (Graviton families)."""
+    return ["default_arm64"] if architecture == "arm64" else ["optimal"]
+
+
 def _is_arm_instance(instance_type: str) -> bool | None:
     """True for Graviton types, False for x86, None when we cannot tell (e.g. `optimal`)."""
-    if instance_type == "optimal":
-        return False  # Batch's `optimal` picks x86 families
+    if instance_type in ("optimal", "default_x86_64"):
+        return False  # Batch's `optimal` picks x86 families only (Batch API reference, instanceTypes)
+    if instance_type == "default_arm64":
+        return True
     family = instance_type.split(".")[0]
     if family == "a1":
         return True
@@ -408,7 +416,7 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
         ),
         awscli=AwsCliSpec(prefix=doc.get("awscli", {}).get("prefix", DEFAULT_PREFIX)),
         batch=BatchSpec(
-            instance_types=tuple(batch.get("instance_types", ["optimal"])),
+            instance_types=tuple(batch.get("instance_types") or default_instance_types(image.get("architecture", "x86_64"))),
             min_vcpus=int(batch.get("min_vcpus", 0)),
             max_vcpus=int(batch.get("max_vcpus", 256)),
             provisioning=prov,

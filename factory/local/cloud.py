@@ -45,7 +45,9 @@ from factory.local.moto_server import (
 STATE_FILE = "local-cloud.json"
 KEY_PAIR_NAME = "factory-local-buildhost"
 INSTANCE_ROLE = "ecsInstanceRole"
-# moto's Batch wants an explicit service role (real AWS falls back to the service-linked one).
+# A regular (non service-linked) Batch service role, as older accounts have: name it in
+# factory.yaml (`batch.service_role`) to rehearse the blue/green replacement path. Without
+# it, the local cloud uses Batch's service-linked role, as AWS does (docs/local-cloud.md).
 BATCH_SERVICE_ROLE = "AWSBatchServiceRole"
 DEFAULT_REGION = "us-east-1"
 
@@ -121,6 +123,7 @@ class LocalCloud:
 
         ec2 = self.clients(region).ec2()
         with aws_errors(f"importing the build host's key into the local cloud ({region})"):
+            # DescribeKeyPairs has no paging (EC2 API reference): one answer is all there is.
             names = {k["KeyName"] for k in ec2.describe_key_pairs().get("KeyPairs", [])}
             if KEY_PAIR_NAME not in names:
                 ec2.import_key_pair(KeyName=KEY_PAIR_NAME, PublicKeyMaterial=self.host.public_key.encode())
@@ -128,8 +131,8 @@ class LocalCloud:
 
     def seed_account(self) -> None:
         """What a real account set up for AWS Batch already has: the `ecsInstanceRole`
-        instance profile (AWS Batch's default for the instances it launches) and a Batch
-        service role (`AWSBatchServiceRole`)."""
+        instance profile (AWS Batch's default for the instances it launches) and an older
+        Batch service role (`AWSBatchServiceRole`), used only when factory.yaml names it."""
         import json as _json
 
         from botocore.exceptions import ClientError
