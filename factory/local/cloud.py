@@ -224,8 +224,9 @@ class LocalCloud:
 # -- life cycle ----------------------------------------------------------------------
 
 
-def up(state_dir: Path | None = None, region: str = DEFAULT_REGION) -> LocalCloud:
-    """Start the local cloud. A LocalCloudError when one already runs from `state_dir`."""
+def up(state_dir: Path | None = None, region: str = DEFAULT_REGION, state_delay: float | None = None, page_size: int | None = None) -> LocalCloud:
+    """Start the local cloud. A LocalCloudError when one already runs from `state_dir`.
+    `state_delay` and `page_size` tune the AWS rules (factory.local.aws_server)."""
     state_dir = Path(state_dir or default_state_dir()).absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir):
@@ -237,7 +238,7 @@ def up(state_dir: Path | None = None, region: str = DEFAULT_REGION) -> LocalClou
                     "`factory local down` stops it"
                 )
             _stop(existing)  # half-dead leftovers of a crashed run
-        return _start(state_dir, region)
+        return _start(state_dir, region, state_delay, page_size)
 
 
 def down(state_dir: Path | None = None) -> bool:
@@ -300,13 +301,13 @@ def _locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _start(state_dir: Path, region: str) -> LocalCloud:
+def _start(state_dir: Path, region: str, state_delay: float | None = None, page_size: int | None = None) -> LocalCloud:
     from factory.local.buildhost import BuildHost
     from factory.local.mirror import Mirror
 
     moto = host = mirror = None
     try:
-        moto = MotoServer.start(log_path=state_dir / "moto.log")
+        moto = MotoServer.start(log_path=state_dir / "moto.log", state_delay=state_delay, page_size=page_size)
         host = BuildHost.start(state_dir / "buildhost")
         mirror = Mirror.start(state_dir / "mirror")
         cloud = LocalCloud(
