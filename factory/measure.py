@@ -163,6 +163,7 @@ def _measure_in(docker: DockerCli, run: MeasureRun, name: str, digest: str, proc
     input_bytes = max(0, staged_inputs - base)
     index_bytes = max(0, staged - staged_inputs)
 
+    copier: threading.Thread | None = None
     sampler = Sampler(read, interval=run.interval)
     sampler.sample()  # the staged state: the peak is never below it
     date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -171,10 +172,13 @@ def _measure_in(docker: DockerCli, run: MeasureRun, name: str, digest: str, proc
     try:
         docker.run("start", name)
         if log is not None:
-            procs.append(subprocess.Popen(
+            follower = subprocess.Popen(
                 ["docker", "logs", "--follow", name], env=docker.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=log, start_new_session=True,
-            ))
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+            )
+            procs.append(follower)
+            copier = threading.Thread(target=_copy_lines, args=(follower.stdout, log), name="measure-logs", daemon=True)
+            copier.start()
         waiter = subprocess.Popen(
             ["docker", "wait", name], env=docker.env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -191,6 +195,8 @@ def _measure_in(docker: DockerCli, run: MeasureRun, name: str, digest: str, proc
     for proc in procs:  # `docker logs -f` ends with the container; let it flush
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
+    if copier is not None:
+        copier.join(timeout=5)
 
     output_bytes = max(0, dir_bytes([work]) - work_base - input_bytes - index_bytes)
     peak = stats.peak_bytes - base
@@ -284,6 +290,14 @@ def _pid_alive(pid: int) -> bool:
     from factory.local.procs import pid_alive
 
     return pid_alive(pid)
+
+
+def _copy_lines(source: IO[str], sink: IO[str]) -> None:
+    """COMMAND's output, line by line, to `sink` (any text stream: a terminal, a test's capture)."""
+    with contextlib.suppress(ValueError, OSError):  # the sink or the pipe closed under us
+        for line in source:
+            sink.write(line)
+            sink.flush()
 
 
 def _end(proc: subprocess.Popen) -> None:

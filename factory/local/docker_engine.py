@@ -146,3 +146,35 @@ def _unmount_under(path: Path) -> None:
         return
     for target in sorted((m for m in mounts if m.startswith(prefix) or m == str(path)), key=len, reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+
+
+BUSYBOX = "/bin/busybox"  # Debian's busybox-static: one static binary, no C library needed
+BUSYBOX_TOOLS = ("sh", "dd", "rm", "mkdir", "sleep", "ls", "cat", "head", "true", "false", "sync", "du", "touch", "echo")
+
+
+def import_busybox_image(tag: str, env: dict[str, str] | None = None) -> str:
+    """Make IMAGE `tag` on the engine with `docker import` from busybox-static (no registry); returns its id.
+
+    The root holds /bin/busybox and its applets, /tmp and /work: enough for a shell command
+    that writes, holds and deletes files.
+    """
+    import io
+    import tarfile
+
+    if not Path(BUSYBOX).exists():
+        raise LocalCloudError(f"{BUSYBOX} is missing: apt-get install busybox-static (scripts/system-deps.sh)")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for d, mode in (("bin", 0o755), ("tmp", 0o1777), ("work", 0o755)):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, mode
+            tar.addfile(info)
+        tar.add(BUSYBOX, arcname="bin/busybox")
+        for tool in BUSYBOX_TOOLS:
+            info = tarfile.TarInfo(f"bin/{tool}")
+            info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
+            tar.addfile(info)
+    proc = subprocess.run(["docker", "import", "-", tag], input=buf.getvalue(), env=env, capture_output=True)
+    if proc.returncode != 0:
+        raise LocalCloudError(f"docker import {tag} failed: {proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout.decode().strip()
