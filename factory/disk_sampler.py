@@ -116,6 +116,7 @@ class Sampler:
         self.samples = 0
         self._cost_total = 0.0
         self._cost_max = 0.0
+        self._last_cost = 0.0
         self._gap_max = 0.0
         self._last_start: float | None = None
         self._lock = threading.Lock()
@@ -135,6 +136,7 @@ class Sampler:
             self.samples += 1
             self._cost_total += cost
             self._cost_max = max(self._cost_max, cost)
+            self._last_cost = cost
             self.last_bytes = value
             self.peak_bytes = max(self.peak_bytes, value)
             return value
@@ -148,13 +150,16 @@ class Sampler:
                 self._error = exc
                 return
             # A fixed rate, not a fixed pause: a slow sample does not push later ones back
-            # further than it has to; when a sample takes longer than the interval the next
-            # one starts at once (max_gap_s then shows the real spacing).
+            # further than it has to.
             next_at += self.interval
-            delay = next_at - time.monotonic()
-            if delay < 0:
-                next_at = time.monotonic()
-                delay = 0.0
+            now = time.monotonic()
+            delay = next_at - now
+            # Never more than half of one core: when a sample costs more than half the
+            # interval (a layer of tens of thousands of files), pause at least as long as
+            # it took. max_gap_s then reports the real spacing.
+            if delay < self._last_cost:
+                delay = self._last_cost
+                next_at = now + delay
             self._stop.wait(delay)
 
     def start(self) -> Sampler:

@@ -149,7 +149,7 @@ def _unmount_under(path: Path) -> None:
 
 
 BUSYBOX = "/bin/busybox"  # Debian's busybox-static: one static binary, no C library needed
-BUSYBOX_TOOLS = ("sh", "dd", "rm", "mkdir", "sleep", "ls", "cat", "head", "true", "false", "sync", "du", "touch", "echo")
+BUSYBOX_TOOLS = ("sh", "dd", "rm", "mkdir", "sleep", "ls", "cat", "head", "true", "false", "sync", "du", "touch", "echo", "fallocate")
 
 
 def import_busybox_image(tag: str, env: dict[str, str] | None = None) -> str:
