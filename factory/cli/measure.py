@@ -100,7 +100,8 @@ def measure(
     else:
         print(f"{benchmarks}: +1 row")
         for key in ("sample", "input_gib", "index_gib", "scratch_gib", "output_gib", "peak_gib", "wall_s", "exit_status", "failed", "image_digest", "date"):
-            print(f"  {key:<12} {row[key]}")
+            value = row[key]
+            print(f"  {key:<12} {('yes' if value else 'no') if isinstance(value, bool) else value}")
         s = m.sampler
         print(f"  sampled {s.samples} times every {s.interval_s:g} s (a sample cost {s.mean_cost_s * 1000:.1f} ms on average, longest gap {s.max_gap_s:.2f} s)")
     out = sys.stderr if json_output else sys.stdout
