@@ -152,6 +152,8 @@ def _measure_in(docker: DockerCli, run: MeasureRun, name: str, digest: str, proc
     def read() -> int:
         return dir_bytes(held)
 
+    if not work.is_dir():  # engines create --workdir with the container; make sure, before staging into it
+        _make_dir(docker, name, workdir)
     base = read()
     work_base = dir_bytes([work])
     for p in run.inputs:
@@ -225,6 +227,25 @@ def _stage(docker: DockerCli, path: Path, container: str, workdir: str) -> None:
     proc = docker.run("cp", "--follow-link", str(src), f"{container}:{workdir}/{src.name}", timeout=None, check=False)
     if proc.returncode != 0:
         raise MeasureError(f"could not stage {path} into the container: {' '.join(proc.stderr.split())}")
+
+
+def _make_dir(docker: DockerCli, container: str, workdir: str) -> None:
+    """mkdir -p WORKDIR inside a created (not started) container: a tar of its directories through `docker cp -`."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        parts = Path(workdir.lstrip("/")).parts
+        for i in range(1, len(parts) + 1):
+            info = tarfile.TarInfo("/".join(parts[:i]))
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+    proc = subprocess.run(
+        ["docker", "cp", "-", f"{container}:/"], input=buf.getvalue(), env=docker.env, capture_output=True, timeout=120,
+    )
+    if proc.returncode != 0:
+        raise MeasureError(f"could not make the working directory {workdir} in the container: {proc.stderr.decode(errors='replace').strip()}")
 
 
 def _writable_layer(info: dict, where: str) -> Path:

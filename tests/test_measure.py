@@ -361,3 +361,57 @@ def test_with_a_task_the_row_joins_its_benchmarks_and_size_and_validate_accept_i
     sized = cli("size", "demo", "--specs-dir", specs, "--json")
     assert sized.exit_code == 0, sized.stderr
     assert json.loads(sized.stdout)["fit"]["records"] == 3
+
+
+@requires_docker
+def test_writes_outside_the_working_directory_count_and_anonymous_volumes_go(cli, docker_env, staged):
+    """An image declaring VOLUME /data: what the command holds there is scratch too, and the volume is removed."""
+    from factory.local.docker_engine import import_busybox_image
+
+    image = "factory-measure-test:volume"
+    import_busybox_image(image, env=docker_env, changes=("VOLUME /data",))
+    volumes = _volumes(docker_env)
+    script = (
+        "dd if=/dev/urandom of=/data/spill bs=1048576 count=12 2>/dev/null && sleep 1.2 && rm /data/spill && "
+        "dd if=/dev/urandom of=out.bin bs=1048576 count=2 2>/dev/null && pwd"
+    )
+    result = cli(
+        "measure", "--image", image, "--input", staged / "reads.fq", "--workdir", "/scratch/task",
+        "--benchmarks", staged / "r.csv", "--json", "--", "sh", "-c", script,
+    )
+    assert result.exit_code == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert _close(got["input_gib"], 6 * MIB) and _close(got["output_gib"], 2 * MIB)
+    # The peak held input + 12 MiB; the 2 MiB output came after, so scratch is 12 - 2 (docs/sizing.md).
+    assert _close(got["peak_gib"], 18 * MIB) and _close(got["scratch_gib"], 10 * MIB)
+    assert _volumes(docker_env) == volumes and _containers(docker_env) == []
+    subprocess.run(["docker", "rmi", image], env=docker_env, capture_output=True, check=True)
+
+
+@pytest.mark.parametrize(
+    ("info", "expected"),
+    [
+        ({"GraphDriver": {"Name": "vfs", "Data": {}}}, "stores containers with the vfs storage driver"),
+        ({"GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": "/nonexistent/upper"}}}, "is not on this machine"),
+    ],
+)
+def test_a_layer_it_cannot_read_is_a_clear_error(info, expected):
+    from factory.measure import _writable_layer
+
+    with pytest.raises(MeasureError, match=expected):
+        _writable_layer(info, "tcp://docker.example:2376")
+
+
+def test_validate_counts_only_good_runs(cli, tmp_path):
+    (tmp_path / "demo.yaml").write_text("name: demo\ndescription: d\nstorage:\n  benchmarks: runs.csv\n  max_input_gib: 4\n")
+    append_row(tmp_path / "runs.csv", row(1.0), 0.25)
+    append_row(tmp_path / "runs.csv", row(2.0, failed=True), 0.25)
+    result = cli("validate", tmp_path / "demo.yaml")
+    assert result.exit_code == 1
+    assert "has 1 measured run(s) (and 1 failed, not fitted); add at least 2 rows" in result.stdout
+    append_row(tmp_path / "runs.csv", row(3.0), 0.25)
+    assert cli("validate", tmp_path / "demo.yaml").exit_code == 0
+    sized = cli("size", tmp_path / "demo.yaml", "--json")
+    assert sized.exit_code == 0, sized.stderr
+    plan = json.loads(sized.stdout)
+    assert plan["fit"]["records"] == 2 and any("1 failed run(s)" in w for w in plan["warnings"])

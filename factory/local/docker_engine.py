@@ -152,11 +152,12 @@ BUSYBOX = "/bin/busybox"  # Debian's busybox-static: one static binary, no C lib
 BUSYBOX_TOOLS = ("sh", "dd", "rm", "mkdir", "sleep", "ls", "cat", "head", "true", "false", "sync", "du", "touch", "echo", "fallocate")
 
 
-def import_busybox_image(tag: str, env: dict[str, str] | None = None) -> str:
+def import_busybox_image(tag: str, env: dict[str, str] | None = None, changes: tuple[str, ...] = ()) -> str:
     """Make IMAGE `tag` on the engine with `docker import` from busybox-static (no registry); returns its id.
 
     The root holds /bin/busybox and its applets, /tmp and /work: enough for a shell command
-    that writes, holds and deletes files.
+    that writes, holds and deletes files. `changes` are Dockerfile instructions for
+    `docker import --change` (e.g. "VOLUME /data").
     """
     import io
     import tarfile
@@ -174,7 +175,8 @@ def import_busybox_image(tag: str, env: dict[str, str] | None = None) -> str:
             info = tarfile.TarInfo(f"bin/{tool}")
             info.type, info.linkname, info.mode = tarfile.SYMTYPE, "busybox", 0o777
             tar.addfile(info)
-    proc = subprocess.run(["docker", "import", "-", tag], input=buf.getvalue(), env=env, capture_output=True)
+    args = [a for change in changes for a in ("--change", change)]
+    proc = subprocess.run(["docker", "import", *args, "-", tag], input=buf.getvalue(), env=env, capture_output=True)
     if proc.returncode != 0:
         raise LocalCloudError(f"docker import {tag} failed: {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout.decode().strip()
