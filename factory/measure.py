@@ -82,6 +82,11 @@ class Measurement:
         return self.input_bytes + self.index_bytes + self.scratch_bytes + self.output_bytes
 
 
+def staged_name(path: Path) -> str:
+    """The name a path is staged under: its own (a symlink's name, not its target's, as Nextflow stages it)."""
+    return os.path.basename(os.path.abspath(path))
+
+
 def check_paths(inputs: tuple[Path, ...], index: tuple[Path, ...]) -> None:
     """Every path exists and every staged name is unique (they share one working directory)."""
     if not inputs:
@@ -93,7 +98,7 @@ def check_paths(inputs: tuple[Path, ...], index: tuple[Path, ...]) -> None:
                 raise UsageError(f"{option} {p}: no such file or folder; fix the path")
             if not (p.is_file() or p.is_dir()):
                 raise UsageError(f"{option} {p}: not a file or a folder")
-            name = p.resolve().name
+            name = staged_name(p)
             if name in names:
                 raise UsageError(
                     f"{option} {p}: its name {name!r} is already staged from {names[name]}; "
@@ -222,9 +227,13 @@ def _measure_in(docker: DockerCli, run: MeasureRun, name: str, digest: str, proc
 
 
 def _stage(docker: DockerCli, path: Path, container: str, workdir: str) -> None:
-    """Copy a file or folder into the container's working directory under its own name (symlinks at the top followed)."""
-    src = path.resolve()
-    proc = docker.run("cp", "--follow-link", str(src), f"{container}:{workdir}/{src.name}", timeout=None, check=False)
+    """Copy a file or folder into the container's working directory under its own name.
+
+    A symlink given as the path is followed (its target's bytes are staged under the link's
+    name); symlinks inside a folder are copied as symlinks, as `docker cp` does.
+    """
+    src = os.path.abspath(path)
+    proc = docker.run("cp", "--follow-link", src, f"{container}:{workdir}/{staged_name(path)}", timeout=None, check=False)
     if proc.returncode != 0:
         raise MeasureError(f"could not stage {path} into the container: {' '.join(proc.stderr.split())}")
 

@@ -346,17 +346,20 @@ def test_with_a_task_the_row_joins_its_benchmarks_and_size_and_validate_accept_i
         "# two runs measured by hand\nsample,input_gib,index_gib,scratch_gib,output_gib\n"
         "a,0.001,0.004,0.01,0.001\nb,0.003,0.004,0.02,0.002\n"
     )
+    (staged / "s07.fq").symlink_to(staged / "reads.fq")  # staged under the link's name, with the target's bytes
     result = cli(
-        "measure", "demo", "--specs-dir", specs, "--image", IMAGE, "--input", staged / "reads.fq", "--index", staged / "ref",
-        "--", "sh", "-c", SPILL,
+        "measure", "demo", "--specs-dir", specs, "--image", IMAGE, "--input", staged / "s07.fq", "--index", staged / "ref",
+        "--", "sh", "-c", SPILL + " && ls -l s07.fq",
     )
     assert result.exit_code == 0, result.stderr
     assert "demo: volume 30 GiB -> 30 GiB" in result.stdout  # the AMI's 30 GiB floor at this scale
     assert "outside the benchmarked input range 0.001..0.003 GiB" in result.stderr
     assert "the largest run so far" in result.stderr
     assert "finished" in result.stderr  # COMMAND's own output goes to stderr
+    assert "-rw" in result.stderr and " s07.fq" in result.stderr  # a regular file in the container
     records = load_benchmarks(specs / "benchmarks" / "demo.csv")
-    assert len(records) == 3 and dict(records[2].extra)["image"] == IMAGE
+    assert len(records) == 3 and dict(records[2].extra)["image"] == IMAGE and dict(records[2].extra)["sample"] == "s07.fq"
+    assert _close(records[2].input_gib, 6 * MIB)
     assert cli("validate", specs).exit_code == 0
     sized = cli("size", "demo", "--specs-dir", specs, "--json")
     assert sized.exit_code == 0, sized.stderr

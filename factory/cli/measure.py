@@ -58,7 +58,7 @@ def measure(
     COMMAND runs. The row's input, index, scratch and output add up to the peak.
     """
     from factory.benchmark_rows import append_row, existing_records, make_row, row_effect, task_volume
-    from factory.measure import MeasureRun, check_paths, measure
+    from factory.measure import MeasureRun, check_paths, measure, staged_name
 
     command = ctx.meta.get("measure_command", ())
     if not command:
@@ -91,7 +91,7 @@ def measure(
             f"the command exited with status {m.exit_status}{oom}; no row written to {benchmarks} "
             f"(fix the command, or pass --keep-failed to record the run marked failed){tail}"
         )
-    row = make_row(m, sample or inputs[0].resolve().name, failed)
+    row = make_row(m, sample or staged_name(inputs[0]), failed)
     append_row(benchmarks, row, run.interval)
 
     notes = list(m.notes) + list(row_effect(previous, row))
