@@ -61,7 +61,7 @@ class DockerCli:
                 f"no Docker engine answers at {self.where}: start one (`dockerd`, or `systemctl start docker`) "
                 "or set DOCKER_HOST to an engine that runs"
             )
-        if "permission denied" in text and "docker.sock" in text:
+        if "permission denied while trying to connect" in text:
             return DockerError(f"permission denied on the Docker socket ({self.where}): run as root or join the `docker` group")
         return DockerError(f"`docker {' '.join(args[:2])}` failed: {text or 'no message'}")
 

@@ -293,14 +293,18 @@ def test_missing_image_is_a_clear_error(cli, docker_env, staged):
 
 
 @requires_docker
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_run_leaves_nothing_behind(docker_env, staged, sig):
+@pytest.mark.parametrize(
+    ("sig", "group"),
+    [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, False)],
+    ids=["ctrl-c-to-factory", "ctrl-c-to-its-process-group-as-a-terminal-sends", "sigterm"],
+)
+def test_interrupted_run_leaves_nothing_behind(docker_env, staged, sig, group):
     volumes = _volumes(docker_env)
     bench = staged / "runs.csv"
     proc = subprocess.Popen(
         [str(FACTORY), "measure", "--image", IMAGE, "--input", str(staged / "reads.fq"), "--index", str(staged / "ref"),
          "--benchmarks", str(bench), "--", "sh", "-c", "dd if=/dev/zero of=/tmp/x bs=1048576 count=8 2>/dev/null; sleep 120"],
-        env=docker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=docker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group,
     )
     try:
         layer = None
@@ -312,7 +316,10 @@ def test_interrupted_run_leaves_nothing_behind(docker_env, staged, sig):
                     layer = Path(info["GraphDriver"]["Data"]["UpperDir"])
             time.sleep(0.2)
         assert layer is not None and (layer / "work" / "reads.fq").exists()  # staged in the writable layer
-        proc.send_signal(sig)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

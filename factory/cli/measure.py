@@ -32,6 +32,9 @@ class _CommandAfterDashes(TyperCommand):
             args = args[:at]
         return super().parse_args(ctx, args)
 
+    def collect_usage_pieces(self, ctx):
+        return [*super().collect_usage_pieces(ctx), "-- COMMAND [ARG...]"]
+
 
 @app.command(cls=_CommandAfterDashes)
 @handle_errors
@@ -51,7 +54,9 @@ def measure(
 ) -> None:
     """Run COMMAND (after --) in a container of IMAGE, measure the disk it holds, append a benchmark row.
 
-    factory measure [TASK] --image IMAGE --input PATH... [--index PATH...] [--benchmarks FILE] [--json] -- COMMAND [ARG...]
+    \b
+    factory measure [TASK] --image IMAGE --input PATH... [--index PATH...]
+                    [--benchmarks FILE] [--json] -- COMMAND [ARG...]
 
     Each --input and --index is copied into the container's working directory under its own
     name (as Nextflow stages a task on AWS Batch); the container's disk is sampled while
