@@ -26,7 +26,7 @@ GIB = 1024**3
 # In this order in a new file; sizing needs the four *_gib after `sample`, the rest is the record.
 COLUMNS = (
     "sample", "input_gib", "index_gib", "scratch_gib", "output_gib", "peak_gib",
-    "wall_s", "exit_status", "failed", "image", "image_digest", "date",
+    "wall_s", "exit_status", "failed", "image", "image_digest", "date", "disk_reader",
 )
 
 
@@ -40,8 +40,9 @@ def header_comment(interval_s: float) -> str:
         "# a task on AWS Batch. input_gib, index_gib: the staged copies; output_gib: what the working\n"
         "# directory held beyond them when the command exited; scratch_gib: the rest of the peak.\n"
         f"# The four add up to peak_gib, the most disk the container's writable layer held, sampled\n"
-        f"# every {interval_s:g} s (a peak shorter than that may be missed). GiB = 2^30 bytes of\n"
-        "# allocated blocks. failed=yes rows are kept but left out of the fit.\n"
+        f"# every {interval_s:g} s (a peak shorter than that may be missed). GiB = 2^30 bytes: allocated\n"
+        "# blocks where disk_reader=layer (the layer read on disk), apparent file sizes where\n"
+        "# disk_reader=engine (read through the Docker engine). failed=yes rows are kept, not fitted.\n"
     )
 
 
@@ -62,6 +63,7 @@ def make_row(m: Any, sample: str, failed: bool) -> dict[str, Any]:
         "image": m.image,
         "image_digest": m.image_digest,
         "date": m.date,
+        "disk_reader": m.disk_reader,
     }
 
 

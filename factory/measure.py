@@ -57,6 +57,7 @@ class MeasureRun:
     network: str = "none"
     workdir: str = WORKDIR
     interval: float = DEFAULT_INTERVAL_S
+    disk_reader: str = "auto"  # "layer", "engine", or "auto": the layer when this machine can read it, else the engine
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class Measurement:
     sampler: SamplerStats
     log_tail: str = ""
     oom_killed: bool = False
+    disk_reader: str = "layer"  # how the disk was read: "layer" (overlay2's upper dir, blocks) or "engine" (SizeRw)
     notes: tuple[str, ...] = field(default=())
 
     @property
@@ -115,6 +117,8 @@ def measure(run: MeasureRun, docker: DockerCli | None = None, log: IO[str] | Non
     check_paths(run.inputs, run.index)
     if not run.command:
         raise UsageError("give the command to measure after --, e.g. -- sh -c 'salmon quant ...'")
+    if run.disk_reader not in DISK_READERS:
+        raise UsageError(f"--disk-reader {run.disk_reader!r}: expected one of {', '.join(DISK_READERS)}")
     if not run.workdir.startswith("/") or run.workdir.rstrip("/") == "":
         raise UsageError(f"--workdir {run.workdir!r}: must be an absolute path inside the container other than /")
     docker = docker or DockerCli()
@@ -149,18 +153,12 @@ def _measure_in(docker: DockerCli, run: MeasureRun, name: str, digest: str, proc
         "--network", run.network, "--workdir", workdir, run.image, *run.command,
     )
     info = docker.inspect("container", name) or {}
-    layer = _writable_layer(info, docker.where)
-    volumes = [Path(m["Source"]) for m in info.get("Mounts") or [] if m.get("Type") == "volume" and m.get("Source")]
-    held = [layer, *volumes]
-    work = layer / workdir.lstrip("/")
-
-    def read() -> int:
-        return dir_bytes(held)
-
-    if not work.is_dir():  # engines create --workdir with the container; make sure, before staging into it
-        _make_dir(docker, name, workdir)
+    disk = _disk_reader(run.disk_reader, info, docker, name, workdir)
+    notes = list(disk.notes)
+    read = disk.held
+    _make_dir(docker, name, workdir)  # engines make --workdir with the container; make sure, before staging into it
     base = read()
-    work_base = dir_bytes([work])
+    disk.mark_empty()
     for p in run.inputs:
         _stage(docker, p, name, workdir)
     staged_inputs = read()
@@ -205,24 +203,23 @@ def _measure_in(docker: DockerCli, run: MeasureRun, name: str, digest: str, proc
     if copier is not None:
         copier.join(timeout=5)
 
-    output_bytes = max(0, dir_bytes([work]) - work_base - input_bytes - index_bytes)
+    output_bytes = disk.outputs(input_bytes, index_bytes, {staged_name(p) for p in (*run.inputs, *run.index)})
     peak = stats.peak_bytes - base
     scratch_bytes = max(0, peak - input_bytes - index_bytes - output_bytes)
 
     state = (docker.inspect("container", name) or {}).get("State") or {}
     wall = _wall_seconds(state) or elapsed
     tail = docker.run("logs", "--tail", str(LOG_TAIL_LINES), name, check=False)
-    notes = []
     if stats.max_gap_s > 1.0:
         notes.append(
-            f"samples were up to {stats.max_gap_s:.1f} s apart (the layer is large to walk): "
+            f"samples were up to {stats.max_gap_s:.1f} s apart (each sample took long): "
             "a peak held for less than that may be missed"
         )
     return Measurement(
         input_bytes=input_bytes, index_bytes=index_bytes, scratch_bytes=scratch_bytes, output_bytes=output_bytes,
         wall_s=round(wall, 3), exit_status=int(state.get("ExitCode", -1)), image=run.image, image_digest=digest,
         date=date, sampler=stats, log_tail=(tail.stdout + tail.stderr).strip(),
-        oom_killed=bool(state.get("OOMKilled")), notes=tuple(notes),
+        oom_killed=bool(state.get("OOMKilled")), notes=tuple(notes), disk_reader=disk.kind,
     )
 
 
@@ -236,6 +233,93 @@ def _stage(docker: DockerCli, path: Path, container: str, workdir: str) -> None:
     proc = docker.run("cp", "--follow-link", src, f"{container}:{workdir}/{staged_name(path)}", timeout=None, check=False)
     if proc.returncode != 0:
         raise MeasureError(f"could not stage {path} into the container: {' '.join(proc.stderr.split())}")
+
+
+DISK_READERS = ("auto", "layer", "engine")
+
+
+class _LayerOnDisk:
+    """The container's overlay2 upper directory (and anonymous volumes) walked on this machine: allocated blocks."""
+
+    kind = "layer"
+    notes: tuple[str, ...] = ()
+
+    def __init__(self, layer: Path, volumes: list[Path], workdir: str):
+        self.paths = [layer, *volumes]
+        self.work = layer / workdir.lstrip("/")
+        self.work_base = 0
+
+    def held(self) -> int:
+        return dir_bytes(self.paths)
+
+    def mark_empty(self) -> None:
+        self.work_base = dir_bytes([self.work])
+
+    def outputs(self, input_bytes: int, index_bytes: int, staged: set[str]) -> int:
+        return max(0, dir_bytes([self.work]) - self.work_base - input_bytes - index_bytes)
+
+
+class _ThroughEngine:
+    """The engine's own count (SizeRw of `docker container inspect --size`): apparent file sizes.
+
+    For an engine whose data this machine cannot read (another machine, or no root). A
+    sample costs an API call in which the engine walks the layer (bench/measure); an image's
+    anonymous volumes are not counted. What the working directory holds at the end is read
+    as the tar `docker cp` streams of each entry COMMAND added there.
+    """
+
+    kind = "engine"
+
+    def __init__(self, docker: DockerCli, container: str, workdir: str, why: str):
+        self.docker, self.container, self.workdir = docker, container, workdir
+        self.notes = (
+            f"read the container's disk through the engine ({why}): each sample is an API call, sizes are apparent "
+            "file sizes, anonymous volumes are not counted; run as root on the engine's machine to read the layer itself",
+        )
+
+    def held(self) -> int:
+        out = self.docker.run("container", "inspect", "--size", "--format", "{{.SizeRw}}", self.container).stdout.strip()
+        return max(0, int(out or 0))
+
+    def mark_empty(self) -> None:
+        pass
+
+    def outputs(self, input_bytes: int, index_bytes: int, staged: set[str]) -> int:
+        import tarfile
+
+        prefix = self.workdir.rstrip("/") + "/"
+        top = set()
+        for line in self.docker.run("diff", self.container).stdout.splitlines():
+            kind, _, path = line.partition(" ")
+            if kind in ("A", "C") and path.startswith(prefix):
+                name = path[len(prefix):].split("/", 1)[0]
+                if name and name not in staged:
+                    top.add(name)
+        total = 0
+        for name in sorted(top):
+            proc = subprocess.Popen(
+                ["docker", "cp", f"{self.container}:{prefix}{name}", "-"], env=self.docker.env,
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            )
+            try:
+                with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
+                    total += sum(m.size for m in tar if m.isfile())
+            finally:
+                _end(proc)
+        return total
+
+
+def _disk_reader(mode: str, info: dict, docker: DockerCli, container: str, workdir: str) -> _LayerOnDisk | _ThroughEngine:
+    if mode == "engine":
+        return _ThroughEngine(docker, container, workdir, "as asked")
+    try:
+        layer = _writable_layer(info, docker.where)
+    except MeasureError as exc:
+        if mode == "layer":
+            raise
+        return _ThroughEngine(docker, container, workdir, exc.message.split("; ")[0])
+    volumes = [Path(m["Source"]) for m in info.get("Mounts") or [] if m.get("Type") == "volume" and m.get("Source")]
+    return _LayerOnDisk(layer, volumes, workdir)
 
 
 def _make_dir(docker: DockerCli, container: str, workdir: str) -> None:
@@ -273,12 +357,12 @@ def _writable_layer(info: dict, where: str) -> Path:
             pass
     except PermissionError:
         raise MeasureError(
-            f"cannot read the container's writable layer {path} (permission denied): "
+            f"cannot read the container's writable layer {path} (permission denied); "
             "factory measure reads it from disk, so run it as root (e.g. sudo) on the Docker engine's machine"
         ) from None
     except FileNotFoundError:
         raise MeasureError(
-            f"the container's writable layer {path} is not on this machine: the engine ({where}) runs elsewhere; "
+            f"the container's writable layer {path} is not on this machine (the engine, {where}, runs elsewhere); "
             "run factory measure on the machine the Docker engine runs on"
         ) from None
     return path

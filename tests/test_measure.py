@@ -125,7 +125,7 @@ def test_appending_to_a_hand_written_file_adds_columns_and_keeps_the_rest(tmp_pa
     lines = path.read_text().splitlines()
     assert lines[0] == "# Runs measured by hand with du."
     assert lines[1].startswith("sample,input_gib,index_gib,scratch_gib,output_gib,wall_s,peak_gib,exit_status,failed")
-    assert lines[2] == "s01,2.0,17.0,0.5,1.0,500" + "," * 6
+    assert lines[2] == "s01,2.0,17.0,0.5,1.0,500" + "," * (len(COLUMNS) - 6)
     records = load_benchmarks(path)
     assert [r.input_gib for r in records] == [2.0, 4.0, 6.0] and not any(r.failed for r in records)
     assert dict(records[2].extra)["wall_s"] == "12.5"
@@ -256,10 +256,26 @@ def test_measured_row_matches_the_known_truth(cli, docker_env, staged):
     assert _close(got["scratch_gib"], 40 * MIB)
     assert _close(got["peak_gib"], 55 * MIB)
     assert got["peak_gib"] == pytest.approx(got["input_gib"] + got["index_gib"] + got["scratch_gib"] + got["output_gib"], abs=1e-6)
-    assert got["exit_status"] == 0 and got["failed"] is False
+    assert got["exit_status"] == 0 and got["failed"] is False and got["disk_reader"] == "layer"
     assert got["image_digest"].startswith("sha256:") and got["wall_s"] >= 1.5
     records = load_benchmarks(bench)
     assert len(records) == 1 and records[0].footprint_gib == pytest.approx(got["peak_gib"], abs=1e-6)
+    assert _containers(docker_env) == []
+
+
+@requires_docker
+def test_read_through_the_engine_matches_the_truth_too(cli, docker_env, staged):
+    """--disk-reader engine (for an engine whose layer this machine cannot read): SizeRw samples, outputs by docker cp."""
+    result = cli(
+        "measure", "--image", IMAGE, "--input", staged / "reads.fq", "--index", staged / "ref", "--disk-reader", "engine",
+        "--benchmarks", staged / "runs.csv", "--json", "--", "sh", "-c", SPILL,
+    )
+    assert result.exit_code == 0, result.stderr
+    got = json.loads(result.stdout)
+    assert got["disk_reader"] == "engine"
+    assert _close(got["input_gib"], 6 * MIB) and _close(got["index_gib"], 4 * MIB)
+    assert _close(got["output_gib"], 5 * MIB) and _close(got["scratch_gib"], 40 * MIB)
+    assert "read the container's disk through the engine (as asked)" in result.stderr
     assert _containers(docker_env) == []
 
 

@@ -48,6 +48,11 @@ def measure(
     sample: Optional[str] = typer.Option(None, "--sample", help="The row's sample name (default: the first input's name)."),
     network: str = typer.Option("none", "--network", help="Docker network for the container (default none: no network)."),
     workdir: str = typer.Option("/work", "--workdir", help="The working directory inside the container."),
+    disk_reader: str = typer.Option(
+        "auto", "--disk-reader",
+        help="How to read the container's disk: layer (its overlay2 directory on this machine; needs root), "
+        "engine (docker inspect --size; any engine, slower, apparent sizes), auto (layer when readable, else engine).",
+    ),
     keep_failed: bool = typer.Option(False, "--keep-failed", help="Record a run whose command failed, marked failed=yes (not fitted)."),
     specs_dir: Path = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Folder of task specs."),
     json_output: bool = typer.Option(False, "--json", help="Print the new row as JSON, nothing else on stdout."),
@@ -86,7 +91,7 @@ def measure(
     previous = existing_records(benchmarks)  # a broken file stops us now, not after the run
     before = task_volume(spec_path, previous if _other_file(spec_path, benchmarks) else None) if spec_path else None
 
-    run = MeasureRun(image=image, command=tuple(command), inputs=tuple(inputs), index=tuple(index), network=network, workdir=workdir)
+    run = MeasureRun(image=image, command=tuple(command), inputs=tuple(inputs), index=tuple(index), network=network, workdir=workdir, disk_reader=disk_reader)
     m = measure(run, log=None if json_output else sys.stderr)
     failed = m.exit_status != 0
     if failed and not keep_failed:
@@ -104,7 +109,7 @@ def measure(
         print_json(row)
     else:
         print(f"{benchmarks}: +1 row")
-        for key in ("sample", "input_gib", "index_gib", "scratch_gib", "output_gib", "peak_gib", "wall_s", "exit_status", "failed", "image_digest", "date"):
+        for key in ("sample", "input_gib", "index_gib", "scratch_gib", "output_gib", "peak_gib", "wall_s", "exit_status", "failed", "image_digest", "date", "disk_reader"):
             value = row[key]
             print(f"  {key:<12} {('yes' if value else 'no') if isinstance(value, bool) else value}")
         s = m.sampler
