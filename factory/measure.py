@@ -175,7 +175,13 @@ def _measure_in(docker: DockerCli, run: MeasureRun, name: str, digest: str, proc
     started = time.monotonic()
     sampler.start()
     try:
-        docker.run("start", name)
+        try:
+            docker.run("start", name)
+        except DockerError as exc:
+            raise MeasureError(
+                f"the command could not start in {run.image}: {exc.message.removeprefix(f'`docker start {name}` failed: ')}; "
+                f"check that {run.command[0]!r} exists in the image (or give it with its full path)"
+            ) from None
         if log is not None:
             follower = subprocess.Popen(
                 ["docker", "logs", "--follow", name], env=docker.env, stdin=subprocess.DEVNULL,

@@ -300,6 +300,14 @@ def test_a_failing_command_is_refused_and_cleaned_up(cli, docker_env, staged):
 
 
 @requires_docker
+def test_a_command_missing_from_the_image_is_a_clear_error(cli, docker_env, staged):
+    result = cli("measure", "--image", IMAGE, "--input", staged / "reads.fq", "--benchmarks", staged / "r.csv", "--", "salmon", "quant")
+    assert result.exit_code == 1
+    assert f"the command could not start in {IMAGE}" in result.stderr and "check that 'salmon' exists in the image" in result.stderr
+    assert not (staged / "r.csv").exists() and _containers(docker_env) == []
+
+
+@requires_docker
 def test_missing_image_is_a_clear_error(cli, docker_env, staged):
     result = cli("measure", "--image", "no-such-image:1", "--input", staged / "reads.fq", "--benchmarks", staged / "r.csv", "--", "true")
     assert result.exit_code == 1
