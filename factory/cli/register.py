@@ -185,15 +185,18 @@ def prune(
     regions = sorted({s.region for s in load_specs([specs_dir])})
     where = Cloud.open(cloud)
     results = [(region, prune_core(where.clients(region), keep, dry_run=not really)) for region in regions]
+    failed = [c for _, r in results for c in r.failed]
     if json_output:
         print_json({region: r.to_json() for region, r in results})
-        return
-    console = stdout_console()
-    for region, r in results:
-        if not r.changes:
-            console.print(f"{region}: nothing to prune (keeping the newest {keep})", highlight=False, markup=False)
-        for c in r.changes:
-            verb = "would delete" if r.dry_run else "deleted"
-            console.print(f"{region}: {verb} {c.resource} {c.name}: {c.reason}", highlight=False, markup=False)
-    if not really and any(r.changes for _, r in results):
-        console.print("dry run: pass --apply to delete", highlight=False, markup=False)
+    else:
+        console = stdout_console()
+        for region, r in results:
+            if not r.changes:
+                console.print(f"{region}: nothing to prune (keeping the newest {keep})", highlight=False, markup=False)
+            for c in r.changes:
+                verb = "would delete" if r.dry_run else ("could not delete" if c.action == "failed" else "deleted")
+                console.print(f"{region}: {verb} {c.resource} {c.name}: {c.reason}", highlight=False, markup=False)
+        if not really and any(r.changes for _, r in results):
+            console.print("dry run: pass --apply to delete", highlight=False, markup=False)
+    if failed:
+        raise typer.Exit(1)
