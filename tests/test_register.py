@@ -257,7 +257,7 @@ def test_plan_mutates_nothing_and_lists_what_register_would_create(cloud, specs)
         plan = run(cloud, specs, dry_run=True)
     assert calls.mutating == []
     actions = [(c.resource, c.action) for t in plan.tiers for c in t.changes]
-    assert actions == [("launch-template", "create"), ("compute-environment", "create"), ("job-queue", "create")] * 3
+    assert actions == [("launch-template", "create"), ("compute-environment", "create"), ("job-queue", "create"), ("ssm-parameter", "create")] * 3
     assert cloud.ces() == {} and cloud.queues() == {}
 
 

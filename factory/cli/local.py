@@ -101,6 +101,27 @@ def fault(
         print(f"armed: {armed['operation']} fails ({armed['kind']}) for the next {armed['times']} call(s)")
 
 
+@local_app.command("publish-base")
+@handle_errors
+def publish_base(
+    family: str = typer.Argument(..., help="The ECS-optimized family: al2023, al2 or al1 (ecs-al2023 ... as in a spec's image.base)."),
+    arch: str = typer.Option("x86_64", "--arch", help="x86_64 | arm64"),
+    region: str = typer.Option("us-east-1", "--region", help="The region AWS releases it in."),
+    state_dir: Path | None = _STATE,
+    json_out: bool = typer.Option(False, "--json", help="Print what was published as JSON."),
+) -> None:
+    """Play AWS releasing a new ECS-optimized AMI: register one and move the recommended SSM parameter to it."""
+    from factory.local import cloud, publish
+
+    done = publish.publish_base(cloud.running(state_dir).endpoint, family, arch, region)
+    if json_out:
+        print_json(done)
+        return
+    print(f"published {done['ami_id']} ({done['name']}) in {done['region']}")
+    print(f"  {done['parameter']}: {done['previous']} -> {done['ami_id']}")
+    print("  `factory status --cloud local` now calls the tasks on this family stale")
+
+
 def _describe(lc, data=None) -> None:
     data = data or lc.to_json()
     state = "running" if data["running"] else "NOT healthy: " + ", ".join(k for k, v in data["alive"].items() if not v) + " down"

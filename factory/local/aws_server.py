@@ -6,6 +6,7 @@
   rules, EC2 launch template versions), installed in this process before the first request;
 - paging (`factory.local.paging`): Describe calls answered a page at a time;
 - faults (`factory.local.faults`): the next N calls of an operation fail on demand;
+- publish-base (`factory.local.publish`): AWS releasing a new ECS-optimized AMI;
 - a call log: every AWS call's `service:Operation`, for the tests that prove the IAM
   policies and the "zero mutating calls" promises (`GET /_factory/calls`).
 
@@ -22,7 +23,7 @@ import os
 import threading
 from typing import Any, Callable, Iterable
 
-from factory.local import faults, paging
+from factory.local import faults, paging, publish
 from factory.local.operations import Call, error_response, identify
 
 CALLS_PATH = "/_factory/calls"
@@ -47,6 +48,8 @@ class Layer:
             return self._faults(environ, start_response)
         if path == CALLS_PATH:
             return self._calls(environ, start_response)
+        if path == publish.CONTROL_PATH:
+            return self._publish_base(environ, start_response)
         body = _read_body(environ)
         call = identify(environ, body)
         if call is None:
@@ -100,6 +103,14 @@ class Layer:
         except (UsageError, TypeError, ValueError) as exc:
             return _json(start_response, {"error": str(exc)}, "400 Bad Request")
         return _json(start_response, {"faults": self.board.listing()})
+
+    def _publish_base(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        from factory.errors import UsageError
+
+        try:
+            return _json(start_response, publish.handle(_read_body(environ)))
+        except UsageError as exc:
+            return _json(start_response, {"error": exc.message}, "400 Bad Request")
 
     def _calls(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         with self._calls_lock:

@@ -14,7 +14,7 @@ from typing import Any
 from factory.aws import Clients
 from factory.config import FactoryConfig
 from factory.errors import FactoryError, UsageError
-from factory.register import ami, compute_environment, job_queue, launch_template
+from factory.register import ami, compute_environment, job_queue, launch_template, parameter
 from factory.register.network import resolve_network, resolve_role
 from factory.register.reads import compute_environments
 from factory.register.results import RegisterResult, TierResult
@@ -63,6 +63,7 @@ def register_targets(
         ce_name, ce_arn, olds = compute_environment.reconcile(run, batch, target, region, lt, queue, changes)
         job_queue.reconcile(run, batch, target, queue, ce_name, ce_arn, changes)
         compute_environment.retire(run, batch, olds, target.name, changes)
+        parameter.reconcile(run, cl.ssm(), target, ami_id, changes)  # last: it names what the tier now runs
         results.append(
             TierResult(
                 tier=target.tier,

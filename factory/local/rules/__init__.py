@@ -18,7 +18,8 @@ class Settings:
 
 
 def install(settings: Settings) -> None:
-    from factory.local.rules import batch, ec2
+    from factory.local.rules import batch, ec2, ssm
 
     batch.install(settings)
     ec2.install(settings)
+    ssm.install(settings)

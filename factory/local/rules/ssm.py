@@ -1,0 +1,75 @@
+"""SSM Parameter Store as AWS runs it, where factory depends on it and moto differs.
+
+| AWS | moto 5 | ours |
+| --- | --- | --- |
+| PutParameter with `DataType: aws:ec2:image` answers 200 before the value is checked; a value that is not an available AMI of the account's region is then dropped (the parameter is not created or updated) | stores any value at once | the new version is stored `stale_read` seconds after the call, and only if it names an available AMI in that region; the call answers 200 with its version number either way |
+
+AWS sources: SSM API reference, PutParameter `DataType` ("a successful HTTP 200 response
+does not guarantee that your parameter was successfully created or updated. The
+aws:ec2:image value is validated asynchronously"); SSM user guide, "Parameter data types"
+and "Native parameter support for Amazon Machine Image IDs".
+
+A version dropped by the check leaves a gap in the version numbers; AWS does not say
+whether it does the same. factory waits until the value reads back, so it depends on
+neither.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+from factory.local.rules import Settings
+
+AMI_DATA_TYPE = "aws:ec2:image"
+AMI_ID = re.compile(r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})")
+
+
+def install(settings: Settings) -> None:
+    from moto.ec2.models import ec2_backends
+    from moto.ssm.models import SimpleSystemManagerBackend
+
+    original_put = SimpleSystemManagerBackend.put_parameter
+    lock = threading.Lock()
+    pending: dict[tuple[int, str], list[Any]] = {}  # (backend, name) -> versions not checked yet
+
+    def is_available_ami(backend: Any, value: str) -> bool:
+        if not AMI_ID.fullmatch(value or ""):
+            return False
+        image = ec2_backends[backend.account_id][backend.region_name].amis.get(value)
+        return image is not None and getattr(image, "state", "available") == "available"
+
+    def settle(backend: Any, name: str, param: Any) -> None:
+        """The asynchronous check: store the version if its AMI is available, else drop it."""
+        with lock:
+            queue = pending.get((id(backend), name), [])
+            if param in queue:
+                queue.remove(param)
+            if is_available_ami(backend, param.value):
+                backend._parameters[name].append(param)
+
+    def put_parameter(self: Any, name: str, description: str, value: str, parameter_type: str, allowed_pattern: str, keyid: str,
+                      overwrite: bool, tags: Any, data_type: str, tier: Any, policies: Any) -> Any:
+        with lock:
+            param = original_put(self, name, description, value, parameter_type, allowed_pattern, keyid, overwrite, tags, data_type, tier, policies)
+            if param.data_type != AMI_DATA_TYPE:
+                return param
+            # Not stored yet: take it back out of moto's list and check it later.
+            versions = self._parameters[name]
+            if versions and versions[-1] is param:
+                versions.pop()
+            if not versions:  # moto answers 500 for a name with no version
+                del self._parameters[name]
+            queue = pending.setdefault((id(self), name), [])
+            param.version = max([v.version for v in versions] + [q.version for q in queue] + [0]) + 1
+            queue.append(param)
+        if settings.stale_read > 0:
+            timer = threading.Timer(settings.stale_read, settle, args=(self, name, param))
+            timer.daemon = True
+            timer.start()
+        else:
+            settle(self, name, param)
+        return param
+
+    SimpleSystemManagerBackend.put_parameter = put_parameter
