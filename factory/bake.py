@@ -129,6 +129,35 @@ def image_hash(base_ami: str, files: Iterable[tuple[str, Path]], variables: dict
     return h.hexdigest()
 
 
+def content_hash(base_ami: str, variables: dict[str, Any], modern_packer: bool) -> str:
+    """The image hash of a task rendered with `variables` (what a bake tags on its AMI)."""
+    from factory import render as render_mod
+
+    variables = dict(variables)
+    # Packer 1.7+ keeps the template's IMDSv2 blocks, which set the AMI's imds_support.
+    variables["__modern_packer"] = modern_packer
+    return image_hash(base_ami, render_mod.content_files(), variables)
+
+
+def expected_image_hash(spec: Any, base_ami: str, target: Any = None, plan: Any = None) -> str:
+    """The image hash a bake of `spec` on `base_ami` would tag now, without rendering or
+    running anything but `packer version` (once per process). `target` is the cloud's
+    BuildTarget (the local cloud's installer differs from AWS's; default AWS's)."""
+    from dataclasses import replace
+
+    from factory import render as render_mod
+    from factory.sizing import size_task
+
+    target = target or render_mod.BuildTarget.aws()
+    if not target.builder_cidrs:
+        # The builder's allowed addresses are not part of the image (NOT_IMAGE_VARIABLES):
+        # a placeholder spares the lookup of this machine's public address.
+        target = replace(target, builder_cidrs=("127.0.0.1/32",))
+    variables = render_mod.variables_for(spec, plan or size_task(spec), base_ami, target)
+    version = render_mod.packer_version_or_none()
+    return content_hash(base_ami, variables, version is None or tuple(version) >= render_mod.MODERN_PACKER)
+
+
 def find_image(ec2: Any, digest: str) -> dict[str, Any] | None:
     """The newest available AMI of this account tagged with `digest`, or None."""
     from factory.aws import aws_errors
@@ -246,11 +275,7 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     rr = render_mod.render(spec, plan, base_ami, out_dir, target=target, keep=render_mod.BUILD_RECORDS)
     steps["render"] = time.monotonic() - t
 
-    files = render_mod.content_files()
-    variables = dict(rr.variables)
-    # Packer 1.7+ keeps the template's IMDSv2 blocks, which set the AMI's imds_support.
-    variables["__modern_packer"] = rr.modern_packer
-    digest = image_hash(base_ami, files, variables)
+    digest = content_hash(base_ami, rr.variables, rr.modern_packer)
     # The AMI is born with its content hash: Packer tags the AMI and its snapshots with it
     # when it creates them, so there is never an untagged AMI nobody will reuse. `tags` is
     # not hashed (NOT_IMAGE_VARIABLES), and the hash was taken before it was added.
@@ -440,7 +465,7 @@ def register_results(
         if progress:
             progress("registering")
         t = time.monotonic()
-        kwargs: dict[str, Any] = {"progress": progress, "config": cloud.register_config()}
+        kwargs: dict[str, Any] = {"progress": progress, "config": cloud.register_config(), "image_target": cloud.image_target(region)}
         if all_specs is not None:
             kwargs["all_specs"] = list(all_specs)
         try:
@@ -555,6 +580,8 @@ def bake_all(
                 r = results[s.name]
                 r.error = exc.message
                 r.status = "failed"
+    for r in ordered:  # what each task's own steps took (bake_task times the whole call instead)
+        r.seconds = r.seconds or sum(r.steps.values())
     return ordered
 
 

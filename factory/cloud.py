@@ -43,6 +43,15 @@ class Cloud:
             return self.local.build_target(region)
         return render.BuildTarget.aws()
 
+    def image_target(self, region: str):
+        """The build target whose image-shaping settings a bake here uses, with no side
+        effect (no key pair imported): what an AMI's image hash is checked against."""
+        from factory import render
+
+        if self.kind == "local":
+            return self.local.build_target(region, import_key=False)
+        return render.BuildTarget.aws()
+
     def register_config(self, path: Path | None = None):
         """The register step's settings: `path`, else ./factory.yaml (or defaults). The local
         cloud, like AWS, uses Batch's service-linked role unless the file names a role."""

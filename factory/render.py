@@ -175,6 +175,11 @@ def resolve_base_ami(spec: Any, clients: Any) -> str:
 
     with aws_errors(f"reading the base AMI from SSM parameter {name}"):
         value = clients.ssm().get_parameter(Name=name)["Parameter"]["Value"]
+    return base_ami_from_parameter(name, value)
+
+
+def base_ami_from_parameter(name: str, value: str) -> str:
+    """The AMI id an ECS-optimized SSM parameter's value names."""
     value = value.strip()
     if value.startswith("{"):  # the `recommended` parameter (not `/image_id`) holds JSON
         value = json.loads(value).get("image_id", "")
@@ -418,6 +423,11 @@ def strip_modern_blocks(text: str) -> str:
             out.append(line)
     # a fenced block sat between blank lines: do not leave two in a row
     return re.sub(r"\n(\s*\n){2,}", "\n\n", "".join(out))
+
+
+def packer_version_or_none() -> tuple[int, int, int] | None:
+    """The version of the `packer` render would use (None without one: render then writes for 1.7+)."""
+    return _detect_packer_version([])
 
 
 def _detect_packer_version(notes: list[str]) -> tuple[int, int, int] | None:

@@ -52,7 +52,10 @@ def _run(command, task, all_specs, specs_dir, config_path, ami, dry_run, progres
     cloud = Cloud.open(cloud_kind)
     config = cloud.register_config(config_path)
     overrides = {selected[0].name: ami} if ami else None
-    return register_tasks(selected, cloud.clients(selected[0].region), overrides, dry_run, config=config, all_specs=everything, progress=progress)
+    region = selected[0].region
+    return register_tasks(
+        selected, cloud.clients(region), overrides, dry_run, config=config, all_specs=everything, progress=progress, image_target=cloud.image_target(region)
+    )
 
 
 def _print_result(result, title: str) -> None:

@@ -159,12 +159,14 @@ class LocalCloud:
                     if error_code(exc) not in ("EntityAlreadyExists", "LimitExceeded"):
                         raise
 
-    def build_target(self, region: str | None = None):
-        """The render step's BuildTarget for this cloud: endpoint, SSH, key, mirror."""
+    def build_target(self, region: str | None = None, *, import_key: bool = True):
+        """The render step's BuildTarget for this cloud: endpoint, SSH, key, mirror
+        (`import_key=False`: without importing the key pair, for reads such as a hash)."""
         from factory.render import BuildTarget
 
         region = region or self.region
-        self.ensure_key_pair(region)
+        if import_key:
+            self.ensure_key_pair(region)
         return BuildTarget.local(
             endpoint=self.endpoint,
             ssh_host=self.host.ssh_host,

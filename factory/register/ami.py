@@ -10,7 +10,7 @@ from botocore.exceptions import ClientError
 
 from factory.aws import Clients, aws_errors, error_code
 from factory.errors import FactoryError
-from factory.register.names import TAG_SPEC_HASH, TAG_TASK, tag_dict
+from factory.register.names import TAG_BASE_AMI, TAG_IMAGE_HASH, TAG_TASK, tag_dict
 from factory.register.reads import paged
 from factory.register.targets import TierTarget
 
@@ -28,7 +28,7 @@ def find_ami(clients: Clients, task: str, architecture: str | None = None) -> di
 
 
 
-def resolve(clients: Clients, target: TierTarget, overrides: Mapping[str, str]) -> tuple[str, str, list[str]]:
+def resolve(clients: Clients, target: TierTarget, overrides: Mapping[str, str], image_target: Any = None) -> tuple[str, str, list[str]]:
     notes: list[str] = []
     ignored = sorted(t for t in overrides if t in target.tasks and t != target.ami_task)
     if ignored:
@@ -61,10 +61,25 @@ def resolve(clients: Clients, target: TierTarget, overrides: Mapping[str, str]) 
             f"no available AMI tagged {TAG_TASK}={target.ami_task} ({target.architecture}) in {target.region}: "
             f"run `factory bake {target.ami_task}` first, or pass --ami ami-..."
         )
-    tags = tag_dict(image.get("Tags"))
-    if tags.get(TAG_SPEC_HASH) and tags[TAG_SPEC_HASH] != target.spec_hash:
-        notes.append(
-            f"AMI {image['ImageId']} was baked from an older version of {target.ami_task}'s spec; "
-            f"run `factory bake {target.ami_task}` to refresh it"
-        )
+    stale = content_changed(image, target, image_target)
+    if stale:
+        notes.append(stale)
     return image["ImageId"], f"newest AMI tagged {TAG_TASK}={target.ami_task}", notes
+
+
+def content_changed(image: Mapping[str, Any], target: TierTarget, image_target: Any = None) -> str | None:
+    """A note when the AMI's image hash is not what a bake of its task would make now on the
+    same base: the spec's image settings, the template or the roles changed. Compared by
+    image hash, not spec hash: a new volume size in launch-template mode changes the spec
+    but not the image (a new base is `factory status`'s business)."""
+    from factory.bake import expected_image_hash
+
+    tags = tag_dict(image.get("Tags"))
+    if target.ami_spec is None or not tags.get(TAG_IMAGE_HASH) or not tags.get(TAG_BASE_AMI):
+        return None
+    if expected_image_hash(target.ami_spec, tags[TAG_BASE_AMI], image_target) == tags[TAG_IMAGE_HASH]:
+        return None
+    return (
+        f"AMI {image['ImageId']} was baked from other image content than {target.ami_task}'s spec, template and roles give now; "
+        f"run `factory bake {target.ami_task}` to refresh it"
+    )

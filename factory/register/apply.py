@@ -33,8 +33,12 @@ def register_targets(
     wait_timeout: float = 900.0,
     poll: float = 5.0,
     progress: Callable[[str], None] | None = None,
+    image_target: Any = None,
 ) -> RegisterResult:
-    """Plan (dry_run) or apply the launch template, compute environment and queue of each tier."""
+    """Plan (dry_run) or apply the launch template, compute environment and queue of each tier.
+
+    `image_target` is the cloud's render.BuildTarget (Cloud.image_target), against which an
+    AMI's image hash is checked (default: AWS's)."""
     config = config or FactoryConfig()
     run = Run(config, dry_run, Waiter(wait_timeout, poll), progress or (lambda _msg: None))
     overrides = dict(ami_overrides or {})
@@ -55,7 +59,7 @@ def register_targets(
             )
         region = regions[target.region]
         ec2, batch = cl.ec2(), cl.batch()
-        ami_id, ami_source, notes = ami.resolve(cl, target, overrides)
+        ami_id, ami_source, notes = ami.resolve(cl, target, overrides, image_target)
         changes: list = []
         data = launch_template.launch_template_data(target, ami_id, config.boot_commands)
         lt = launch_template.reconcile(run, ec2, target, data, changes)
@@ -94,6 +98,7 @@ def register_tasks(
     wait_timeout: float = 900.0,
     poll: float = 5.0,
     progress: Callable[[str], None] | None = None,
+    image_target: Any = None,
 ) -> RegisterResult:
     """Register the tiers that hold `specs` (the call `factory bake` ends with).
 
@@ -122,7 +127,9 @@ def register_tasks(
         raise FactoryError(f"task(s) {', '.join(sorted(uncovered))} are in no tier; run `factory size --all` to see the tiers")
     members = [pool[n] for t in chosen for n in t.tasks if n in pool]
     targets = targets_for(members, chosen)
-    return register_targets(targets, clients, ami_overrides, dry_run, config=config, wait_timeout=wait_timeout, poll=poll, progress=progress)
+    return register_targets(
+        targets, clients, ami_overrides, dry_run, config=config, wait_timeout=wait_timeout, poll=poll, progress=progress, image_target=image_target
+    )
 
 
 def _sibling_specs(specs: Sequence[Any]) -> list[Any]:

@@ -20,6 +20,7 @@ TAG_MANAGED = "factory:managed"
 TAG_TASK = "factory:task"
 TAG_SPEC_HASH = "factory:spec-hash"
 TAG_IMAGE_HASH = "factory:image-hash"
+TAG_BASE_AMI = "factory:base-ami"
 
 TAG_VALUE_MAX = 256
 DESCRIPTION_MAX = 255

@@ -23,7 +23,8 @@ class TierTarget:
     volume_gib: int
     ami_task: str  # the largest task: its AMI is the tier's
     batch: Any  # factory.spec.BatchSpec
-    spec_hash: str  # of the ami_task's spec, to notice an AMI baked from an older spec
+    spec_hash: str  # of the ami_task's spec
+    ami_spec: Any = None  # the ami_task's TaskSpec: what its image should hash to now (factory.bake.expected_image_hash)
 
     @property
     def name(self) -> str:
@@ -68,6 +69,7 @@ def targets_for(specs: Sequence[Any], tiers: Sequence[Any]) -> list[TierTarget]:
                 ami_task=largest.name,
                 batch=largest.batch,
                 spec_hash=largest.spec_hash,
+                ami_spec=largest,
             )
         )
     return out

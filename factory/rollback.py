@@ -1,0 +1,128 @@
+"""`factory rollback TASK [--to AMI]`: run the task's previous AMI again.
+
+The previous AMI is the one before the current value in the history of the task's SSM
+parameter `/factory/<task>/ami-id` (factory.register.parameter), or `--to`. It must be
+available, of the task's architecture, and the task's own: tagged `factory:task` with the
+task or its tier's largest task, or named before by the task's parameter. Then it is a
+register with that AMI for the tier's largest task (a tier runs on its largest task's
+AMI): a new launch template version, the compute environment updated as any change is,
+and the parameter of every task of the tier moved back.
+
+The next `factory register` or `factory bake` without an AMI picks the newest baked AMI
+again; a rollback holds until then (docs/register.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from factory.errors import FactoryError
+
+
+@dataclass
+class Rollback:
+    task: str
+    tier: str
+    ami_task: str
+    from_ami: str | None
+    to_ami: str
+    source: str  # "parameter history (version N)" | "--to"
+    result: Any  # factory.register.RegisterResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "tier": self.tier,
+            "ami_task": self.ami_task,
+            "from": self.from_ami,
+            "to": self.to_ami,
+            "source": self.source,
+            "register": self.result.to_json(),
+        }
+
+
+def rollback(
+    spec: Any,
+    all_specs: Sequence[Any],
+    cloud: Any,
+    to: str | None = None,
+    *,
+    config: Any = None,
+    dry_run: bool = False,
+    progress: Callable[[str], None] | None = None,
+    wait_timeout: float = 900.0,
+    poll: float = 5.0,
+) -> Rollback:
+    from factory.register.apply import register_targets
+    from factory.register.parameter import history, parameter_name
+    from factory.register.targets import targets_for
+    from factory.tiers import tiers_for
+
+    if config is None:
+        from factory.config import load_config
+
+        config = load_config()
+    tiers, _ = tiers_for(list(all_specs), config.max_tiers)
+    target = next((t for t in targets_for(list(all_specs), tiers) if spec.name in t.tasks), None)
+    if target is None:
+        raise FactoryError(f"task {spec.name} is in no tier; run `factory size --all` to see the tiers")
+    clients = cloud.clients(target.region)
+    versions = history(clients.ssm(), spec.name)
+    values = [v["Value"] for v in versions]
+    current = values[-1] if values else None
+    if to:
+        source = "--to"
+    else:
+        if not versions:
+            raise FactoryError(f"task {spec.name} has no AMI history ({parameter_name(spec.name)} does not exist): register it first, or pass --to AMI")
+        earlier = [v for v in versions if v["Value"] != current]
+        if not earlier:
+            raise FactoryError(f"{parameter_name(spec.name)} has named only {current}: there is no previous AMI to roll back to (pass --to AMI)")
+        to = earlier[-1]["Value"]
+        source = f"{parameter_name(spec.name)} version {earlier[-1]['Version']}"
+    _check(clients.ec2(), target, spec.name, to, values)
+    result = register_targets(
+        [target],
+        clients,
+        {target.ami_task: to},
+        dry_run,
+        config=config,
+        wait_timeout=wait_timeout,
+        poll=poll,
+        progress=progress,
+        image_target=cloud.image_target(target.region),
+    )
+    return Rollback(spec.name, target.tier, target.ami_task, current, to, source, result)
+
+
+def _check(ec2: Any, target: Any, task: str, ami: str, history_values: list[str]) -> None:
+    """Refuse an AMI that is missing, not available, of another architecture, or not the task's."""
+    from botocore.exceptions import ClientError
+
+    from factory.aws import aws_errors, error_code
+    from factory.register.names import TAG_TASK, tag_dict
+
+    if not ami.startswith("ami-"):
+        raise FactoryError(f"--to {ami!r} is not an AMI id (ami-...)")
+    with aws_errors(f"checking AMI {ami}"):
+        try:
+            images = ec2.describe_images(ImageIds=[ami])["Images"]  # one id: one page
+        except ClientError as exc:
+            if not error_code(exc).startswith("InvalidAMIID"):
+                raise
+            images = []
+    if not images:
+        raise FactoryError(f"cannot roll {task} back to {ami}: it does not exist in {target.region} (deregistered, e.g. by `factory prune`?)")
+    image = images[0]
+    if image.get("State") != "available":
+        raise FactoryError(f"cannot roll {task} back to {ami}: it is {image.get('State')}, not available")
+    if image.get("Architecture") and image["Architecture"] != target.architecture:
+        raise FactoryError(f"cannot roll {task} back to {ami}: it is {image['Architecture']}, the task is {target.architecture}")
+    owner = tag_dict(image.get("Tags")).get(TAG_TASK)
+    if owner not in (task, target.ami_task) and ami not in history_values:
+        raise FactoryError(
+            f"cannot roll {task} back to {ami}: it was baked for {owner or 'no factory task'} ({TAG_TASK}), and {task} never ran it; "
+            f"pass an AMI baked for {target.ami_task} (tier {target.tier} runs on the AMI of its largest task)"
+        )

@@ -1,0 +1,235 @@
+"""`factory status`: is each task's image current?
+
+Per task: the AMI its tier runs (the launch template version its compute environment
+pins), the base that AMI was baked on, the base AWS recommends now (the family's
+ECS-optimized SSM parameter; a pinned `ami-...` is its own recommendation), whether the
+spec or the image content changed since the bake, the pinned launch template version,
+the queue's state and the task's `/factory/<task>/ami-id` parameter.
+
+A task is **stale** when a bake would make another AMI: it has no registered AMI, AWS
+recommends a newer base, or the image content changed (factory.bake's image hash, taken
+now over the AMI's own base, differs from the one the AMI carries). A spec change that
+leaves the image alone (a new volume size in launch-template mode) is not staleness: a
+register applies it, and the status says so.
+
+AWS is read in batches per region, not once per task: every factory AMI in one paged read,
+every compute environment and queue in one paged read each, the parameters ten to a
+GetParameters call, and one launch template version per tier.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from factory.aws import aws_errors
+from factory.register.names import TAG_BASE_AMI, TAG_IMAGE_HASH, TAG_SPEC_HASH, TAG_TASK, tag_dict
+
+NAMES_PER_GET = 10  # GetParameters takes at most 10 names
+
+
+@dataclass
+class TaskStatus:
+    task: str
+    region: str
+    tier: str
+    ami_task: str  # the tier's largest task: its AMI is the tier's
+    ami_in_use: str | None = None
+    base_ami: str | None = None  # the base the AMI in use was baked on (its factory:base-ami)
+    recommended_base: str | None = None
+    spec_changed: bool | None = None
+    image_changed: bool | None = None
+    launch_template: str | None = None
+    launch_template_version: int | None = None
+    compute_environment: str | None = None
+    queue: str | None = None
+    queue_state: str | None = None  # "ENABLED/VALID", ...
+    parameter: str | None = None  # what /factory/<task>/ami-id names
+    stale: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def base_current(self) -> bool | None:
+        if not self.base_ami or not self.recommended_base:
+            return None
+        return self.base_ami == self.recommended_base
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "region": self.region,
+            "tier": self.tier,
+            "ami_task": self.ami_task,
+            "ami_in_use": self.ami_in_use,
+            "base_ami": self.base_ami,
+            "recommended_base": self.recommended_base,
+            "base_current": self.base_current,
+            "spec_changed": self.spec_changed,
+            "image_changed": self.image_changed,
+            "launch_template": {"name": self.launch_template, "version": self.launch_template_version},
+            "compute_environment": self.compute_environment,
+            "job_queue": {"name": self.queue, "state": self.queue_state},
+            "parameter": self.parameter,
+            "stale": bool(self.stale),
+            "reasons": list(self.stale),
+            "notes": list(self.notes),
+        }
+
+
+@dataclass
+class StatusReport:
+    tasks: list[TaskStatus]
+
+    @property
+    def stale(self) -> list[TaskStatus]:
+        return [t for t in self.tasks if t.stale]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": not self.stale, "stale": [t.task for t in self.stale], "tasks": [t.to_json() for t in self.tasks]}
+
+
+def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, config: Any = None) -> StatusReport:
+    """The status of `specs` (tiers chosen over `all_specs`, as register chooses them)."""
+    from factory.register.targets import targets_for
+    from factory.tiers import tiers_for
+
+    max_tiers = getattr(config, "max_tiers", None)
+    tiers, _ = tiers_for(list(all_specs), max_tiers)
+    targets = {t.tier: t for t in targets_for(list(all_specs), tiers)}
+    wanted = [s.name for s in specs]
+    tier_of = {task: t for t in targets.values() for task in t.tasks}
+    out: dict[str, TaskStatus] = {}
+    by_region: dict[str, list[Any]] = {}
+    for name in wanted:
+        by_region.setdefault(tier_of[name].region, []).append(tier_of[name])
+    for region, region_targets in by_region.items():
+        unique = list({t.tier: t for t in region_targets}.values())
+        for status in _region_status(region, unique, cloud):
+            if status.task in wanted:
+                out[status.task] = status
+    return StatusReport([out[n] for n in wanted])
+
+
+def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStatus]:
+    from factory.bake import expected_image_hash
+    from factory.register.parameter import current_values
+    from factory.register.reads import compute_environments, job_queues, paged
+
+    clients = cloud.clients(region)
+    ec2, batch, ssm = clients.ec2(), clients.batch(), clients.ssm()
+    with aws_errors("listing factory's AMIs"):
+        images = {i["ImageId"]: i for i in paged(ec2, "describe_images", "Images", Owners=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_TASK]}])}
+    ces = {c["computeEnvironmentName"]: c for c in compute_environments(batch)}
+    ce_by_arn = {c["computeEnvironmentArn"]: c for c in ces.values()}
+    queues = {q["jobQueueName"]: q for q in job_queues(batch) if q.get("status") not in ("DELETING", "DELETED")}
+    recommended = _recommended_bases(ssm, [t.ami_spec for t in targets])
+    parameters = current_values(ssm, [task for t in targets for task in t.tasks])
+    image_target = cloud.image_target(region)
+
+    out: list[TaskStatus] = []
+    for target in targets:
+        spec = target.ami_spec
+        rows = [TaskStatus(task=task, region=region, tier=target.tier, ami_task=target.ami_task, queue=target.name, parameter=parameters.get(task)) for task in target.tasks]
+        recommended_base = spec.image.pinned_ami or recommended.get(spec.image.family_info.ssm_parameter(spec.image.architecture) or "")
+        queue = queues.get(target.name)
+        ce = None
+        if queue:
+            order = sorted(queue.get("computeEnvironmentOrder") or [], key=lambda o: o["order"])
+            if order:
+                ce = ce_by_arn.get(order[0]["computeEnvironment"]) or ces.get(order[0]["computeEnvironment"].split("/")[-1])
+        lt = ((ce or {}).get("computeResources") or {}).get("launchTemplate") or {}
+        ami_in_use, lt_version = _ami_of(ec2, lt) if lt else (None, None)
+        image = images.get(ami_in_use or "") or (_describe_one(ec2, ami_in_use) if ami_in_use else None)
+        tags = tag_dict((image or {}).get("Tags"))
+        base = tags.get(TAG_BASE_AMI)
+        spec_changed = (tags[TAG_SPEC_HASH] != spec.spec_hash) if tags.get(TAG_SPEC_HASH) else None
+        image_changed = None
+        if base and tags.get(TAG_IMAGE_HASH):
+            image_changed = expected_image_hash(spec, base, image_target) != tags[TAG_IMAGE_HASH]
+        stale: list[str] = []
+        notes: list[str] = []
+        if not queue:
+            stale.append(f"not registered: no job queue {target.name}; run `factory bake {target.ami_task}`")
+        elif not ami_in_use:
+            stale.append(f"queue {target.name} is in front of no factory launch template; run `factory register {target.ami_task}`")
+        elif image is None:
+            notes.append(f"AMI {ami_in_use} is not visible to this account")
+        elif not tags.get(TAG_TASK):
+            notes.append(f"AMI {ami_in_use} is not a factory AMI (no {TAG_TASK} tag): its base and content are unknown")
+        if base and recommended_base and base != recommended_base:
+            stale.append(f"AWS recommends base {recommended_base}; {ami_in_use} was baked on {base}: run `factory bake {target.ami_task}`")
+        if image_changed:
+            stale.append(
+                f"image content changed since the bake of {ami_in_use} (the spec's image settings, the template or the roles): "
+                f"run `factory bake {target.ami_task}`"
+            )
+        if spec_changed and image_changed is False:
+            notes.append("the spec changed since the bake but its image did not; `factory register` applies the rest (e.g. the volume)")
+        if queue and (queue.get("state"), queue.get("status")) != ("ENABLED", "VALID"):
+            notes.append(f"queue {target.name} is {queue.get('state')}/{queue.get('status')}")
+        for row in rows:
+            row.ami_in_use, row.base_ami, row.recommended_base = ami_in_use, base, recommended_base
+            row.spec_changed, row.image_changed = spec_changed, image_changed
+            row.launch_template = lt.get("launchTemplateName") or lt.get("launchTemplateId")
+            row.launch_template_version = lt_version
+            row.compute_environment = (ce or {}).get("computeEnvironmentName")
+            row.queue_state = f"{queue.get('state')}/{queue.get('status')}" if queue else None
+            row.stale = list(stale)
+            row.notes = list(notes)
+            if row.task != target.ami_task:
+                row.notes.append(f"runs on the AMI of {target.ami_task}, the largest task of tier {target.tier}")
+            if ami_in_use and row.parameter != ami_in_use:
+                row.notes.append(f"/factory/{row.task}/ami-id names {row.parameter or 'nothing'}, not {ami_in_use}: run `factory register {row.task}`")
+        out.extend(rows)
+    return out
+
+
+def _recommended_bases(ssm: Any, specs: Sequence[Any]) -> dict[str, str]:
+    """SSM parameter name -> the AMI it recommends now, ten names to a call."""
+    from factory.render import base_ami_from_parameter
+
+    names = sorted({n for s in specs if not s.image.pinned_ami for n in [s.image.family_info.ssm_parameter(s.image.architecture)] if n})
+    out: dict[str, str] = {}
+    for i in range(0, len(names), NAMES_PER_GET):
+        with aws_errors("reading the ECS-optimized AMI parameters"):
+            # GetParameters has no paging: at most ten names per call, all answered.
+            answer = ssm.get_parameters(Names=names[i : i + NAMES_PER_GET])
+        for p in answer.get("Parameters") or []:
+            out[p["Name"]] = base_ami_from_parameter(p["Name"], p["Value"])
+    return out
+
+
+def _ami_of(ec2: Any, lt: dict[str, Any]) -> tuple[str | None, int | None]:
+    """(AMI, version number) of the launch template version a compute environment pins."""
+    from botocore.exceptions import ClientError
+
+    from factory.aws import error_code
+
+    ident = {"LaunchTemplateId": lt["launchTemplateId"]} if lt.get("launchTemplateId") else {"LaunchTemplateName": lt.get("launchTemplateName")}
+    with aws_errors(f"reading launch template {lt.get('launchTemplateName') or lt.get('launchTemplateId')}"):
+        try:
+            # One version asked for by number: one page.
+            versions = ec2.describe_launch_template_versions(**ident, Versions=[str(lt.get("version") or "$Default")])["LaunchTemplateVersions"]
+        except ClientError as exc:
+            if "NotFound" not in error_code(exc):
+                raise
+            return None, None
+    if not versions:
+        return None, None
+    return versions[0]["LaunchTemplateData"].get("ImageId"), int(versions[0]["VersionNumber"])
+
+
+def _describe_one(ec2: Any, ami: str) -> dict[str, Any] | None:
+    from botocore.exceptions import ClientError
+
+    from factory.aws import error_code
+
+    with aws_errors(f"reading AMI {ami}"):
+        try:
+            images = ec2.describe_images(ImageIds=[ami])["Images"]  # one id: one page
+        except ClientError as exc:
+            if not error_code(exc).startswith("InvalidAMIID"):
+                raise
+            return None
+    return images[0] if images else None
