@@ -590,6 +590,7 @@ def test_cli_plan_register_json_and_rerun(cloud, specs, cli, tmp_path):
     assert r.exit_code == 0, r.stderr
     assert "unchanged: nothing to do" in r.stdout
     assert "DescribeLaunchTemplates" in seen.ops and "describecomputeenvironments" in seen.ops
+    assert "GetParameters" in seen.ops  # the task parameters are read, not written
     assert [op for op in seen.ops if not op.lower().startswith(("describe", "get", "list"))] == []
 
 
@@ -623,7 +624,8 @@ class Recording:
             if req.get("body_encoded"):
                 body = base64.b64decode(body).decode(errors="replace")
             action = dict(urllib.parse.parse_qsl(body)).get("Action")  # EC2 / IAM query API
-            self.ops.append(action or req["url"].rstrip("/").rsplit("/", 1)[-1])  # Batch REST path
+            target = {k.lower(): v for k, v in (req.get("headers") or {}).items()}.get("x-amz-target", "")  # SSM JSON API
+            self.ops.append(action or target.rsplit(".", 1)[-1] or req["url"].rstrip("/").rsplit("/", 1)[-1])  # Batch REST path
 
 
 @pytest.mark.parametrize(
