@@ -113,6 +113,9 @@ class Account:
         for p in batch.get_paginator("describe_job_queues").paginate():
             for q in p["jobQueues"]:
                 out[f"queue:{q['jobQueueName']}"] = (q["state"], [ce_name(o["computeEnvironment"].rsplit("/", 1)[-1]) for o in q["computeEnvironmentOrder"]], sorted(q["tags"].items()))
+        # The task's AMI parameter: where it points now (its history depends on where a run failed).
+        for p in self.clients.ssm().get_parameters(Names=[f"/factory/{TASK}/ami-id"])["Parameters"]:
+            out[f"parameter:{p['Name']}"] = ami_task.get(p["Value"], "?")
         return out
 
     def settle(self) -> None:
