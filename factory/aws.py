@@ -19,7 +19,7 @@ from factory.errors import AwsError
 # backoff, as every AWS SDK does; the adaptive mode's client-side rate limiter helps many
 # concurrent clients, not factory's few calls at a time (docs/local-cloud.md, "Retries").
 CONNECT_TIMEOUT_SECONDS = 5
-READ_TIMEOUT_SECONDS = 15
+READ_TIMEOUT_SECONDS = 10
 MAX_ATTEMPTS = 5
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -139,12 +140,24 @@ def _prune_setup(acct: Account) -> None:
         assert acct.register().returncode == 0
 
 
+def _retire_setup(acct: Account) -> None:
+    """Every task registered; then star-align's spec is deleted (FEWER: the specs without it)."""
+    for task in ("salmon-index", "salmon-quant", "star-align"):
+        acct.bake(task)
+    assert acct.factory("register", "--all", "--specs-dir", str(SPECS)).returncode == 0
+    fewer = acct.tmp / "fewer-specs"
+    if not fewer.exists():
+        shutil.copytree(SPECS, fewer)
+        (fewer / "star-align.yaml").unlink()
+
+
 SCENARIOS = {
     # name: (set-up, the command, a regular service role (blue/green) or the service-linked one)
     "first register": (_first, ("register", TASK, "--specs-dir", str(SPECS)), False),
     "AMI rolled in place": (_roll, ("register", TASK, "--specs-dir", str(SPECS)), False),
     "blue/green replacement": (_replace, ("register", TASK, "--specs-dir", str(SPECS)), True),
     "prune": (_prune_setup, ("prune", "--keep", "1", "--apply", "--specs-dir", str(SPECS)), False),
+    "prune a deleted spec's tier": (_retire_setup, ("prune", "--apply", "--specs-dir", "FEWER"), False),
 }
 
 
@@ -153,6 +166,7 @@ SCENARIOS = {
 def test_every_mutating_call_failed_once_is_finished_by_the_next_run(server, tmp_path, scenario):
     setup, command, regular_role = SCENARIOS[scenario]
     acct = Account(server, tmp_path)
+    command = tuple(str(tmp_path / "fewer-specs") if a == "FEWER" else a for a in command)
 
     acct.reset(regular_role)
     setup(acct)
