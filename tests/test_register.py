@@ -148,7 +148,7 @@ def bake_all(cloud: Cloud, specs) -> dict[str, str]:
 
 
 def run(cloud: Cloud, specs, config=None, **kw):
-    return register_tasks(specs, cloud.clients, config=config or cloud.config(), all_specs=specs, poll=0.01, **kw)
+    return register_tasks(specs, cloud.clients, config=config or cloud.config(), all_specs=specs, poll=0.25, **kw)
 
 
 def with_batch(spec, **changes):
@@ -814,7 +814,7 @@ def test_long_task_lists_stay_within_aws_limits_and_lose_nothing(cloud, specs):
 def register_targets_for(cloud, specs, tiers):
     from factory.register import register_targets
 
-    return register_targets(targets_for(specs, tiers), cloud.clients, config=cloud.config(), poll=0.01)
+    return register_targets(targets_for(specs, tiers), cloud.clients, config=cloud.config(), poll=0.25)
 
 
 def test_prune_reports_versions_aws_kept_instead_of_claiming_them(cloud, specs):
