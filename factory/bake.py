@@ -205,20 +205,21 @@ def ensure_tagged(ec2: Any, ami_id: str, tags: dict[str, str]) -> str | None:
 
 
 def discard_image(ec2: Any, ami_id: str, snapshots: Sequence[str]) -> str:
-    """Deregister an AMI and delete its snapshots; say what was done (or what to do by hand)."""
+    """Deregister an AMI with its snapshots (one call: deleting them after deregistering races
+    with `InvalidSnapshot.InUse`); say what was done (or what to do by hand)."""
     from factory.aws import aws_errors
     from factory.errors import AwsError
 
-    what = f"{ami_id}" + (f" and its snapshots {', '.join(snapshots)}" if snapshots else "")
+    by_hand = f"aws ec2 deregister-image --image-id {ami_id} --delete-associated-snapshots"
     try:
         with aws_errors(f"deregistering {ami_id}"):
-            ec2.deregister_image(ImageId=ami_id)
-            for snap in snapshots:
-                ec2.delete_snapshot(SnapshotId=snap)
+            answer = ec2.deregister_image(ImageId=ami_id, DeleteAssociatedSnapshots=True)
     except AwsError as exc:
-        by_hand = f"aws ec2 deregister-image --image-id {ami_id}" + "".join(
-            f"; aws ec2 delete-snapshot --snapshot-id {snap}" for snap in snapshots)
         return f"The untagged AMI could not be removed either ({exc.message}): remove it by hand: {by_hand}"
+    kept = [r["SnapshotId"] for r in answer.get("DeleteSnapshotResults") or [] if r.get("ReturnCode") != "success"]
+    if kept:
+        return f"The untagged AMI {ami_id} was deregistered but AWS kept its snapshots {', '.join(kept)}: delete them by hand"
+    what = f"{ami_id}" + (f" and its snapshots {', '.join(snapshots)}" if snapshots else "")
     return f"The untagged AMI was removed: deregistered {what}"
 
 

@@ -116,32 +116,6 @@ def test_base_ami_role_and_template_change_the_hash(content):
 # -- the AMI is born tagged; an untagged one is not left behind --------------------
 
 
-class FakeEc2:
-    """describe_images / create_tags / deregister_image / delete_snapshot, recorded."""
-
-    def __init__(self, tags: dict[str, str], fail_tagging: bool = False):
-        self.tags, self.fail_tagging, self.calls = dict(tags), fail_tagging, []
-
-    def describe_images(self, ImageIds):
-        self.calls.append(("describe_images", ImageIds))
-        return {"Images": [{"ImageId": ImageIds[0], "Tags": [{"Key": k, "Value": v} for k, v in self.tags.items()],
-                            "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-1"}}]}]}
-
-    def create_tags(self, Resources, Tags):
-        from botocore.exceptions import ClientError
-
-        self.calls.append(("create_tags", Resources))
-        if self.fail_tagging:
-            raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "not allowed"}}, "CreateTags")
-        self.tags.update({t["Key"]: t["Value"] for t in Tags})
-
-    def deregister_image(self, ImageId):
-        self.calls.append(("deregister_image", ImageId))
-
-    def delete_snapshot(self, SnapshotId):
-        self.calls.append(("delete_snapshot", SnapshotId))
-
-
 WANTED = {"factory:image-hash": "h" * 64, "factory:task": TASK}
 
 
@@ -203,15 +177,21 @@ def test_find_image_takes_the_newest_available_ami_with_the_hash(moto_ec2):
     assert bake.find_image(ec2, "z" * 64) is None
 
 
-def test_an_ami_that_cannot_be_tagged_is_removed_and_named():
+def test_an_ami_that_cannot_be_tagged_is_removed_and_named(moto, moto_ec2):
     from factory.errors import FactoryError
+    from factory.local import faults
 
-    ec2 = FakeEc2({"factory:task": TASK}, fail_tagging=True)
+    ec2, make_ami = moto_ec2
+    ami = make_ami({"factory:task": TASK}, "untaggable")
+    snapshots = [b["Ebs"]["SnapshotId"] for b in ec2.describe_images(ImageIds=[ami])["Images"][0]["BlockDeviceMappings"]]
+    faults.arm(moto.endpoint, faults.Fault("ec2:CreateTags", "error", code="UnauthorizedOperation"))
     with pytest.raises(FactoryError) as exc:
-        bake.ensure_tagged(ec2, "ami-1", WANTED)
-    assert ("deregister_image", "ami-1") in ec2.calls and ("delete_snapshot", "snap-1") in ec2.calls
-    assert "tagging ami-1" in exc.value.message
-    assert "deregistered ami-1 and its snapshots snap-1" in exc.value.message
+        bake.ensure_tagged(ec2, ami, WANTED)
+    assert "tagging " + ami in exc.value.message and "UnauthorizedOperation" in exc.value.message
+    assert f"deregistered {ami} and its snapshots {snapshots[0]}" in exc.value.message
+    assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "image-id", "Values": [ami]}])["Images"] == []
+    left = {s["SnapshotId"] for p in ec2.get_paginator("describe_snapshots").paginate(OwnerIds=["self"]) for s in p["Snapshots"]}
+    assert not set(snapshots) & left
 
 
 def test_the_rendered_tags_carry_the_image_hash_and_the_hash_ignores_them(tmp_path):
@@ -347,6 +327,18 @@ def test_full_chain_bakes_and_tags_the_ami(cloud_env, first_bake):
         snap_tags = {t["Key"]: t["Value"] for t in ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0].get("Tags", [])}
         assert snap_tags.get("factory:image-hash") == r["image_hash"]
     assert "added missing tags" not in (r.get("note") or "")
+    # ... and registered, as moto holds it: the launch template's default version runs the
+    # AMI on the sized volume, the environment pins that version, the queue stands in front.
+    lt = r["launch_template"]
+    version = ec2.describe_launch_template_versions(LaunchTemplateName=lt["name"], Versions=["$Default"])["LaunchTemplateVersions"][0]
+    assert version["VersionNumber"] == lt["version"] and version["LaunchTemplateData"]["ImageId"] == r["ami_id"]
+    assert version["LaunchTemplateData"]["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == r["volume_gib"]
+    batch = cloud_env["cloud"].clients("us-east-1").batch()
+    ce = batch.describe_compute_environments(computeEnvironments=[r["compute_environment"]])["computeEnvironments"][0]
+    assert ce["computeResources"]["launchTemplate"]["version"] == str(lt["version"]) and ce["state"] == "ENABLED"
+    assert ":role/aws-service-role/batch.amazonaws.com/" in ce["serviceRole"]  # as on AWS: the in-place path
+    queue = batch.describe_job_queues(jobQueues=[r["job_queue"]])["jobQueues"][0]
+    assert queue["state"] == "ENABLED" and [o["computeEnvironment"] for o in queue["computeEnvironmentOrder"]] == [ce["computeEnvironmentArn"]]
     log = Path(r["log"]).read_text()
     assert "testing" not in log.replace("****", "")  # moto's dummy secret key is masked too
 
@@ -357,7 +349,8 @@ def test_the_roles_wrote_into_the_throwaway_root(cloud_env, first_bake):
     daemon = host.path("/etc/docker/daemon.json")
     assert daemon.is_file(), "the docker_storage role writes Docker's daemon.json in the throwaway root"
     assert json.loads(daemon.read_text())["data-root"]
-    assert not Path("/etc/docker/daemon.json").exists() or "factory" not in Path("/etc/docker/daemon.json").read_text()
+    # The machine's own Docker config is not what the role wrote: the role wrote into the throwaway root.
+    assert not Path("/etc/docker/daemon.json").exists() or Path("/etc/docker/daemon.json").read_text() != daemon.read_text()
     prefix = "/home/ec2-user/miniconda"
     aws = host.run(f"{prefix}/bin/aws", "--version")
     assert aws.stdout.startswith("aws-cli/") or aws.stderr.startswith("aws-cli/")

@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 from buildhost_fixtures import requires_buildhost, start_host
 
-pytestmark = requires_buildhost
-
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
@@ -29,6 +27,7 @@ def ssh(host, command: str) -> subprocess.CompletedProcess:
     return subprocess.run(host.ssh_args() + [command], capture_output=True, text=True, timeout=60)
 
 
+@requires_buildhost
 def test_ssh_by_key_as_root_with_sftp(host, tmp_path):
     p = ssh(host, "id -u; cat /proc/1/comm")
     assert p.returncode == 0, p.stderr
@@ -51,6 +50,7 @@ def test_ssh_by_key_as_root_with_sftp(host, tmp_path):
     assert other.returncode != 0
 
 
+@requires_buildhost
 def test_writes_stay_in_the_throwaway_root(host):
     marker = f"/etc/factory-buildhost-test-{os.getpid()}"
     assert ssh(host, f"echo inside > {marker} && mkdir -p /home/ec2-user && touch /home/ec2-user/x").returncode == 0
@@ -60,6 +60,7 @@ def test_writes_stay_in_the_throwaway_root(host):
     assert host.path("/home/ec2-user/x").exists()
 
 
+@requires_buildhost
 def test_real_docker_with_its_data_root_outside_the_overlay(host):
     out = host.run("docker", "info", "--format", "{{.Driver}} {{.DockerRootDir}}").stdout.split()
     assert out == ["overlay2", "/var/lib/docker"]
@@ -76,6 +77,7 @@ def test_real_docker_with_its_data_root_outside_the_overlay(host):
     assert host.run("sh", "-c", script).stdout.strip() == "from-container"
 
 
+@requires_buildhost
 def test_stop_leaves_no_process_mount_or_cgroup(tmp_path):
     h = start_host(tmp_path / "host")
     pids = [h.pid, h.init_pid]
@@ -106,6 +108,7 @@ def test_mirror_serves_the_standin_with_its_sha256(tmp_path):
     assert not m.alive()
 
 
+@requires_buildhost
 def test_standin_installer_behaves_like_miniconda(tmp_path):
     from factory.local.mirror import standin_installer
 
@@ -132,6 +135,7 @@ def test_standin_installer_behaves_like_miniconda(tmp_path):
         assert link.resolve().is_relative_to(prefix.resolve()), link
 
 
+@requires_buildhost
 def test_standin_conda_installs_the_pinned_awscli(tmp_path):
     """`conda install awscli=X` (or ==X) installs exactly that release; `aws` is a Python
     script run by the prefix's own python, working with an empty environment."""

@@ -14,7 +14,6 @@ from buildhost_fixtures import ANSIBLE, VENV_BIN, changed, requires_buildhost, r
 PREFIX = "/home/ec2-user/miniconda"
 AWSCLI_VERSION = "1.32.27"  # the role's pinned miniconda_awscli_awscli_version
 
-pytestmark = requires_buildhost
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +48,7 @@ def test_ansible_lint_production_profile_is_clean():
     assert "Profile 'production' was required, and it passed" in p.stdout + p.stderr
 
 
+@requires_buildhost
 def test_bake_play_overlay2_then_idempotent(cloud, tmp_path):
     host, mirror, _ = cloud
     report = tmp_path / "report.json"
@@ -101,6 +101,7 @@ def test_bake_play_overlay2_then_idempotent(cloud, tmp_path):
     assert "Restart docker" not in second.stdout
 
 
+@requires_buildhost
 def test_devicemapper_keeps_other_options_and_replaces_the_basesize(cloud, tmp_path):
     host, _, _ = cloud
     old = (
@@ -130,6 +131,7 @@ def test_devicemapper_keeps_other_options_and_replaces_the_basesize(cloud, tmp_p
     assert text.count("dm.basesize") == 1 and "dm.basesize=200GB" in text and "dm.fs=ext4" in text
 
 
+@requires_buildhost
 def test_devicemapper_creates_the_file_when_missing(cloud, tmp_path):
     host, _, _ = cloud
     play = role_playbook(tmp_path, "docker_storage")
@@ -141,6 +143,7 @@ def test_devicemapper_creates_the_file_when_missing(cloud, tmp_path):
     assert host.path("/etc/sysconfig/docker-storage-new").read_text() == 'DOCKER_STORAGE_OPTIONS="--storage-opt dm.basesize=50GB"\n'
 
 
+@requires_buildhost
 def test_checksum_mismatch_fails_and_installs_nothing(cloud, tmp_path):
     host, mirror, _ = cloud
     play = role_playbook(tmp_path, "miniconda_awscli")
@@ -152,6 +155,7 @@ def test_checksum_mismatch_fails_and_installs_nothing(cloud, tmp_path):
     assert host.run("test", "-e", "/opt/mismatch/bin/conda", check=False).returncode != 0
 
 
+@requires_buildhost
 def test_overlay2_refuses_a_data_root_smaller_than_the_volume(cloud, tmp_path):
     host, _, _ = cloud
     play = role_playbook(tmp_path, "docker_storage")
@@ -172,6 +176,7 @@ def failed_bake_check(host, tmp_path, prefix: str) -> dict:
     return json.loads(report.read_text())
 
 
+@requires_buildhost
 def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
     """A prefix with Miniconda's python but no AWS CLI: the space is measured (by that
     python, in the empty image with the host's C library), the CLI check fails the play."""
@@ -187,6 +192,7 @@ def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
     assert host.run("docker", "images", "-q", "factory-bake-check").stdout.strip() == ""
 
 
+@requires_buildhost
 def test_bake_check_fails_when_the_prefix_is_missing(cloud, tmp_path):
     """--mount refuses a missing prefix (nothing is created on the host), and the play fails."""
     host, _, _ = cloud

@@ -47,11 +47,7 @@ def lc_env(tmp_path_factory):
     specs = work / "specs"
     shutil.copytree(SPECS / "benchmarks", specs / "benchmarks")
     shutil.copy(SPECS / f"{TASK}.yaml", specs / f"{TASK}.yaml")
-    # state_delay=0: with the default delay, Packer's encrypt_boot copy fails today on the
-    # local EC2 rule "DeleteSnapshot right after DeregisterImage is InvalidSnapshot.InUse"
-    # (tests/test_bake.py's full chain fails the same way on main); this test is about the
-    # refresh, not that rule. Back to the default once the rule and Packer agree.
-    lc = local_cloud.up(state, REGION, state_delay=0)
+    lc = local_cloud.up(state, REGION)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(FACTORY_STATE_DIR=str(state), COLUMNS="220")
     try:

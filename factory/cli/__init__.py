@@ -14,6 +14,7 @@ from factory.cli import render as _render  # noqa: F401
 from factory.cli import bake as _bake  # noqa: F401
 from factory.cli import register as _register  # noqa: F401
 from factory.cli import status as _status  # noqa: F401
+from factory.cli import iam as _iam  # noqa: F401
 from factory.cli import local as _local  # noqa: F401
 
 

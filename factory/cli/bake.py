@@ -56,6 +56,8 @@ def bake(
 
     _sigterm_is_interrupt()
     board = StatusBoard([s.name for s in specs])
+    if all_tasks and cloud == "local" and jobs > 1 and len(specs) > 1:
+        err(f"the local cloud has one build host: bakes run one at a time there (--jobs {jobs} applies on AWS)")
     with _the_cloud(cloud, specs[0].region) as where, board:
         if all_tasks:
             results = core.bake_all(
