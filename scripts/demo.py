@@ -7,7 +7,9 @@
 4. grow the task's disk (a copy of the specs with more headroom) and register again: the
    compute environment is updated in place (a new launch template version), as on AWS
    with Batch's service-linked role,
-5. stop the local cloud, whatever happened.
+5. ask whether the image is current (`factory status`), play AWS releasing a new
+   ECS-optimized AMI (`factory local publish-base`) and ask again: now it is stale,
+6. stop the local cloud, whatever happened.
 """
 
 from __future__ import annotations
@@ -76,6 +78,9 @@ def main() -> int:
         grown = grow_volume(REPO / "build" / "demo-specs")
         step("plan a larger disk", ["plan", TASK, "--cloud", "local", "--specs-dir", str(grown)])
         step("register it: an in-place update", ["register", TASK, "--cloud", "local", "--specs-dir", str(grown)])
+        step("is the image current?", ["status", TASK, "--cloud", "local", "--specs-dir", str(grown)])
+        step("AWS releases a new ECS-optimized AMI", ["local", "publish-base", "al2023"])
+        step("and now? (`make images` would rebake)", ["status", TASK, "--cloud", "local", "--specs-dir", str(grown)])
     finally:
         try:
             step("stop the local cloud", ["local", "down"])
