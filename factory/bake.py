@@ -388,6 +388,7 @@ def build_prepared(
     steps["packer_validate"] = time.monotonic() - t
 
     t = time.monotonic()
+    cloud.launch_builder()
     out = packer.build(
         info,
         folder,

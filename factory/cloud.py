@@ -43,6 +43,14 @@ class Cloud:
             return self.local.build_target(region)
         return render.BuildTarget.aws()
 
+    def launch_builder(self) -> None:
+        """Just before Packer launches a builder. On AWS, nothing: each build gets a new
+        instance of the base AMI. On the local cloud one build host stands in for every
+        builder, and the last bake generalized it (no host key, no authorized key, Docker
+        stopped), so it boots as a new instance would (`BuildHost.boot`)."""
+        if self.kind == "local":
+            self.local.host.boot()
+
     def register_config(self, path: Path | None = None):
         """The register step's settings: `path`, else ./factory.yaml (or defaults); on the
         local cloud, its Batch service role unless the file names one."""

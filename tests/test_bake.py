@@ -384,6 +384,26 @@ def test_the_container_check_reported(cloud_env, first_bake):
 
 
 @needs_local_cloud
+def test_the_baked_host_is_generalized(cloud_env, first_bake):
+    """What the bake left on the build host (what the AMI is made of) is no one instance's:
+    no SSH host key, no authorized key (the local key pair's included), an empty machine
+    id, no ECS agent state or log, no cloud-init instance state, no journal."""
+    host = cloud_env["cloud"].host
+
+    def gone(pattern: str) -> bool:
+        return host.run("sh", "-c", f"ls -d {pattern} 2>/dev/null", check=False).stdout.strip() == ""
+
+    assert gone("/etc/ssh/ssh_host_*")
+    assert gone("/root/.ssh/authorized_keys") and gone("/home/*/.ssh/authorized_keys")
+    assert host.run("stat", "-c", "%s", "/etc/machine-id").stdout.strip() == "0"
+    assert gone("/var/lib/ecs/data/*") and gone("/var/log/ecs/*")
+    assert gone("/var/lib/cloud/*") and gone("/var/log/cloud-init.log")
+    assert gone("/var/log/journal/*")
+    log = Path(first_bake["log"]).read_text()
+    assert "generalize : Remove the host keys and the authorized keys in one step" in log
+
+
+@needs_local_cloud
 def test_second_bake_reuses_without_packer(cloud_env, first_bake, tmp_path):
     log = Path(first_bake["log"])
     mtime = log.stat().st_mtime_ns
