@@ -10,8 +10,10 @@
 packer {
   required_version = ">= 1.7.0"
   required_plugins {
+    # imds_support on amazon-ebs arrived in 1.2.2; Packer 1.8.6 to 1.9 bundle 1.2.1,
+    # which a machine may already have, so `packer init` must install a newer one.
     amazon = {
-      version = ">= 1.2.0"
+      version = ">= 1.2.2"
       source  = "github.com/hashicorp/amazon"
     }
     ansible = {

@@ -181,6 +181,9 @@ def test_modern_packer_gets_plugins_and_imdsv2(tmp_path):
     assert {k for k in plugins if not k.startswith("__")} == {"amazon", "ansible"}
     src = tpl["source"][0]["amazon-ebs"]["factory"]
     assert src["metadata_options"][0]["http_tokens"] == "required"
+    # imds_support arrived in the amazon plugin 1.2.2; Packer 1.8.6-1.9 bundle 1.2.1
+    assert src["imds_support"] == "v2.0"
+    assert plugins["amazon"]["version"] == ">= 1.2.2"
 
 
 def test_ami_mode_puts_the_sized_volume_in_the_ami(tmp_path):
