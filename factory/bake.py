@@ -45,6 +45,7 @@ NOT_IMAGE_VARIABLES = frozenset({
     "custom_endpoint_ec2", "skip_region_validation", "skip_credential_validation", "skip_metadata_api_check",
     "ssh_host", "ssh_port", "ssh_username", "ssh_interface", "ssh_timeout", "ssh_keypair_name",
     "ssh_private_key_file", "builder_cidrs", "subnet_id", "iam_instance_profile", "instance_type",
+    "associate_public_ip",
     "ansible_python_interpreter", "ansible_become",
     # the installer's location (its sha256, which pins the content, is hashed)
     "miniconda_installer_url",
@@ -244,6 +245,8 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     rr = render_mod.render(spec, plan, base_ami, out_dir, target=target, keep=render_mod.BUILD_RECORDS)
     steps["render"] = time.monotonic() - t
 
+    check_builder_memory(clients.ec2(), rr.variables["instance_type"], spec.image.architecture, cloud.config_source())
+
     files = render_mod.content_files()
     variables = dict(rr.variables)
     # Packer 1.7+ keeps the template's IMDSv2 blocks, which set the AMI's imds_support.
@@ -254,6 +257,35 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     # not hashed (NOT_IMAGE_VARIABLES), and the hash was taken before it was added.
     rr = render_mod.with_tags(rr, {IMAGE_HASH_TAG: digest})
     return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
+
+
+def check_builder_memory(ec2: Any, instance_type: str, architecture: str, source: str) -> None:
+    """The builder runs Docker, the ECS agent and a conda-forge solve (documented to be
+    OOM-killed on 1 GiB): refuse a type with less than 4 GiB before any instance starts.
+    One instance type asked by name: a single page."""
+    from botocore.exceptions import ClientError
+
+    from factory.aws import aws_errors, error_code
+    from factory.families import BUILDER_INSTANCE_TYPE, BUILDER_MIN_MEMORY_MIB
+
+    field_name = f"builder.instance_types.{architecture}"
+    with aws_errors(f"looking up the builder instance type {instance_type}"):
+        try:
+            types = ec2.describe_instance_types(InstanceTypes=[instance_type]).get("InstanceTypes", [])
+        except ClientError as exc:
+            if error_code(exc) != "InvalidInstanceType":
+                raise
+            types = []
+    if not types:
+        raise FactoryError(f"{source}: {field_name}: {instance_type} is not an instance type this region offers; "
+                           f"pick another (default {BUILDER_INSTANCE_TYPE[architecture]})")
+    mib = int(types[0].get("MemoryInfo", {}).get("SizeInMiB", 0))
+    if mib < BUILDER_MIN_MEMORY_MIB:
+        raise FactoryError(
+            f"{source}: {field_name}: {instance_type} has {mib / 1024:g} GiB of memory; the builder runs Docker, "
+            f"the ECS agent and a conda-forge solve, which needs at least {BUILDER_MIN_MEMORY_MIB // 1024} GiB "
+            f"(conda is OOM-killed on 1 GiB): pick {BUILDER_INSTANCE_TYPE[architecture]} or larger"
+        )
 
 
 def check_pinned_ami(spec: Any, ec2: Any, ami: str) -> None:

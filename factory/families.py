@@ -82,4 +82,8 @@ FAMILIES: dict[str, Family] = {
 # The spec's `image.base` names a family as `ecs-<family>`.
 BASE_TO_FAMILY = {f"ecs-{key}": key for key in FAMILIES}
 
-BUILDER_INSTANCE_TYPE = {"x86_64": "t3.micro", "arm64": "t4g.micro"}
+# The builder runs Docker, the ECS agent and a conda-forge solve for the pinned awscli;
+# conda is documented to be OOM-killed on 1 GiB (a t3.micro), so the default builders
+# have 4 GiB. factory.yaml's `builder.instance_types` picks others (at least 4 GiB).
+BUILDER_INSTANCE_TYPE = {"x86_64": "t3.medium", "arm64": "t4g.medium"}
+BUILDER_MIN_MEMORY_MIB = 4096

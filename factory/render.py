@@ -95,6 +95,8 @@ class BuildTarget:
     iam_instance_profile: str = ""
     subnet_id: str = ""
     kms_key_id: str = ""
+    instance_types: dict[str, str] = field(default_factory=dict)  # by architecture; missing: BUILDER_INSTANCE_TYPE
+    associate_public_ip: bool | None = None  # None: the subnet's own setting
     bake_check_image: str = ""  # "": an empty image made with `docker import`, the host's C library mounted
 
     @classmethod
@@ -269,7 +271,8 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
         "task": spec.name,
         "region": target.region or spec.region,
         "base_ami": base_ami,
-        "instance_type": BUILDER_INSTANCE_TYPE[arch],
+        "instance_type": target.instance_types.get(arch) or BUILDER_INSTANCE_TYPE[arch],
+        "associate_public_ip": "" if target.associate_public_ip is None else str(bool(target.associate_public_ip)).lower(),
         "ssh_username": user,
         "ssh_interface": target.ssh_interface,
         "builder_cidrs": cidrs,

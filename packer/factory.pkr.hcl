@@ -52,6 +52,8 @@ source "amazon-ebs" "factory" {
   instance_type = var.instance_type
   ami_name      = local.name
   subnet_id     = var.subnet_id
+  # null (unset) leaves the subnet's own setting
+  associate_public_ip_address = var.associate_public_ip == "" ? null : var.associate_public_ip == "true"
 
   ami_description   = "factory image for task ${var.task}, from ${var.base_ami}"
   shutdown_behavior = "terminate"

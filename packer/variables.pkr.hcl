@@ -19,7 +19,7 @@ variable "base_ami" {
 
 variable "instance_type" {
   type        = string
-  description = "The builder instance type: t3.micro for x86_64, t4g.micro for arm64."
+  description = "The builder instance type (at least 4 GiB: Docker, the ECS agent and a conda solve): t3.medium for x86_64, t4g.medium for arm64 unless factory.yaml's builder.instance_types says otherwise."
 }
 
 variable "ssh_username" {
@@ -43,6 +43,17 @@ variable "builder_cidrs" {
   }
 }
 
+variable "associate_public_ip" {
+  type        = string
+  default     = ""
+  description = "\"true\" or \"false\": whether the builder gets a public address; empty for the subnet's own setting (the default VPC's gives one)."
+
+  validation {
+    condition     = contains(["", "true", "false"], var.associate_public_ip)
+    error_message = "The associate_public_ip must be \"true\", \"false\" or empty."
+  }
+}
+
 variable "iam_instance_profile" {
   type        = string
   default     = ""
@@ -52,7 +63,7 @@ variable "iam_instance_profile" {
 variable "subnet_id" {
   type        = string
   default     = ""
-  description = "The subnet to launch the builder in; empty for the default VPC's choice."
+  description = "The subnet to launch the builder in (factory.yaml's builder.subnet, else the first of batch.subnets); empty for the default VPC's choice."
 }
 
 variable "kms_key_id" {

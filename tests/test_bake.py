@@ -404,6 +404,33 @@ def test_the_baked_host_is_generalized(cloud_env, first_bake):
 
 
 @needs_local_cloud
+def test_the_builder_has_four_gib(cloud_env, first_bake):
+    """The builder Packer launched (in moto) is a t3.medium (4 GiB), not a t3.micro (1 GiB),
+    on which conda's solve is documented to be OOM-killed."""
+    ec2 = ec2_of(cloud_env)
+    builders = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:factory:task", "Values": [TASK]}])["Reservations"]
+                for i in r["Instances"]]
+    assert builders and {i["InstanceType"] for i in builders} == {"t3.medium"}
+
+
+@needs_local_cloud
+def test_a_builder_with_too_little_memory_is_refused_before_packer(cloud_env, first_bake, tmp_path):
+    config = tmp_path / "factory.yaml"
+    config.write_text("builder:\n  instance_types: {x86_64: t3.micro}\n")
+    ec2 = ec2_of(cloud_env)
+    groups_before = len(ec2.describe_security_groups()["SecurityGroups"])
+    proc = bake_cli(cloud_env, TASK, "--force", "--config", str(config))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{config}: builder.instance_types.x86_64: t3.micro has 1 GiB of memory" in proc.stderr, proc.stderr
+    assert "pick t3.medium or larger" in proc.stderr
+    assert len(ec2.describe_security_groups()["SecurityGroups"]) == groups_before
+    config.write_text("builder:\n  instance_types: {x86_64: t3.nosuchsize}\n")
+    proc = bake_cli(cloud_env, TASK, "--force", "--config", str(config))
+    assert proc.returncode == 1 and "t3.nosuchsize is not an instance type this region offers" in proc.stderr, proc.stderr
+
+
+@needs_local_cloud
 def test_second_bake_reuses_without_packer(cloud_env, first_bake, tmp_path):
     log = Path(first_bake["log"])
     mtime = log.stat().st_mtime_ns

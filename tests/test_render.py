@@ -137,7 +137,7 @@ def test_rendered_values_parse_with_python_hcl2(tmp_path):
     vars_ = load_hcl(result.variables_file)
     assert vars_["task"] == "salmon-quant"
     assert vars_["base_ami"] == BASE_AMI
-    assert vars_["instance_type"] == "t3.micro"
+    assert vars_["instance_type"] == "t3.medium"  # 4 GiB: Docker, the ECS agent and a conda solve
     assert vars_["ssh_username"] == "ec2-user"
     assert vars_["ansible_become"] is True
     assert vars_["builder_cidrs"] == [CALLER]
@@ -297,3 +297,73 @@ def test_a_rerender_keeps_only_the_build_records_it_is_told_to(tmp_path):
     render_mod.render(spec, (124, 0), "ami-0123456789abcdef0", out, target, packer_version=(1, 6, 6))
     assert not (out / render_mod.PACKER_LOG).exists()
     assert not list(out.parent.glob(".*"))  # no temporary folder left beside it
+
+
+# -- the builder: factory.yaml's `builder:` section ---------------------------------------
+
+
+def _aws_target(tmp_path, text: str):
+    from factory.cloud import Cloud
+
+    config = tmp_path / "factory.yaml"
+    config.write_text(text)
+    return Cloud("aws", config_path=config).target("us-east-1")
+
+
+def test_builder_defaults_to_four_gib_in_the_default_vpc(tmp_path):
+    spec = find_spec("salmon-quant", SPECS)
+    v = render_mod.variables_for(spec, size_task(spec), BASE_AMI, _aws_target(tmp_path, "{}\n"))
+    assert v["instance_type"] == "t3.medium"
+    assert (v["subnet_id"], v["ssh_interface"], v["associate_public_ip"], v["iam_instance_profile"], v["kms_key_id"]) == (
+        "", "public_ip", "", "", "")
+    arm = dataclasses.replace(spec, image=dataclasses.replace(spec.image, architecture="arm64"))
+    assert render_mod.variables_for(arm, size_task(arm), BASE_AMI, _aws_target(tmp_path, "{}\n"))["instance_type"] == "t4g.medium"
+
+
+def test_builder_runs_in_the_batch_subnet_by_default(tmp_path):
+    target = _aws_target(tmp_path, "batch:\n  subnets: [subnet-0aaa, subnet-0bbb]\n  security_groups: [sg-0ccc]\n")
+    spec = find_spec("salmon-quant", SPECS)
+    v = render_mod.variables_for(spec, size_task(spec), BASE_AMI, target)
+    assert v["subnet_id"] == "subnet-0aaa" and v["associate_public_ip"] == "true"
+
+
+@needs_packer
+def test_a_private_builder_through_session_manager_renders_and_validates(tmp_path):
+    """No public address, no inbound SSH (the temporary security group admits only
+    loopback), Session Manager through an instance profile, the AMI under a KMS key, a
+    larger builder: every value reaches the rendered files and Packer accepts them."""
+    target = _aws_target(tmp_path, (
+        "builder:\n"
+        "  instance_types: {x86_64: m6i.large}\n"
+        "  subnet: subnet-0private\n"
+        "  ssh_interface: session_manager\n"
+        "  instance_profile: factory-builder\n"
+        "  kms_key: alias/factory-amis\n"
+    ))
+    _, result = _render("salmon-quant", tmp_path / "out", target=target)
+    v = load_hcl(result.variables_file)
+    assert v["instance_type"] == "m6i.large" and v["subnet_id"] == "subnet-0private"
+    assert v["ssh_interface"] == "session_manager" and v["iam_instance_profile"] == "factory-builder"
+    assert v["associate_public_ip"] == "false" and v["kms_key_id"] == "alias/factory-amis"
+    assert v["builder_cidrs"] == ["127.0.0.1/32"]
+    src = load_hcl(result.out_dir / "factory.pkr.hcl")["source"][0]["amazon-ebs"]["factory"]
+    assert "associate_public_ip_address" in src and src["kms_key_id"] == "${var.kms_key_id}"
+    check = packer(result.out_dir, "validate", ".")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("builder:\n  ssh_interface: session_manager\n", "builder.instance_profile: ssh_interface session_manager needs an instance profile"),
+    ("builder:\n  public_ip: false\n", "builder.public_ip: false, but ssh_interface is public_ip"),
+    ("builder:\n  ssh_interface: ssm\n", "builder.ssh_interface: expected one of public_ip, private_ip, session_manager"),
+    ("builder:\n  subnet: private-a\n", "builder.subnet: 'private-a' is not a subnet-... id"),
+    ("builder:\n  instance_types: {x86: t3.large}\n", "builder.instance_types.x86: unknown architecture"),
+    ("builder:\n  instance_types: t3.large\n", "builder.instance_types: expected a mapping of architecture"),
+    ("builder:\n  size: big\n", "builder.size: unknown setting"),
+])
+def test_a_wrong_builder_setting_names_the_file_and_field(tmp_path, text, message):
+    from factory.config import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        _aws_target(tmp_path, text)
+    assert f"{tmp_path / 'factory.yaml'}: {message}" in exc.value.message

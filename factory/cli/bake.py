@@ -36,6 +36,8 @@ def bake(
     build_dir: Path = typer.Option(Path("build"), "--build-dir", help="Where build/<task>/ (Packer folder, packer.log) goes."),
     timeout: float = typer.Option(3600.0, "--timeout", min=1, help="Seconds a Packer build may take before it is interrupted and cleaned up."),
     no_register: bool = typer.Option(False, "--no-register", help="Stop after the AMI."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Settings file (default: ./factory.yaml when present): builder and register settings; see docs/register.md."),
 ) -> None:
     """Bake a task's AMI with Packer and Ansible (reusing an identical one), then register it."""
     from factory import bake as core
@@ -56,7 +58,10 @@ def bake(
 
     _sigterm_is_interrupt()
     board = StatusBoard([s.name for s in specs])
-    with _the_cloud(cloud, specs[0].region) as where, board:
+    from factory.config import load_config
+
+    load_config(config)  # a wrong settings file stops here, before any cloud starts
+    with _the_cloud(cloud, specs[0].region, config) as where, board:
         if all_tasks:
             results = core.bake_all(
                 specs, where, force=force, jobs=jobs, build_root=build_dir,
@@ -88,12 +93,12 @@ def bake(
 
 
 @contextlib.contextmanager
-def _the_cloud(kind: str, region: str):
+def _the_cloud(kind: str, region: str, config: Path | None = None):
     """Where the bake runs; a local cloud is started for it (and stopped after) when none runs."""
     from factory.cloud import Cloud
 
     if kind == "aws":
-        yield Cloud("aws")
+        yield Cloud("aws", config_path=config)
         return
     from factory.local import cloud as local_cloud
     from factory.local.moto_server import CREDENTIALS_NOT_FOR_MOTO
@@ -106,7 +111,7 @@ def _the_cloud(kind: str, region: str):
         for name in CREDENTIALS_NOT_FOR_MOTO:
             os.environ.pop(name, None)
         os.environ.update(lc.env(region))
-        yield Cloud("local", lc)
+        yield Cloud("local", lc, config_path=config)
 
 
 def _print_one(r) -> None:
