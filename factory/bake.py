@@ -312,26 +312,46 @@ def check_pinned_ami(spec: Any, ec2: Any, ami: str) -> None:
         )
 
 
-# ansible-core 2.17 dropped Python 3.7 and older on managed hosts: Amazon Linux 2 ships
-# Python 3.7 and the legacy Amazon Linux 2.7, which only ansible-core <= 2.16 can manage.
-_OLD_PYTHON_FAMILIES = {"al2": "Python 3.7", "al1": "Python 2.7"}
+def ansible_playbook_version(env: dict[str, str] | None = None) -> tuple[str, tuple[int, int]]:
+    """The `ansible-playbook` Packer's ansible provisioner will run (found on the PATH Packer
+    gets, as packer.py builds it) and its ansible-core version: (path, (major, minor))."""
+    import re
+    import shutil
+    import subprocess
 
+    from factory import packer
+    from factory.errors import PackerError
 
-def check_ansible_can_manage(family: str) -> None:
-    """Refuse early (before any EC2 instance starts) when ansible-core is too new for the family's Python."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    if family not in _OLD_PYTHON_FAMILIES:
-        return
+    path_var = packer.run_environment(env).get("PATH", "")
+    binary = shutil.which("ansible-playbook", path=path_var)
+    if not binary:
+        raise PackerError("ansible-playbook is not on the PATH Packer runs with: run `make venv` (or "
+                          "`pip install ansible-core`) so Packer's ansible provisioner finds it")
     try:
-        installed = version("ansible-core")
-    except PackageNotFoundError:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PackerError(f"cannot run `{binary} --version` ({exc})") from None
+    m = re.search(r"\[core (\d+)\.(\d+)", out.stdout) or re.search(r"ansible-playbook (\d+)\.(\d+)", out.stdout)
+    if not m:
+        raise PackerError(f"`{binary} --version` did not say its ansible-core version: {out.stdout.strip()[:120]!r}")
+    return binary, (int(m.group(1)), int(m.group(2)))
+
+
+def check_ansible_can_manage(family: str, env: dict[str, str] | None = None) -> None:
+    """Refuse early (before any EC2 instance starts) when the ansible-playbook Packer runs
+    is too new for the family's system Python (families.FAMILIES[...].ansible_core_below)."""
+    from factory.families import FAMILIES
+
+    info = FAMILIES[family]
+    if info.ansible_core_below is None:
         return
-    major_minor = tuple(int(x) for x in installed.split(".")[:2])
-    if major_minor >= (2, 17):
+    binary, version = ansible_playbook_version(env)
+    if version >= info.ansible_core_below:
+        below = ".".join(map(str, info.ansible_core_below))
         raise FactoryError(
-            f"ansible-core {installed} cannot manage ecs-{family}: its {_OLD_PYTHON_FAMILIES[family]} is older than "
-            "ansible-core 2.17+ supports. Bake it from a virtualenv with `pip install 'ansible-core<2.17'`, "
+            f"{binary} is ansible-core {version[0]}.{version[1]}, which cannot manage ecs-{family}: its "
+            f"{info.python_label} ({info.python_interpreter}) is supported only by ansible-core older than {below}. "
+            f"Bake it with `pip install 'ansible-core<{below}'` in a virtualenv whose bin/ comes first on PATH, "
             "or move the spec to `image.base: ecs-al2023`"
         )
 
@@ -408,11 +428,12 @@ def build_prepared(
             return result
 
     t = time.monotonic()
+    env = cloud.packer_env(spec.region)
     if cloud.kind == "aws":
-        check_ansible_can_manage(spec.image.family)
+        # The local build host's Python is this machine's, whatever the family.
+        check_ansible_can_manage(spec.image.family, env)
     say("checking Packer")
     info = packer.find_packer()
-    env = cloud.packer_env(spec.region)
     folder = p.out_dir
     packer.init(info, folder, env)
     say("packer validate")

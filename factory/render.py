@@ -90,7 +90,7 @@ class BuildTarget:
     builder_cidrs: tuple[str, ...] = ()  # () : the caller's public address as a /32
     installer_url: str | None = None  # None: the pinned Miniconda installer for the arch
     installer_sha256: str | None = None
-    python_interpreter: str = "/usr/bin/python3"
+    python_interpreter: str = ""  # "": the family's (families.FAMILIES[...].python_interpreter)
     become: bool | None = None  # None: sudo unless the SSH user is root
     iam_instance_profile: str = ""
     subnet_id: str = ""
@@ -289,7 +289,7 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
         "ssh_port": int(target.ssh_port),
         "ssh_keypair_name": target.keypair_name,
         "ssh_private_key_file": target.private_key_file,
-        "ansible_python_interpreter": target.python_interpreter,
+        "ansible_python_interpreter": target.python_interpreter or family.python_interpreter,
         "ansible_become": target.become if target.become is not None else user != "root",
         "docker_storage_driver": family.storage_driver,
         "volume_gib": int(sized_gib),

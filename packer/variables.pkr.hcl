@@ -146,7 +146,7 @@ variable "ssh_private_key_file" {
 variable "ansible_python_interpreter" {
   type        = string
   default     = "/usr/bin/python3"
-  description = "The builder's Python for Ansible, given explicitly."
+  description = "The builder's Python for Ansible, given explicitly: the family's system Python (/usr/bin/python3 on AL2023 and AL2, /usr/bin/python2.7 on the legacy AL1)."
 }
 
 variable "ansible_become" {

@@ -590,16 +590,59 @@ def test_interrupted_bake_leaves_nothing_behind(cloud_env, first_bake):
     assert {i["ImageId"] for i in task_images(ec2)} == images_before
 
 
-def test_old_python_families_are_refused_before_any_instance_starts():
-    """ecs-al2 (Python 3.7) and ecs-al1 (2.7) need ansible-core < 2.17; the venv has a newer one."""
-    from importlib.metadata import version
+def _path_with(bin_dir: Path) -> dict[str, str]:
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
 
-    from factory.bake import check_ansible_can_manage
+
+def test_the_gate_reads_the_ansible_playbook_packer_runs():
+    """The venv's ansible-playbook (ansible-core 2.18+) cannot manage AL2's Python 3.7 nor
+    AL1's 2.7; AL2023 needs no check. The message names the binary and the bound."""
     from factory.errors import FactoryError
 
-    check_ansible_can_manage("al2023")  # Python 3.9: fine
-    installed = tuple(int(x) for x in version("ansible-core").split(".")[:2])
-    assert installed >= (2, 17), "this test assumes the project's own ansible-core"
-    for family in ("al2", "al1"):
-        with pytest.raises(FactoryError, match=rf"cannot manage ecs-{family}.*ansible-core<2.17"):
-            check_ansible_can_manage(family)
+    venv = Path(sys.executable).parent
+    binary, version = bake.ansible_playbook_version(_path_with(venv))
+    assert binary == str(venv / "ansible-playbook") and version >= (2, 18), "assumes the project's own ansible-core"
+    bake.check_ansible_can_manage("al2023", _path_with(venv))
+    with pytest.raises(FactoryError, match=r"cannot manage ecs-al2: its Python 3.7 \(/usr/bin/python3\).*ansible-core<2\.18"):
+        bake.check_ansible_can_manage("al2", _path_with(venv))
+    with pytest.raises(FactoryError, match=r"cannot manage ecs-al1: its Python 2.7 \(/usr/bin/python2.7\).*ansible-core<2\.17"):
+        bake.check_ansible_can_manage("al1", _path_with(venv))
+
+
+@pytest.fixture(scope="session")
+def ansible_core_2_17(tmp_path_factory):
+    """A real ansible-core 2.17 in its own virtualenv (from PyPI), as a user baking ecs-al2 has."""
+    venv = tmp_path_factory.mktemp("ansible-2.17") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "ansible-core>=2.17,<2.18"],
+                         capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0:
+        pytest.skip(f"cannot install ansible-core 2.17 from PyPI: {pip.stderr[-300:]}")
+    return venv / "bin"
+
+
+def test_ansible_core_2_17_on_packers_path_may_bake_al2_but_not_al1(ansible_core_2_17):
+    """The gate checks the ansible-playbook Packer will run, not the ansible-core importable
+    beside factory (2.18+ here): with 2.17 first on PATH, AL2 (Python 3.7) is allowed."""
+    from factory.errors import FactoryError
+
+    env = _path_with(ansible_core_2_17)
+    assert bake.ansible_playbook_version(env) == (str(ansible_core_2_17 / "ansible-playbook"), (2, 17))
+    bake.check_ansible_can_manage("al2", env)
+    with pytest.raises(FactoryError, match=r"ansible-core 2.17, which cannot manage ecs-al1"):
+        bake.check_ansible_can_manage("al1", env)
+
+
+def test_each_family_renders_its_own_python(tmp_path):
+    import dataclasses
+
+    from factory.sizing import size_task
+    from factory.spec import find_spec
+
+    spec = find_spec(TASK, REPO / "specs")
+    target = render.BuildTarget.aws(builder_cidrs=("203.0.113.7/32",))
+    got = {}
+    for family in ("al2023", "al2", "al1"):
+        s = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base=f"ecs-{family}", family=family))
+        got[family] = render.variables_for(s, size_task(s), "ami-0123456789abcdef0", target)["ansible_python_interpreter"]
+    assert got == {"al2023": "/usr/bin/python3", "al2": "/usr/bin/python3", "al1": "/usr/bin/python2.7"}
