@@ -78,6 +78,9 @@ class BakeResult:
     registered: bool = False
     note: str | None = None
     error: str | None = None
+    # A failure shared by every task of the run (registration across all tiers): kept out
+    # of `error`, so a summary says it once rather than once per task.
+    shared_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -605,9 +608,13 @@ def bake_all(
         except FactoryError as exc:
             for s in ok_specs:
                 r = results[s.name]
-                r.error = exc.message
+                r.error = REGISTER_FAILED
+                r.shared_error = exc.message
                 r.status = "failed"
     return ordered
+
+
+REGISTER_FAILED = "registering failed, for a reason every task shares (said once: shared_errors)"
 
 
 def _failed(spec: Any, message: str, p: Prepared | None = None) -> BakeResult:
@@ -619,11 +626,20 @@ def _failed(spec: Any, message: str, p: Prepared | None = None) -> BakeResult:
     )
 
 
+def shared_errors(results: Sequence[BakeResult]) -> list[str]:
+    """The failures shared by several tasks, each once, in the order first met."""
+    return list(dict.fromkeys(r.shared_error for r in results if r.shared_error))
+
+
 def summary_json(results: Sequence[BakeResult]) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "ok": all(r.status != "failed" for r in results),
         "results": [r.to_json() for r in results],
     }
+    shared = shared_errors(results)
+    if shared:
+        data["shared_errors"] = shared
+    return data
 
 
 def write_summary(results: Sequence[BakeResult], path: Path) -> Path:

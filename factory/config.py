@@ -98,9 +98,6 @@ class BuilderConfig:
     instance_profile: str | None = None
     kms_key: str | None = None
 
-    def instance_type(self, architecture: str) -> str:
-        return self.instance_types.get(architecture) or DEFAULT_BUILDER_INSTANCE_TYPES[architecture]
-
 
 @dataclass(frozen=True)
 class FactoryConfig:

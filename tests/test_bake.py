@@ -528,6 +528,40 @@ def test_bake_all_shares_identical_images_and_survives_a_failed_bake(cloud_env, 
 
 
 @needs_local_cloud
+def test_a_registration_failure_shared_by_every_task_is_said_once(cloud_env, first_bake, tmp_path):
+    """Two tasks that share an image (no Packer) but not a tier group, and a config allowing
+    one tier: registering fails for both for one reason. The summary says it once, and
+    every line fits an 80-column terminal."""
+    import yaml
+
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs" / "benchmarks", specs / "benchmarks")
+    doc = yaml.safe_load((REPO / "specs" / f"{TASK}.yaml").read_text())
+    (specs / f"{TASK}.yaml").write_text(yaml.safe_dump(doc))
+    assert doc["batch"]["provisioning"] == "spot"
+    other = yaml.safe_load(yaml.safe_dump(doc))
+    other["name"] = "salmon-quant-on-demand"
+    other["batch"]["provisioning"] = "on-demand"
+    (specs / "salmon-quant-on-demand.yaml").write_text(yaml.safe_dump(other))
+    config = tmp_path / "factory.yaml"
+    config.write_text("tiers:\n  max_tiers: 1\n")
+
+    proc = bake_cli(cloud_env, "--all", "--specs-dir", str(specs), "--config", str(config),
+                    env=dict(cloud_env["env"], COLUMNS="80"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    reason = "--max-tiers 1 is fewer than the 2 tier groups"
+    words = " ".join(proc.stdout.split())  # rich wraps long lines at 80 columns
+    assert words.count(reason) == 1, proc.stdout
+    assert words.count(first_bake["ami_id"]) == 2 + 2, proc.stdout  # the two rows, and the reason once (naming both)
+    long = [line for line in proc.stdout.splitlines() if len(line) > 80]
+    assert long == [], long
+    summary = json.loads((cloud_env["build"] / "bake-summary.json").read_text())
+    assert len(summary["shared_errors"]) == 1 and reason in summary["shared_errors"][0]
+    assert [r["error"] for r in summary["results"]] == [bake.REGISTER_FAILED] * 2
+
+
+@needs_local_cloud
 def test_a_failed_container_check_fails_the_bake_and_keeps_no_ami(cloud_env, first_bake, monkeypatch):
     """The bake_check role's container cannot start (its image does not exist and no
     registry can be reached): the check fails, so Packer makes no AMI and bake says why."""

@@ -130,18 +130,28 @@ def _print_one(r) -> None:
 
 
 def _print_table(results) -> None:
+    """One short row per task (fits 80 columns); notes and errors below it, a failure that
+    every task shares (registration) once."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="bake summary")
-    for col in ("task", "status", "AMI", "volume GiB", "job queue", "seconds", "note / error"):
-        table.add_column(col)
+    from factory.bake import shared_errors
+
+    console = Console(highlight=False)
+    table = Table(title="bake summary", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
+    for col, justify in (("task", "left"), ("status", "left"), ("AMI", "left"), ("GiB", "right"),
+                         ("job queue", "left"), ("s", "right")):
+        table.add_column(col, justify=justify, no_wrap=col in ("task", "AMI"), overflow="fold")
     for r in results:
-        table.add_row(
-            r.task, r.status, r.ami_id or "-", str(r.volume_gib or "-"), r.job_queue or "-",
-            f"{r.seconds:.0f}", (r.error or r.note or ""),
-        )
-    Console(width=160).print(table)
+        table.add_row(r.task, r.status, r.ami_id or "-", str(r.volume_gib or "-"), r.job_queue or "-", f"{r.seconds:.0f}")
+    console.print(table)
+    for r in results:
+        text = r.error or r.note
+        if text:
+            console.print(f"{r.task}: {text}", markup=False)
+    for message in shared_errors(results):
+        console.print(f"every task: {message}", markup=False)
 
 
 class StatusBoard:
