@@ -298,6 +298,7 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
         "miniconda_installer_url": url,
         "miniconda_installer_sha256": sha,
         "bake_check_image": target.bake_check_image,
+        "task_images": list(spec.nextflow.containers),
     }
 
 

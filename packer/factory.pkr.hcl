@@ -40,6 +40,7 @@ locals {
     miniconda_awscli_installer_url      = var.miniconda_installer_url
     miniconda_awscli_installer_checksum = "sha256:${var.miniconda_installer_sha256}"
     bake_check_image                    = var.bake_check_image
+    bake_check_task_images              = var.task_images
     bake_check_prefix                   = var.awscli_prefix
     bake_check_min_gib                  = min(var.volume_gib, var.docker_basesize_gib)
     bake_check_report_dest              = "${abspath(path.root)}/bake-check.json"

@@ -202,3 +202,9 @@ variable "bake_check_image" {
   default     = ""
   description = "The container image the bake check starts (as AWS Batch would); empty to import an empty image and mount the host's C library into it."
 }
+
+variable "task_images" {
+  type        = list(string)
+  default     = []
+  description = "The task's own container images (the spec's nextflow.containers): the AWS CLI at cliPath must run in each with the image's own C library (glibc 2.17 or newer), as Nextflow's staging runs it."
+}

@@ -4,8 +4,9 @@
 # aws:   packer (Debian's 1.6.6 is enough here; modern Packer works too).
 # local: also what the local cloud and the tests need: openssh-server and its sftp
 #        server (the build host's sshd), docker.io (its Docker engine), python3-pip (the
-#        stand-in Miniconda installs the real awscli with the host's pip) and
-#        busybox-static (a small root filesystem for the build host's own Docker test).
+#        stand-in Miniconda installs the real awscli with the host's pip),
+#        busybox-static (a small root filesystem for the build host's own Docker test)
+#        and musl (a musl-based image, like Alpine's, which the bake check must refuse).
 set -euo pipefail
 
 need=()
@@ -16,6 +17,7 @@ if [ "${1:-local}" != aws ]; then
   command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
   /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
   [ -x /bin/busybox ] || command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
+  [ -e /lib/ld-musl-x86_64.so.1 ] || [ -e /lib/ld-musl-aarch64.so.1 ] || need+=(musl)
 fi
 
 if [ ${#need[@]} -eq 0 ]; then

@@ -591,6 +591,35 @@ def test_a_failed_container_check_fails_the_bake_and_keeps_no_ami(cloud_env, fir
 
 
 @needs_local_cloud
+@pytest.mark.skipif(not Path("/lib/ld-musl-x86_64.so.1").exists(), reason="needs Debian's musl (make system-deps)")
+def test_a_musl_task_image_fails_the_bake_naming_the_requirement(cloud_env, first_bake, tmp_path):
+    """A spec whose task runs in a musl-based image (made from Debian's musl, offline, as
+    Alpine's are): the CLI at cliPath cannot run there, so the bake fails before any AMI,
+    saying what the image needs, although the check with the host's C library passes."""
+    import yaml
+
+    host = cloud_env["cloud"].host
+    host.boot()  # Docker runs again after the last bake generalized the host
+    host.run("sh", "-c", "set -e; r=$(mktemp -d); mkdir -p $r/lib; cp -L /lib/ld-musl-x86_64.so.1 $r/lib/; "
+                         "tar -C $r -cf /tmp/m.tar .; docker import /tmp/m.tar factory-test-musl:1 >/dev/null; rm -rf $r /tmp/m.tar")
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs" / "benchmarks", specs / "benchmarks")
+    doc = yaml.safe_load((REPO / "specs" / f"{TASK}.yaml").read_text())
+    doc["nextflow"]["containers"] = ["factory-test-musl:1"]
+    (specs / f"{TASK}.yaml").write_text(yaml.safe_dump(doc))
+    ec2 = ec2_of(cloud_env)
+    images_before = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
+    proc = run("bake", TASK, "--cloud", "local", "--specs-dir", str(specs), "--build-dir", str(tmp_path / "build"),
+               env=cloud_env["env"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert "Ansible failed at task [bake_check : Fail the bake when the AWS CLI does not run in a task image]" in text, text
+    assert "does not run in the task image(s) factory-test-musl:1" in text
+    assert "glibc 2.17 or newer in the task image (the oldest glibc Miniconda supports); musl-based images such as Alpine" in text
+    assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == images_before
+
+
+@needs_local_cloud
 def test_interrupted_bake_leaves_nothing_behind(cloud_env, first_bake):
     ec2 = ec2_of(cloud_env)
     images_before = {i["ImageId"] for i in task_images(ec2)}

@@ -143,6 +143,7 @@ def test_rendered_values_parse_with_python_hcl2(tmp_path):
     assert vars_["builder_cidrs"] == [CALLER]
     assert vars_["awscli_prefix"] == spec.awscli.prefix
     assert vars_["docker_storage_driver"] == "overlay2"
+    assert vars_["task_images"] == list(spec.nextflow.containers)
     assert vars_["tags"] == {
         "factory:task": "salmon-quant",
         "factory:spec-hash": spec.spec_hash,
@@ -157,7 +158,7 @@ def test_rendered_values_parse_with_python_hcl2(tmp_path):
     assert vars_["miniconda_installer_url"] == url and vars_["miniconda_installer_sha256"] == sha
     # one sorted file: the one-line values first, then the nested ones, each group sorted
     keys = [k for k in vars_ if not k.startswith("__")]
-    flat = [k for k in keys if not isinstance(vars_[k], (dict, list)) or k == "builder_cidrs"]
+    flat = [k for k in keys if not isinstance(vars_[k], (dict, list)) or k in ("builder_cidrs", "task_images")]
     nested = [k for k in keys if k not in flat]
     assert keys == sorted(flat) + sorted(nested) and nested == ["block_devices", "tags"]
 
@@ -367,3 +368,25 @@ def test_a_wrong_builder_setting_names_the_file_and_field(tmp_path, text, messag
     with pytest.raises(ConfigError) as exc:
         _aws_target(tmp_path, text)
     assert f"{tmp_path / 'factory.yaml'}: {message}" in exc.value.message
+
+
+def test_the_task_images_reach_the_bake_check(tmp_path):
+    """nextflow.containers goes to the bake check (the rendered task_images, passed to the
+    role as bake_check_task_images), and a spec without it keeps its hash."""
+    import yaml
+
+    from factory.spec import load_spec
+
+    doc = yaml.safe_load((SPECS / "salmon-quant.yaml").read_text())
+    before = find_spec("salmon-quant", SPECS).spec_hash
+    doc["storage"]["benchmarks"] = str(SPECS / "benchmarks" / "salmon-quant.csv")
+    (tmp_path / "salmon-quant.yaml").write_text(yaml.safe_dump(doc))
+    assert load_spec(tmp_path / "salmon-quant.yaml").spec_hash == before
+    doc["nextflow"]["containers"] = ["quay.io/biocontainers/salmon:1.10.3--h6dccd9a_2"]
+    (tmp_path / "salmon-quant.yaml").write_text(yaml.safe_dump(doc))
+    spec = load_spec(tmp_path / "salmon-quant.yaml")
+    assert spec.nextflow.containers == ("quay.io/biocontainers/salmon:1.10.3--h6dccd9a_2",) and spec.spec_hash != before
+    result = render(spec, size_task(spec), BASE_AMI, tmp_path / "out", packer_version=(1, 6, 6))
+    assert load_hcl(result.variables_file)["task_images"] == ["quay.io/biocontainers/salmon:1.10.3--h6dccd9a_2"]
+    tpl = load_hcl(result.out_dir / "factory.pkr.hcl")
+    assert tpl["locals"][0]["ansible_vars"]["bake_check_task_images"] == "${var.task_images}"

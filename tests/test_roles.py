@@ -105,6 +105,64 @@ def test_bake_roles_overlay2_then_idempotent(cloud, tmp_path):
     assert "Restart docker" not in second.stdout
 
 
+# A glibc task image with only what the prefix's python needs (what `ldd` finds for it
+# and its extension modules, and the loader), and a musl-based one (Debian's musl, as
+# Alpine's images are built on): both made offline with `docker import`.
+GLIBC_IMAGE_SCRIPT = f"""set -e
+r=$(mktemp -d)
+for f in $( (ldd {PREFIX}/bin/python; find {PREFIX} -name '*.so' -exec ldd {{}} \\;) 2>/dev/null \\
+           | grep -o '/[^ ]*' | grep -v '^{PREFIX}' | sort -u); do
+  mkdir -p "$r$(dirname "$f")"; cp -L "$f" "$r$f"
+done
+tar -C "$r" -cf /tmp/glibc-task.tar . && docker import /tmp/glibc-task.tar factory-test-glibc-task:1 >/dev/null
+rm -rf "$r" /tmp/glibc-task.tar
+"""
+MUSL_IMAGE_SCRIPT = """set -e
+r=$(mktemp -d); mkdir -p "$r/lib" "$r/etc"
+cp -L /lib/ld-musl-x86_64.so.1 "$r/lib/"
+echo 'ID=alpine-like (Debian musl)' > "$r/etc/os-release"
+tar -C "$r" -cf /tmp/musl-task.tar . && docker import /tmp/musl-task.tar factory-test-musl-task:1 >/dev/null
+rm -rf "$r" /tmp/musl-task.tar
+"""
+needs_musl = pytest.mark.skipif(not os.path.exists("/lib/ld-musl-x86_64.so.1"), reason="needs Debian's musl (make system-deps)")
+
+
+@needs_musl
+def test_the_cli_must_run_with_each_task_images_own_c_library(cloud, tmp_path):
+    """The task's own images: a glibc one runs the CLI (its own libraries, none of the
+    host's mounted); a musl-based one cannot, and the check fails naming the requirement,
+    although the host-library check passes."""
+    host, _, _ = cloud
+    assert host.run("test", "-x", f"{PREFIX}/bin/aws", check=False).returncode == 0, "installed by the test above"
+    host.run("sh", "-c", GLIBC_IMAGE_SCRIPT)
+    host.run("sh", "-c", MUSL_IMAGE_SCRIPT)
+    play = role_playbook(tmp_path, "bake_check")
+    ev = {"bake_check_prefix": PREFIX, "bake_check_min_gib": 1, "ansible_python_interpreter": host.python_interpreter}
+
+    report = tmp_path / "glibc.json"
+    ok = run_playbook(host, play, {**ev, "bake_check_task_images": ["factory-test-glibc-task:1"],
+                                   "bake_check_report_dest": str(report)}, tmp_path)
+    assert ok.returncode == 0, show(ok)
+    got = json.loads(report.read_text())
+    assert got["task_images_ok"] is True
+    assert [(t["image"], t["aws_ok"]) for t in got["task_images"]] == [("factory-test-glibc-task:1", True)]
+    assert got["task_images"][0]["said"].startswith(f"aws-cli/{AWSCLI_VERSION} ")
+    # an image the builder already had is left there
+    assert host.run("docker", "images", "-q", "factory-test-glibc-task:1").stdout.strip()
+
+    report = tmp_path / "musl.json"
+    bad = run_playbook(host, play, {**ev, "bake_check_task_images": ["factory-test-glibc-task:1", "factory-test-musl-task:1"],
+                                    "bake_check_report_dest": str(report)}, tmp_path)
+    assert bad.returncode != 0
+    text = " ".join(bad.stdout.split())
+    assert "does not run in the task image(s) factory-test-musl-task:1:" in text, show(bad)
+    assert "glibc 2.17 or newer in the task image (the oldest glibc Miniconda supports); musl-based images such as Alpine" in text
+    got = json.loads(report.read_text())
+    assert got["aws_ok"] is True and got["task_images_ok"] is False  # the host-library check alone would pass
+    assert [(t["image"], t["aws_ok"]) for t in got["task_images"]] == [
+        ("factory-test-glibc-task:1", True), ("factory-test-musl-task:1", False)]
+
+
 def test_devicemapper_keeps_other_options_and_replaces_the_basesize(cloud, tmp_path):
     host, _, _ = cloud
     old = (
