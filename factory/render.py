@@ -257,7 +257,18 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     cidrs = list(target.builder_cidrs)
     if not cidrs:
         # Session Manager needs no inbound SSH: the group then admits only loopback.
-        cidrs = ["127.0.0.1/32"] if target.ssh_interface == "session_manager" else [caller_cidr()]
+        if target.ssh_interface == "session_manager":
+            cidrs = ["127.0.0.1/32"]
+        elif target.ssh_interface == "private_ip" and not os.environ.get(CALLER_CIDR_ENV, "").strip():
+            # Over a private address the connection does not come from the public address
+            # checkip sees: the user must say where it comes from.
+            raise UsageError(
+                f"builder.ssh_interface is private_ip: set {CALLER_CIDR_ENV} to the private range factory "
+                "connects from (this machine's VPC subnet or VPN, /16 or narrower), so the builder's security "
+                "group admits only that; or use ssh_interface: session_manager"
+            )
+        else:
+            cidrs = [caller_cidr()]
     # Normalised as Packer's validation reads them: "a.b.c.d/len" (a bare address is a /32).
     cidrs = [_check_cidr(c, "the builder's allowed addresses") for c in cidrs]
 

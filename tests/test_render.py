@@ -390,3 +390,15 @@ def test_the_task_images_reach_the_bake_check(tmp_path):
     assert load_hcl(result.variables_file)["task_images"] == ["quay.io/biocontainers/salmon:1.10.3--h6dccd9a_2"]
     tpl = load_hcl(result.out_dir / "factory.pkr.hcl")
     assert tpl["locals"][0]["ansible_vars"]["bake_check_task_images"] == "${var.task_images}"
+
+
+def test_a_private_ip_builder_needs_the_range_factory_connects_from(tmp_path, monkeypatch):
+    """Over private_ip the caller's public address (checkip) is not where SSH comes from."""
+    target = _aws_target(tmp_path, "builder:\n  subnet: subnet-0private\n  ssh_interface: private_ip\n")
+    spec = find_spec("salmon-quant", SPECS)
+    monkeypatch.delenv(render_mod.CALLER_CIDR_ENV)
+    with pytest.raises(UsageError, match=r"private_ip: set FACTORY_BUILDER_CIDR to the private range"):
+        render_mod.variables_for(spec, size_task(spec), BASE_AMI, target)
+    monkeypatch.setenv(render_mod.CALLER_CIDR_ENV, "10.20.0.0/16")
+    v = render_mod.variables_for(spec, size_task(spec), BASE_AMI, target)
+    assert v["builder_cidrs"] == ["10.20.0.0/16"] and v["associate_public_ip"] == "false"
