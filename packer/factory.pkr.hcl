@@ -1,6 +1,9 @@
 # One amazon-ebs source and one build: an ECS-optimized base AMI, the two roles that
-# size Docker's storage and install the AWS CLI, a container check that proves both, and
-# the manifest that names the AMI. The values come from factory.auto.pkrvars.hcl.
+# size Docker's storage and install the AWS CLI, a container check that proves both, the
+# generalize role that runs last (no host keys, authorized keys, machine id or agent
+# state in the AMI; it ends SSH, so nothing may log in after it: no
+# ssh_clear_authorized_keys), and the manifest that names the AMI. The values come from
+# factory.auto.pkrvars.hcl.
 #
 # Lines between "factory:modern-packer begin" and "end" need Packer 1.7 or newer
 # (plugins, IMDSv2). `factory render` keeps them for such a Packer and leaves them out
