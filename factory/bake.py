@@ -77,6 +77,7 @@ class BakeResult:
     registered: bool = False
     note: str | None = None
     error: str | None = None
+    image_manifest: str | None = None  # the fetched build/<task>/image-manifest.json
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -98,6 +99,7 @@ class BakeResult:
             "launch_template": self.launch_template,
             "compute_environment": self.compute_environment,
             "job_queue": self.job_queue,
+            "image_manifest": self.image_manifest,
         }
         if self.note:
             data["note"] = self.note
@@ -375,6 +377,7 @@ def build_prepared(
             shared = f", baked for task {owner}" if owner and owner != spec.name else ""
             result.note = f"reused {found['ImageId']}{shared}: same content hash; --force rebakes"
             say(result.note)
+            _manifest_tags(ec2, result, p, found["ImageId"], have=_tags(found))
             return result
 
     t = time.monotonic()
@@ -408,12 +411,29 @@ def build_prepared(
     note = ensure_tagged(ec2, out.ami_id, p.render_result.variables["tags"])  # with_tags added the hash
     if note:
         result.note = _join(result.note, note)
+    _manifest_tags(ec2, result, p, out.ami_id, have=None)
     steps["tag"] = time.monotonic() - t
     result.ami_id = out.ami_id
     result.baked = True
     result.status = "baked"
     say(f"baked {out.ami_id} in {out.seconds:.0f}s")
     return result
+
+
+def _manifest_tags(ec2: Any, result: BakeResult, p: Prepared, ami_id: str, have: dict[str, str] | None) -> None:
+    """Name the image manifest the play fetched (factory.image_manifest) in the result and
+    tag the AMI with its headline values: after a build always, on a reuse those missing."""
+    from factory import image_manifest
+
+    found = image_manifest.find(Path(p.out_dir).parent, p.spec.name, p.image_hash)
+    if found is None:
+        if have is None:
+            result.note = _join(result.note, f"no image manifest was fetched to {Path(p.out_dir) / image_manifest.FILE_NAME}")
+        return
+    path, manifest = found
+    result.image_manifest = str(Path(path).absolute())
+    if image_manifest.tag_ami(ec2, ami_id, image_manifest.headline_tags(manifest), have) and have is not None:
+        result.note = _join(result.note, f"added the image manifest's headline tags to {ami_id}")
 
 
 def register_results(
