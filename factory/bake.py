@@ -549,6 +549,7 @@ def bake_all(
                 reused_from=r.reused_from or leader.spec.name,
                 build_dir=str(Path(p.out_dir).absolute()), steps=dict(p.steps),
                 note=f"same image as {leader.spec.name}: shares {r.ami_id}",
+                image_manifest=r.image_manifest,
             )
 
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bake") as pool:
