@@ -152,6 +152,23 @@ def test_show_json_is_one_document_that_agrees_with_aws(cloud_env, baked):
     assert len(calls) <= 10, calls
 
 
+def test_show_says_when_the_queue_runs_another_ami_and_register_mends_it(cloud_env, baked):
+    result, _, _ = baked
+    other = result["base_ami"]  # an available AMI of the same architecture: the base image
+    env = cloud_env["env"]
+    moved = run("register", TASK, "--ami", other, "--cloud", "local", env=env)
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    doc = json.loads(show(cloud_env, TASK, "--json").stdout)
+    assert doc["status"] == "outdated" and doc["launch_template"]["image_id"] == other
+    assert doc["ami"]["id"] == result["ami_id"]
+    assert f"runs {other}, not the newest AMI of tier" in doc["summary"] and f"factory register {TASK}" in doc["summary"]
+    mended = run("register", TASK, "--cloud", "local", env=env)
+    assert mended.returncode == 0, mended.stdout + mended.stderr
+    doc = json.loads(show(cloud_env, TASK, "--json").stdout)
+    assert doc["status"] == "registered" and doc["launch_template"]["image_id"] == result["ami_id"]
+    assert doc["compute_environment"]["launch_template_version"] == doc["launch_template"]["default_version"] > 1
+
+
 def test_show_for_a_task_never_baked_is_a_clear_error(cloud_env, tmp_path):
     specs = tmp_path / "specs"
     shutil.copytree(REPO / "specs", specs)
