@@ -431,6 +431,12 @@ def _manifest_tags(ec2: Any, result: BakeResult, p: Prepared, ami_id: str, have:
             result.note = _join(result.note, f"no image manifest was fetched to {Path(p.out_dir) / image_manifest.FILE_NAME}")
         return
     path, manifest = found
+    own = Path(p.out_dir) / image_manifest.FILE_NAME
+    if Path(path) != own:
+        # A shared AMI (baked for another task): its manifest beside this task's build too,
+        # so `factory show` finds the image through its content hash.
+        image_manifest.write(own, manifest)
+        path = own
     result.image_manifest = str(Path(path).absolute())
     if image_manifest.tag_ami(ec2, ami_id, image_manifest.headline_tags(manifest), have) and have is not None:
         result.note = _join(result.note, f"added the image manifest's headline tags to {ami_id}")

@@ -90,6 +90,19 @@ def find(build_root: Path, task: str, image_hash: str | None = None) -> tuple[Pa
     return None
 
 
+def write(path: Path, manifest: dict[str, Any]) -> Path:
+    """Write a manifest atomically (beside, then renamed into place)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o644)
+    tmp.replace(path)
+    return path
+
+
 def tag_ami(ec2: Any, ami_id: str, tags: dict[str, str], have: dict[str, str] | None = None) -> bool:
     """Add the headline `tags` to the AMI (only those it lacks, when its tags `have` are
     known). The AMI itself is sound (it carries its content hash), so a failure is reported,

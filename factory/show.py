@@ -72,6 +72,16 @@ def task_status(spec: Any, all_specs: list[Any], clients: Any, build_root: Path,
     name = resource_name(target.tier)
 
     image = find_ami(clients, spec.name, spec.image.architecture)
+    shared_from = None
+    if image is None:
+        # An AMI baked for another task with the same content (the bake shared it) carries
+        # that task's name: found through the content hash of this task's fetched manifest.
+        own = image_manifest.find(build_root, spec.name)
+        if own is not None and own[1].get("image_hash"):
+            from factory.bake import find_image
+
+            image = find_image(clients.ec2(), own[1]["image_hash"])
+            shared_from = tag_dict(image.get("Tags")).get("factory:task") if image else None
     digest = tag_dict(image.get("Tags")).get(TAG_IMAGE_HASH) if image else None
     found = image_manifest.find(build_root, spec.name, digest)
     if image is None and found is None:
@@ -89,6 +99,8 @@ def task_status(spec: Any, all_specs: list[Any], clients: Any, build_root: Path,
             "created": image.get("CreationDate"),
             "tags": dict(sorted(tag_dict(image.get("Tags")).items())),
         }
+    if shared_from and image is not None:
+        st.notes.append(f"{image['ImageId']} was baked for task {shared_from}; {spec.name} shares it (same content hash)")
     if found is not None:
         st.manifest_file, st.manifest = str(found[0]), found[1]
     elif image is not None:

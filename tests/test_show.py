@@ -169,6 +169,31 @@ def test_show_says_when_the_queue_runs_another_ami_and_register_mends_it(cloud_e
     assert doc["compute_environment"]["launch_template_version"] == doc["launch_template"]["default_version"] > 1
 
 
+def test_a_task_sharing_another_task_s_ami_shows_it_with_its_manifest(cloud_env, baked, tmp_path):
+    """Two tasks with identical images share one AMI, tagged with the task that baked it:
+    the sharing task's bake keeps the manifest beside its build, and show finds the AMI by
+    the manifest's content hash."""
+    import yaml
+
+    result, _, m = baked
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs", specs)
+    doc = yaml.safe_load((specs / f"{TASK}.yaml").read_text())
+    doc["name"] = "salmon-quant-copy"
+    (specs / "salmon-quant-copy.yaml").write_text(yaml.safe_dump(doc))
+    shared = bake(cloud_env, "salmon-quant-copy", "--specs-dir", str(specs), "--no-register", "--json")
+    assert shared.returncode == 0, shared.stderr
+    r = json.loads(shared.stdout)
+    assert r["status"] == "reused" and r["ami_id"] == result["ami_id"]
+    own = cloud_env["build"] / "salmon-quant-copy" / "image-manifest.json"
+    assert r["image_manifest"] == str(own) and json.loads(own.read_text()) == m
+    proc = show(cloud_env, "salmon-quant-copy", "--specs-dir", str(specs), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ami"]["id"] == result["ami_id"] and doc["manifest_file"] == str(own)
+    assert any(f"was baked for task {TASK}" in n for n in doc["notes"]), doc["notes"]
+
+
 def test_show_for_a_task_never_baked_is_a_clear_error(cloud_env, tmp_path):
     specs = tmp_path / "specs"
     shutil.copytree(REPO / "specs", specs)
