@@ -81,6 +81,7 @@ class BakeResult:
     # A failure shared by every task of the run (registration across all tiers): kept out
     # of `error`, so a summary says it once rather than once per task.
     shared_error: str | None = None
+    image_manifest: str | None = None  # the fetched build/<task>/image-manifest.json
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -102,6 +103,7 @@ class BakeResult:
             "launch_template": self.launch_template,
             "compute_environment": self.compute_environment,
             "job_queue": self.job_queue,
+            "image_manifest": self.image_manifest,
         }
         if self.note:
             data["note"] = self.note
@@ -431,6 +433,7 @@ def build_prepared(
             shared = f", baked for task {owner}" if owner and owner != spec.name else ""
             result.note = f"reused {found['ImageId']}{shared}: same content hash; --force rebakes"
             say(result.note)
+            _manifest_tags(ec2, result, p, found["ImageId"], have=_tags(found))
             return result
 
     t = time.monotonic()
@@ -466,12 +469,35 @@ def build_prepared(
     note = ensure_tagged(ec2, out.ami_id, p.render_result.variables["tags"])  # with_tags added the hash
     if note:
         result.note = _join(result.note, note)
+    _manifest_tags(ec2, result, p, out.ami_id, have=None)
     steps["tag"] = time.monotonic() - t
     result.ami_id = out.ami_id
     result.baked = True
     result.status = "baked"
     say(f"baked {out.ami_id} in {out.seconds:.0f}s")
     return result
+
+
+def _manifest_tags(ec2: Any, result: BakeResult, p: Prepared, ami_id: str, have: dict[str, str] | None) -> None:
+    """Name the image manifest the play fetched (factory.image_manifest) in the result and
+    tag the AMI with its headline values: after a build always, on a reuse those missing."""
+    from factory import image_manifest
+
+    found = image_manifest.find(Path(p.out_dir).parent, p.spec.name, p.image_hash)
+    if found is None:
+        if have is None:
+            result.note = _join(result.note, f"no image manifest was fetched to {Path(p.out_dir) / image_manifest.FILE_NAME}")
+        return
+    path, manifest = found
+    own = Path(p.out_dir) / image_manifest.FILE_NAME
+    if Path(path) != own:
+        # A shared AMI (baked for another task): its manifest beside this task's build too,
+        # so `factory show` finds the image through its content hash.
+        image_manifest.write(own, manifest)
+        path = own
+    result.image_manifest = str(Path(path).absolute())
+    if image_manifest.tag_ami(ec2, ami_id, image_manifest.headline_tags(manifest), have) and have is not None:
+        result.note = _join(result.note, f"added the image manifest's headline tags to {ami_id}")
 
 
 def register_results(
@@ -587,6 +613,7 @@ def bake_all(
                 reused_from=r.reused_from or leader.spec.name,
                 build_dir=str(Path(p.out_dir).absolute()), steps=dict(p.steps),
                 note=f"same image as {leader.spec.name}: shares {r.ami_id}",
+                image_manifest=r.image_manifest,
             )
 
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bake") as pool:

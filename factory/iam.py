@@ -28,6 +28,7 @@ COMMAND_PURPOSES = {
     "nextflow-config": ("register",),
     "prune": ("prune",),
     "render": ("bake",),
+    "show": ("register",),
 }
 
 # Allowed but never an API call of factory's own, with the reason it is needed.

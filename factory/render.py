@@ -27,14 +27,16 @@ from typing import Any
 from factory import __version__
 from factory.errors import AwsError, FactoryError, UsageError
 from factory.families import BUILDER_INSTANCE_TYPE
+from factory.image_manifest import FILE_NAME as IMAGE_MANIFEST_FILE
 from factory.resources import data_dir
 
 VARIABLES_FILE = "factory.auto.pkrvars.hcl"
 MANIFEST_FILE = "manifest.json"
 BAKE_CHECK_REPORT = "bake-check.json"
 PACKER_LOG = "packer.log"
+IMAGE_MANIFEST = IMAGE_MANIFEST_FILE  # fetched by the image_manifest role
 # What a real build leaves in the folder; a re-render keeps them (see render's `keep`).
-BUILD_RECORDS = (PACKER_LOG, MANIFEST_FILE, BAKE_CHECK_REPORT)
+BUILD_RECORDS = (PACKER_LOG, MANIFEST_FILE, BAKE_CHECK_REPORT, IMAGE_MANIFEST)
 MODERN_PACKER = (1, 7, 0)
 _FENCE_BEGIN = "# factory:modern-packer begin"
 _FENCE_END = "# factory:modern-packer end"

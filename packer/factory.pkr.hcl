@@ -47,6 +47,13 @@ locals {
     bake_check_prefix                   = var.awscli_prefix
     bake_check_min_gib                  = min(var.volume_gib, var.docker_basesize_gib)
     bake_check_report_dest              = "${abspath(path.root)}/bake-check.json"
+    image_manifest_awscli_prefix        = var.awscli_prefix
+    image_manifest_dest                 = "${abspath(path.root)}/image-manifest.json"
+    image_manifest_labels = {
+      task       = var.task
+      base_ami   = var.base_ami
+      image_hash = lookup(var.tags, "factory:image-hash", "")
+    }
   }
 }
 
