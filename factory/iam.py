@@ -28,13 +28,14 @@ COMMAND_PURPOSES = {
     "nextflow-config": ("register",),
     "prune": ("prune",),
     "render": ("bake",),
+    "show": ("register",),
     "status": ("status",),
     "rollback": ("register", "rollback"),
 }
 
 # Allowed but never an API call of factory's own, with the reason it is needed.
 IMPLIED = {
-    "iam:PassRole": "register passes the instance role (and a service role, when factory.yaml names one) to Batch",
+    "iam:PassRole": "register passes the instance role (and a service role, when factory.yaml names one) to Batch; bake passes builder.instance_profile's role to EC2 when named",
     "iam:CreateServiceLinkedRole": "Batch creates its service-linked role on an account's first CreateComputeEnvironment, as the caller",
     "ec2:DeleteSnapshot": "DeregisterImage with DeleteAssociatedSnapshots deletes the AMI's snapshots as the caller",
     "ec2:CreateKeyPair": "on AWS Packer makes a temporary key pair (the local cloud's build host brings its own)",
@@ -60,7 +61,8 @@ def _statement(sid: str, actions: list[str], resources: list[str], condition: di
 def _statements(purpose: str) -> list[dict[str, Any]]:
     if purpose == "bake":
         return [
-            _statement("ReadBaseAndImages", ["ssm:GetParameter", "ec2:DescribeImages"], _ANY),
+            # The base AMI's SSM parameter, images by content hash, the builder type's memory.
+            _statement("ReadBaseAndImages", ["ssm:GetParameter", "ec2:DescribeImages", "ec2:DescribeInstanceTypes"], _ANY),
             # Packer's amazon-ebs builder, as factory configures it (SSH, a temporary security
             # group, an encrypted EBS-backed AMI); Packer documents these with Resource *.
             _statement(
@@ -73,6 +75,7 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
                 ],
                 _ANY,
             ),
+            _statement("PassBuilderProfile", ["iam:PassRole"], ["arn:aws:iam::*:role/*"], {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
             # An AMI that could not be tagged is removed with its snapshots (bake.discard_image).
             _statement("DiscardUntaggedImage", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], _ANY,
                        {"Null": {"aws:ResourceTag/factory:task": "false"}}),

@@ -377,6 +377,53 @@ def test_the_container_check_reported(cloud_env, first_bake):
 
 
 @needs_local_cloud
+def test_the_baked_host_is_generalized(cloud_env, first_bake):
+    """What the bake left on the build host (what the AMI is made of) is no one instance's:
+    no SSH host key, no authorized key (the local key pair's included), an empty machine
+    id, no ECS agent state or log, no cloud-init instance state, no journal."""
+    host = cloud_env["cloud"].host
+
+    def gone(pattern: str) -> bool:
+        return host.run("sh", "-c", f"ls -d {pattern} 2>/dev/null", check=False).stdout.strip() == ""
+
+    assert gone("/etc/ssh/ssh_host_*")
+    assert gone("/root/.ssh/authorized_keys") and gone("/home/*/.ssh/authorized_keys")
+    assert host.run("stat", "-c", "%s", "/etc/machine-id").stdout.strip() == "0"
+    assert gone("/var/lib/ecs/data/*") and gone("/var/log/ecs/*")
+    assert gone("/var/lib/cloud/*") and gone("/var/log/cloud-init.log")
+    assert gone("/var/log/journal/*")
+    log = Path(first_bake["log"]).read_text()
+    assert "generalize : Remove the host keys and the authorized keys in one step" in log
+
+
+@needs_local_cloud
+def test_the_builder_has_four_gib(cloud_env, first_bake):
+    """The builder Packer launched (in moto) is a t3.medium (4 GiB), not a t3.micro (1 GiB),
+    on which conda's solve is documented to be OOM-killed."""
+    ec2 = ec2_of(cloud_env)
+    builders = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:factory:task", "Values": [TASK]}])["Reservations"]
+                for i in r["Instances"]]
+    assert builders and {i["InstanceType"] for i in builders} == {"t3.medium"}
+
+
+@needs_local_cloud
+def test_a_builder_with_too_little_memory_is_refused_before_packer(cloud_env, first_bake, tmp_path):
+    config = tmp_path / "factory.yaml"
+    config.write_text("builder:\n  instance_types: {x86_64: t3.micro}\n")
+    ec2 = ec2_of(cloud_env)
+    groups_before = len(ec2.describe_security_groups()["SecurityGroups"])
+    proc = bake_cli(cloud_env, TASK, "--force", "--config", str(config))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{config}: builder.instance_types.x86_64: t3.micro has 1 GiB of memory" in proc.stderr, proc.stderr
+    assert "pick t3.medium or larger" in proc.stderr
+    assert len(ec2.describe_security_groups()["SecurityGroups"]) == groups_before
+    config.write_text("builder:\n  instance_types: {x86_64: t3.nosuchsize}\n")
+    proc = bake_cli(cloud_env, TASK, "--force", "--config", str(config))
+    assert proc.returncode == 1 and "t3.nosuchsize is not an instance type this region offers" in proc.stderr, proc.stderr
+
+
+@needs_local_cloud
 def test_second_bake_reuses_without_packer(cloud_env, first_bake, tmp_path):
     log = Path(first_bake["log"])
     mtime = log.stat().st_mtime_ns
@@ -474,6 +521,40 @@ def test_bake_all_shares_identical_images_and_survives_a_failed_bake(cloud_env, 
 
 
 @needs_local_cloud
+def test_a_registration_failure_shared_by_every_task_is_said_once(cloud_env, first_bake, tmp_path):
+    """Two tasks that share an image (no Packer) but not a tier group, and a config allowing
+    one tier: registering fails for both for one reason. The summary says it once, and
+    every line fits an 80-column terminal."""
+    import yaml
+
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs" / "benchmarks", specs / "benchmarks")
+    doc = yaml.safe_load((REPO / "specs" / f"{TASK}.yaml").read_text())
+    (specs / f"{TASK}.yaml").write_text(yaml.safe_dump(doc))
+    assert doc["batch"]["provisioning"] == "spot"
+    other = yaml.safe_load(yaml.safe_dump(doc))
+    other["name"] = "salmon-quant-on-demand"
+    other["batch"]["provisioning"] = "on-demand"
+    (specs / "salmon-quant-on-demand.yaml").write_text(yaml.safe_dump(other))
+    config = tmp_path / "factory.yaml"
+    config.write_text("tiers:\n  max_tiers: 1\n")
+
+    proc = bake_cli(cloud_env, "--all", "--specs-dir", str(specs), "--config", str(config),
+                    env=dict(cloud_env["env"], COLUMNS="80"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    reason = "--max-tiers 1 is fewer than the 2 tier groups"
+    words = " ".join(proc.stdout.split())  # rich wraps long lines at 80 columns
+    assert words.count(reason) == 1, proc.stdout
+    assert words.count(first_bake["ami_id"]) == 2 + 2, proc.stdout  # the two rows, and the reason once (naming both)
+    long = [line for line in proc.stdout.splitlines() if len(line) > 80]
+    assert long == [], long
+    summary = json.loads((cloud_env["build"] / "bake-summary.json").read_text())
+    assert len(summary["shared_errors"]) == 1 and reason in summary["shared_errors"][0]
+    assert [r["error"] for r in summary["results"]] == [bake.REGISTER_FAILED] * 2
+
+
+@needs_local_cloud
 def test_a_failed_container_check_fails_the_bake_and_keeps_no_ami(cloud_env, first_bake, monkeypatch):
     """The bake_check role's container cannot start (its image does not exist and no
     registry can be reached): the check fails, so Packer makes no AMI and bake says why."""
@@ -500,6 +581,35 @@ def test_a_failed_container_check_fails_the_bake_and_keeps_no_ami(cloud_env, fir
     running = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
                if i["State"]["Name"] not in ("terminated", "shutting-down")]
     assert running == []
+
+
+@needs_local_cloud
+@pytest.mark.skipif(not Path("/lib/ld-musl-x86_64.so.1").exists(), reason="needs Debian's musl (make system-deps)")
+def test_a_musl_task_image_fails_the_bake_naming_the_requirement(cloud_env, first_bake, tmp_path):
+    """A spec whose task runs in a musl-based image (made from Debian's musl, offline, as
+    Alpine's are): the CLI at cliPath cannot run there, so the bake fails before any AMI,
+    saying what the image needs, although the check with the host's C library passes."""
+    import yaml
+
+    host = cloud_env["cloud"].host
+    host.boot()  # Docker runs again after the last bake generalized the host
+    host.run("sh", "-c", "set -e; r=$(mktemp -d); mkdir -p $r/lib; cp -L /lib/ld-musl-x86_64.so.1 $r/lib/; "
+                         "tar -C $r -cf /tmp/m.tar .; docker import /tmp/m.tar factory-test-musl:1 >/dev/null; rm -rf $r /tmp/m.tar")
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs" / "benchmarks", specs / "benchmarks")
+    doc = yaml.safe_load((REPO / "specs" / f"{TASK}.yaml").read_text())
+    doc["nextflow"]["containers"] = ["factory-test-musl:1"]
+    (specs / f"{TASK}.yaml").write_text(yaml.safe_dump(doc))
+    ec2 = ec2_of(cloud_env)
+    images_before = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
+    proc = run("bake", TASK, "--cloud", "local", "--specs-dir", str(specs), "--build-dir", str(tmp_path / "build"),
+               env=cloud_env["env"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert "Ansible failed at task [bake_check : Fail the bake when the AWS CLI does not run in a task image]" in text, text
+    assert "does not run in the task image(s) factory-test-musl:1" in text
+    assert "glibc 2.17 or newer in the task image (the oldest glibc Miniconda supports); musl-based images such as Alpine" in text
+    assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == images_before
 
 
 @needs_local_cloud
@@ -536,16 +646,59 @@ def test_interrupted_bake_leaves_nothing_behind(cloud_env, first_bake):
     assert {i["ImageId"] for i in task_images(ec2)} == images_before
 
 
-def test_old_python_families_are_refused_before_any_instance_starts():
-    """ecs-al2 (Python 3.7) and ecs-al1 (2.7) need ansible-core < 2.17; the venv has a newer one."""
-    from importlib.metadata import version
+def _path_with(bin_dir: Path) -> dict[str, str]:
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
 
-    from factory.bake import check_ansible_can_manage
+
+def test_the_gate_reads_the_ansible_playbook_packer_runs():
+    """The venv's ansible-playbook (ansible-core 2.18+) cannot manage AL2's Python 3.7 nor
+    AL1's 2.7; AL2023 needs no check. The message names the binary and the bound."""
     from factory.errors import FactoryError
 
-    check_ansible_can_manage("al2023")  # Python 3.9: fine
-    installed = tuple(int(x) for x in version("ansible-core").split(".")[:2])
-    assert installed >= (2, 17), "this test assumes the project's own ansible-core"
-    for family in ("al2", "al1"):
-        with pytest.raises(FactoryError, match=rf"cannot manage ecs-{family}.*ansible-core<2.17"):
-            check_ansible_can_manage(family)
+    venv = Path(sys.executable).parent
+    binary, version = bake.ansible_playbook_version(_path_with(venv))
+    assert binary == str(venv / "ansible-playbook") and version >= (2, 18), "assumes the project's own ansible-core"
+    bake.check_ansible_can_manage("al2023", _path_with(venv))
+    with pytest.raises(FactoryError, match=r"cannot manage ecs-al2: its Python 3.7 \(/usr/bin/python3\).*ansible-core<2\.18"):
+        bake.check_ansible_can_manage("al2", _path_with(venv))
+    with pytest.raises(FactoryError, match=r"cannot manage ecs-al1: its Python 2.7 \(/usr/bin/python2.7\).*ansible-core<2\.17"):
+        bake.check_ansible_can_manage("al1", _path_with(venv))
+
+
+@pytest.fixture(scope="session")
+def ansible_core_2_17(tmp_path_factory):
+    """A real ansible-core 2.17 in its own virtualenv (from PyPI), as a user baking ecs-al2 has."""
+    venv = tmp_path_factory.mktemp("ansible-2.17") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "ansible-core>=2.17,<2.18"],
+                         capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0:
+        pytest.skip(f"cannot install ansible-core 2.17 from PyPI: {pip.stderr[-300:]}")
+    return venv / "bin"
+
+
+def test_ansible_core_2_17_on_packers_path_may_bake_al2_but_not_al1(ansible_core_2_17):
+    """The gate checks the ansible-playbook Packer will run, not the ansible-core importable
+    beside factory (2.18+ here): with 2.17 first on PATH, AL2 (Python 3.7) is allowed."""
+    from factory.errors import FactoryError
+
+    env = _path_with(ansible_core_2_17)
+    assert bake.ansible_playbook_version(env) == (str(ansible_core_2_17 / "ansible-playbook"), (2, 17))
+    bake.check_ansible_can_manage("al2", env)
+    with pytest.raises(FactoryError, match=r"ansible-core 2.17, which cannot manage ecs-al1"):
+        bake.check_ansible_can_manage("al1", env)
+
+
+def test_each_family_renders_its_own_python(tmp_path):
+    import dataclasses
+
+    from factory.sizing import size_task
+    from factory.spec import find_spec
+
+    spec = find_spec(TASK, REPO / "specs")
+    target = render.BuildTarget.aws(builder_cidrs=("203.0.113.7/32",))
+    got = {}
+    for family in ("al2023", "al2", "al1"):
+        s = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base=f"ecs-{family}", family=family))
+        got[family] = render.variables_for(s, size_task(s), "ami-0123456789abcdef0", target)["ansible_python_interpreter"]
+    assert got == {"al2023": "/usr/bin/python3", "al2": "/usr/bin/python3", "al1": "/usr/bin/python2.7"}

@@ -50,6 +50,7 @@ def _run(command, task, all_specs, specs_dir, config_path, ami, dry_run, progres
     # Region from the specs; the account (AWS, or the local cloud's moto) from --cloud;
     # endpoint and credentials otherwise from the usual AWS settings.
     cloud = Cloud.open(cloud_kind)
+    cloud.config_path = config_path  # the builder settings an AMI's image hash is checked with
     config = cloud.register_config(config_path)
     overrides = {selected[0].name: ami} if ami else None
     region = selected[0].region

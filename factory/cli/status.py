@@ -53,6 +53,7 @@ def status(
 
     selected, everything = _specs(tasks, specs_dir)
     where = Cloud.open(cloud)
+    where.config_path = config  # the builder settings the image hash is taken with
     report = task_status(selected, everything, where, load_config(config))
     if json_output:
         print_json(report.to_json())
@@ -113,6 +114,7 @@ def rollback(
 
     selected, everything = _specs([task], specs_dir)
     where = Cloud.open(cloud)
+    where.config_path = config
     settings = where.register_config(config)
     done = rollback_core(selected[0], everything, where, to, config=settings, dry_run=dry_run, progress=None if json_output else err)
     if json_output:
