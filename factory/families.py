@@ -22,6 +22,7 @@ class Family:
     ecs_image_type: str  # AWS Batch's ec2Configuration imageType
     base_root_gib: int  # the root volume of the ECS-optimized AMI
     base_docker_gib: int | None = None  # its separate Docker volume (AL1), else None
+    data_device: str | None = None  # Docker's own data volume with `storage.grow` (None: the family cannot grow)
 
     def ssm_parameter(self, architecture: str) -> str | None:
         return self.ssm_arm64 if architecture == "arm64" else self.ssm_x86_64
@@ -51,6 +52,7 @@ FAMILIES: dict[str, Family] = {
         ssm_arm64=f"{_ECS}/amazon-linux-2023/arm64/recommended/image_id",
         ecs_image_type="ECS_AL2023",
         base_root_gib=30,
+        data_device="/dev/xvdb",
     ),
     "al2": Family(
         key="al2",
@@ -63,6 +65,7 @@ FAMILIES: dict[str, Family] = {
         ssm_arm64=f"{_ECS}/amazon-linux-2/arm64/recommended/image_id",
         ecs_image_type="ECS_AL2",
         base_root_gib=30,
+        data_device="/dev/xvdb",
     ),
     "al1": Family(
         key="al1",
