@@ -5,7 +5,8 @@
 # local: also what the local cloud and the tests need: openssh-server and its sftp
 #        server (the build host's sshd), docker.io (its Docker engine), python3-pip (the
 #        stand-in Miniconda installs the real awscli with the host's pip) and
-#        busybox-static (a small root filesystem for the build host's own Docker test).
+#        busybox-static (a small root filesystem for the build host's own Docker test);
+#        btrfs-progs, xfsprogs and lvm2 (the grow agent's pool backends, tested on loop devices).
 set -euo pipefail
 
 need=()
@@ -16,6 +17,9 @@ if [ "${1:-local}" != aws ]; then
   command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
   /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
   [ -x /bin/busybox ] || command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
+  command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || need+=(btrfs-progs)
+  command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfsprogs)
+  command -v lvcreate >/dev/null 2>&1 || [ -x /usr/sbin/lvcreate ] || need+=(lvm2)
 fi
 
 if [ ${#need[@]} -eq 0 ]; then
