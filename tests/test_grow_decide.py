@@ -7,9 +7,7 @@ import math
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tests.grow_fixtures import AGENT_FILES  # noqa: F401 - puts the agent's package on sys.path
-
-from factory_grow.decide import (  # noqa: E402 - after the path
+from factory_grow.decide import (
     GIB,
     Policy,
     Sample,
