@@ -1,7 +1,8 @@
-"""Start and stop moto's server on a free loopback port.
+"""Start and stop the local cloud's AWS endpoint (moto's server with our layer) on a free loopback port.
 
 Used by the local cloud (`factory local up`) and by the tests, which talk to it over
-real HTTP with boto3.
+real HTTP with boto3. The process runs `factory.local.aws_server`: moto's WSGI app with
+the rules, paging, faults and call log of `factory.local` around it.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def local_env(endpoint: str, region: str) -> dict[str, str]:
     }
 
 
+def require_local_extra() -> None:
+    """A LocalCloudError naming the install command when moto's server is not installed."""
+    import importlib.util
+
+    missing = [m for m in ("moto", "flask", "werkzeug") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise LocalCloudError(
+            f"the local cloud needs moto's server ({', '.join(missing)} not installed): "
+            "pip install 'factory[local]' (or `make venv` in a checkout)"
+        )
+
+
 @dataclass
 class MotoServer:
     port: int
@@ -55,11 +68,24 @@ class MotoServer:
         return f"http://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, log_path: Path | None = None, port: int | None = None, timeout: float = 20.0) -> MotoServer:
+    def start(
+        cls,
+        log_path: Path | None = None,
+        port: int | None = None,
+        timeout: float = 20.0,
+        state_delay: float | None = None,
+        page_size: int | None = None,
+    ) -> MotoServer:
+        """Start the server. `state_delay` (seconds a Batch resource spends CREATING, UPDATING
+        or DELETING) and `page_size` default to $FACTORY_LOCAL_STATE_DELAY /
+        $FACTORY_LOCAL_PAGE_SIZE, else 1 s and 2 items."""
+        require_local_extra()
         port = port or free_port()
-        exe = Path(sys.executable).with_name("moto_server")
-        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "moto.server"]
-        cmd += ["-H", "127.0.0.1", "-p", str(port)]
+        cmd = [sys.executable, "-m", "factory.local.aws_server", "-H", "127.0.0.1", "-p", str(port)]
+        if state_delay is not None:
+            cmd += ["--state-delay", str(state_delay)]
+        if page_size is not None:
+            cmd += ["--page-size", str(page_size)]
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         # Anything moto writes (e.g. its request recorder's file) goes beside its log or
         # into the temp folder, never into the user's working directory.
@@ -91,6 +117,14 @@ class MotoServer:
             return True
         except OSError:
             return False
+
+    def calls(self, clear: bool = False) -> list[str]:
+        """Every AWS call the server answered so far, as `service:Operation` (oldest first)."""
+        import json
+
+        req = urllib.request.Request(self.endpoint + "/_factory/calls", method="DELETE" if clear else "GET")
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())["calls"]
 
     def reset(self) -> None:
         """Forget every resource (moto's own reset API)."""

@@ -1,0 +1,155 @@
+"""The local cloud's AWS endpoint: moto's server with our layer around it.
+
+`python -m factory.local.aws_server -p PORT` serves, on loopback, moto's WSGI app with:
+
+- `factory.local.rules`: AWS's rules taught to moto's backends (Batch states and update
+  rules, EC2 launch template versions), installed in this process before the first request;
+- paging (`factory.local.paging`): Describe calls answered a page at a time;
+- faults (`factory.local.faults`): the next N calls of an operation fail on demand;
+- a call log: every AWS call's `service:Operation`, for the tests that prove the IAM
+  policies and the "zero mutating calls" promises (`GET /_factory/calls`).
+
+`factory local up` and the tests start this same server (`moto_server.MotoServer`), so
+what a user rehearses is what the tests prove. docs/local-cloud.md has the whole table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import threading
+from typing import Any, Callable, Iterable
+
+from factory.local import faults, paging
+from factory.local.operations import Call, error_response, identify
+
+CALLS_PATH = "/_factory/calls"
+ENV_STATE_DELAY = "FACTORY_LOCAL_STATE_DELAY"
+ENV_PAGE_SIZE = "FACTORY_LOCAL_PAGE_SIZE"
+DEFAULT_PAGE_SIZE = 2
+
+
+class Layer:
+    """WSGI middleware: control endpoints, faults, paging and the call log around moto's app."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], page_size: int = DEFAULT_PAGE_SIZE):
+        self.app = app
+        self.page_size = page_size
+        self.board = faults.FaultBoard()
+        self.calls: list[str] = []
+        self._calls_lock = threading.Lock()
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == faults.CONTROL_PATH:
+            return self._faults(environ, start_response)
+        if path == CALLS_PATH:
+            return self._calls(environ, start_response)
+        body = _read_body(environ)
+        call = identify(environ, body)
+        if call is None:
+            return self.app(_with_body(environ, body), start_response)
+        with self._calls_lock:
+            self.calls.append(call.name)
+        fault = self.board.take(call)
+        if fault is not None:
+            return faults.respond(fault, call, environ, start_response)
+        try:
+            page = paging.wanted_page(call, self.page_size)
+        except paging.BadToken as exc:
+            code = "InvalidParameterValue" if call.protocol == "query" else "ClientException"
+            status_line, headers, err = error_response(call, code, str(exc), 400)
+            start_response(status_line, headers + [("Content-Length", str(len(err)))])
+            return [err]
+        if page is None:
+            return self.app(_with_body(environ, body), start_response)
+        return self._paged(call, environ, body, page, start_response)
+
+    def _paged(self, call: Call, environ: dict[str, Any], body: bytes, page: tuple[int, int], start_response: Any) -> Iterable[bytes]:
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            captured["status"], captured["headers"] = status, headers
+            return lambda _data: None
+
+        chunks = self.app(_with_body(environ, paging.request_for_moto(call, body)), capture)
+        try:
+            answer = b"".join(chunks)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close:
+                close()
+        if captured["status"].startswith("200"):
+            answer = paging.page_of(call, answer, *page)
+        headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
+        start_response(captured["status"], headers + [("Content-Length", str(len(answer)))])
+        return [answer]
+
+    def _faults(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        from factory.errors import UsageError
+
+        method = environ.get("REQUEST_METHOD", "GET")
+        try:
+            if method == "POST":
+                self.board.arm(faults.Fault(**json.loads(_read_body(environ) or b"{}")))
+            elif method == "DELETE":
+                self.board.clear()
+        except (UsageError, TypeError, ValueError) as exc:
+            return _json(start_response, {"error": str(exc)}, "400 Bad Request")
+        return _json(start_response, {"faults": self.board.listing()})
+
+    def _calls(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        with self._calls_lock:
+            if environ.get("REQUEST_METHOD") == "DELETE":
+                self.calls.clear()
+            return _json(start_response, {"calls": list(self.calls)})
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    return environ["wsgi.input"].read(length) if length > 0 else b""
+
+
+def _with_body(environ: dict[str, Any], body: bytes) -> dict[str, Any]:
+    environ = dict(environ)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return environ
+
+
+def _json(start_response: Any, payload: dict[str, Any], status: str = "200 OK") -> list[bytes]:
+    body = json.dumps(payload).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def make_app(state_delay: float, page_size: int) -> Layer:
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    from factory.local import rules
+
+    rules.install(rules.Settings(state_delay=state_delay, stale_read=min(0.3, state_delay / 2)))
+    return Layer(DomainDispatcherApplication(create_backend_app), page_size=page_size)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.serving import run_simple
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-H", "--host", default="127.0.0.1")
+    parser.add_argument("-p", "--port", type=int, required=True)
+    parser.add_argument("--state-delay", type=float, default=float(os.environ.get(ENV_STATE_DELAY, "1.0")))
+    parser.add_argument("--page-size", type=int, default=int(os.environ.get(ENV_PAGE_SIZE, str(DEFAULT_PAGE_SIZE))))
+    args = parser.parse_args(argv)
+    app = make_app(args.state_delay, args.page_size)
+    run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Pages, as AWS gives them, at a page size small enough that page 2 always exists in tests.
+
+moto answers every Describe in one page (and truncates some lists at 15 without a
+token). AWS pages: Batch's DescribeComputeEnvironments/DescribeJobQueues return at most
+100 items and a `nextToken` whether or not `maxResults` is given (Batch API reference);
+EC2's Describe calls page when `MaxResults` is given and otherwise answer everything
+(EC2 API reference, "Pagination", which recommends always paging). Ours:
+
+- the operations in `PAGED` are answered a page at a time: at most `page_size` items
+  (default 2) and a `nextToken`; Batch's always, EC2's when `MaxResults` is given (at
+  min(MaxResults, page_size), which AWS allows: "a call can return fewer results than
+  the maximum even when more are available");
+- a token is tied to the request it continues: a token replayed with other filters is
+  refused, as AWS refuses it.
+
+The full answer is asked of moto (paging parameters stripped, its own limit lifted) and
+sliced here, so moto's own truncation never shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import urllib.parse
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any
+
+from factory.local.operations import Call
+
+
+@dataclass(frozen=True)
+class Paged:
+    list_key: str  # the list in the answer (EC2: the XML element holding <item>s)
+    always: bool  # pages without a max parameter too (Batch), or only with one (EC2)
+    moto_max: int | None = None  # moto's own limit to lift (it truncates without a token)
+
+
+PAGED: dict[str, Paged] = {
+    "batch:DescribeComputeEnvironments": Paged("computeEnvironments", always=True),
+    "batch:DescribeJobQueues": Paged("jobQueues", always=True),
+    "ec2:DescribeImages": Paged("imagesSet", always=False),
+    "ec2:DescribeLaunchTemplates": Paged("launchTemplates", always=False, moto_max=1000),
+    "ec2:DescribeLaunchTemplateVersions": Paged("launchTemplateVersionSet", always=False, moto_max=1000),
+    "ec2:DescribeVolumes": Paged("volumeSet", always=False),
+    "ec2:DescribeSnapshots": Paged("snapshotSet", always=False),
+    "ec2:DescribeSubnets": Paged("subnetSet", always=False),
+    "ec2:DescribeVpcs": Paged("vpcSet", always=False),
+    "ec2:DescribeSecurityGroups": Paged("securityGroupInfo", always=False),
+}
+
+TOKEN_KEYS = ("NextToken", "nextToken")
+MAX_KEYS = ("MaxResults", "maxResults")
+
+
+class BadToken(ValueError):
+    """A next token that this request did not get."""
+
+
+def wanted_page(call: Call, page_size: int) -> tuple[int, int] | None:
+    """(offset, size) of the page `call` asks for, or None when it is answered whole."""
+    rule = PAGED.get(call.name)
+    if rule is None:
+        return None
+    given = next((call.params[k] for k in MAX_KEYS if call.params.get(k) not in (None, "")), None)
+    if given is None and not rule.always:
+        return None
+    size = min(int(given), page_size) if given is not None else page_size
+    token = next((call.params[k] for k in TOKEN_KEYS if call.params.get(k)), None)
+    return (_offset(token, call) if token else 0), max(1, size)
+
+
+def request_for_moto(call: Call, body: bytes) -> bytes:
+    """The request body moto should get: no paging parameters, its own limit lifted."""
+    rule = PAGED[call.name]
+    if call.protocol == "query":
+        fields = [(k, v) for k, v in urllib.parse.parse_qsl(body.decode(), keep_blank_values=True) if k not in TOKEN_KEYS + MAX_KEYS]
+        if rule.moto_max:
+            fields.append(("MaxResults", str(rule.moto_max)))
+        return urllib.parse.urlencode(fields).encode()
+    params = {k: v for k, v in call.params.items() if k not in TOKEN_KEYS + MAX_KEYS}
+    return json.dumps(params).encode()
+
+
+def page_of(call: Call, body: bytes, offset: int, size: int) -> bytes:
+    """moto's whole answer cut to one page, with a token when more follow."""
+    rule = PAGED[call.name]
+    if call.protocol == "query":
+        return _page_xml(call, body, rule.list_key, offset, size)
+    data = json.loads(body or b"{}")
+    items = data.get(rule.list_key) or []
+    data[rule.list_key] = items[offset : offset + size]
+    data.pop("nextToken", None)
+    if offset + size < len(items):
+        data["nextToken"] = _token(offset + size, call)
+    return json.dumps(data).encode()
+
+
+def _page_xml(call: Call, body: bytes, list_key: str, offset: int, size: int) -> bytes:
+    root = ET.fromstring(body)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    if ns:
+        ET.register_namespace("", ns.strip("{}"))
+    holder = root.find(f"{ns}{list_key}")
+    items = list(holder) if holder is not None else []
+    for item in items[:offset] + items[offset + size :]:
+        holder.remove(item)
+    for old in root.findall(f"{ns}nextToken"):
+        root.remove(old)
+    if offset + size < len(items):
+        token = ET.SubElement(root, f"{ns}nextToken")
+        token.text = _token(offset + size, call)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _signature(call: Call) -> str:
+    stable = {k: v for k, v in call.params.items() if k not in TOKEN_KEYS + MAX_KEYS}
+    return hashlib.sha256(json.dumps([call.name, stable], sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _token(offset: int, call: Call) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset, "request": _signature(call)}).encode()).decode()
+
+
+def _offset(token: str, call: Call) -> int:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        offset, request = int(data["offset"]), data["request"]
+    except (ValueError, KeyError, TypeError):
+        raise BadToken(f"the next token {token[:20]}... is not valid") from None
+    if request != _signature(call):
+        raise BadToken("the next token was given for another request (different filters or names)")
+    return offset

@@ -1,0 +1,24 @@
+"""AWS's rules where moto is kinder, taught to moto's backends inside the local cloud's server.
+
+Each module teaches one service (docs/local-cloud.md has the table: AWS's behaviour,
+moto's, ours, and the AWS document it follows). They are installed once, by
+`factory.local.aws_server` at start, in the server's own process: every client of the
+local cloud (the CLI, Packer, the tests) meets the same rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_delay: float = 1.0  # seconds a Batch resource spends CREATING/UPDATING/DELETING
+    stale_read: float = 0.3  # seconds after an update during which a describe still shows the old state
+
+
+def install(settings: Settings) -> None:
+    from factory.local.rules import batch, ec2
+
+    batch.install(settings)
+    ec2.install(settings)

@@ -1,0 +1,77 @@
+"""EC2 as AWS runs it, where factory depends on it and moto differs.
+
+| AWS | moto 5 | ours |
+| --- | --- | --- |
+| `DeleteLaunchTemplateVersions` deletes the versions it can and answers 200 with a per-version failure list; the default version is never deleted | HTTP 500 (not implemented) | deletes; reports the default version and unknown versions as failures (codes from the API's `LaunchTemplateErrorCode`) |
+| version numbers keep counting after a deletion | numbers are list positions | numbers are kept with each version, so a deletion shifts nothing |
+
+AWS sources: EC2 API reference, DeleteLaunchTemplateVersions ("You can't delete the
+default version of a launch template"; the success and error sets) and botocore's EC2
+model for the response shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from factory.local.rules import Settings
+
+
+def install(settings: Settings) -> None:
+    from moto.core.responses import ActionResult
+    from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound
+    from moto.ec2.models.launch_templates import LaunchTemplate, LaunchTemplateVersion
+    from moto.ec2.responses.launch_templates import LaunchTemplates
+
+    # Versions found by their number, not their place in the list.
+    def create_version(self: Any, data: dict[str, Any], description: str) -> Any:
+        number = max((v.number for v in self.versions), default=0) + 1
+        version = LaunchTemplateVersion(self, number, data, description)
+        self.versions.append(version)
+        return version
+
+    def get_version(self: Any, num: Any) -> Any:
+        text = str(num).lower()
+        if text == "$latest":
+            return self.latest_version()
+        if text == "$default":
+            return self.default_version()
+        for v in self.versions:
+            if str(v.number) == str(num):
+                return v
+        raise InvalidLaunchTemplateVersionNotFound(template_id=self.id, version=num)
+
+    def default_version(self: Any) -> Any:
+        return self.get_version(self.default_version_number)
+
+    def latest_version(self: Any) -> Any:
+        return max(self.versions, key=lambda v: v.number)
+
+    LaunchTemplate.create_version = create_version
+    LaunchTemplate.get_version = get_version
+    LaunchTemplate.default_version = default_version
+    LaunchTemplate.latest_version = latest_version
+
+    def delete_launch_template_versions(self: Any) -> Any:
+        name = self._get_param("LaunchTemplateName")
+        template_id = self._get_param("LaunchTemplateId")
+        numbers = [str(v) for v in self._get_param("LaunchTemplateVersion", []) or self._get_param("Versions", [])]
+        self.error_on_dryrun()
+        if name:
+            template = self.ec2_backend.get_launch_template_by_name(name)
+        else:
+            template = self.ec2_backend.get_launch_template(template_id)
+        done, failed = [], []
+        for number in numbers:
+            ident = {"LaunchTemplateId": template.id, "LaunchTemplateName": template.name, "VersionNumber": int(number) if number.isdigit() else 0}
+            found = [v for v in template.versions if str(v.number) == number]
+            if not found:
+                failed.append({**ident, "ResponseError": {"Code": "launchTemplateVersionDoesNotExist", "Message": f"version {number} does not exist"}})
+            elif template.is_default(found[0]):
+                failed.append({**ident, "ResponseError": {"Code": "unexpectedError", "Message": "Cannot delete the default version of a launch template"}})
+            else:
+                template.versions.remove(found[0])
+                done.append(ident)
+        return ActionResult({"SuccessfullyDeletedLaunchTemplateVersions": done, "UnsuccessfullyDeletedLaunchTemplateVersions": failed})
+
+    LaunchTemplates.delete_launch_template_versions = delete_launch_template_versions
