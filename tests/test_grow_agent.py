@@ -246,3 +246,23 @@ def test_an_agent_killed_mid_add_is_finished_by_the_next_one(instance):
     assert len(instance.pool_devices()) == 1 + len(vols)  # every volume made is in use: none leaked
     mapping = instance.mapping()
     assert all(mapping[v["VolumeId"]]["Ebs"]["DeleteOnTermination"] is True for v in vols)
+
+
+def test_throttled_create_and_dropped_attach_are_retried_and_the_task_still_fits(instance):
+    """The local cloud's faults: CreateVolume throttled twice (RequestLimitExceeded), the
+    AttachVolume connection dropped once; the agent backs off, retries and the writer fits."""
+    from factory.local.faults import Fault, arm, armed
+
+    arm(instance.moto.endpoint, Fault("ec2:CreateVolume", kind="throttle", times=2))
+    arm(instance.moto.endpoint, Fault("ec2:AttachVolume", kind="drop", times=1))
+    instance.configure(add_seconds=4.0)  # the retries' backoff is part of this add's time
+    instance.start_agent()
+    instance.wait_event("start")
+    result = instance.write(3 * 1024, 200)
+    assert result.returncode == 0, result.stderr + instance.events.read_text()
+    retries = [(e["operation"], e["error"]) for e in instance.read_events() if e["event"] == "retry"]
+    assert retries.count(("create_volume", "RequestLimitExceeded")) == 2, retries
+    assert [r for r in retries if r[0] == "attach_volume"], retries
+    assert armed(instance.moto.endpoint) == []
+    vols = instance.grow_volumes()
+    assert len(instance.pool_devices()) == 1 + len(vols)  # a retried call made no second volume
