@@ -167,3 +167,29 @@ def test_instance_policy_is_scoped_by_tag(moto):
 
 def test_repo_specs_still_valid(cli):
     assert cli("validate", SPECS).exit_code == 0
+
+
+def test_render_turns_the_grow_agent_on_only_for_a_growing_task(tmp_path, monkeypatch):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from factory import render as render_mod
+    from factory.sizing import size_task
+    from factory.spec import load_spec
+
+    monkeypatch.setenv(render_mod.CALLER_CIDR_ENV, "203.0.113.7/32")
+    grow = load_spec(write(tmp_path))
+    plain = load_spec(write(tmp_path, grow="", name="plain"))
+    result = render_mod.render(grow, size_task(grow), "ami-0123456789abcdef0", tmp_path / "out")
+    assert {k: result.variables[k] for k in ("grow_enabled", "grow_max_gib", "grow_volume_type")} == \
+        {"grow_enabled": True, "grow_max_gib": 200, "grow_volume_type": "gp3"}
+    assert result.variables["volume_gib"] == 30  # the root stays the base's; the data volume is the launch template's
+    assert "ansible/roles/grow_agent/files/factory_grow/agent.py" in result.files
+    assert not {k for k in render_mod.variables_for(plain, size_task(plain), "ami-0123456789abcdef0",
+                                                    render_mod.BuildTarget.aws()) if k.startswith("grow_")}
+    if shutil.which("packer"):
+        env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}", CHECKPOINT_DISABLE="1")
+        v = subprocess.run(["packer", "validate", "."], cwd=result.out_dir, capture_output=True, text=True, env=env, timeout=120)
+        assert v.returncode == 0, v.stdout + v.stderr

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 LABEL = "factory-docker"
@@ -172,10 +173,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("device", nargs="?")
     ap.add_argument("mountpoint")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the device to appear (udev at boot)")
     args = ap.parse_args(argv)
     pool = choose(args.backend)
     try:
         if args.action == "ensure":
+            deadline = time.monotonic() + args.wait
+            while not os.path.exists(args.device) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            if not os.path.exists(args.device):
+                raise PoolError(f"the data volume {args.device} is not there (waited {args.wait:g}s): is it in the launch template?")
             made = pool.ensure(args.device, args.mountpoint)
             print(json.dumps({"event": "pool-ready", "backend": pool.name, "device": args.device, "made": made}), flush=True)
         elif args.action == "add":
