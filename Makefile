@@ -43,9 +43,10 @@ lint: $(STAMP) system-deps ## ansible-lint (production), packer fmt, ruff
 	@packer fmt -check packer/
 	@$(VENV)/bin/ruff check factory tests bench scripts
 
-bench: $(STAMP) system-deps ## Run the benchmarks in bench/ and print their figures
+bench: $(STAMP) system-deps ## Run the benchmarks in bench/ and print their figures (measure starts its own dockerd)
 	@$(PY) bench/startup/run.py
 	@$(PY) bench/sizing/run.py
+	@$(PY) bench/measure/run.py
 	@$(PY) bench/bake/run.py
 
 guard-%:

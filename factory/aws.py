@@ -14,10 +14,13 @@ from typing import Any, Iterator
 
 from factory.errors import AwsError
 
-# Per attempt; a call gives up after MAX_ATTEMPTS attempts (throttling is retried too).
+# Per attempt; a call gives up after MAX_ATTEMPTS attempts. botocore's standard retry mode
+# retries throttling errors, 5xx answers and dropped connections with jittered exponential
+# backoff, as every AWS SDK does; the adaptive mode's client-side rate limiter helps many
+# concurrent clients, not factory's few calls at a time (docs/local-cloud.md, "Retries").
 CONNECT_TIMEOUT_SECONDS = 5
 READ_TIMEOUT_SECONDS = 15
-MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 5
 
 
 @dataclass

@@ -132,12 +132,14 @@ def image_hash(base_ami: str, files: Iterable[tuple[str, Path]], variables: dict
 def find_image(ec2: Any, digest: str) -> dict[str, Any] | None:
     """The newest available AMI of this account tagged with `digest`, or None."""
     from factory.aws import aws_errors
+    from factory.register.reads import paged
 
     with aws_errors("looking for an AMI with the same content hash"):
-        images = ec2.describe_images(
+        images = list(paged(
+            ec2, "describe_images", "Images",
             Owners=["self"],
             Filters=[{"Name": f"tag:{IMAGE_HASH_TAG}", "Values": [digest]}, {"Name": "state", "Values": ["available"]}],
-        ).get("Images", [])
+        ))
     # Filters are the API's promise; check anyway (a tag filter silently ignored would
     # otherwise reuse an unrelated image).
     images = [
@@ -157,7 +159,7 @@ def ensure_tagged(ec2: Any, ami_id: str, tags: dict[str, str]) -> str | None:
 
     try:
         with aws_errors(f"reading the tags of {ami_id}"):
-            image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]
+            image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]  # one id: one page
     except (AwsError, IndexError, KeyError) as exc:
         # Packer created it with the tags; not being able to look is no reason to drop it.
         return f"could not confirm the tags of {ami_id} ({getattr(exc, 'message', exc)}); Packer set them at creation"
@@ -266,7 +268,7 @@ def check_pinned_ami(spec: Any, ec2: Any, ami: str) -> None:
     missing = False
     with aws_errors(f"looking up the pinned base AMI {ami}"):
         try:
-            images = ec2.describe_images(ImageIds=[ami]).get("Images", [])
+            images = ec2.describe_images(ImageIds=[ami]).get("Images", [])  # one id: one page
         except ClientError as exc:
             if error_code(exc) not in ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidAMIID.Unavailable"):
                 raise

@@ -44,18 +44,11 @@ class Cloud:
         return render.BuildTarget.aws()
 
     def register_config(self, path: Path | None = None):
-        """The register step's settings: `path`, else ./factory.yaml (or defaults); on the
-        local cloud, its Batch service role unless the file names one."""
-        from dataclasses import replace
-
+        """The register step's settings: `path`, else ./factory.yaml (or defaults). The local
+        cloud, like AWS, uses Batch's service-linked role unless the file names a role."""
         from factory.config import load_config
 
-        config = load_config(path)
-        if self.kind == "local" and config.batch.service_role is None:
-            from factory.local.cloud import BATCH_SERVICE_ROLE
-
-            config = replace(config, batch=replace(config.batch, service_role=BATCH_SERVICE_ROLE))
-        return config
+        return load_config(path)
 
     def packer_env(self, region: str) -> dict[str, str]:
         """The environment Packer runs in. On the local cloud: moto's endpoint and dummy

@@ -11,6 +11,8 @@ register step uses the region's default VPC and says so. The format, with defaul
       spot_fleet_role: null                       # only for SPOT with allocation_strategy BEST_FIT
       ec2_key_pair: null                          # an EC2 key pair for SSH into Batch hosts
       queue_priority: 1
+      update_timeout_minutes: 2880                # running jobs' time on an old instance after an AMI roll (max 7200)
+      terminate_jobs_on_update: false             # true: stop running jobs at once when the image rolls
     launch_template:
       boot_commands: []                           # shell lines run at boot (MIME multi-part user data)
     tiers:
@@ -40,6 +42,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "spot_fleet_role": "IAM role name or ARN, or null",
         "ec2_key_pair": "EC2 key pair name, or null",
         "queue_priority": "integer >= 0",
+        "update_timeout_minutes": "integer from 1 to 7200 (AWS Batch's updatePolicy.jobExecutionTimeoutMinutes)",
+        "terminate_jobs_on_update": "true or false",
     },
     "launch_template": {"boot_commands": "list of shell command lines"},
     "tiers": {"max_tiers": "integer >= 1, or null"},
@@ -60,6 +64,16 @@ class BatchConfig:
     spot_fleet_role: str | None = None
     ec2_key_pair: str | None = None
     queue_priority: int = 1
+    # AWS Batch's updatePolicy for infrastructure updates (an AMI or launch template roll):
+    # jobs running on an old instance get this long before it is replaced. AWS's own
+    # default is 30 minutes, which cuts off most genomics jobs; two days is ours.
+    update_timeout_minutes: int = 2880
+    terminate_jobs_on_update: bool = False
+
+    @property
+    def update_policy(self) -> dict[str, Any]:
+        """The updatePolicy sent with every infrastructure update."""
+        return {"terminateJobsOnUpdate": self.terminate_jobs_on_update, "jobExecutionTimeoutMinutes": self.update_timeout_minutes}
 
     @property
     def has_network(self) -> bool:
@@ -180,6 +194,13 @@ def parse_config(data: Any, path: Path | None) -> FactoryConfig:
         bad("launch_template.boot_commands", f"expected a list of shell command lines, got {commands!r}")
         commands = []
 
+    timeout = opt_int("batch", "update_timeout_minutes", 2880, 1, False) or 2880
+    if timeout > 7200:
+        bad("batch.update_timeout_minutes", f"expected an {_SCHEMA['batch']['update_timeout_minutes']}, got {timeout!r}")
+    terminate = sections.get("batch", {}).get("terminate_jobs_on_update", False)
+    if not isinstance(terminate, bool):
+        bad("batch.terminate_jobs_on_update", f"expected true or false, got {terminate!r}")
+        terminate = False
     batch = BatchConfig(
         subnets=subnets,
         security_groups=groups,
@@ -188,6 +209,8 @@ def parse_config(data: Any, path: Path | None) -> FactoryConfig:
         spot_fleet_role=opt_str("batch", "spot_fleet_role", None),
         ec2_key_pair=opt_str("batch", "ec2_key_pair", None),
         queue_priority=opt_int("batch", "queue_priority", 1, 0, False) or 0,
+        update_timeout_minutes=min(timeout, 7200),
+        terminate_jobs_on_update=terminate,
     )
     config = FactoryConfig(
         path=path,

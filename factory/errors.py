@@ -43,5 +43,13 @@ class PackerError(FactoryError):
     """Packer is missing, refused the template, or the build failed."""
 
 
+class DockerError(FactoryError):
+    """The Docker engine cannot be reached, or refused what was asked (no such image, no such container)."""
+
+
+class MeasureError(FactoryError):
+    """`factory measure` cannot run or record a task: no Docker engine, a missing image or input, a failed run."""
+
+
 class LocalCloudError(FactoryError):
     """The local cloud (moto's server, the build host) could not start or is not running."""

@@ -107,9 +107,8 @@ def write_atomic(path: Path, text: str) -> None:
 
 def queues_exist(clients: Any, queue_names: Sequence[str]) -> list[str]:
     """The queue names in `queue_names` that AWS Batch does not know (read-only)."""
-    from factory.aws import aws_errors
+    from factory.register.reads import job_queues
 
-    with aws_errors("reading job queues"):
-        found = clients.batch().describe_job_queues(jobQueues=list(queue_names))["jobQueues"]
+    found = job_queues(clients.batch(), list(queue_names))
     have = {q["jobQueueName"] for q in found if q.get("status") not in ("DELETING", "DELETED")}
     return sorted(set(queue_names) - have)

@@ -4,7 +4,8 @@ The arithmetic, in the order it is applied (docs/sizing.md explains each step):
 
 1. Read the task's benchmark CSV: one row per measured run, columns
    `input_gib,index_gib,scratch_gib,output_gib` (extra columns are kept and ignored,
-   lines starting with `#` are comments).
+   lines starting with `#` are comments; a row whose `failed` column says yes is kept
+   but left out of the fit).
 2. For each of index, scratch and output, fit ordinary least squares `y = a + b*input`
    and take the one-sided 95% *prediction* bound at the spec's `max_input_gib` (a new
    run's value, not the mean's, is what must fit on disk). A negative slope is treated
@@ -36,6 +37,10 @@ from factory.errors import SizingError
 from factory.families import FAMILIES
 
 REQUIRED_COLUMNS = ("input_gib", "index_gib", "scratch_gib", "output_gib")
+# Optional column: a run that failed (`factory measure --keep-failed` writes `yes`) is kept
+# in the file, as a record of what happened, but left out of the fit.
+FAILED_COLUMN = "failed"
+FAILED_VALUES = {"": False, "no": False, "false": False, "0": False, "yes": True, "true": True, "1": True}
 COMPONENTS = ("index", "scratch", "output")
 
 # One-sided confidence of the prediction bound: a new run at max_input_gib needs more
@@ -91,6 +96,7 @@ class BenchmarkRecord:
     output_gib: float
     line: int = 0
     extra: tuple[tuple[str, str], ...] = ()
+    failed: bool = False  # the `failed` column said yes: kept, never fitted
 
     @property
     def footprint_gib(self) -> float:
@@ -193,8 +199,17 @@ def parse_benchmarks(text: str, source: str = "<benchmarks>") -> list[BenchmarkR
                     f"{source}:{lineno}: column '{col}': {cell} is negative; sizes are GiB >= 0"
                 )
             values[col] = number
+        failed = False
+        if FAILED_COLUMN in index:
+            cell = row[index[FAILED_COLUMN]].strip()
+            if cell.lower() not in FAILED_VALUES:
+                raise SizingError(
+                    f"{source}:{lineno}: column '{FAILED_COLUMN}': '{cell}' is not yes or no; "
+                    "write yes for a run that failed (kept, not fitted), no or nothing otherwise"
+                )
+            failed = FAILED_VALUES[cell.lower()]
         extra = tuple((h, row[i].strip()) for h, i in index.items() if h not in REQUIRED_COLUMNS)
-        records.append(BenchmarkRecord(**values, line=lineno, extra=extra))
+        records.append(BenchmarkRecord(**values, line=lineno, extra=extra, failed=failed))
     return records
 
 
@@ -527,9 +542,15 @@ def size_workload(
     if storage_driver not in RESERVE_GIB:
         raise SizingError(f"{at}unknown storage driver {storage_driver!r}; expected overlay2 or devicemapper")
 
-    records = tuple(records)
+    failed_runs = [r for r in records if r.failed]
+    records = tuple(r for r in records if not r.failed)
     bench_name = benchmarks or "the benchmark file"
     warnings: list[str] = []
+    if failed_runs:
+        warnings.append(
+            f"{len(failed_runs)} failed run(s) (failed=yes, line {', '.join(str(r.line) for r in failed_runs)}) "
+            "kept in the file but left out of the fit"
+        )
     fits: tuple[ComponentFit, ...] = ()
     distinct_inputs = {r.input_gib for r in records}
     largest_input = max(distinct_inputs, default=0.0)

@@ -267,7 +267,7 @@ def _schema_problems(doc: Any, file: str) -> list[Problem]:
         elif kind == "pattern":
             generic = re.sub(r"\[\d+\]", "[]", where)
             help_text = _PATTERN_HELP.get(generic) or (
-                "must be an EC2 instance type such as m5.xlarge, a family such as c6i, or `optimal`"
+                "must be an EC2 instance type such as m5.xlarge, a family such as c6i, `optimal`, `default_x86_64` or `default_arm64`"
                 if generic == "batch.instance_types[]"
                 else f"must match {error.validator_value}"
             )
@@ -290,10 +290,18 @@ def _schema_problems(doc: Any, file: str) -> list[Problem]:
 # Semantic rules the schema cannot express
 
 
+def default_instance_types(architecture: str) -> list[str]:
+    """Batch's own choice of instance types for the architecture: `optimal` is x86 only,
+    so an arm64 task defaults to `default_arm64` (Graviton families)."""
+    return ["default_arm64"] if architecture == "arm64" else ["optimal"]
+
+
 def _is_arm_instance(instance_type: str) -> bool | None:
     """True for Graviton types, False for x86, None when we cannot tell (e.g. `optimal`)."""
-    if instance_type == "optimal":
-        return False  # Batch's `optimal` picks x86 families
+    if instance_type in ("optimal", "default_x86_64"):
+        return False  # Batch's `optimal` picks x86 families only (Batch API reference, instanceTypes)
+    if instance_type == "default_arm64":
+        return True
     family = instance_type.split(".")[0]
     if family == "a1":
         return True
@@ -322,8 +330,11 @@ def _benchmark_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list
         return [Problem(file, field_, f"cannot use it: {exc.message}")]
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         return [Problem(file, field_, f"cannot use {display(path)}: {exc}")]
-    if len(records) < 2 and "footprint" not in storage:
-        return [Problem(file, field_, f"{display(path)} has {len(records)} measured run(s); add at least 2 rows to fit, or give `storage.footprint`")]
+    usable = [r for r in records if not r.failed]
+    if len(usable) < 2 and "footprint" not in storage:
+        failed = len(records) - len(usable)
+        also = f" (and {failed} failed, not fitted)" if failed else ""
+        return [Problem(file, field_, f"{display(path)} has {len(usable)} measured run(s){also}; add at least 2 rows to fit, or give `storage.footprint`")]
     return []
 
 
@@ -431,7 +442,7 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
         ),
         awscli=AwsCliSpec(prefix=doc.get("awscli", {}).get("prefix", DEFAULT_PREFIX)),
         batch=BatchSpec(
-            instance_types=tuple(batch.get("instance_types", ["optimal"])),
+            instance_types=tuple(batch.get("instance_types") or default_instance_types(image.get("architecture", "x86_64"))),
             min_vcpus=int(batch.get("min_vcpus", 0)),
             max_vcpus=int(batch.get("max_vcpus", 256)),
             provisioning=prov,
@@ -605,15 +616,40 @@ def load_specs(paths: Iterable[Path]) -> list[TaskSpec]:
 
 def find_spec(task: str, specs_dir: Path = Path("specs")) -> TaskSpec:
     """The spec for TASK: `specs_dir/TASK.yaml` (or a path to a spec file)."""
+    return load_spec(find_spec_file(task, specs_dir))
+
+
+def find_spec_file(task: str, specs_dir: Path = Path("specs")) -> Path:
+    """The spec file for TASK (`specs_dir/TASK.yaml`, or a path to a spec file), not yet checked."""
     candidate = Path(task)
     if candidate.suffix in SPEC_SUFFIXES and candidate.is_file():
-        return load_spec(candidate)
+        return candidate
     for suffix in SPEC_SUFFIXES:
         path = specs_dir / f"{task}{suffix}"
         if path.is_file():
-            return load_spec(path)
+            return path
     if not specs_dir.is_dir():
         raise UsageError(f"no specs folder at {specs_dir}; run from the repository root or pass --specs-dir")
     known = sorted(p.stem for p in specs_dir.iterdir() if p.suffix in SPEC_SUFFIXES)
     hint = _suggest(task, known) or (f"; known tasks: {', '.join(known)}" if known else "")
     raise UsageError(f"no spec for task {task!r} in {specs_dir}/{hint}")
+
+
+def benchmarks_file(spec_path: Path) -> Path | None:
+    """Where a spec's `storage.benchmarks` points (resolved against the spec's folder), or None when it names none.
+
+    Reads only that field, so it works while the file is still missing or has too few runs
+    for the spec to validate (`factory measure` is how those runs are made).
+    """
+    file = display(spec_path)
+    try:
+        doc = read_yaml(spec_path)
+    except YamlProblem as exc:
+        raise SpecError([Problem(file, "", str(exc))]) from None
+    storage = doc.get("storage") if isinstance(doc, dict) else None
+    bench = storage.get("benchmarks") if isinstance(storage, dict) else None
+    if bench is None:
+        return None
+    if not isinstance(bench, str) or not bench.strip():
+        raise SpecError([Problem(file, "storage.benchmarks", "must be the path of a CSV file, relative to the spec")])
+    return (spec_path.parent / bench).resolve()

@@ -1,4 +1,4 @@
-"""Shared fixtures: a CLI runner and the repository's paths."""
+"""Shared fixtures: a CLI runner, the repository's paths, moto's server and a real Docker engine."""
 
 from __future__ import annotations
 
@@ -32,3 +32,27 @@ def moto():
     server = MotoServer.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory):
+    """A real Docker engine (tests/docker_fixtures.py) with the busybox image IMAGE on it."""
+    from docker_fixtures import IMAGE
+
+    from factory.local.docker_engine import DockerEngine, import_busybox_image
+
+    engine = DockerEngine.ensure(tmp_path_factory.mktemp("docker-engine"))
+    try:
+        import_busybox_image(IMAGE, env=engine.env())
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
+def docker_env(docker_engine, monkeypatch):
+    """DOCKER_HOST set for this test (in-process CLI runs and subprocesses alike)."""
+    if docker_engine.host is not None:
+        monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+    monkeypatch.delenv("DOCKER_CONTEXT", raising=False)
+    return docker_engine.env()

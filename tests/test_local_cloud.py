@@ -98,6 +98,26 @@ def test_the_build_host_answers_ssh_and_runs_docker(up, state_dir):
     assert proc.stdout.strip() == "overlay2"
 
 
+def test_fault_command_arms_the_running_cloud_and_clears_it(up, state_dir):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    proc = factory("local", "fault", "ec2:DescribeVpcs", "--kind", "error", "--times", "1", state_dir=state_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert "armed: ec2:DescribeVpcs fails (error) for the next 1 call(s)" in proc.stdout
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=up["endpoint"], aws_access_key_id="testing", aws_secret_access_key="testing")
+    with pytest.raises(ClientError, match="InjectedFault"):
+        ec2.describe_vpcs()
+    ec2.describe_vpcs()  # only the next call
+    assert factory("local", "fault", "ec2:DescribeVpcs", "--times", "5", state_dir=state_dir).returncode == 0
+    assert factory("local", "fault", "--clear", state_dir=state_dir).returncode == 0
+    ec2.describe_vpcs()
+    bad = factory("local", "fault", "describe-vpcs", state_dir=state_dir)
+    assert bad.returncode == 2 and "SERVICE:Operation" in bad.stderr and "Traceback" not in bad.stderr
+    bad = factory("local", "fault", "ec2:DescribeVpcs", "--kind", "explode", state_dir=state_dir)
+    assert bad.returncode == 2 and "error, throttle, drop" in bad.stderr
+
+
 def test_a_second_up_is_refused(up, state_dir):
     proc = factory("local", "up", state_dir=state_dir)
     assert proc.returncode == 1

@@ -70,7 +70,6 @@ class Cloud:
         return self.clients.batch()
 
     def config(self, **batch) -> FactoryConfig:
-        batch.setdefault("service_role", self.slr)
         return FactoryConfig(batch=BatchConfig(**batch))
 
     def bake(self, task: str, spec_hash: str = "") -> str:
@@ -95,10 +94,12 @@ class Cloud:
         return self.ec2.describe_launch_template_versions(LaunchTemplateName=name, Versions=[version])["LaunchTemplateVersions"][0]
 
     def ces(self) -> dict[str, dict]:
-        return {c["computeEnvironmentName"]: c for c in self.batch.describe_compute_environments()["computeEnvironments"]}
+        pages = self.batch.get_paginator("describe_compute_environments").paginate()
+        return {c["computeEnvironmentName"]: c for page in pages for c in page["computeEnvironments"]}
 
     def queues(self) -> dict[str, dict]:
-        return {q["jobQueueName"]: q for q in self.batch.describe_job_queues()["jobQueues"]}
+        pages = self.batch.get_paginator("describe_job_queues").paginate()
+        return {q["jobQueueName"]: q for page in pages for q in page["jobQueues"]}
 
 
 class Calls:
@@ -318,7 +319,7 @@ def test_best_fit_environment_is_replaced_not_updated(cloud, specs):
     tr = second.for_task("star-align")
     assert tr.compute_environment.startswith(name + "-") and tr.compute_environment != name
     ces = cloud.ces()
-    assert name not in ces and tr.compute_environment in ces
+    assert ces[name]["status"] == "DELETING" and tr.compute_environment in ces  # gone once Batch is done
     assert ces[tr.compute_environment]["computeResources"]["launchTemplate"]["version"] == "2"
     assert [o["computeEnvironment"] for o in cloud.queues()[name]["computeEnvironmentOrder"]] == [ces[tr.compute_environment]["computeEnvironmentArn"]]
     assert "UpdateComputeEnvironment" in calls.mutating  # the old one was disabled first
@@ -728,3 +729,139 @@ def test_error_code_and_message_read_a_real_botocore_error(cloud):
     assert error_code(exc.value).startswith("InvalidAMIID")
     assert error_message(exc.value)
     assert error_code(ValueError("not AWS")) == "" == error_message(ValueError("not AWS"))
+
+
+# ---------------------------------------------------------------------------------------
+# What a real account would do (issue 15): removals, update policy, limits, prune reports
+
+
+def _ce_of(cloud, result, task):
+    return cloud.ces()[result.for_task(task).compute_environment]
+
+
+@pytest.mark.parametrize("first, second", [("spot", "on-demand"), ("on-demand", "spot")])
+def test_switching_provisioning_both_ways_updates_in_place(cloud, specs, first, second):
+    def shaped(how):
+        if how == "spot":
+            return [with_batch(s, provisioning="spot", allocation_strategy="SPOT_CAPACITY_OPTIMIZED", spot_bid_percentage=80) for s in specs]
+        return [with_batch(s, provisioning="on-demand", allocation_strategy="BEST_FIT_PROGRESSIVE", spot_bid_percentage=None) for s in specs]
+
+    bake_all(cloud, specs)
+    run(cloud, shaped(first))
+    result = run(cloud, shaped(second))
+    cr = _ce_of(cloud, result, "salmon-quant")["computeResources"]
+    assert cr["type"] == ("SPOT" if second == "spot" else "EC2")
+    if second == "spot":  # on EC2 a bid means nothing: neither sent nor compared
+        assert cr["bidPercentage"] == 80
+    assert not run(cloud, shaped(second)).changed
+
+
+def test_dropping_a_spot_bid_sets_aws_default_and_settles(cloud, specs):
+    spot = [with_batch(s, provisioning="spot", allocation_strategy="SPOT_CAPACITY_OPTIMIZED", spot_bid_percentage=60) for s in specs]
+    bake_all(cloud, specs)
+    run(cloud, spot)
+    no_bid = [with_batch(s, spot_bid_percentage=None) for s in spot]
+    result = run(cloud, no_bid)
+    assert _ce_of(cloud, result, "salmon-quant")["computeResources"]["bidPercentage"] == 100
+    assert not run(cloud, no_bid).changed
+
+
+@pytest.mark.parametrize("first, second", [("mine", None), (None, "mine")])
+def test_adding_and_removing_the_key_pair(cloud, specs, first, second):
+    bake_all(cloud, specs)
+    run(cloud, specs, config=cloud.config(ec2_key_pair=first))
+    result = run(cloud, specs, config=cloud.config(ec2_key_pair=second))
+    assert _ce_of(cloud, result, "salmon-quant")["computeResources"].get("ec2KeyPair") == second
+    assert not run(cloud, specs, config=cloud.config(ec2_key_pair=second)).changed
+
+
+def test_an_ami_roll_sends_the_update_policy_and_the_environment_keeps_it(cloud, specs):
+    bake_all(cloud, specs)
+    run(cloud, specs)
+    new_ami = cloud.bake("salmon-quant")
+    with Calls(cloud.clients) as calls:
+        result = run(cloud, specs, config=cloud.config(update_timeout_minutes=720), ami_overrides={"salmon-quant": new_ami})
+    (update,) = [p for op, p in calls.params if op == "UpdateComputeEnvironment"]
+    assert update["updatePolicy"] == {"terminateJobsOnUpdate": False, "jobExecutionTimeoutMinutes": 720}
+    assert update["computeResources"]["updateToLatestImageVersion"] is True
+    ce = _ce_of(cloud, result, "salmon-quant")
+    assert ce["updatePolicy"] == {"terminateJobsOnUpdate": False, "jobExecutionTimeoutMinutes": 720}
+    assert "720 min to finish" in next(c.reason for c in result.for_task("salmon-quant").changes if c.resource == "compute-environment")
+
+
+def test_long_task_lists_stay_within_aws_limits_and_lose_nothing(cloud, specs):
+    from factory.register import tasks_from_tags, tasks_tags, version_description
+
+    names = [f"a-rather-long-task-name-for-a-genomics-step-number-{i:02d}" for i in range(7)]
+    tags = tasks_tags(names)
+    assert len(",".join(names)) > 256 and all(len(v) <= 256 for v in tags.values())
+    assert tasks_from_tags(tags) == names
+    assert len(version_description(names)) <= 255 and "more" in version_description(names)
+    assert version_description(["a", "b"]) == "factory: a,b"
+
+    # Through AWS: a tier with those seven tasks is created and tagged without an error.
+    long_specs = [dataclasses.replace(specs[1], name=n) for n in names]
+    for s in long_specs:
+        cloud.bake(s.name, s.spec_hash)
+    tier = Tier(names[-1], 100, tuple(names), (), names[-1])
+    result = register_targets_for(cloud, long_specs, [tier])
+    lt = cloud.ec2.describe_launch_templates(LaunchTemplateNames=[f"factory-{names[-1]}"])["LaunchTemplates"][0]
+    assert tasks_from_tags({t["Key"]: t["Value"] for t in lt["Tags"]}) == sorted(names)
+    assert tasks_from_tags(cloud.queues()[f"factory-{names[-1]}"]["tags"]) == sorted(names)
+    assert result.tiers[0].changed
+
+
+def register_targets_for(cloud, specs, tiers):
+    from factory.register import register_targets
+
+    return register_targets(targets_for(specs, tiers), cloud.clients, config=cloud.config(), poll=0.01)
+
+
+def test_prune_reports_versions_aws_kept_instead_of_claiming_them(cloud, specs):
+    from factory.register.prune import _prune_versions
+    from factory.register.results import Change
+
+    ec2 = cloud.ec2
+    lt = ec2.create_launch_template(LaunchTemplateName="factory-raced", LaunchTemplateData={"ImageId": "ami-12345678"})["LaunchTemplate"]
+    for i in range(3):
+        ec2.create_launch_template_version(LaunchTemplateId=lt["LaunchTemplateId"], LaunchTemplateData={"ImageId": f"ami-1234567{i}"})
+    # Someone made version 1 the default after prune read the template (it still says 4).
+    stale = dict(lt, DefaultVersionNumber=4)
+    ec2.modify_launch_template(LaunchTemplateId=lt["LaunchTemplateId"], DefaultVersion="1")
+    changes: list[Change] = []
+    _prune_versions(ec2, stale, {}, 1, False, changes)
+    deleted = [c for c in changes if c.action == "delete"]
+    failed = [c for c in changes if c.action == "failed"]
+    assert deleted and "versions 2, 3" in deleted[0].reason and "1" not in deleted[0].reason.split("(")[0].replace("versions 2, 3", "")
+    assert failed and "version 1" in failed[0].reason and "default" in failed[0].reason
+
+
+def test_prune_deletes_old_amis_with_their_snapshots(cloud, specs, cli):
+    from factory.register import prune
+
+    old = cloud.bake("salmon-quant")
+    for _ in range(2):
+        time.sleep(1.1)  # CreationDate has whole seconds: keep the order unambiguous
+        cloud.bake("salmon-quant")
+    snaps = [m["Ebs"]["SnapshotId"] for m in cloud.ec2.describe_images(ImageIds=[old])["Images"][0]["BlockDeviceMappings"]]
+    result = prune(cloud.clients, keep=2, dry_run=False)
+    assert [c.name for c in result.changes if c.resource == "ami"] == [old] and not result.failed
+    left = {s["SnapshotId"] for p in cloud.ec2.get_paginator("describe_snapshots").paginate(OwnerIds=["self"]) for s in p["Snapshots"]}
+    assert not set(snaps) & left
+
+
+def test_arm64_defaults_to_graviton_types_and_refuses_x86(tmp_path):
+    from factory.spec import load_spec, validate_paths
+
+    spec = tmp_path / "arm-task.yaml"
+    spec.write_text(
+        "name: arm-task\ndescription: an arm64 task\nimage: {architecture: arm64}\n"
+        "storage: {max_input_gib: 10, footprint: {index_gib: 1, scratch_gib: 1, output_gib: 1}}\n"
+    )
+    assert load_spec(spec).batch.instance_types == ("default_arm64",)
+    for bad in ("optimal", "default_x86_64", "c6i.large"):
+        spec.write_text(spec.read_text().split("batch:")[0] + f"batch: {{instance_types: [{bad}]}}\n")
+        report = validate_paths([spec])
+        assert not report.valid and any("batch.instance_types" in p.field for p in report.problems), bad
+    spec.write_text(spec.read_text().split("batch:")[0] + "batch: {instance_types: [m7g.xlarge, default_arm64]}\n")
+    assert validate_paths([spec]).valid

@@ -1,4 +1,4 @@
-"""`factory local up|down|status`: the local cloud (moto's server, a throwaway build host, a mirror)."""
+"""`factory local up|down|status|fault`: the local cloud (moto's server with our AWS rules, a throwaway build host, a mirror)."""
 
 from __future__ import annotations
 
@@ -22,13 +22,15 @@ _STATE = typer.Option(None, "--state-dir", help="Where the local cloud keeps its
 @handle_errors
 def up(
     region: str = typer.Option("us-east-1", "--region", help="The region the build host's key pair is imported into first."),
+    state_delay: float = typer.Option(1.0, "--state-delay", min=0.0, help="Seconds a Batch resource spends CREATING/UPDATING/DELETING."),
+    page_size: int = typer.Option(2, "--page-size", min=1, help="Items per page of every paged Describe (AWS pages at up to 100-1000)."),
     state_dir: Path | None = _STATE,
     json_out: bool = typer.Option(False, "--json", help="Print where everything runs as JSON."),
 ) -> None:
-    """Start moto's server, the build host and the mirror; record them in the state file."""
+    """Start moto's server (with AWS's rules, paging and faults), the build host and the mirror."""
     from factory.local import cloud
 
-    lc = cloud.up(state_dir, region)
+    lc = cloud.up(state_dir, region, state_delay=state_delay, page_size=page_size)
     if json_out:
         print_json(lc.to_json())
         return
@@ -73,12 +75,38 @@ def status(
         raise typer.Exit(1)
 
 
+@local_app.command()
+@handle_errors
+def fault(
+    operation: str = typer.Argument(None, help="SERVICE:Operation, as IAM spells it, e.g. ec2:CreateLaunchTemplate or batch:UpdateComputeEnvironment."),
+    kind: str = typer.Option("error", "--kind", help="error (an AWS error, not retried) | throttle (the service's throttling error) | drop (connection closed)."),
+    times: int = typer.Option(1, "--times", min=1, help="How many of the next calls fail."),
+    code: str = typer.Option("", "--code", help="The AWS error code for --kind error (default InjectedFault)."),
+    clear: bool = typer.Option(False, "--clear", help="Disarm every fault."),
+    state_dir: Path | None = _STATE,
+) -> None:
+    """Make the next N calls of an operation fail on the running local cloud, as AWS fails."""
+    from factory.errors import UsageError
+    from factory.local import cloud, faults
+
+    endpoint = cloud.running(state_dir).endpoint
+    if clear:
+        faults.clear(endpoint)
+        print("faults cleared")
+        return
+    if not operation:
+        raise UsageError("name the operation to fail, e.g. `factory local fault ec2:CreateLaunchTemplate`, or pass --clear")
+    faults.arm(endpoint, faults.Fault(operation, kind, times, code))
+    for armed in faults.armed(endpoint):
+        print(f"armed: {armed['operation']} fails ({armed['kind']}) for the next {armed['times']} call(s)")
+
+
 def _describe(lc, data=None) -> None:
     data = data or lc.to_json()
     state = "running" if data["running"] else "NOT healthy: " + ", ".join(k for k, v in data["alive"].items() if not v) + " down"
     host = data["build_host"]
     print(f"local cloud: {state}")
-    print(f"  moto endpoint   {data['endpoint']}  (pid {data['moto_pid']})")
+    print(f"  AWS endpoint    {data['endpoint']}  (moto + factory's rules, pid {data['moto_pid']}; docs/local-cloud.md)")
     print(f"  build host      {host['ssh']}  key pair {host['key_pair']}")
     print(f"  installer       {data['mirror']['installer_url']}")
     print(f"  state           {data['state_file']}")

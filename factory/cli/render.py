@@ -20,6 +20,7 @@ def render(
         None, "--base-ami", help="Use this base AMI instead of reading the ECS-optimized SSM parameter."
     ),
     specs_dir: Path = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Where the task specs live."),
+    cloud: str = typer.Option("aws", "--cloud", help="Where the base AMI is looked up: aws (your account) or local (`factory local up`)."),
 ) -> None:
     """Write the Packer template, Ansible roles and variables for a task into one folder."""
     from factory import render as render_mod
@@ -32,8 +33,8 @@ def render(
     if base_ami is not None and not base_ami.startswith("ami-"):
         raise UsageError(f"--base-ami: {base_ami!r} is not an AMI id (ami-...)")
     if base_ami is None:
-        from factory.aws import Clients
+        from factory.cloud import Cloud
 
-        base_ami = render_mod.resolve_base_ami(spec, Clients(region=spec.region))
+        base_ami = render_mod.resolve_base_ami(spec, Cloud.open(cloud).clients(spec.region))
     result = render_mod.render(spec, plan, base_ami, out or Path("build") / spec.name)
     print(result.summary())

@@ -63,11 +63,12 @@ class Layer:
             status_line, headers, err = error_response(call, code, str(exc), 400)
             start_response(status_line, headers + [("Content-Length", str(len(err)))])
             return [err]
-        if page is None:
+        if call.name not in paging.PAGED:
             return self.app(_with_body(environ, body), start_response)
         return self._paged(call, environ, body, page, start_response)
 
-    def _paged(self, call: Call, environ: dict[str, Any], body: bytes, page: tuple[int, int], start_response: Any) -> Iterable[bytes]:
+    def _paged(self, call: Call, environ: dict[str, Any], body: bytes, page: tuple[int, int] | None, start_response: Any) -> Iterable[bytes]:
+        """moto's whole answer (its own limit lifted), cut to the page asked for, if any."""
         captured: dict[str, Any] = {}
 
         def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
@@ -81,7 +82,7 @@ class Layer:
             close = getattr(chunks, "close", None)
             if close:
                 close()
-        if captured["status"].startswith("200"):
+        if page is not None and captured["status"].startswith("200"):
             answer = paging.page_of(call, answer, *page)
         headers = [(k, v) for k, v in captured["headers"] if k.lower() != "content-length"]
         start_response(captured["status"], headers + [("Content-Length", str(len(answer)))])

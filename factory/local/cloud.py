@@ -45,7 +45,9 @@ from factory.local.moto_server import (
 STATE_FILE = "local-cloud.json"
 KEY_PAIR_NAME = "factory-local-buildhost"
 INSTANCE_ROLE = "ecsInstanceRole"
-# moto's Batch wants an explicit service role (real AWS falls back to the service-linked one).
+# A regular (non service-linked) Batch service role, as older accounts have: name it in
+# factory.yaml (`batch.service_role`) to rehearse the blue/green replacement path. Without
+# it, the local cloud uses Batch's service-linked role, as AWS does (docs/local-cloud.md).
 BATCH_SERVICE_ROLE = "AWSBatchServiceRole"
 DEFAULT_REGION = "us-east-1"
 
@@ -121,6 +123,7 @@ class LocalCloud:
 
         ec2 = self.clients(region).ec2()
         with aws_errors(f"importing the build host's key into the local cloud ({region})"):
+            # DescribeKeyPairs has no paging (EC2 API reference): one answer is all there is.
             names = {k["KeyName"] for k in ec2.describe_key_pairs().get("KeyPairs", [])}
             if KEY_PAIR_NAME not in names:
                 ec2.import_key_pair(KeyName=KEY_PAIR_NAME, PublicKeyMaterial=self.host.public_key.encode())
@@ -128,8 +131,8 @@ class LocalCloud:
 
     def seed_account(self) -> None:
         """What a real account set up for AWS Batch already has: the `ecsInstanceRole`
-        instance profile (AWS Batch's default for the instances it launches) and a Batch
-        service role (`AWSBatchServiceRole`)."""
+        instance profile (AWS Batch's default for the instances it launches) and an older
+        Batch service role (`AWSBatchServiceRole`), used only when factory.yaml names it."""
         import json as _json
 
         from botocore.exceptions import ClientError
@@ -221,8 +224,9 @@ class LocalCloud:
 # -- life cycle ----------------------------------------------------------------------
 
 
-def up(state_dir: Path | None = None, region: str = DEFAULT_REGION) -> LocalCloud:
-    """Start the local cloud. A LocalCloudError when one already runs from `state_dir`."""
+def up(state_dir: Path | None = None, region: str = DEFAULT_REGION, state_delay: float | None = None, page_size: int | None = None) -> LocalCloud:
+    """Start the local cloud. A LocalCloudError when one already runs from `state_dir`.
+    `state_delay` and `page_size` tune the AWS rules (factory.local.aws_server)."""
     state_dir = Path(state_dir or default_state_dir()).absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir):
@@ -234,7 +238,7 @@ def up(state_dir: Path | None = None, region: str = DEFAULT_REGION) -> LocalClou
                     "`factory local down` stops it"
                 )
             _stop(existing)  # half-dead leftovers of a crashed run
-        return _start(state_dir, region)
+        return _start(state_dir, region, state_delay, page_size)
 
 
 def down(state_dir: Path | None = None) -> bool:
@@ -297,13 +301,13 @@ def _locked(state_dir: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _start(state_dir: Path, region: str) -> LocalCloud:
+def _start(state_dir: Path, region: str, state_delay: float | None = None, page_size: int | None = None) -> LocalCloud:
     from factory.local.buildhost import BuildHost
     from factory.local.mirror import Mirror
 
     moto = host = mirror = None
     try:
-        moto = MotoServer.start(log_path=state_dir / "moto.log")
+        moto = MotoServer.start(log_path=state_dir / "moto.log", state_delay=state_delay, page_size=page_size)
         host = BuildHost.start(state_dir / "buildhost")
         mirror = Mirror.start(state_dir / "mirror")
         cloud = LocalCloud(

@@ -25,7 +25,6 @@ import json
 import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from typing import Any
 
 from factory.local.operations import Call
 

@@ -4,14 +4,17 @@
 | --- | --- | --- |
 | `DeleteLaunchTemplateVersions` deletes the versions it can and answers 200 with a per-version failure list; the default version is never deleted | HTTP 500 (not implemented) | deletes; reports the default version and unknown versions as failures (codes from the API's `LaunchTemplateErrorCode`) |
 | version numbers keep counting after a deletion | numbers are list positions | numbers are kept with each version, so a deletion shifts nothing |
+| `DeregisterImage` with `DeleteAssociatedSnapshots` deletes the AMI's snapshots and reports each | ignores the parameter | deletes them and answers `DeleteSnapshotResults` |
+| `DeleteSnapshot` right after `DeregisterImage` can fail `InvalidSnapshot.InUse` for a while | deletes at once | the snapshot stays in use for `state_delay` seconds after its AMI is deregistered |
 
 AWS sources: EC2 API reference, DeleteLaunchTemplateVersions ("You can't delete the
-default version of a launch template"; the success and error sets) and botocore's EC2
-model for the response shapes.
+default version of a launch template"; the success and error sets), DeregisterImage
+(`DeleteAssociatedSnapshots`), and botocore's EC2 model for the response shapes.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from factory.local.rules import Settings
@@ -19,8 +22,10 @@ from factory.local.rules import Settings
 
 def install(settings: Settings) -> None:
     from moto.core.responses import ActionResult
-    from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound
+    from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound, InvalidSnapshotInUse
+    from moto.ec2.models import EC2Backend
     from moto.ec2.models.launch_templates import LaunchTemplate, LaunchTemplateVersion
+    from moto.ec2.responses.amis import AmisResponse
     from moto.ec2.responses.launch_templates import LaunchTemplates
 
     # Versions found by their number, not their place in the list.
@@ -75,3 +80,40 @@ def install(settings: Settings) -> None:
         return ActionResult({"SuccessfullyDeletedLaunchTemplateVersions": done, "UnsuccessfullyDeletedLaunchTemplateVersions": failed})
 
     LaunchTemplates.delete_launch_template_versions = delete_launch_template_versions
+
+    # Snapshots of a just-deregistered AMI stay in use a while; DeleteAssociatedSnapshots works.
+    in_use_until: dict[str, tuple[float, str]] = {}  # snapshot id -> (until, AMI id)
+    original_delete_snapshot = EC2Backend.delete_snapshot
+
+    def delete_snapshot(self: Any, snapshot_id: str) -> Any:
+        until, ami = in_use_until.get(snapshot_id, (0.0, ""))
+        if time.monotonic() < until:
+            raise InvalidSnapshotInUse(snapshot_id, ami)
+        in_use_until.pop(snapshot_id, None)
+        return original_delete_snapshot(self, snapshot_id)
+
+    EC2Backend.delete_snapshot = delete_snapshot
+
+    def deregister_image(self: Any) -> Any:
+        ami_id = self._get_param("ImageId")
+        with_snapshots = str(self._get_param("DeleteAssociatedSnapshots", False)).lower() == "true"
+        self.error_on_dryrun()
+        image = self.ec2_backend.amis.get(ami_id)
+        snapshots = [m["Ebs"]["SnapshotId"] for m in image.block_device_mappings if (m.get("Ebs") or {}).get("SnapshotId")] if image else []
+        self.ec2_backend.deregister_image(ami_id)
+        result: dict[str, Any] = {"Return": True}
+        if with_snapshots:
+            outcomes = []
+            for snapshot_id in snapshots:
+                try:
+                    original_delete_snapshot(self.ec2_backend, snapshot_id)
+                    outcomes.append({"SnapshotId": snapshot_id, "ReturnCode": "success"})
+                except Exception:
+                    outcomes.append({"SnapshotId": snapshot_id, "ReturnCode": "internal-error"})
+            result["DeleteSnapshotResults"] = outcomes
+        else:
+            for snapshot_id in snapshots:
+                in_use_until[snapshot_id] = (time.monotonic() + settings.state_delay, ami_id)
+        return ActionResult(result)
+
+    AmisResponse.deregister_image = deregister_image

@@ -1,0 +1,328 @@
+"""The tier's managed Batch compute environment, pinned to the launch template's version.
+
+Scaling changes (min/max vCPUs) are updated in place. Other changes are infrastructure
+updates, done in place when AWS Batch allows it (the service-linked role, and a
+BEST_FIT_PROGRESSIVE / SPOT_* allocation strategy: the Batch user guide, "Perform
+infrastructure updates"), with factory's `updatePolicy` (config `batch.update_timeout_minutes`)
+so running jobs are not cut off after AWS's default 30 minutes. Otherwise a new
+environment `factory-<tier>-<hash>` is created, the queue is moved to it, and the old
+one is disabled and deleted (blue/green).
+
+A setting removed from the spec or the config is removed in AWS too: `ec2KeyPair` by
+sending an empty string (UpdateComputeEnvironment's documented way), `bidPercentage` by
+its default of 100 % on SPOT and not at all on EC2, where it has no meaning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from factory.aws import Clients, aws_errors, error_message
+from factory.errors import FactoryError
+from factory.register.names import TAG_MANAGED, TAG_TIER
+from factory.register.network import is_service_linked
+from factory.register.reads import compute_environments
+from factory.register.results import Change, Network
+from factory.register.run import Run
+from factory.register.targets import TierTarget
+
+# Allocation strategies that allow infrastructure updates in place; BEST_FIT needs a new environment.
+INFRA_UPDATE_STRATEGIES = ("BEST_FIT_PROGRESSIVE", "SPOT_CAPACITY_OPTIMIZED", "SPOT_PRICE_CAPACITY_OPTIMIZED")
+# Scaling settings are always updated in place; infrastructure ones in place only under the
+# conditions above; the rest only by a new environment.
+SCALING_KEYS = ("minvCpus", "maxvCpus")
+INFRA_KEYS = (
+    "type",
+    "allocationStrategy",
+    "instanceTypes",
+    "bidPercentage",
+    "subnets",
+    "securityGroupIds",
+    "instanceRole",
+    "launchTemplate",
+    "ec2Configuration",
+    "ec2KeyPair",
+    "tags",
+)
+REPLACE_KEYS = ("spotIamFleetRole",)
+SPOT_DEFAULT_BID = 100  # AWS Batch: bidPercentage defaults to 100 % of the On-Demand price
+# DeleteComputeEnvironment right after the queue moved away (terraform-provider-aws #46925).
+TRANSIENT_DELETE = ("found existing JobQueue relationship",)
+
+
+@dataclass
+class Region:
+    """Per-region context shared by the tiers of one run."""
+
+    clients: Clients
+    network: Network
+    instance_role: str
+    service_role: str | None
+    spot_fleet_role: str | None
+    compute_environments: list[dict[str, Any]]  # listed once per region (tiers never share one)
+
+
+def desired(run: Run, target: TierTarget, region: Region, lt_name: str, lt_version: int) -> dict[str, Any]:
+    b = target.batch
+    spot = b.provisioning == "spot"
+    cr: dict[str, Any] = {
+        "type": "SPOT" if spot else "EC2",
+        "allocationStrategy": b.allocation_strategy,
+        "minvCpus": int(b.min_vcpus),
+        "maxvCpus": int(b.max_vcpus),
+        "instanceTypes": list(b.instance_types),
+        "subnets": list(region.network.subnets),
+        "securityGroupIds": list(region.network.security_groups),
+        "instanceRole": region.instance_role,
+        "launchTemplate": {"launchTemplateName": lt_name, "version": str(lt_version)},
+        "ec2Configuration": [{"imageType": target.family.ecs_image_type}],
+        "tags": {TAG_TIER: target.tier, TAG_MANAGED: "true", "Name": target.name},
+    }
+    if spot and b.spot_bid_percentage is not None:
+        cr["bidPercentage"] = int(b.spot_bid_percentage)
+    if spot and region.spot_fleet_role:
+        cr["spotIamFleetRole"] = region.spot_fleet_role
+    if run.config.batch.ec2_key_pair:
+        cr["ec2KeyPair"] = run.config.batch.ec2_key_pair
+    return cr
+
+
+def _norm(key: str, value: Any, spot: bool) -> Any:
+    if key == "bidPercentage":
+        return int(value if value is not None else SPOT_DEFAULT_BID) if spot else None
+    if value in (None, ""):
+        return None
+    if key in ("instanceTypes", "subnets", "securityGroupIds"):
+        return sorted(value)
+    if key == "launchTemplate":
+        # AWS may answer with the id, the name or both; compare what identifies it.
+        return (str(value.get("version")),)
+    if key == "ec2Configuration":
+        return sorted((c.get("imageType"), c.get("imageIdOverride")) for c in value)
+    if key in ("minvCpus", "maxvCpus"):
+        return int(value)
+    return value
+
+
+def differences(have: Mapping[str, Any], want: Mapping[str, Any], lt: dict[str, Any]) -> dict[str, str]:
+    """key -> 'old -> new' for every compute resource setting that differs."""
+    spot = want.get("type") == "SPOT"
+    out: dict[str, str] = {}
+    for key in SCALING_KEYS + INFRA_KEYS + REPLACE_KEYS:
+        a, b = _norm(key, have.get(key), spot), _norm(key, want.get(key), spot)
+        if key == "launchTemplate" and have.get(key):
+            h = have[key]
+            same_lt = h.get("launchTemplateName") == lt["name"] or (lt.get("id") and h.get("launchTemplateId") == lt["id"])
+            if not same_lt:
+                a = ("other",)
+        if a != b:
+            if key == "launchTemplate":
+                out[key] = f"launch template version {have.get(key, {}).get('version')} -> {want[key]['version']}"
+            elif b is None:
+                out[key] = f"{key} {have.get(key)!r} removed"
+            else:
+                out[key] = f"{key} {have.get(key)!r} -> {want.get(key)!r}"
+    return out
+
+
+def update_values(diffs: Mapping[str, str], want: Mapping[str, Any]) -> dict[str, Any]:
+    """The computeResources of an UpdateComputeEnvironment that makes `diffs` go away."""
+    out: dict[str, Any] = {}
+    for key in diffs:
+        if key in want:
+            out[key] = want[key]
+        elif key == "ec2KeyPair":
+            out[key] = ""  # UpdateComputeEnvironment: an empty string removes the key pair
+        elif key == "bidPercentage" and want.get("type") == "SPOT":
+            out[key] = SPOT_DEFAULT_BID
+    if "launchTemplate" in out:
+        # New instances come from the new version only after an infrastructure update.
+        out["updateToLatestImageVersion"] = True
+    return out
+
+
+def _settings_hash(cr: Mapping[str, Any], service_role: str | None) -> str:
+    """A short, stable hash of a compute environment's settings (its replacement's name suffix)."""
+    body = {k: v for k, v in cr.items() if k not in SCALING_KEYS}
+    body["serviceRole"] = service_role
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def reconcile(
+    run: Run, batch: Any, target: TierTarget, region: Region, lt: dict[str, Any], queue: dict[str, Any] | None, changes: list[Change]
+) -> tuple[str, str | None, list[dict[str, Any]]]:
+    """Returns (name, arn, old environments to retire once the queue has moved)."""
+    base = target.name
+    want = desired(run, target, region, lt["name"], lt["version"])
+    policy = run.config.batch.update_policy
+    all_ces = region.compute_environments
+    by_name = {c["computeEnvironmentName"]: c for c in all_ces}
+    ours = [
+        c
+        for c in all_ces
+        if (c.get("tags") or {}).get(TAG_TIER) == target.tier
+        and (c.get("tags") or {}).get(TAG_MANAGED) == "true"
+        and c.get("status") not in ("DELETING", "DELETED")
+    ]
+    if base in by_name and by_name[base] not in ours and (by_name[base].get("tags") or {}).get(TAG_MANAGED) != "true":
+        raise FactoryError(f"compute environment {base} exists but is not managed by factory (no tag {TAG_MANAGED}=true): delete or rename it")
+    queue_ces = [o["computeEnvironment"] for o in sorted((queue or {}).get("computeEnvironmentOrder", []), key=lambda o: o["order"])]
+
+    def pick() -> dict[str, Any] | None:
+        for arn in queue_ces:
+            for c in ours:
+                if arn in (c["computeEnvironmentArn"], c["computeEnvironmentName"]):
+                    return c
+        for c in ours:  # a replacement an interrupted run created but did not put in the queue
+            if not differences(c.get("computeResources", {}), want, lt) and c.get("serviceRole") == region.service_role:
+                return c
+        for c in ours:
+            if c["computeEnvironmentName"] == base:
+                return c
+        return ours[0] if ours else None
+
+    current = pick()
+    if current is None:
+        changes.append(Change("compute-environment", base, "create", f"new: {want['type']} {want['allocationStrategy']}, {want['minvCpus']}-{want['maxvCpus']} vCPUs, launch template {lt['name']} v{lt['version']}"))
+        arn = _create(run, batch, base, want, target.tags, region)
+        return base, arn, []
+
+    name, arn = current["computeEnvironmentName"], current["computeEnvironmentArn"]
+    have = current.get("computeResources", {})
+    diffs = differences(have, want, lt)
+    role_changed = not (
+        current.get("serviceRole") == region.service_role or (is_service_linked(region.service_role) and is_service_linked(current.get("serviceRole")))
+    )
+    retire = [c for c in ours if c is not current]
+    infra = [k for k in diffs if k in INFRA_KEYS]
+    blockers: list[str] = []
+    if any(k in REPLACE_KEYS for k in diffs):
+        blockers.append("spotIamFleetRole cannot be updated")
+    if role_changed:
+        blockers.append(f"service role {current.get('serviceRole')} -> {region.service_role or 'service-linked'}")
+    if infra:
+        if have.get("allocationStrategy") not in INFRA_UPDATE_STRATEGIES:
+            blockers.append(f"allocation strategy {have.get('allocationStrategy')} allows no infrastructure update")
+        elif want["allocationStrategy"] not in INFRA_UPDATE_STRATEGIES:
+            blockers.append(f"cannot update to allocation strategy {want['allocationStrategy']}")
+        if not is_service_linked(current.get("serviceRole")):
+            blockers.append("infrastructure updates need Batch's service-linked role")
+
+    if blockers:
+        new_name = f"{base}-{_settings_hash(want, region.service_role)}"
+        reason = "; ".join(diffs.values()) or "service role"
+        changes.append(Change("compute-environment", new_name, "replace", f"replaces {name} ({reason}): {'; '.join(blockers)}"))
+        existing = by_name.get(new_name)
+        if existing is not None and existing.get("status") not in ("DELETING", "DELETED"):
+            new_arn = existing["computeEnvironmentArn"]
+            if not run.dry_run:  # left by an interrupted run: a queue takes it only once VALID
+                wait_until_settled(run, batch, new_name, want, lt)
+        else:
+            new_arn = _create(run, batch, new_name, want, target.tags, region)
+        return new_name, new_arn, [c for c in ours if c["computeEnvironmentName"] != new_name]
+
+    updates = update_values(diffs, want)
+    if current.get("state") != "ENABLED":
+        diffs["state"] = f"state {current.get('state')} -> ENABLED"
+    if diffs:
+        # The update policy rides with each infrastructure update (CreateComputeEnvironment
+        # takes none), so the update that rolls the image is the one it governs.
+        kind = f"infrastructure update (running jobs get {_policy_text(policy)})" if infra else "scaling update"
+        changes.append(Change("compute-environment", name, "update", f"{kind}: {'; '.join(diffs.values())}"))
+        if not run.dry_run:
+            run.progress(f"updating compute environment {name}")
+            kw: dict[str, Any] = {"computeEnvironment": name, "state": "ENABLED"}
+            if updates:
+                kw["computeResources"] = updates
+            if infra:
+                kw["updatePolicy"] = policy
+            with aws_errors(f"updating compute environment {name}"):
+                batch.update_compute_environment(**kw)
+            wait_until_settled(run, batch, name, want, lt, policy if infra else None)
+    else:
+        changes.append(Change("compute-environment", name, "unchanged", f"launch template v{lt['version']}, settings match"))
+    run.sync_batch_tags(batch, "compute-environment", name, arn, current.get("tags"), target.tags, changes)
+    return name, arn, retire
+
+
+def _policy_of(ce: Mapping[str, Any]) -> dict[str, Any]:
+    have = ce.get("updatePolicy") or {}
+    return {"terminateJobsOnUpdate": bool(have.get("terminateJobsOnUpdate", False)), "jobExecutionTimeoutMinutes": int(have.get("jobExecutionTimeoutMinutes", 30))}
+
+
+def _policy_text(policy: Mapping[str, Any]) -> str:
+    if policy["terminateJobsOnUpdate"]:
+        return "no time: terminated at once"
+    return f"{policy['jobExecutionTimeoutMinutes']} min to finish"
+
+
+def _create(run: Run, batch: Any, name: str, cr: dict[str, Any], tags: dict[str, str], region: Region) -> str | None:
+    if run.dry_run:
+        return None
+    run.progress(f"creating compute environment {name}")
+    kw: dict[str, Any] = {"computeEnvironmentName": name, "type": "MANAGED", "state": "ENABLED", "computeResources": cr, "tags": tags}
+    if region.service_role:
+        kw["serviceRole"] = region.service_role
+    with aws_errors(f"creating compute environment {name}"):
+        try:
+            arn = batch.create_compute_environment(**kw)["computeEnvironmentArn"]
+        except ClientError as exc:
+            if "ServiceRole is required" in error_message(exc):
+                raise FactoryError(
+                    f"creating compute environment {name}: this endpoint needs a service role: set batch.service_role in factory.yaml"
+                ) from None
+            raise
+    wait_until_settled(run, batch, name, cr, None)
+    return arn
+
+
+def wait_until_settled(
+    run: Run, batch: Any, name: str, want: Mapping[str, Any] | None, lt: dict[str, Any] | None, policy: Mapping[str, Any] | None = None, state: str = "ENABLED"
+) -> None:
+    """Until the environment exists, is VALID, in `state`, and shows what was asked (`want`,
+    `policy`): a describe right after a change may still show the old settings as VALID."""
+
+    def check() -> tuple[bool, str]:
+        found = compute_environments(batch, [name])
+        if not found:
+            return False, "not visible yet"
+        ce = found[0]
+        status = ce.get("status")
+        if status == "INVALID":
+            raise FactoryError(f"compute environment {name} is INVALID: {ce.get('statusReason', 'no reason given')}; fix it in the Batch console or its settings")
+        if status != "VALID":
+            return False, str(status)
+        if ce.get("state") != state:
+            return False, f"{ce.get('state')} (waiting for {state})"
+        if want is not None:
+            lt_ref = lt or {"name": (want.get("launchTemplate") or {}).get("launchTemplateName"), "id": None}
+            pending = differences(ce.get("computeResources") or {}, want, lt_ref)
+            if pending:
+                return False, "VALID with the old settings (" + "; ".join(pending.values()) + ")"
+        if policy is not None and _policy_of(ce) != dict(policy):
+            return False, "VALID with the old update policy"
+        return True, "VALID"
+
+    run.waiter.until(f"compute environment {name}", check)
+
+
+def retire(run: Run, batch: Any, olds: list[dict[str, Any]], queue_name: str, changes: list[Change]) -> None:
+    """Disable, then delete, compute environments a replacement left behind."""
+    for ce in olds:
+        name = ce["computeEnvironmentName"]
+        changes.append(Change("compute-environment", name, "delete", f"replaced; no longer behind {queue_name}"))
+        if run.dry_run:
+            continue
+        run.progress(f"retiring compute environment {name}")
+        if ce.get("state") != "DISABLED":
+            with aws_errors(f"disabling compute environment {name}"):
+                batch.update_compute_environment(computeEnvironment=name, state="DISABLED")
+        wait_until_settled(run, batch, name, None, None, state="DISABLED")
+        with aws_errors(f"deleting compute environment {name}"):
+            run.waiter.retry_while(TRANSIENT_DELETE, lambda n=name: batch.delete_compute_environment(computeEnvironment=n))

@@ -1,0 +1,79 @@
+"""The tier's job queue `factory-<tier>`, ENABLED, in front of its compute environment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from factory.aws import aws_errors
+from factory.errors import FactoryError
+from factory.register.names import TAG_MANAGED
+from factory.register.reads import job_queues
+from factory.register.results import Change
+from factory.register.run import Run
+from factory.register.targets import TierTarget
+
+
+def find(batch: Any, name: str) -> dict[str, Any] | None:
+    queues = [q for q in job_queues(batch, [name]) if q.get("status") not in ("DELETING", "DELETED")]
+    if queues and (queues[0].get("tags") or {}).get(TAG_MANAGED) != "true":
+        raise FactoryError(f"job queue {name} exists but is not managed by factory (no tag {TAG_MANAGED}=true): delete or rename it")
+    return queues[0] if queues else None
+
+
+def _order_names(queue: dict[str, Any]) -> list[str]:
+    return [o["computeEnvironment"].split("/")[-1] for o in sorted(queue.get("computeEnvironmentOrder", []), key=lambda o: o["order"])]
+
+
+def reconcile(run: Run, batch: Any, target: TierTarget, queue: dict[str, Any] | None, ce_name: str, ce_arn: str | None, changes: list[Change]) -> None:
+    name = target.name
+    priority = run.config.batch.queue_priority
+    order = [{"order": 1, "computeEnvironment": ce_arn or ce_name}]
+    if queue is None:
+        changes.append(Change("job-queue", name, "create", f"new, in front of {ce_name}"))
+        if not run.dry_run:
+            run.progress(f"creating job queue {name}")
+            with aws_errors(f"creating job queue {name}"):
+                batch.create_job_queue(jobQueueName=name, state="ENABLED", priority=priority, computeEnvironmentOrder=order, tags=target.tags)
+            wait_until_settled(run, batch, name, ce_name, priority)
+        return
+    diffs = []
+    if _order_names(queue) != [ce_name]:
+        diffs.append(f"compute environment {', '.join(_order_names(queue)) or 'none'} -> {ce_name}")
+    if queue.get("state") != "ENABLED":
+        diffs.append(f"state {queue.get('state')} -> ENABLED")
+    if int(queue.get("priority", priority)) != priority:
+        diffs.append(f"priority {queue.get('priority')} -> {priority}")
+    if diffs:
+        changes.append(Change("job-queue", name, "update", "; ".join(diffs)))
+        if not run.dry_run:
+            with aws_errors(f"updating job queue {name}"):
+                batch.update_job_queue(jobQueue=name, state="ENABLED", priority=priority, computeEnvironmentOrder=order)
+            wait_until_settled(run, batch, name, ce_name, priority)
+    else:
+        changes.append(Change("job-queue", name, "unchanged", f"in front of {ce_name}"))
+    run.sync_batch_tags(batch, "job-queue", name, queue["jobQueueArn"], queue.get("tags"), target.tags, changes)
+
+
+def wait_until_settled(run: Run, batch: Any, name: str, ce_name: str | None, priority: int | None, state: str = "ENABLED") -> None:
+    """Until the queue exists, is VALID, in `state`, and in front of `ce_name` (a missing
+    queue is not ready: right after CreateJobQueue a describe may not show it yet)."""
+
+    def check() -> tuple[bool, str]:
+        found = job_queues(batch, [name])
+        if not found:
+            return False, "not visible yet"
+        queue = found[0]
+        status = queue.get("status")
+        if status == "INVALID":
+            raise FactoryError(f"job queue {name} is INVALID: {queue.get('statusReason', 'no reason given')}")
+        if status != "VALID":
+            return False, str(status)
+        if queue.get("state") != state:
+            return False, f"{queue.get('state')} (waiting for {state})"
+        if ce_name is not None and _order_names(queue) != [ce_name]:
+            return False, f"VALID, still in front of {', '.join(_order_names(queue)) or 'nothing'}"
+        if priority is not None and int(queue.get("priority", priority)) != priority:
+            return False, "VALID with the old priority"
+        return True, "VALID"
+
+    run.waiter.until(f"job queue {name}", check)

@@ -1,0 +1,118 @@
+"""Delete launch template versions and factory AMIs nothing uses any more.
+
+Kept: each managed launch template's default version, every version a compute
+environment pins, and the newest `keep`; each task's newest `keep` AMIs and every AMI a
+kept version uses. Only resources tagged by factory are considered; every list is read
+to its last page (a version pinned by an environment on page 2 is still pinned).
+
+An AMI goes with its snapshots in one call (`DeregisterImage` with
+`DeleteAssociatedSnapshots`): deleting the snapshots right after deregistering races
+(`InvalidSnapshot.InUse`). `DeleteLaunchTemplateVersions` answers 200 with a list of the
+versions it could not delete: those are reported as `failed`, never as deleted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from factory.aws import Clients, aws_errors
+from factory.errors import UsageError
+from factory.register.names import TAG_MANAGED, TAG_TASK, tag_dict
+from factory.register.reads import compute_environments, paged
+from factory.register.results import Change
+
+VERSIONS_PER_DELETE = 200  # DeleteLaunchTemplateVersions takes at most 200 versions
+
+
+@dataclass
+class PruneResult:
+    dry_run: bool
+    keep: int
+    changes: list[Change]
+
+    @property
+    def failed(self) -> list[Change]:
+        return [c for c in self.changes if c.action == "failed"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dry_run": self.dry_run, "keep": self.keep, "changes": [c.to_json() for c in self.changes]}
+
+
+def prune(clients: Clients, keep: int = 3, dry_run: bool = True) -> PruneResult:
+    """`dry_run` (the CLI's default) lists and deletes nothing."""
+    if keep < 1:
+        raise UsageError(f"--keep must be at least 1 (got {keep})")
+    ec2, batch = clients.ec2(), clients.batch()
+    changes: list[Change] = []
+    with aws_errors("listing factory's launch templates"):
+        lts = list(paged(ec2, "describe_launch_templates", "LaunchTemplates", Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}]))
+    pinned: dict[str, set[str]] = {}
+    for ce in compute_environments(batch):
+        spec = (ce.get("computeResources") or {}).get("launchTemplate") or {}
+        for key in (spec.get("launchTemplateName"), spec.get("launchTemplateId")):
+            if key:
+                pinned.setdefault(key, set()).add(str(spec.get("version")))
+    used_amis: set[str] = set()
+    for lt in lts:
+        used_amis |= _prune_versions(ec2, lt, pinned, keep, dry_run, changes)
+    _prune_amis(ec2, used_amis, keep, dry_run, changes)
+    return PruneResult(dry_run, keep, changes)
+
+
+def _prune_versions(ec2: Any, lt: dict[str, Any], pinned: dict[str, set[str]], keep: int, dry_run: bool, changes: list[Change]) -> set[str]:
+    """Delete one launch template's unneeded versions; returns the AMIs its kept versions use."""
+    lt_id, name = lt["LaunchTemplateId"], lt["LaunchTemplateName"]
+    with aws_errors(f"reading launch template {name} versions"):
+        versions = list(paged(ec2, "describe_launch_template_versions", "LaunchTemplateVersions", LaunchTemplateId=lt_id))
+    versions.sort(key=lambda v: int(v["VersionNumber"]), reverse=True)
+    keep_numbers = {str(v["VersionNumber"]) for v in versions[:keep]}
+    keep_numbers.add(str(lt["DefaultVersionNumber"]))
+    keep_numbers |= pinned.get(name, set()) | pinned.get(lt_id, set())
+    doomed = sorted((str(v["VersionNumber"]) for v in versions if str(v["VersionNumber"]) not in keep_numbers), key=int)
+    used = {v["LaunchTemplateData"]["ImageId"] for v in versions if str(v["VersionNumber"]) in keep_numbers and v["LaunchTemplateData"].get("ImageId")}
+    if not doomed:
+        return used
+    why = "not default, not pinned, not among the newest"
+    if dry_run:
+        changes.append(Change("launch-template", name, "delete", f"versions {', '.join(doomed)} ({why} {keep})"))
+        return used
+    deleted: list[str] = []
+    failures: list[str] = []
+    with aws_errors(f"deleting versions of launch template {name}"):
+        for i in range(0, len(doomed), VERSIONS_PER_DELETE):
+            answer = ec2.delete_launch_template_versions(LaunchTemplateId=lt_id, Versions=doomed[i : i + VERSIONS_PER_DELETE])
+            deleted += [str(v["VersionNumber"]) for v in answer.get("SuccessfullyDeletedLaunchTemplateVersions") or []]
+            for v in answer.get("UnsuccessfullyDeletedLaunchTemplateVersions") or []:
+                error = v.get("ResponseError") or {}
+                failures.append(f"version {v.get('VersionNumber')}: {error.get('Code', '?')}: {error.get('Message', '')}".rstrip(": "))
+    if deleted:
+        changes.append(Change("launch-template", name, "delete", f"versions {', '.join(deleted)} ({why} {keep})"))
+    if failures:
+        changes.append(Change("launch-template", name, "failed", "AWS kept " + "; ".join(failures)))
+    return used
+
+
+def _prune_amis(ec2: Any, used_amis: set[str], keep: int, dry_run: bool, changes: list[Change]) -> None:
+    with aws_errors("listing factory's AMIs"):
+        images = list(paged(ec2, "describe_images", "Images", Owners=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_TASK]}]))
+    by_task: dict[str, list[dict[str, Any]]] = {}
+    for image in images:
+        by_task.setdefault(tag_dict(image.get("Tags")).get(TAG_TASK, "?"), []).append(image)
+    for task, group in sorted(by_task.items()):
+        group.sort(key=lambda i: (i.get("CreationDate", ""), i["ImageId"]), reverse=True)
+        for image in group[keep:]:
+            ami = image["ImageId"]
+            if ami in used_amis:
+                continue
+            reason = f"task {task}, {image.get('CreationDate', '?')}: older than the newest {keep} and in no kept launch template version"
+            if dry_run:
+                changes.append(Change("ami", ami, "delete", reason + ", with its snapshots"))
+                continue
+            with aws_errors(f"deregistering AMI {ami}"):
+                answer = ec2.deregister_image(ImageId=ami, DeleteAssociatedSnapshots=True)
+            kept = [r["SnapshotId"] for r in answer.get("DeleteSnapshotResults") or [] if r.get("ReturnCode") != "success"]
+            gone = [r["SnapshotId"] for r in answer.get("DeleteSnapshotResults") or [] if r.get("ReturnCode") == "success"]
+            changes.append(Change("ami", ami, "delete", reason + (f", snapshots {', '.join(gone)}" if gone else "")))
+            if kept:
+                changes.append(Change("snapshot", ", ".join(kept), "failed", f"AWS kept the snapshots of {ami} (DeleteSnapshotResults); delete them by hand"))

@@ -1,0 +1,64 @@
+"""Waiting for AWS to get there: the effect of a change, not the first status that looks done.
+
+AWS Batch applies changes asynchronously and its describes are eventually consistent:
+right after an update a describe may still show the old settings with status VALID. So
+every wait here checks the *effect* (the settings factory asked for, the queue's order)
+together with the status, and polls with a growing interval (0.5 s, 1 s, 2 s, ... up to
+`poll`) until `timeout`. Transient refusals documented by AWS or seen in the field are
+retried the same way (`retry_while`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from botocore.exceptions import ClientError
+
+from factory.aws import error_message
+from factory.errors import FactoryError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Waiter:
+    timeout: float = 900.0
+    poll: float = 5.0
+
+    def _intervals(self) -> Callable[[], float]:
+        state = {"next": min(0.5, self.poll)}
+
+        def step() -> float:
+            now = state["next"]
+            state["next"] = min(now * 2, self.poll)
+            return now
+
+        return step
+
+    def until(self, what: str, check: Callable[[], tuple[bool, str]], hint: str = "run `factory register` again later") -> None:
+        """Poll `check` (-> (done, where it stands)) until done; a FactoryError on timeout."""
+        deadline = time.monotonic() + self.timeout
+        interval = self._intervals()
+        while True:
+            done, standing = check()
+            if done:
+                return
+            if time.monotonic() > deadline:
+                raise FactoryError(f"{what}: still {standing} after {self.timeout:.0f}s; {hint}")
+            time.sleep(interval())
+
+    def retry_while(self, transient: tuple[str, ...], call: Callable[[], T]) -> T:
+        """`call()`, again while AWS refuses it with a message containing one of `transient`."""
+        deadline = time.monotonic() + self.timeout
+        interval = self._intervals()
+        while True:
+            try:
+                return call()
+            except ClientError as exc:
+                message = error_message(exc)
+                if not any(t in message for t in transient) or time.monotonic() > deadline:
+                    raise
+            time.sleep(interval())

@@ -1,0 +1,256 @@
+"""The local cloud's own layer around moto: AWS's rules, pages and faults (docs/local-cloud.md).
+
+Each test talks to the real server (`factory.local.aws_server`, started by MotoServer) over
+HTTP with boto3, as factory and Packer do. Each rule is checked both ways: what AWS
+refuses is refused, what AWS allows still works.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+from factory.aws import Clients
+from factory.local import faults
+from factory.local.moto_server import MotoServer
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = MotoServer.start(state_delay=0.6)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def aws(server, monkeypatch):
+    server.reset()
+    faults.clear(server.endpoint)
+    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    return Clients(REGION, server.endpoint)
+
+
+def code(exc: ClientError) -> str:
+    return exc.response["Error"]["Code"]
+
+
+def compute_resources(aws: Clients, strategy: str = "BEST_FIT_PROGRESSIVE", lt_version: str = "1") -> dict:
+    ec2, iam = aws.ec2(), aws.client("iam")
+    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
+    profile = iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")["InstanceProfile"]["Arn"]
+    ec2.create_launch_template(LaunchTemplateName="tpl", LaunchTemplateData={"ImageId": "ami-12345678"})
+    return {
+        "type": "EC2",
+        "allocationStrategy": strategy,
+        "minvCpus": 0,
+        "maxvCpus": 4,
+        "instanceTypes": ["optimal"],
+        "subnets": [ec2.describe_subnets()["Subnets"][0]["SubnetId"]],
+        "securityGroupIds": [ec2.describe_security_groups()["SecurityGroups"][0]["GroupId"]],
+        "instanceRole": profile,
+        "launchTemplate": {"launchTemplateName": "tpl", "version": lt_version},
+    }
+
+
+def status_of(aws: Clients, name: str) -> str | None:
+    found = aws.batch().describe_compute_environments(computeEnvironments=[name])["computeEnvironments"]
+    return found[0]["status"] if found else None
+
+
+def wait_status(aws: Clients, name: str, want: str | None, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while status_of(aws, name) != want:
+        assert time.monotonic() < deadline, f"{name} never reached {want} (is {status_of(aws, name)})"
+        time.sleep(0.1)
+
+
+def make_ce(aws: Clients, name: str = "env", **kw) -> dict:
+    cr = compute_resources(aws, **kw)
+    aws.batch().create_compute_environment(computeEnvironmentName=name, type="MANAGED", state="ENABLED", computeResources=cr)
+    return cr
+
+
+# -- Batch -----------------------------------------------------------------------------
+
+
+def test_no_service_role_means_the_service_linked_role_and_creating_before_valid(aws):
+    make_ce(aws)
+    ce = aws.batch().describe_compute_environments(computeEnvironments=["env"])["computeEnvironments"][0]
+    assert ":role/aws-service-role/batch.amazonaws.com/" in ce["serviceRole"]
+    assert ce["status"] == "CREATING"
+    wait_status(aws, "env", "VALID")
+
+
+def test_update_stores_compute_resources_and_update_policy(aws):
+    make_ce(aws)
+    wait_status(aws, "env", "VALID")
+    aws.ec2().create_launch_template_version(LaunchTemplateName="tpl", LaunchTemplateData={"ImageId": "ami-87654321"})
+    aws.batch().update_compute_environment(
+        computeEnvironment="env",
+        computeResources={"launchTemplate": {"launchTemplateName": "tpl", "version": "2"}, "updateToLatestImageVersion": True, "maxvCpus": 8, "instanceTypes": ["c6i"]},
+        updatePolicy={"jobExecutionTimeoutMinutes": 2880, "terminateJobsOnUpdate": False},
+    )
+    # Right after the call a describe may still show the old state (eventual consistency).
+    wait_status(aws, "env", "UPDATING")
+    wait_status(aws, "env", "VALID")
+    ce = aws.batch().describe_compute_environments(computeEnvironments=["env"])["computeEnvironments"][0]
+    cr = ce["computeResources"]
+    # updateToLatestImageVersion is stored but, as on AWS, not part of a describe (ComputeResource has no such member)
+    assert cr["launchTemplate"]["version"] == "2"
+    assert cr["maxvCpus"] == 8 and cr["instanceTypes"] == ["c6i"]
+    assert ce["updatePolicy"] == {"jobExecutionTimeoutMinutes": 2880, "terminateJobsOnUpdate": False}
+
+
+def test_an_empty_key_pair_removes_it(aws):
+    cr = compute_resources(aws)
+    cr["ec2KeyPair"] = "mine"
+    aws.batch().create_compute_environment(computeEnvironmentName="env", type="MANAGED", state="ENABLED", computeResources=cr)
+    wait_status(aws, "env", "VALID")
+    aws.batch().update_compute_environment(computeEnvironment="env", computeResources={"ec2KeyPair": ""})
+    wait_status(aws, "env", "VALID")
+    time.sleep(0.7)
+    ce = aws.batch().describe_compute_environments(computeEnvironments=["env"])["computeEnvironments"][0]
+    assert "ec2KeyPair" not in ce["computeResources"]
+
+
+def test_infrastructure_update_refused_with_best_fit_or_a_regular_role_but_scaling_allowed(aws):
+    make_ce(aws, strategy="BEST_FIT")
+    wait_status(aws, "env", "VALID")
+    with pytest.raises(ClientError) as exc:
+        aws.batch().update_compute_environment(computeEnvironment="env", computeResources={"launchTemplate": {"launchTemplateName": "tpl", "version": "1"}})
+    assert code(exc.value) == "ClientException" and "launchTemplate" in str(exc.value) and "BEST_FIT_PROGRESSIVE" in str(exc.value)
+    aws.batch().update_compute_environment(computeEnvironment="env", computeResources={"maxvCpus": 16})  # scaling is always allowed
+
+    iam = aws.client("iam")
+    role = iam.create_role(RoleName="AWSBatchServiceRole", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    aws.batch().create_compute_environment(
+        computeEnvironmentName="regular", type="MANAGED", state="ENABLED", serviceRole=role,
+        computeResources=aws.batch().describe_compute_environments(computeEnvironments=["env"])["computeEnvironments"][0]["computeResources"]
+        | {"allocationStrategy": "BEST_FIT_PROGRESSIVE"},
+    )
+    wait_status(aws, "regular", "VALID")
+    with pytest.raises(ClientError) as exc:
+        aws.batch().update_compute_environment(computeEnvironment="regular", computeResources={"instanceTypes": ["c6i"]})
+    assert "Service Linked Role" in str(exc.value)
+
+
+def test_no_update_while_updating_and_delete_only_when_disabled_and_unrelated(aws):
+    make_ce(aws)
+    batch = aws.batch()
+    with pytest.raises(ClientError, match="CREATING"):
+        batch.update_compute_environment(computeEnvironment="env", state="DISABLED")
+    with pytest.raises(ClientError, match="not VALID"):
+        batch.create_job_queue(jobQueueName="q", state="ENABLED", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "env"}])
+    wait_status(aws, "env", "VALID")
+    batch.create_job_queue(jobQueueName="q", state="ENABLED", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "env"}])
+    with pytest.raises(ClientError, match="ENABLED"):
+        batch.delete_compute_environment(computeEnvironment="env")
+    batch.update_compute_environment(computeEnvironment="env", state="DISABLED")
+    time.sleep(0.7)  # UPDATING, then VALID
+    with pytest.raises(ClientError, match="found existing JobQueue relationship"):
+        batch.delete_compute_environment(computeEnvironment="env")
+    with pytest.raises(ClientError, match="ENABLED"):
+        batch.delete_job_queue(jobQueue="q")
+    batch.update_job_queue(jobQueue="q", state="DISABLED")
+    time.sleep(0.7)
+    batch.delete_job_queue(jobQueue="q")
+    assert batch.describe_job_queues(jobQueues=["q"])["jobQueues"][0]["status"] == "DELETING"
+    time.sleep(0.7)
+    assert batch.describe_job_queues(jobQueues=["q"])["jobQueues"] == []
+    batch.delete_compute_environment(computeEnvironment="env")
+    wait_status(aws, "env", "DELETING")
+    wait_status(aws, "env", None)
+
+
+# -- EC2 -------------------------------------------------------------------------------
+
+
+def test_delete_launch_template_versions_reports_what_it_kept(aws):
+    ec2 = aws.ec2()
+    lt = ec2.create_launch_template(LaunchTemplateName="tpl", LaunchTemplateData={"ImageId": "ami-12345678"})["LaunchTemplate"]["LaunchTemplateId"]
+    for i in range(3):
+        ec2.create_launch_template_version(LaunchTemplateId=lt, LaunchTemplateData={"ImageId": f"ami-1234567{i}"})
+    answer = ec2.delete_launch_template_versions(LaunchTemplateId=lt, Versions=["1", "2", "9"])
+    assert [v["VersionNumber"] for v in answer["SuccessfullyDeletedLaunchTemplateVersions"]] == [2]
+    kept = {v["VersionNumber"]: v["ResponseError"]["Code"] for v in answer["UnsuccessfullyDeletedLaunchTemplateVersions"]}
+    assert kept == {1: "unexpectedError", 9: "launchTemplateVersionDoesNotExist"}
+    numbers = [v["VersionNumber"] for page in ec2.get_paginator("describe_launch_template_versions").paginate(LaunchTemplateId=lt) for v in page["LaunchTemplateVersions"]]
+    assert sorted(numbers) == [1, 3, 4]
+    made = ec2.create_launch_template_version(LaunchTemplateId=lt, LaunchTemplateData={"ImageId": "ami-22345678"})
+    assert made["LaunchTemplateVersion"]["VersionNumber"] == 5  # numbers keep counting
+
+
+def test_deregister_with_its_snapshots_and_the_in_use_race_without(aws):
+    ec2 = aws.ec2()
+    base = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    one = ec2.create_image(InstanceId=instance, Name="one")["ImageId"]
+    two = ec2.create_image(InstanceId=instance, Name="two")["ImageId"]
+    snap = ec2.describe_images(ImageIds=[two])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    answer = ec2.deregister_image(ImageId=one, DeleteAssociatedSnapshots=True)
+    assert [r["ReturnCode"] for r in answer["DeleteSnapshotResults"]] == ["success"]
+    ec2.deregister_image(ImageId=two)
+    with pytest.raises(ClientError) as exc:
+        ec2.delete_snapshot(SnapshotId=snap)
+    assert code(exc.value) == "InvalidSnapshot.InUse"
+
+
+# -- Pages -----------------------------------------------------------------------------
+
+
+def test_batch_pages_whether_asked_or_not_and_tokens_belong_to_their_request(aws):
+    for n in range(3):
+        if n == 0:
+            make_ce(aws, name="ce0")
+        else:
+            cr = aws.batch().describe_compute_environments(computeEnvironments=["ce0"])["computeEnvironments"][0]["computeResources"]
+            aws.batch().create_compute_environment(computeEnvironmentName=f"ce{n}", type="MANAGED", state="ENABLED", computeResources=cr)
+    first = aws.batch().describe_compute_environments()
+    assert len(first["computeEnvironments"]) == 2 and first["nextToken"]
+    pages = aws.batch().get_paginator("describe_compute_environments").paginate()
+    assert sorted(c["computeEnvironmentName"] for p in pages for c in p["computeEnvironments"]) == ["ce0", "ce1", "ce2"]
+    with pytest.raises(ClientError, match="another request"):
+        aws.batch().describe_compute_environments(computeEnvironments=["ce0", "ce1", "ce2"], nextToken=first["nextToken"])
+
+
+def test_ec2_pages_with_max_results_and_answers_whole_without(aws):
+    ec2 = aws.ec2()
+    for i in range(20):  # moto alone cuts this list at 15, without a token
+        ec2.create_launch_template(LaunchTemplateName=f"lt{i}", LaunchTemplateData={"ImageId": "ami-12345678"})
+    assert len(ec2.describe_launch_templates()["LaunchTemplates"]) == 20
+    page = ec2.describe_launch_templates(MaxResults=200)
+    assert len(page["LaunchTemplates"]) == 2 and page["NextToken"]
+    pages = ec2.get_paginator("describe_launch_templates").paginate(PaginationConfig={"PageSize": 200})
+    assert len([t for p in pages for t in p["LaunchTemplates"]]) == 20
+
+
+# -- Faults ----------------------------------------------------------------------------
+
+
+def test_error_fault_fails_the_next_call_only_and_is_not_retried(aws, server):
+    faults.arm(server.endpoint, faults.Fault("ec2:DescribeVpcs", "error"))
+    server.calls(clear=True)
+    with pytest.raises(ClientError) as exc:
+        aws.ec2().describe_vpcs()
+    assert code(exc.value) == "InjectedFault"
+    assert server.calls() == ["ec2:DescribeVpcs"]  # not retried
+    aws.ec2().describe_vpcs()
+
+
+@pytest.mark.parametrize("operation", ["ec2:DescribeVpcs", "batch:DescribeJobQueues", "iam:ListRoles", "ssm:DescribeParameters"])
+@pytest.mark.parametrize("kind", ["throttle", "drop"])
+def test_throttling_and_dropped_connections_are_retried(aws, server, operation, kind):
+    service, op = operation.split(":")
+    call = {"DescribeVpcs": "describe_vpcs", "DescribeJobQueues": "describe_job_queues", "ListRoles": "list_roles", "DescribeParameters": "describe_parameters"}[op]
+    faults.arm(server.endpoint, faults.Fault(operation, kind, times=2))
+    server.calls(clear=True)
+    getattr(aws.client(service), call)()
+    assert server.calls() == [operation] * 3
+    assert faults.armed(server.endpoint) == []
