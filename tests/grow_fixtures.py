@@ -1,5 +1,5 @@
 """Shared by the grow tests: where the agent's package lives (shipped by the grow_agent
-role), real loop devices, what each pool backend needs, and a task's writer."""
+role), real loop devices and what each pool backend needs."""
 
 from __future__ import annotations
 
@@ -71,29 +71,3 @@ def unmounting(mountpoint: Path) -> Iterator[Path]:
             if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
 
-
-# A task's writer, as a container would run it: `python -c WRITER PATH MIB RATE_MIB_S`.
-# It writes MIB MiB at about RATE MiB/s (flushed to the device every 32 MiB so the disk
-# fills at that rate, not the page cache) and exits 0, or 28 (ENOSPC) when the disk is full.
-WRITER = r"""
-import errno, os, sys, time
-path, mib, rate = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-chunk = os.urandom(1024 * 1024)
-start = time.monotonic()
-try:
-    with open(path, "wb") as f:
-        for i in range(mib):
-            f.write(chunk)
-            if i % 32 == 31:
-                f.flush(); os.fdatasync(f.fileno())
-            ahead = (i + 1) / rate - (time.monotonic() - start)
-            if ahead > 0:
-                time.sleep(ahead)
-        f.flush(); os.fdatasync(f.fileno())
-except OSError as exc:
-    if exc.errno == errno.ENOSPC:
-        print(f"No space left on device after {i} MiB", file=sys.stderr)
-        sys.exit(28)
-    raise
-print(f"wrote {mib} MiB in {time.monotonic() - start:.1f}s")
-"""
