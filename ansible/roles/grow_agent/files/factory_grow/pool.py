@@ -1,8 +1,9 @@
 """Docker's storage as a pool that takes more devices while mounted: one backend per filesystem.
 
 - `btrfs`: a multi-device btrfs (data `single`, metadata `dup` on one device; EBS is
-  already replicated, so nothing is mirrored). Adding is `btrfs device add`: the mounted
-  filesystem grows at once, no balance needed (new chunks go to the emptiest device).
+  already replicated, so nothing is mirrored), mounted with `commit=1` so free space is
+  current within a second. Adding is `btrfs device add`: the mounted filesystem grows at
+  once, no balance needed (new chunks go to the emptiest device).
 - `lvm-xfs`: LVM with one logical volume holding XFS with `ftype=1` (overlay2 needs
   d_type). Adding is pvcreate + vgextend + lvextend + xfs_growfs, all online. Amazon
   Linux 2023 ships lvm2 and xfsprogs but not btrfs-progs (amazon-linux-2023 #342), so
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 LABEL = "factory-docker"
+COMMIT_SECONDS = 1
 VG = "factory"
 LV = "docker"
 
@@ -91,7 +93,10 @@ class BtrfsPool:
                 raise PoolError(f"{device} holds {found}, not a btrfs pool; refusing to format it")
             os.makedirs(mountpoint, exist_ok=True)
             run("btrfs", "device", "scan")  # a pool of several devices mounts once all are known
-            run("mount", "-t", "btrfs", device, mountpoint)
+            # commit=1: btrfs reports writes to statfs at its transaction commits (every 30 s by
+            # default, in steps of a data chunk); the agent's free-space signal must lag by
+            # about a second, not by a chunk of writing.
+            run("mount", "-t", "btrfs", "-o", f"commit={COMMIT_SECONDS}", device, mountpoint)
         return made
 
     def add(self, device: str, mountpoint: str) -> None:
