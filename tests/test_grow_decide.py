@@ -26,6 +26,7 @@ policies = st.builds(
     max_gib=st.integers(min_value=1, max_value=400_000),
     add_seconds=add_times,
     margin=st.floats(min_value=1, max_value=5),
+    lag_seconds=st.floats(min_value=0, max_value=10),
     floor_fraction=st.floats(min_value=0, max_value=0.3),
     floor_gib=st.floats(min_value=0, max_value=50),
     min_step_gib=st.integers(min_value=1, max_value=500),
@@ -49,11 +50,12 @@ def test_a_step_never_passes_max_gib_nor_one_volume(policy, rate, add_s, pool_gi
 
 @given(policies, rates, add_times, st.integers(min_value=0, max_value=100_000))
 def test_a_step_covers_the_writing_while_the_next_add_runs(policy, rate, add_s, pool_gib):
-    """Unless max_gib or one volume's size caps it, a step holds at least margin x add time
-    of writing at the current rate: the next trigger has time to act."""
+    """Unless max_gib or one volume's size caps it, a step holds at least the trigger's
+    window (margin x add time + lag) of writing at the current rate: the next trigger has
+    time to act."""
     step = step_gib(rate, add_s, pool_gib, policy)
     if step < min(policy.max_gib - pool_gib, policy.max_step_gib):
-        assert step * GIB >= rate * policy.margin * add_s
+        assert step * GIB >= rate * (policy.margin * add_s + policy.lag_seconds)
 
 
 @given(policies, st.integers(min_value=0, max_value=2**44), st.integers(min_value=1, max_value=2**44), rates, rates, add_times)
@@ -78,24 +80,26 @@ def test_the_floor_triggers_without_any_writing(policy, rate, total, add_s):
     st.floats(min_value=2, max_value=120),  # what an add takes
     st.floats(min_value=1.5, max_value=4),  # margin
     st.floats(min_value=0.1, max_value=1.0),  # sampling interval
+    st.floats(min_value=0, max_value=3),  # how late free space shows a write
 )
-def test_a_steady_writer_is_caught_with_the_add_time_still_left(rate, add_s, margin, interval):
-    """Sampled every `interval`, a constant writer triggers the add while at least
-    add_seconds of writing is left (margin >= 1.5 and interval <= 1 s leave the slack)."""
-    assume((margin - 1) * add_s >= 2 * interval)
-    policy = Policy(max_gib=10**6, add_seconds=add_s, margin=margin, floor_fraction=0, floor_gib=0)
-    free = rate * (add_s * margin * 3 + interval * 5)  # a few samples before the trigger is due
-    total = int(free + 10 * GIB)
+def test_a_steady_writer_is_caught_with_the_add_time_still_left(rate, add_s, margin, interval, signal_lag):
+    """Sampled every `interval`, through a free-space signal `signal_lag` seconds late, a
+    constant writer triggers the add while at least add_seconds of writing is truly left,
+    when the policy's lag covers the signal's lag and one sample."""
+    policy = Policy(max_gib=10**6, add_seconds=add_s, margin=margin, lag_seconds=signal_lag + interval,
+                    floor_fraction=0, floor_gib=0)
+    true_free = rate * (add_s * margin + signal_lag + interval * 6)  # a few samples before the trigger is due
+    total = int(true_free + 10 * GIB)
     samples, t = [], 0.0
-    while free > 0:
-        samples.append(Sample(t=t, free=int(free), total=total))
+    while true_free > 0:
+        seen = int(min(total, true_free + rate * signal_lag))  # what statfs says: the writes of the last `signal_lag` s missing
+        samples.append(Sample(t=t, free=seen, total=total))
         samples = samples[-100:]
-        r = fill_rate(samples, policy)
-        if trigger(int(free), total, r, add_s, policy):
-            assert time_to_full(int(free), rate) >= add_s
+        if trigger(seen, total, fill_rate(samples, policy), add_s, policy):
+            assert time_to_full(int(true_free), rate) >= add_s * 0.999
             return
         t += interval
-        free -= rate * interval
+        true_free -= rate * interval
     raise AssertionError("the disk filled without a trigger")
 
 

@@ -59,6 +59,19 @@ def test_btrfs_pool_grows_online(tmp_path):
 
 
 @requires_btrfs
+def test_btrfs_pool_reports_free_space_within_a_second(tmp_path):
+    """Mounted with commit=1: statfs follows writes within about a second, not a data
+    chunk later (the agent's free-space signal)."""
+    from factory_grow.pool import BtrfsPool
+
+    mnt = tmp_path / "data-root"
+    with loop_device(tmp_path, "a", 2048) as a, unmounting(mnt):
+        BtrfsPool().ensure(a, str(mnt))
+        line = next(ln for ln in open("/proc/self/mounts") if f" {mnt} " in ln)
+        assert "commit=1" in line.split()[3]
+
+
+@requires_btrfs
 def test_btrfs_pool_remounts_after_a_restart(tmp_path):
     """At the next boot the pool is mounted again, with both devices, not re-made."""
     from factory_grow.pool import BtrfsPool

@@ -79,6 +79,7 @@ class Config:
     attach_limit: int | None = None  # None: DescribeInstanceTypes, else DEFAULT_ATTACH_LIMIT
     add_seconds: float = 30.0
     margin: float = 2.0
+    lag_seconds: float = 3.0
     floor_fraction: float = 0.05
     floor_gib: float = 2.0
     min_step_gib: int = 10
@@ -96,7 +97,8 @@ class Config:
 
     def policy(self) -> decide.Policy:
         return decide.Policy(
-            max_gib=self.max_gib, add_seconds=self.add_seconds, margin=self.margin, floor_fraction=self.floor_fraction,
+            max_gib=self.max_gib, add_seconds=self.add_seconds, margin=self.margin, lag_seconds=self.lag_seconds,
+            floor_fraction=self.floor_fraction,
             floor_gib=self.floor_gib, min_step_gib=self.min_step_gib, step_seconds=self.step_seconds,
         )
 

@@ -7,8 +7,10 @@ The agent samples the data root once a second: (time, free bytes, total bytes).
   negative: space freed by a finished task does not cancel a writer.
 - **Trigger**: add when the time left to full at that rate is no more than the time an
   add takes times a margin (`add_seconds` is measured on this instance, and starts from
-  a prior), or when free space falls under a floor (a fraction of the total, at least
-  `floor_gib`): the floor covers a writer that starts at full speed between samples.
+  a prior), plus the lag of the signal itself (filesystems report writes to statfs up to
+  a couple of seconds late, and a sample is up to a second old); or when free space falls
+  under a floor (a fraction of the total, at least `floor_gib`): the floor covers a writer
+  that starts at full speed between samples.
 - **Step**: enough for `step_seconds` of writing at the current rate plus the add's own
   time, at least `min_step_gib`, so a fast writer gets a big step and a slow one a small
   one; never past `max_gib` nor past the attachment limit.
@@ -34,7 +36,8 @@ class Sample:
 class Policy:
     max_gib: int  # the most the pool may grow to (storage.grow.max_gib)
     add_seconds: float = 30.0  # prior for trigger -> usable space, replaced by measurements
-    margin: float = 2.0  # act when time-to-full <= margin x add_seconds
+    margin: float = 2.0  # act when time-to-full <= margin x add_seconds + lag_seconds
+    lag_seconds: float = 3.0  # how late free space shows a write (about 2 s, docs/sizing.md) plus one sample
     floor_fraction: float = 0.05  # and when free < this fraction of the total ...
     floor_gib: float = 2.0  # ... or under this many GiB, whichever is larger
     min_step_gib: int = 10
@@ -76,7 +79,7 @@ def floor_bytes(total: int, policy: Policy) -> float:
 
 def trigger(free: int, total: int, rate: float, add_seconds: float, policy: Policy) -> str | None:
     """Why to add space now ("time-to-full" or "floor"), or None."""
-    if time_to_full(free, rate) <= policy.margin * add_seconds:
+    if time_to_full(free, rate) <= policy.margin * add_seconds + policy.lag_seconds:
         return "time-to-full"
     if free < floor_bytes(total, policy):
         return "floor"
@@ -88,7 +91,7 @@ def step_gib(rate: float, add_seconds: float, pool_gib: int, policy: Policy) -> 
     room = policy.max_gib - pool_gib
     if room <= 0:
         return 0
-    want = rate * (policy.step_seconds + policy.margin * add_seconds) / GIB
+    want = rate * (policy.step_seconds + policy.margin * add_seconds + policy.lag_seconds) / GIB
     step = max(policy.min_step_gib, math.ceil(want))
     return int(min(step, policy.max_step_gib, room))
 
