@@ -34,11 +34,19 @@ def test_without_the_agent_the_writer_runs_out_of_space(instance):
     assert "No space left on device" in result.stderr
 
 
-def test_a_fast_writer_finishes_with_volumes_added_tagged_and_deleted_with_the_instance(instance):
+def test_a_fast_writer_finishes_with_volumes_added_tagged_and_deleted_with_the_instance(instance, moto):
+    from factory.grow import instance_policy
+
+    moto.calls(clear=True)
     instance.start_agent()
     instance.wait_event("start")
     result = instance.write(3 * 1024, 250)
     assert result.returncode == 0, result.stderr + instance.events_file.read_text()
+    # least privilege, proven against what the agent really called (the local cloud's call log)
+    allowed = {a for s in instance_policy()["Statement"] for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    called = set(moto.calls())
+    assert {"ec2:CreateVolume", "ec2:AttachVolume", "ec2:ModifyInstanceAttribute", "ec2:CreateTags"} <= called
+    assert called <= allowed, called - allowed
     events = instance.events()
     grown = [e for e in events if e["event"] == "grown"]
     assert grown, instance.events_file.read_text()
