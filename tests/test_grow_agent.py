@@ -162,3 +162,20 @@ def test_throttled_create_and_dropped_attach_are_retried_and_the_task_still_fits
     assert armed(instance.endpoint) == []
     vols = instance.grow_volumes()
     assert len(instance.pool_devices()) == 1 + len(vols)  # a retried call made no second volume
+
+
+def test_a_waiting_volume_of_ours_is_used_before_a_new_one_is_made(instance):
+    """A volume of this instance's agent that is created but not attached (a CreateVolume
+    whose answer was lost) is what the next add uses: no second volume while one waits."""
+    instance.start_agent()
+    instance.wait_event("start")
+    tags = [{"Key": "factory:grow", "Value": "true"}, {"Key": "factory:task", "Value": TASK},
+            {"Key": "factory:instance", "Value": instance.instance_id}]
+    waiting = instance.ec2.create_volume(AvailabilityZone=instance.zone, Size=4, VolumeType="gp3", Encrypted=True,
+                                         TagSpecifications=[{"ResourceType": "volume", "Tags": tags}])["VolumeId"]
+    result = instance.write(3 * 1024, 200)
+    assert result.returncode == 0, result.stderr + instance.events_file.read_text()
+    first = next(e for e in instance.events() if e["event"] in ("volume-reused", "volume-created"))
+    assert (first["event"], first["volume_id"]) == ("volume-reused", waiting), instance.events_file.read_text()
+    assert len(instance.pool_devices()) == 1 + len(instance.grow_volumes())
+

@@ -301,15 +301,24 @@ class Agent:
 
     def add(self, size_gib: int, reason: str) -> bool:
         started = time.monotonic()
-        token = f"factory-grow-{self.me.instance_id}-{len(self.volumes) + 1}"
+        # The token names the add and its size: a retried call returns the same volume on AWS,
+        # and a later attempt with another size is a new request, not a mismatch.
+        token = f"factory-grow-{self.me.instance_id}-{len(self.volumes) + 1}-{size_gib}"
         tags = [{"Key": GROW_TAG, "Value": "true"}, {"Key": TASK_TAG, "Value": self.cfg.task},
                 {"Key": INSTANCE_TAG, "Value": self.me.instance_id}, {"Key": "Name", "Value": f"factory-grow-{self.cfg.task}"}]
         self.emit("add", reason=reason, size_gib=size_gib, volume_type=self.cfg.volume_type)
         try:
-            vol = self.call("create_volume", AvailabilityZone=self.me.zone, Size=size_gib, VolumeType=self.cfg.volume_type,
-                            Encrypted=True, ClientToken=token, TagSpecifications=[{"ResourceType": "volume", "Tags": tags}])
-            volume_id = vol["VolumeId"]
-            self.emit("volume-created", volume_id=volume_id, size_gib=size_gib)
+            # A volume of ours not in the pool yet (an earlier attempt whose answer was lost)
+            # is used first: never a second volume while one waits.
+            waiting = [v for v in self._my_volumes() if v["VolumeId"] not in self.volumes and v["State"] in ("creating", "available")]
+            if waiting:
+                volume_id, size_gib = waiting[0]["VolumeId"], int(waiting[0]["Size"])
+                self.emit("volume-reused", volume_id=volume_id, size_gib=size_gib)
+            else:
+                vol = self.call("create_volume", AvailabilityZone=self.me.zone, Size=size_gib, VolumeType=self.cfg.volume_type,
+                                Encrypted=True, ClientToken=token, TagSpecifications=[{"ResourceType": "volume", "Tags": tags}])
+                volume_id = vol["VolumeId"]
+                self.emit("volume-created", volume_id=volume_id, size_gib=size_gib)
             device = self._finish_add(volume_id, size_gib)
         except Exception as exc:  # never let an add kill the agent; report and back off
             self.failures += 1
