@@ -109,6 +109,7 @@ class GrowRig:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         ec2 = client()
+        # Any of moto's built-in images will do: the first page is enough.
         ami = ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
         inst = ec2.run_instances(
             ImageId=ami, MinCount=1, MaxCount=1, InstanceType=INSTANCE_TYPE,

@@ -179,6 +179,7 @@ class Agent:
         raise AssertionError("unreachable")
 
     def _volume(self, volume_id: str) -> dict[str, Any]:
+        # One volume id: one volume, so one page is all there is.
         return self.call("describe_volumes", VolumeIds=[volume_id])["Volumes"][0]
 
     def _wait(self, what: str, check: Callable[[], Any]) -> Any:
@@ -202,6 +203,7 @@ class Agent:
         if self._attach_limit is None:
             limit = DEFAULT_ATTACH_LIMIT
             try:
+                # One instance type asked for: one page.
                 types = self.call("describe_instance_types", InstanceTypes=[self.me.instance_type])["InstanceTypes"]
                 ebs = (types[0].get("EbsInfo") or {}) if types else {}
                 limit = int(ebs.get("MaximumEbsAttachments") or limit)
