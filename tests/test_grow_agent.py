@@ -5,7 +5,6 @@ watcher) and a btrfs pool; a writer that fills the disk faster than its start si
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 
 import pytest
@@ -75,7 +74,7 @@ def test_a_fast_writer_finishes_with_volumes_added_tagged_and_deleted_with_the_i
     # the instance ends: its volumes go with it, and so do their devices
     instance.stop_agent()
     assert instance.wait_event("stop")["volumes_added"] == len(vols)
-    subprocess.run(["umount", str(instance.mountpoint)], check=True)
+    instance.unmount()
     instance.ec2.terminate_instances(InstanceIds=[instance.instance_id])
     assert instance.grow_volumes() == []
     deadline = time.monotonic() + 10

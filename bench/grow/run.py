@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -81,7 +80,7 @@ def burst(endpoint: str, work: Path, attach_delay: float, free_mib: int, rate: f
     with GrowRig.start(endpoint, work / f"burst-{int(rate)}", data_gib=2, attach_delay=attach_delay,
                        settings={"floor_gib": 0, "floor_fraction": 0, "add_seconds": add_seconds, "min_step_gib": 4}) as rig:
         fill = rig.free_bytes() - free_mib * MIB
-        subprocess.run(["fallocate", "-l", str(fill), str(rig.mountpoint / "filled.bin")], check=True)
+        rig.run("fallocate", "-l", str(fill), str(rig.mountpoint / "filled.bin"))
         start_free = rig.free_bytes()
         rig.start_agent()
         rig.wait_event("start")

@@ -11,8 +11,10 @@ btrfs pool at a data root (what the image's boot unit does), and the real agent 
         rig.write(3072, 200)        # a task's writer: CompletedProcess, 28 = out of space
         rig.events(), rig.grow_volumes(), rig.pool_devices()
 
-Leaving the block unmounts the pool, stops the agent, terminates the instance (its
-delete-on-termination volumes go with it) and detaches every loop device.
+The pool, the agent and the writer live in a mount namespace of their own (as an
+instance would), so the pool's mount never shows up in other namespaces on the machine.
+Leaving the block stops the agent, unmounts the pool (the namespace goes), terminates the
+instance (its delete-on-termination volumes go with it) and detaches every loop device.
 """
 
 from __future__ import annotations
@@ -74,12 +76,27 @@ class GrowRig:
     zone: str
     watcher: Any
     imds: Any
+    namespace: subprocess.Popen | None = None  # holds the instance's mount namespace
     agent: subprocess.Popen | None = None
     _events_offset: int = field(default=0, repr=False)
 
     @property
     def mountpoint(self) -> Path:
         return self.workdir / "docker"
+
+    def inside(self, *argv: str) -> list[str]:
+        """`argv` run in the instance's mount namespace (nsenter execs it: same process)."""
+        assert self.namespace is not None
+        return ["nsenter", f"--target={self.namespace.pid}", "--mount", "--", *argv]
+
+    def _python(self, *args: str) -> list[str]:
+        return self.inside(sys.executable, *args)
+
+    def _env(self) -> dict[str, str]:
+        from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, scrub_env
+
+        return scrub_env(dict(os.environ, PYTHONPATH=str(agent_files()),
+                              AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY))
 
     @property
     def config(self) -> Path:
@@ -97,10 +114,6 @@ class GrowRig:
         from factory.local.metadata import MetadataService
         from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
         from factory.local.volumes import AttachWatcher
-
-        if str(agent_files()) not in sys.path:  # the agent's package: the pool's code is shared with it
-            sys.path.insert(0, str(agent_files()))
-        from factory_grow.pool import BtrfsPool
 
         def client() -> Any:
             return boto3.client("ec2", region_name=region, endpoint_url=endpoint,
@@ -122,6 +135,12 @@ class GrowRig:
         watcher = AttachWatcher(client(), iid, workdir / "by-id", workdir / "volumes", delay=attach_delay).start()
         imds = MetadataService.start(iid, zone, INSTANCE_TYPE)
         rig = cls(endpoint=endpoint, workdir=workdir, ec2=ec2, instance_id=iid, zone=zone, watcher=watcher, imds=imds)
+        rig.namespace = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "infinity"],
+                                         start_new_session=True)
+        own = os.readlink("/proc/self/ns/mnt")
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{rig.namespace.pid}/ns/mnt") == own and time.monotonic() < deadline:
+            time.sleep(0.02)  # unshare has not entered its namespace yet
         rig.config.write_text(json.dumps({
             "task": TASK, "max_gib": max_gib, "mountpoint": str(rig.mountpoint), "interval": 1.0,
             "imds_endpoint": imds.endpoint, "ec2_endpoint": endpoint, "device_dirs": [str(workdir / "by-id")],
@@ -130,7 +149,11 @@ class GrowRig:
         } | (settings or {})))
         data_volume = next(m["Ebs"]["VolumeId"] for m in inst["BlockDeviceMappings"] if m["DeviceName"] == "/dev/xvdb")
         try:
-            BtrfsPool().ensure(watcher.device_of(data_volume), str(rig.mountpoint))
+            made = subprocess.run(rig._python("-m", "factory_grow.pool", "ensure", watcher.device_of(data_volume),
+                                              str(rig.mountpoint), "--backend", "btrfs"),
+                                  capture_output=True, text=True, env=rig._env(), timeout=120)
+            if made.returncode != 0:
+                raise RuntimeError(f"the pool did not come up: {made.stdout}{made.stderr}")
         except BaseException:
             rig.close()
             raise
@@ -142,13 +165,9 @@ class GrowRig:
         self.config.write_text(json.dumps(json.loads(self.config.read_text()) | overrides))
 
     def start_agent(self) -> subprocess.Popen:
-        from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, scrub_env
-
-        env = scrub_env(dict(os.environ, PYTHONPATH=str(agent_files()),
-                             AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY))
         with open(self.events_file, "a") as out:
-            self.agent = subprocess.Popen([sys.executable, "-m", "factory_grow.agent", "--config", str(self.config)],
-                                          stdout=out, stderr=subprocess.STDOUT, env=env)
+            self.agent = subprocess.Popen(self._python("-m", "factory_grow.agent", "--config", str(self.config)),
+                                          stdout=out, stderr=subprocess.STDOUT, env=self._env())
         return self.agent
 
     def stop_agent(self, sig: int = signal.SIGTERM) -> None:
@@ -175,12 +194,16 @@ class GrowRig:
     # -- the task and what it left ----------------------------------------------------------
 
     def writer(self, mib: int, rate: float, name: str = "work.bin") -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-c", WRITER, str(self.mountpoint / name), str(mib), str(rate)],
+        return subprocess.Popen(self._python("-c", WRITER, str(self.mountpoint / name), str(mib), str(rate)),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def write(self, mib: int, rate: float, name: str = "work.bin") -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-c", WRITER, str(self.mountpoint / name), str(mib), str(rate)],
+        return subprocess.run(self._python("-c", WRITER, str(self.mountpoint / name), str(mib), str(rate)),
                               capture_output=True, text=True, timeout=600)
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess:
+        """A command inside the instance's mount namespace (e.g. fallocate on the pool)."""
+        return subprocess.run(self.inside(*argv), capture_output=True, text=True, timeout=120, check=True)
 
     def grow_volumes(self) -> list[dict[str, Any]]:
         """Every volume tagged with this instance (paged)."""
@@ -196,20 +219,25 @@ class GrowRig:
         return {m["Ebs"]["VolumeId"]: m for m in inst.get("BlockDeviceMappings", [])}
 
     def pool_devices(self) -> list[str]:
-        from factory_grow.pool import BtrfsPool  # on sys.path since start()
-
-        return BtrfsPool().devices(str(self.mountpoint))
+        out = subprocess.run(self._python("-m", "factory_grow.pool", "devices", str(self.mountpoint), "--backend", "btrfs"),
+                             capture_output=True, text=True, env=self._env(), timeout=60, check=True).stdout
+        return json.loads(out)
 
     def free_bytes(self) -> int:
-        st = os.statvfs(self.mountpoint)
-        return st.f_bavail * st.f_frsize
+        code = f"import os; s = os.statvfs({str(self.mountpoint)!r}); print(s.f_bavail * s.f_frsize)"
+        return int(subprocess.run(self._python("-c", code), capture_output=True, text=True, timeout=60, check=True).stdout)
 
     # -- the end ----------------------------------------------------------------------------
 
     def unmount(self) -> None:
-        if subprocess.run(["mountpoint", "-q", str(self.mountpoint)]).returncode == 0:
-            if subprocess.run(["umount", str(self.mountpoint)], capture_output=True).returncode != 0:
-                subprocess.run(["umount", "-l", str(self.mountpoint)], capture_output=True)
+        """Unmount the pool and end the instance's mount namespace (nothing else holds it)."""
+        if self.namespace is None:
+            return
+        if self.namespace.poll() is None:
+            subprocess.run(self.inside("umount", str(self.mountpoint)), capture_output=True)
+            self.namespace.kill()
+            self.namespace.wait(timeout=10)
+        self.namespace = None
 
     def terminate(self) -> None:
         """End the instance as EC2 does: its delete-on-termination volumes go with it."""
