@@ -19,8 +19,23 @@ from factory.errors import AwsError
 # backoff, as every AWS SDK does; the adaptive mode's client-side rate limiter helps many
 # concurrent clients, not factory's few calls at a time (docs/local-cloud.md, "Retries").
 CONNECT_TIMEOUT_SECONDS = 5
-READ_TIMEOUT_SECONDS = 15
+READ_TIMEOUT_SECONDS = 10
 MAX_ATTEMPTS = 5
+
+
+_command: str | None = None  # the CLI command running now (its AWS calls carry it)
+
+
+def set_command(name: str | None) -> str | None:
+    """Name the CLI command whose AWS calls follow; returns the previous one."""
+    global _command
+    previous, _command = _command, name
+    return previous
+
+
+def user_agent(agent: str = "factory") -> str:
+    """`factory`, plus `factory-command/NAME` while a CLI command runs."""
+    return agent + (f" factory-command/{_command}" if _command else "")
 
 
 @dataclass
@@ -29,6 +44,7 @@ class Clients:
 
     region: str | None = None
     endpoint_url: str | None = None
+    agent: str = "factory"  # the user agent's mark; the local cloud's own set-up uses "factory-local"
     _session: Any = field(default=None, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -49,7 +65,7 @@ class Clients:
                 retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
                 connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 read_timeout=READ_TIMEOUT_SECONDS,
-                user_agent_extra="factory",
+                user_agent_extra=user_agent(self.agent),
             )
             kwargs: dict[str, Any] = {"region_name": region, "config": config}
             if self.endpoint_url:

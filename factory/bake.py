@@ -45,6 +45,7 @@ NOT_IMAGE_VARIABLES = frozenset({
     "custom_endpoint_ec2", "skip_region_validation", "skip_credential_validation", "skip_metadata_api_check",
     "ssh_host", "ssh_port", "ssh_username", "ssh_interface", "ssh_timeout", "ssh_keypair_name",
     "ssh_private_key_file", "builder_cidrs", "subnet_id", "iam_instance_profile", "instance_type",
+    "associate_public_ip",
     "ansible_python_interpreter", "ansible_become",
     # the installer's location (its sha256, which pins the content, is hashed)
     "miniconda_installer_url",
@@ -77,6 +78,10 @@ class BakeResult:
     registered: bool = False
     note: str | None = None
     error: str | None = None
+    # A failure shared by every task of the run (registration across all tiers): kept out
+    # of `error`, so a summary says it once rather than once per task.
+    shared_error: str | None = None
+    image_manifest: str | None = None  # the fetched build/<task>/image-manifest.json
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -98,6 +103,7 @@ class BakeResult:
             "launch_template": self.launch_template,
             "compute_environment": self.compute_environment,
             "job_queue": self.job_queue,
+            "image_manifest": self.image_manifest,
         }
         if self.note:
             data["note"] = self.note
@@ -176,20 +182,21 @@ def ensure_tagged(ec2: Any, ami_id: str, tags: dict[str, str]) -> str | None:
 
 
 def discard_image(ec2: Any, ami_id: str, snapshots: Sequence[str]) -> str:
-    """Deregister an AMI and delete its snapshots; say what was done (or what to do by hand)."""
+    """Deregister an AMI with its snapshots (one call: deleting them after deregistering races
+    with `InvalidSnapshot.InUse`); say what was done (or what to do by hand)."""
     from factory.aws import aws_errors
     from factory.errors import AwsError
 
-    what = f"{ami_id}" + (f" and its snapshots {', '.join(snapshots)}" if snapshots else "")
+    by_hand = f"aws ec2 deregister-image --image-id {ami_id} --delete-associated-snapshots"
     try:
         with aws_errors(f"deregistering {ami_id}"):
-            ec2.deregister_image(ImageId=ami_id)
-            for snap in snapshots:
-                ec2.delete_snapshot(SnapshotId=snap)
+            answer = ec2.deregister_image(ImageId=ami_id, DeleteAssociatedSnapshots=True)
     except AwsError as exc:
-        by_hand = f"aws ec2 deregister-image --image-id {ami_id}" + "".join(
-            f"; aws ec2 delete-snapshot --snapshot-id {snap}" for snap in snapshots)
         return f"The untagged AMI could not be removed either ({exc.message}): remove it by hand: {by_hand}"
+    kept = [r["SnapshotId"] for r in answer.get("DeleteSnapshotResults") or [] if r.get("ReturnCode") != "success"]
+    if kept:
+        return f"The untagged AMI {ami_id} was deregistered but AWS kept its snapshots {', '.join(kept)}: delete them by hand"
+    what = f"{ami_id}" + (f" and its snapshots {', '.join(snapshots)}" if snapshots else "")
     return f"The untagged AMI was removed: deregistered {what}"
 
 
@@ -246,6 +253,8 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     rr = render_mod.render(spec, plan, base_ami, out_dir, target=target, keep=render_mod.BUILD_RECORDS)
     steps["render"] = time.monotonic() - t
 
+    check_builder_memory(clients.ec2(), rr.variables["instance_type"], spec.image.architecture, cloud.config_source())
+
     files = render_mod.content_files()
     variables = dict(rr.variables)
     # Packer 1.7+ keeps the template's IMDSv2 blocks, which set the AMI's imds_support.
@@ -256,6 +265,35 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     # not hashed (NOT_IMAGE_VARIABLES), and the hash was taken before it was added.
     rr = render_mod.with_tags(rr, {IMAGE_HASH_TAG: digest})
     return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
+
+
+def check_builder_memory(ec2: Any, instance_type: str, architecture: str, source: str) -> None:
+    """The builder runs Docker, the ECS agent and a conda-forge solve (documented to be
+    OOM-killed on 1 GiB): refuse a type with less than 4 GiB before any instance starts.
+    One instance type asked by name: a single page."""
+    from botocore.exceptions import ClientError
+
+    from factory.aws import aws_errors, error_code
+    from factory.families import BUILDER_INSTANCE_TYPE, BUILDER_MIN_MEMORY_MIB
+
+    field_name = f"builder.instance_types.{architecture}"
+    with aws_errors(f"looking up the builder instance type {instance_type}"):
+        try:
+            types = ec2.describe_instance_types(InstanceTypes=[instance_type]).get("InstanceTypes", [])  # one type: one page
+        except ClientError as exc:
+            if error_code(exc) != "InvalidInstanceType":
+                raise
+            types = []
+    if not types:
+        raise FactoryError(f"{source}: {field_name}: {instance_type} is not an instance type this region offers; "
+                           f"pick another (default {BUILDER_INSTANCE_TYPE[architecture]})")
+    mib = int(types[0].get("MemoryInfo", {}).get("SizeInMiB", 0))
+    if mib < BUILDER_MIN_MEMORY_MIB:
+        raise FactoryError(
+            f"{source}: {field_name}: {instance_type} has {mib / 1024:g} GiB of memory; the builder runs Docker, "
+            f"the ECS agent and a conda-forge solve, which needs at least {BUILDER_MIN_MEMORY_MIB // 1024} GiB "
+            f"(conda is OOM-killed on 1 GiB): pick {BUILDER_INSTANCE_TYPE[architecture]} or larger"
+        )
 
 
 def check_pinned_ami(spec: Any, ec2: Any, ami: str) -> None:
@@ -282,26 +320,46 @@ def check_pinned_ami(spec: Any, ec2: Any, ami: str) -> None:
         )
 
 
-# ansible-core 2.17 dropped Python 3.7 and older on managed hosts: Amazon Linux 2 ships
-# Python 3.7 and the legacy Amazon Linux 2.7, which only ansible-core <= 2.16 can manage.
-_OLD_PYTHON_FAMILIES = {"al2": "Python 3.7", "al1": "Python 2.7"}
+def ansible_playbook_version(env: dict[str, str] | None = None) -> tuple[str, tuple[int, int]]:
+    """The `ansible-playbook` Packer's ansible provisioner will run (found on the PATH Packer
+    gets, as packer.py builds it) and its ansible-core version: (path, (major, minor))."""
+    import re
+    import shutil
+    import subprocess
 
+    from factory import packer
+    from factory.errors import PackerError
 
-def check_ansible_can_manage(family: str) -> None:
-    """Refuse early (before any EC2 instance starts) when ansible-core is too new for the family's Python."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    if family not in _OLD_PYTHON_FAMILIES:
-        return
+    path_var = packer.run_environment(env).get("PATH", "")
+    binary = shutil.which("ansible-playbook", path=path_var)
+    if not binary:
+        raise PackerError("ansible-playbook is not on the PATH Packer runs with: run `make venv` (or "
+                          "`pip install ansible-core`) so Packer's ansible provisioner finds it")
     try:
-        installed = version("ansible-core")
-    except PackageNotFoundError:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PackerError(f"cannot run `{binary} --version` ({exc})") from None
+    m = re.search(r"\[core (\d+)\.(\d+)", out.stdout) or re.search(r"ansible-playbook (\d+)\.(\d+)", out.stdout)
+    if not m:
+        raise PackerError(f"`{binary} --version` did not say its ansible-core version: {out.stdout.strip()[:120]!r}")
+    return binary, (int(m.group(1)), int(m.group(2)))
+
+
+def check_ansible_can_manage(family: str, env: dict[str, str] | None = None) -> None:
+    """Refuse early (before any EC2 instance starts) when the ansible-playbook Packer runs
+    is too new for the family's system Python (families.FAMILIES[...].ansible_core_below)."""
+    from factory.families import FAMILIES
+
+    info = FAMILIES[family]
+    if info.ansible_core_below is None:
         return
-    major_minor = tuple(int(x) for x in installed.split(".")[:2])
-    if major_minor >= (2, 17):
+    binary, version = ansible_playbook_version(env)
+    if version >= info.ansible_core_below:
+        below = ".".join(map(str, info.ansible_core_below))
         raise FactoryError(
-            f"ansible-core {installed} cannot manage ecs-{family}: its {_OLD_PYTHON_FAMILIES[family]} is older than "
-            "ansible-core 2.17+ supports. Bake it from a virtualenv with `pip install 'ansible-core<2.17'`, "
+            f"{binary} is ansible-core {version[0]}.{version[1]}, which cannot manage ecs-{family}: its "
+            f"{info.python_label} ({info.python_interpreter}) is supported only by ansible-core older than {below}. "
+            f"Bake it with `pip install 'ansible-core<{below}'` in a virtualenv whose bin/ comes first on PATH, "
             "or move the spec to `image.base: ecs-al2023`"
         )
 
@@ -375,14 +433,16 @@ def build_prepared(
             shared = f", baked for task {owner}" if owner and owner != spec.name else ""
             result.note = f"reused {found['ImageId']}{shared}: same content hash; --force rebakes"
             say(result.note)
+            _manifest_tags(ec2, result, p, found["ImageId"], have=_tags(found))
             return result
 
     t = time.monotonic()
+    env = cloud.packer_env(spec.region)
     if cloud.kind == "aws":
-        check_ansible_can_manage(spec.image.family)
+        # The local build host's Python is this machine's, whatever the family.
+        check_ansible_can_manage(spec.image.family, env)
     say("checking Packer")
     info = packer.find_packer()
-    env = cloud.packer_env(spec.region)
     folder = p.out_dir
     packer.init(info, folder, env)
     say("packer validate")
@@ -390,6 +450,7 @@ def build_prepared(
     steps["packer_validate"] = time.monotonic() - t
 
     t = time.monotonic()
+    cloud.launch_builder()
     out = packer.build(
         info,
         folder,
@@ -408,12 +469,35 @@ def build_prepared(
     note = ensure_tagged(ec2, out.ami_id, p.render_result.variables["tags"])  # with_tags added the hash
     if note:
         result.note = _join(result.note, note)
+    _manifest_tags(ec2, result, p, out.ami_id, have=None)
     steps["tag"] = time.monotonic() - t
     result.ami_id = out.ami_id
     result.baked = True
     result.status = "baked"
     say(f"baked {out.ami_id} in {out.seconds:.0f}s")
     return result
+
+
+def _manifest_tags(ec2: Any, result: BakeResult, p: Prepared, ami_id: str, have: dict[str, str] | None) -> None:
+    """Name the image manifest the play fetched (factory.image_manifest) in the result and
+    tag the AMI with its headline values: after a build always, on a reuse those missing."""
+    from factory import image_manifest
+
+    found = image_manifest.find(Path(p.out_dir).parent, p.spec.name, p.image_hash)
+    if found is None:
+        if have is None:
+            result.note = _join(result.note, f"no image manifest was fetched to {Path(p.out_dir) / image_manifest.FILE_NAME}")
+        return
+    path, manifest = found
+    own = Path(p.out_dir) / image_manifest.FILE_NAME
+    if Path(path) != own:
+        # A shared AMI (baked for another task): its manifest beside this task's build too,
+        # so `factory show` finds the image through its content hash.
+        image_manifest.write(own, manifest)
+        path = own
+    result.image_manifest = str(Path(path).absolute())
+    if image_manifest.tag_ami(ec2, ami_id, image_manifest.headline_tags(manifest), have) and have is not None:
+        result.note = _join(result.note, f"added the image manifest's headline tags to {ami_id}")
 
 
 def register_results(
@@ -529,6 +613,7 @@ def bake_all(
                 reused_from=r.reused_from or leader.spec.name,
                 build_dir=str(Path(p.out_dir).absolute()), steps=dict(p.steps),
                 note=f"same image as {leader.spec.name}: shares {r.ami_id}",
+                image_manifest=r.image_manifest,
             )
 
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bake") as pool:
@@ -553,9 +638,13 @@ def bake_all(
         except FactoryError as exc:
             for s in ok_specs:
                 r = results[s.name]
-                r.error = exc.message
+                r.error = REGISTER_FAILED
+                r.shared_error = exc.message
                 r.status = "failed"
     return ordered
+
+
+REGISTER_FAILED = "registering failed, for a reason every task shares (said once: shared_errors)"
 
 
 def _failed(spec: Any, message: str, p: Prepared | None = None) -> BakeResult:
@@ -567,11 +656,20 @@ def _failed(spec: Any, message: str, p: Prepared | None = None) -> BakeResult:
     )
 
 
+def shared_errors(results: Sequence[BakeResult]) -> list[str]:
+    """The failures shared by several tasks, each once, in the order first met."""
+    return list(dict.fromkeys(r.shared_error for r in results if r.shared_error))
+
+
 def summary_json(results: Sequence[BakeResult]) -> dict[str, Any]:
-    return {
+    data: dict[str, Any] = {
         "ok": all(r.status != "failed" for r in results),
         "results": [r.to_json() for r in results],
     }
+    shared = shared_errors(results)
+    if shared:
+        data["shared_errors"] = shared
+    return data
 
 
 def write_summary(results: Sequence[BakeResult], path: Path) -> Path:

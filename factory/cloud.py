@@ -23,6 +23,7 @@ class Cloud:
 
     kind: str  # aws | local
     local: Any = None  # factory.local.cloud.LocalCloud
+    config_path: Path | None = None  # factory.yaml; None: ./factory.yaml when it exists
     _clients: dict = field(default_factory=dict, repr=False)
 
     def clients(self, region: str):
@@ -37,18 +38,48 @@ class Cloud:
         return self._clients[region]
 
     def target(self, region: str):
-        from factory import render
+        """Where and on what Packer builds. On AWS: factory.yaml's `builder:` section (its
+        instance types, subnet, SSH interface, public address, instance profile, KMS key).
+        On the local cloud: its build host, with the configured instance types (moto
+        launches whatever type it is given; the SSH and network settings do not apply)."""
+        from dataclasses import replace
 
+        from factory import render
+        from factory.config import load_config
+
+        builder = load_config(self.config_path).builder
         if self.kind == "local":
-            return self.local.build_target(region)
-        return render.BuildTarget.aws()
+            return replace(self.local.build_target(region), instance_types=dict(builder.instance_types))
+        return render.BuildTarget.aws(
+            instance_types=dict(builder.instance_types),
+            subnet_id=builder.subnet or "",
+            ssh_interface=builder.ssh_interface,
+            # The default VPC gives a public address by itself; say it only where it differs.
+            associate_public_ip=builder.public_ip if (builder.subnet or not builder.public_ip) else None,
+            iam_instance_profile=builder.instance_profile or "",
+            kms_key_id=builder.kms_key or "",
+        )
+
+    def config_source(self) -> str:
+        """The settings file the builder and register settings come from, for messages."""
+        from factory.config import load_config
+
+        return load_config(self.config_path).source
+
+    def launch_builder(self) -> None:
+        """Just before Packer launches a builder. On AWS, nothing: each build gets a new
+        instance of the base AMI. On the local cloud one build host stands in for every
+        builder, and the last bake generalized it (no host key, no authorized key, Docker
+        stopped), so it boots as a new instance would (`BuildHost.boot`)."""
+        if self.kind == "local":
+            self.local.host.boot()
 
     def register_config(self, path: Path | None = None):
         """The register step's settings: `path`, else ./factory.yaml (or defaults). The local
         cloud, like AWS, uses Batch's service-linked role unless the file names a role."""
         from factory.config import load_config
 
-        return load_config(path)
+        return load_config(path or self.config_path)
 
     def packer_env(self, region: str) -> dict[str, str]:
         """The environment Packer runs in. On the local cloud: moto's endpoint and dummy

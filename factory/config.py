@@ -13,6 +13,13 @@ register step uses the region's default VPC and says so. The format, with defaul
       queue_priority: 1
       update_timeout_minutes: 2880                # running jobs' time on an old instance after an AMI roll (max 7200)
       terminate_jobs_on_update: false             # true: stop running jobs at once when the image rolls
+    builder:                                      # the instance Packer bakes on
+      instance_types: {x86_64: t3.medium, arm64: t4g.medium}   # at least 4 GiB of memory
+      subnet: null                                # default: the first of batch.subnets, else the default VPC
+      ssh_interface: public_ip                    # public_ip | private_ip | session_manager
+      public_ip: null                             # true | false; null: true with public_ip, else false
+      instance_profile: null                      # instance profile name; session_manager needs one
+      kms_key: null                               # KMS key (id, ARN or alias/...) for the AMI; null: the account's EBS default
     launch_template:
       boot_commands: []                           # shell lines run at boot (MIME multi-part user data)
     tiers:
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import FactoryError, UsageError
+from factory.families import BUILDER_INSTANCE_TYPE
 
 DEFAULT_CONFIG_NAME = "factory.yaml"
 
@@ -44,6 +52,14 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "queue_priority": "integer >= 0",
         "update_timeout_minutes": "integer from 1 to 7200 (AWS Batch's updatePolicy.jobExecutionTimeoutMinutes)",
         "terminate_jobs_on_update": "true or false",
+    },
+    "builder": {
+        "instance_types": "mapping of architecture (x86_64, arm64) to an EC2 instance type",
+        "subnet": "subnet id (subnet-...), or null",
+        "ssh_interface": "one of public_ip, private_ip, session_manager",
+        "public_ip": "true, false or null",
+        "instance_profile": "instance profile name, or null",
+        "kms_key": "KMS key id, ARN or alias/NAME, or null",
     },
     "launch_template": {"boot_commands": "list of shell command lines"},
     "tiers": {"max_tiers": "integer >= 1, or null"},
@@ -80,10 +96,28 @@ class BatchConfig:
         return bool(self.subnets)
 
 
+DEFAULT_BUILDER_INSTANCE_TYPES = BUILDER_INSTANCE_TYPE  # 4 GiB: see factory/families.py
+SSH_INTERFACES = ("public_ip", "private_ip", "session_manager")
+
+
+@dataclass(frozen=True)
+class BuilderConfig:
+    """Where and on what Packer's builder instance runs (docs/register.md, `builder:`)."""
+
+    instance_types: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_BUILDER_INSTANCE_TYPES))
+    subnet: str | None = None  # None: the first of batch.subnets, else the default VPC
+    subnet_source: str = "default VPC"  # says where `subnet` came from
+    ssh_interface: str = "public_ip"
+    public_ip: bool = True
+    instance_profile: str | None = None
+    kms_key: str | None = None
+
+
 @dataclass(frozen=True)
 class FactoryConfig:
     path: Path | None = None  # None: no file, every default
     batch: BatchConfig = field(default_factory=BatchConfig)
+    builder: BuilderConfig = field(default_factory=BuilderConfig)
     boot_commands: tuple[str, ...] = ()
     max_tiers: int | None = None
     prune_keep: int = 3
@@ -212,9 +246,11 @@ def parse_config(data: Any, path: Path | None) -> FactoryConfig:
         update_timeout_minutes=min(timeout, 7200),
         terminate_jobs_on_update=terminate,
     )
+    builder = _builder(sections.get("builder", {}), batch, bad)
     config = FactoryConfig(
         path=path,
         batch=batch,
+        builder=builder,
         boot_commands=tuple(commands),
         max_tiers=opt_int("tiers", "max_tiers", None, 1, True),
         prune_keep=opt_int("prune", "keep", 3, 1, False) or 3,
@@ -222,3 +258,60 @@ def parse_config(data: Any, path: Path | None) -> FactoryConfig:
     if problems:
         raise ConfigError("\n".join(problems) + "\nSee docs/register.md, 'Config file'.")
     return config
+
+
+def _builder(section: dict[str, Any], batch: BatchConfig, bad) -> BuilderConfig:
+    """The `builder:` section, defaults filled in: the subnet from `batch.subnets`, the
+    public address from the SSH interface."""
+    import re
+
+    types = dict(DEFAULT_BUILDER_INSTANCE_TYPES)
+    given = section.get("instance_types")
+    if given is not None:
+        if not isinstance(given, dict):
+            bad("builder.instance_types", f"expected a {_SCHEMA['builder']['instance_types']}, e.g. {{x86_64: m6i.large}}, got {given!r}")
+        else:
+            for arch, itype in given.items():
+                if arch not in DEFAULT_BUILDER_INSTANCE_TYPES:
+                    bad(f"builder.instance_types.{arch}", "unknown architecture; expected x86_64 or arm64")
+                elif not isinstance(itype, str) or not re.fullmatch(r"[a-z][a-z0-9-]*\.[a-z0-9]+", itype):
+                    bad(f"builder.instance_types.{arch}", f"{itype!r} is not an EC2 instance type such as t3.medium")
+                else:
+                    types[arch] = itype
+
+    def opt_str(name: str) -> str | None:
+        value = section.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            bad(f"builder.{name}", f"expected a {_SCHEMA['builder'][name]}, got {value!r}")
+            return None
+        return value
+
+    subnet = opt_str("subnet")
+    source = "builder.subnet"
+    if subnet is not None and not subnet.startswith("subnet-"):
+        bad("builder.subnet", f"{subnet!r} is not a subnet-... id; copy the id from the EC2 console or `aws ec2 describe-subnets`")
+    if subnet is None and batch.subnets:
+        subnet, source = batch.subnets[0], "batch.subnets"
+    elif subnet is None:
+        source = "default VPC"
+    interface = section.get("ssh_interface", "public_ip")
+    if interface not in SSH_INTERFACES:
+        bad("builder.ssh_interface", f"expected one of {', '.join(SSH_INTERFACES)}, got {interface!r}")
+        interface = "public_ip"
+    public_ip = section.get("public_ip")
+    if public_ip is not None and not isinstance(public_ip, bool):
+        bad("builder.public_ip", f"expected true, false or null, got {public_ip!r}")
+        public_ip = None
+    if public_ip is None:
+        public_ip = interface == "public_ip"
+    if interface == "public_ip" and not public_ip:
+        bad("builder.public_ip", "false, but ssh_interface is public_ip: Packer could not reach the builder; "
+            "use ssh_interface: private_ip (from inside the VPC) or session_manager")
+    profile = opt_str("instance_profile")
+    if interface == "session_manager" and not profile:
+        bad("builder.instance_profile", "ssh_interface session_manager needs an instance profile whose role has "
+            "AmazonSSMManagedInstanceCore; name it here")
+    return BuilderConfig(
+        instance_types=types, subnet=subnet, subnet_source=source, ssh_interface=interface,
+        public_ip=public_ip, instance_profile=profile, kms_key=opt_str("kms_key"),
+    )

@@ -1,7 +1,8 @@
 """What differs between the ECS-optimized AMI families factory can start from.
 
 One table, read by the sizing (storage driver), the render (SSM parameter, SSH user,
-devices), the register step (the device the family boots from) and the roles (driver).
+devices, the Python Ansible uses), the register step (the device the family boots from),
+the bake (which ansible-core can manage that Python) and the roles (driver).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ class Family:
     ssm_arm64: str | None  # AL1 has no arm64 image
     ecs_image_type: str  # AWS Batch's ec2Configuration imageType
     base_root_gib: int  # the root volume of the ECS-optimized AMI
+    python_interpreter: str  # the system Python Ansible runs its modules with on the builder
+    python_label: str  # what it is, for messages
+    # The first ansible-core minor release that can no longer manage that Python (its
+    # "managed node" support matrix), or None while every current one can.
+    ansible_core_below: tuple[int, int] | None
     base_docker_gib: int | None = None  # its separate Docker volume (AL1), else None
     data_device: str | None = None  # Docker's own data volume with `storage.grow` (None: the family cannot grow)
 
@@ -52,6 +58,9 @@ FAMILIES: dict[str, Family] = {
         ssm_arm64=f"{_ECS}/amazon-linux-2023/arm64/recommended/image_id",
         ecs_image_type="ECS_AL2023",
         base_root_gib=30,
+        python_interpreter="/usr/bin/python3",
+        python_label="Python 3.9",
+        ansible_core_below=None,
         data_device="/dev/xvdb",
     ),
     "al2": Family(
@@ -65,6 +74,10 @@ FAMILIES: dict[str, Family] = {
         ssm_arm64=f"{_ECS}/amazon-linux-2/arm64/recommended/image_id",
         ecs_image_type="ECS_AL2",
         base_root_gib=30,
+        # ansible-core 2.17 still manages Python 3.7; 2.18 dropped it.
+        python_interpreter="/usr/bin/python3",
+        python_label="Python 3.7",
+        ansible_core_below=(2, 18),
         data_device="/dev/xvdb",
     ),
     "al1": Family(
@@ -78,6 +91,11 @@ FAMILIES: dict[str, Family] = {
         ssm_arm64=None,
         ecs_image_type="ECS_AL1",
         base_root_gib=8,
+        # The legacy AMI has no python3: its system Python is 2.7, which ansible-core
+        # 2.17 dropped.
+        python_interpreter="/usr/bin/python2.7",
+        python_label="Python 2.7",
+        ansible_core_below=(2, 17),
         base_docker_gib=22,
     ),
 }
@@ -85,4 +103,8 @@ FAMILIES: dict[str, Family] = {
 # The spec's `image.base` names a family as `ecs-<family>`.
 BASE_TO_FAMILY = {f"ecs-{key}": key for key in FAMILIES}
 
-BUILDER_INSTANCE_TYPE = {"x86_64": "t3.micro", "arm64": "t4g.micro"}
+# The builder runs Docker, the ECS agent and a conda-forge solve for the pinned awscli;
+# conda is documented to be OOM-killed on 1 GiB (a t3.micro), so the default builders
+# have 4 GiB. factory.yaml's `builder.instance_types` picks others (at least 4 GiB).
+BUILDER_INSTANCE_TYPE = {"x86_64": "t3.medium", "arm64": "t4g.medium"}
+BUILDER_MIN_MEMORY_MIB = 4096

@@ -23,6 +23,14 @@ from typing import Any, Sequence
 from factory.errors import FactoryError, UsageError
 from factory.register import resource_name
 
+# Nextflow stages files with the CLI at cliPath inside each task's container, so it runs
+# with the image's C library, not the host's (the bake checks nextflow.containers).
+CLI_REQUIREMENT = (
+    "// cliPath runs inside each task's container, with that image's C library: the image needs",
+    "// glibc 2.17 or newer (Miniconda's floor); musl-based images (Alpine) cannot run it.",
+    "// `factory bake` runs it in every image a spec lists in nextflow.containers.",
+)
+
 
 def _quote(value: str) -> str:
     """A Groovy single-quoted string literal."""
@@ -67,6 +75,7 @@ def render_config(specs: Sequence[Any], tiers: Sequence[Any]) -> str:
         "// AWS Batch job queue, on the AMI and volume factory registered for it.",
         "process.executor = 'awsbatch'",
         f"aws.region = {_quote(first.region)}",
+        *CLI_REQUIREMENT,
         f"aws.batch.cliPath = {_quote(first.awscli.cli_path)}",
         "",
         "process {",

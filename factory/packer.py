@@ -340,6 +340,11 @@ class _Errors(list):
         return f"Ansible failed at task [{self.fatal_task or '?'}]:\n  {body}"
 
 
+def run_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment Packer runs with, and so the ansible-playbook its provisioner starts."""
+    return _packer_env(env)
+
+
 def _packer_env(env: dict[str, str] | None) -> dict[str, str]:
     base = dict(os.environ if env is None else env)
     for name in _DROPPED_ENV:

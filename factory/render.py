@@ -27,14 +27,16 @@ from typing import Any
 from factory import __version__
 from factory.errors import AwsError, FactoryError, UsageError
 from factory.families import BUILDER_INSTANCE_TYPE
+from factory.image_manifest import FILE_NAME as IMAGE_MANIFEST_FILE
 from factory.resources import data_dir
 
 VARIABLES_FILE = "factory.auto.pkrvars.hcl"
 MANIFEST_FILE = "manifest.json"
 BAKE_CHECK_REPORT = "bake-check.json"
 PACKER_LOG = "packer.log"
+IMAGE_MANIFEST = IMAGE_MANIFEST_FILE  # fetched by the image_manifest role
 # What a real build leaves in the folder; a re-render keeps them (see render's `keep`).
-BUILD_RECORDS = (PACKER_LOG, MANIFEST_FILE, BAKE_CHECK_REPORT)
+BUILD_RECORDS = (PACKER_LOG, MANIFEST_FILE, BAKE_CHECK_REPORT, IMAGE_MANIFEST)
 MODERN_PACKER = (1, 7, 0)
 _FENCE_BEGIN = "# factory:modern-packer begin"
 _FENCE_END = "# factory:modern-packer end"
@@ -90,11 +92,13 @@ class BuildTarget:
     builder_cidrs: tuple[str, ...] = ()  # () : the caller's public address as a /32
     installer_url: str | None = None  # None: the pinned Miniconda installer for the arch
     installer_sha256: str | None = None
-    python_interpreter: str = "/usr/bin/python3"
+    python_interpreter: str = ""  # "": the family's (families.FAMILIES[...].python_interpreter)
     become: bool | None = None  # None: sudo unless the SSH user is root
     iam_instance_profile: str = ""
     subnet_id: str = ""
     kms_key_id: str = ""
+    instance_types: dict[str, str] = field(default_factory=dict)  # by architecture; missing: BUILDER_INSTANCE_TYPE
+    associate_public_ip: bool | None = None  # None: the subnet's own setting
     bake_check_image: str = ""  # "": an empty image made with `docker import`, the host's C library mounted
 
     @classmethod
@@ -255,7 +259,18 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     cidrs = list(target.builder_cidrs)
     if not cidrs:
         # Session Manager needs no inbound SSH: the group then admits only loopback.
-        cidrs = ["127.0.0.1/32"] if target.ssh_interface == "session_manager" else [caller_cidr()]
+        if target.ssh_interface == "session_manager":
+            cidrs = ["127.0.0.1/32"]
+        elif target.ssh_interface == "private_ip" and not os.environ.get(CALLER_CIDR_ENV, "").strip():
+            # Over a private address the connection does not come from the public address
+            # checkip sees: the user must say where it comes from.
+            raise UsageError(
+                f"builder.ssh_interface is private_ip: set {CALLER_CIDR_ENV} to the private range factory "
+                "connects from (this machine's VPC subnet or VPN, /16 or narrower), so the builder's security "
+                "group admits only that; or use ssh_interface: session_manager"
+            )
+        else:
+            cidrs = [caller_cidr()]
     # Normalised as Packer's validation reads them: "a.b.c.d/len" (a bare address is a /32).
     cidrs = [_check_cidr(c, "the builder's allowed addresses") for c in cidrs]
 
@@ -272,7 +287,8 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
         "task": spec.name,
         "region": target.region or spec.region,
         "base_ami": base_ami,
-        "instance_type": BUILDER_INSTANCE_TYPE[arch],
+        "instance_type": target.instance_types.get(arch) or BUILDER_INSTANCE_TYPE[arch],
+        "associate_public_ip": "" if target.associate_public_ip is None else str(bool(target.associate_public_ip)).lower(),
         "ssh_username": user,
         "ssh_interface": target.ssh_interface,
         "builder_cidrs": cidrs,
@@ -289,7 +305,7 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
         "ssh_port": int(target.ssh_port),
         "ssh_keypair_name": target.keypair_name,
         "ssh_private_key_file": target.private_key_file,
-        "ansible_python_interpreter": target.python_interpreter,
+        "ansible_python_interpreter": target.python_interpreter or family.python_interpreter,
         "ansible_become": target.become if target.become is not None else user != "root",
         "docker_storage_driver": family.storage_driver,
         "volume_gib": int(sized_gib),
@@ -298,6 +314,7 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
         "miniconda_installer_url": url,
         "miniconda_installer_sha256": sha,
         "bake_check_image": target.bake_check_image,
+        "task_images": list(spec.nextflow.containers),
     }
 
 

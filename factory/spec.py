@@ -96,6 +96,7 @@ class BatchSpec:
 @dataclass(frozen=True)
 class NextflowSpec:
     process: str
+    containers: tuple[str, ...] = ()  # the task's images; the bake check runs the AWS CLI in each
 
 
 @dataclass(frozen=True)
@@ -449,7 +450,10 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
             allocation_strategy=strategy,
             spot_bid_percentage=batch.get("spot_bid_percentage", 100 if prov == "spot" else None),
         ),
-        nextflow=NextflowSpec(process=doc.get("nextflow", {}).get("process", doc["name"].replace("-", "_"))),
+        nextflow=NextflowSpec(
+            process=doc.get("nextflow", {}).get("process", doc["name"].replace("-", "_")),
+            containers=tuple(doc.get("nextflow", {}).get("containers", ())),
+        ),
         path=spec_path.resolve(),
         spec_hash="",
     )
@@ -489,7 +493,9 @@ def normalised(spec: TaskSpec) -> dict[str, Any]:
             "allocation_strategy": spec.batch.allocation_strategy,
             "spot_bid_percentage": spec.batch.spot_bid_percentage,
         },
-        "nextflow": {"process": spec.nextflow.process},
+        # `containers` only when given, so specs without it keep their hash
+        "nextflow": {"process": spec.nextflow.process,
+                     **({"containers": list(spec.nextflow.containers)} if spec.nextflow.containers else {})},
     }
 
 

@@ -1,6 +1,9 @@
 # One amazon-ebs source and one build: an ECS-optimized base AMI, the two roles that
-# size Docker's storage and install the AWS CLI, a container check that proves both, and
-# the manifest that names the AMI. The values come from factory.auto.pkrvars.hcl.
+# size Docker's storage and install the AWS CLI, a container check that proves both, the
+# generalize role that runs last (no host keys, authorized keys, machine id or agent
+# state in the AMI; it ends SSH, so nothing may log in after it: no
+# ssh_clear_authorized_keys), and the manifest that names the AMI. The values come from
+# factory.auto.pkrvars.hcl.
 #
 # Lines between "factory:modern-packer begin" and "end" need Packer 1.7 or newer
 # (plugins, IMDSv2). `factory render` keeps them for such a Packer and leaves them out
@@ -10,8 +13,10 @@
 packer {
   required_version = ">= 1.7.0"
   required_plugins {
+    # imds_support on amazon-ebs arrived in 1.2.2; Packer 1.8.6 to 1.9 bundle 1.2.1,
+    # which a machine may already have, so `packer init` must install a newer one.
     amazon = {
-      version = ">= 1.2.0"
+      version = ">= 1.2.2"
       source  = "github.com/hashicorp/amazon"
     }
     ansible = {
@@ -38,6 +43,7 @@ locals {
     miniconda_awscli_installer_url      = var.miniconda_installer_url
     miniconda_awscli_installer_checksum = "sha256:${var.miniconda_installer_sha256}"
     bake_check_image                    = var.bake_check_image
+    bake_check_task_images              = var.task_images
     bake_check_prefix                   = var.awscli_prefix
     bake_check_min_gib                  = min(var.volume_gib, var.docker_basesize_gib)
     bake_check_report_dest              = "${abspath(path.root)}/bake-check.json"
@@ -47,6 +53,13 @@ locals {
     grow_agent_volume_type              = var.grow_volume_type
     grow_agent_mountpoint               = var.docker_data_root
     grow_agent_python                   = "${var.awscli_prefix}/bin/python"
+    image_manifest_awscli_prefix        = var.awscli_prefix
+    image_manifest_dest                 = "${abspath(path.root)}/image-manifest.json"
+    image_manifest_labels = {
+      task       = var.task
+      base_ami   = var.base_ami
+      image_hash = lookup(var.tags, "factory:image-hash", "")
+    }
   }
 }
 
@@ -56,6 +69,8 @@ source "amazon-ebs" "factory" {
   instance_type = var.instance_type
   ami_name      = local.name
   subnet_id     = var.subnet_id
+  # null (unset) leaves the subnet's own setting
+  associate_public_ip_address = var.associate_public_ip == "" ? null : var.associate_public_ip == "true"
 
   ami_description   = "factory image for task ${var.task}, from ${var.base_ami}"
   shutdown_behavior = "terminate"

@@ -19,7 +19,7 @@ variable "base_ami" {
 
 variable "instance_type" {
   type        = string
-  description = "The builder instance type: t3.micro for x86_64, t4g.micro for arm64."
+  description = "The builder instance type (at least 4 GiB: Docker, the ECS agent and a conda solve): t3.medium for x86_64, t4g.medium for arm64 unless factory.yaml's builder.instance_types says otherwise."
 }
 
 variable "ssh_username" {
@@ -43,6 +43,17 @@ variable "builder_cidrs" {
   }
 }
 
+variable "associate_public_ip" {
+  type        = string
+  default     = ""
+  description = "\"true\" or \"false\": whether the builder gets a public address; empty for the subnet's own setting (the default VPC's gives one)."
+
+  validation {
+    condition     = contains(["", "true", "false"], var.associate_public_ip)
+    error_message = "The associate_public_ip must be \"true\", \"false\" or empty."
+  }
+}
+
 variable "iam_instance_profile" {
   type        = string
   default     = ""
@@ -52,7 +63,7 @@ variable "iam_instance_profile" {
 variable "subnet_id" {
   type        = string
   default     = ""
-  description = "The subnet to launch the builder in; empty for the default VPC's choice."
+  description = "The subnet to launch the builder in (factory.yaml's builder.subnet, else the first of batch.subnets); empty for the default VPC's choice."
 }
 
 variable "kms_key_id" {
@@ -135,7 +146,7 @@ variable "ssh_private_key_file" {
 variable "ansible_python_interpreter" {
   type        = string
   default     = "/usr/bin/python3"
-  description = "The builder's Python for Ansible, given explicitly."
+  description = "The builder's Python for Ansible, given explicitly: the family's system Python (/usr/bin/python3 on AL2023 and AL2, /usr/bin/python2.7 on the legacy AL1)."
 }
 
 variable "ansible_become" {
@@ -208,4 +219,10 @@ variable "grow_volume_type" {
   type        = string
   default     = "gp3"
   description = "storage.grow.volume_type: the EBS type of every volume the agent adds."
+}
+
+variable "task_images" {
+  type        = list(string)
+  default     = []
+  description = "The task's own container images (the spec's nextflow.containers): the AWS CLI at cliPath must run in each with the image's own C library (glibc 2.17 or newer), as Nextflow's staging runs it."
 }

@@ -4,12 +4,16 @@
 2. `factory bake salmon-quant --cloud local` (validate, size, render, Packer + Ansible,
    register the launch template, compute environment and queue),
 3. print the result and the Nextflow config,
-4. stop the local cloud, whatever happened.
+4. grow the task's disk (a copy of the specs with more headroom) and register again: the
+   compute environment is updated in place (a new launch template version), as on AWS
+   with Batch's service-linked role,
+5. stop the local cloud, whatever happened.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +36,18 @@ def step(label: str, args: list[str], capture: bool = False) -> subprocess.Compl
 
 
 TIMES: list[tuple[str, float, int]] = []
+
+
+def grow_volume(folder: Path) -> Path:
+    """A copy of specs/ where the task has more headroom: a larger volume, the same image."""
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(REPO / "specs", folder)
+    spec = folder / f"{TASK}.yaml"
+    text = spec.read_text()
+    if "headroom:" not in text:
+        raise SystemExit(f"demo: {spec} has no `headroom:` line to change")
+    spec.write_text("\n".join("  headroom: 0.8" if line.strip().startswith("headroom:") else line for line in text.splitlines()) + "\n")
+    return folder
 
 
 def main() -> int:
@@ -57,6 +73,9 @@ def main() -> int:
             print(f"  {key:<24} {value}")
         print("\n==> build/nextflow-awsbatch.config")
         print((REPO / "build" / "nextflow-awsbatch.config").read_text())
+        grown = grow_volume(REPO / "build" / "demo-specs")
+        step("plan a larger disk", ["plan", TASK, "--cloud", "local", "--specs-dir", str(grown)])
+        step("register it: an in-place update", ["register", TASK, "--cloud", "local", "--specs-dir", str(grown)])
     finally:
         try:
             step("stop the local cloud", ["local", "down"])

@@ -9,6 +9,28 @@ from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = REPO / "specs"
+CALL_LOG_ENV = "FACTORY_LOCAL_CALL_LOG"
+
+
+def pytest_configure(config):
+    """Every local cloud this session starts (in-process or in a `factory` subprocess) appends
+    each AWS call it answers, with who made it, to one file: tests/test_zz_iam_policy.py
+    proves `factory iam-policy` against it."""
+    import os
+    import tempfile
+
+    if not os.environ.get(CALL_LOG_ENV):
+        fd, path = tempfile.mkstemp(prefix="factory-calls-", suffix=".log")
+        os.close(fd)
+        os.environ[CALL_LOG_ENV] = path
+    config.factory_call_log = Path(os.environ[CALL_LOG_ENV])
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Note whether the whole suite runs (no -k/-m, no chosen files): only then can "every
+    policy action was called somewhere" be checked."""
+    chosen = [a for a in config.args if Path(a).resolve() not in (REPO, REPO / "tests")]
+    config.factory_whole_suite = not chosen and not config.option.keyword and not config.option.markexpr
 
 
 @pytest.fixture

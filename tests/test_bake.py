@@ -116,32 +116,6 @@ def test_base_ami_role_and_template_change_the_hash(content):
 # -- the AMI is born tagged; an untagged one is not left behind --------------------
 
 
-class FakeEc2:
-    """describe_images / create_tags / deregister_image / delete_snapshot, recorded."""
-
-    def __init__(self, tags: dict[str, str], fail_tagging: bool = False):
-        self.tags, self.fail_tagging, self.calls = dict(tags), fail_tagging, []
-
-    def describe_images(self, ImageIds):
-        self.calls.append(("describe_images", ImageIds))
-        return {"Images": [{"ImageId": ImageIds[0], "Tags": [{"Key": k, "Value": v} for k, v in self.tags.items()],
-                            "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": "snap-1"}}]}]}
-
-    def create_tags(self, Resources, Tags):
-        from botocore.exceptions import ClientError
-
-        self.calls.append(("create_tags", Resources))
-        if self.fail_tagging:
-            raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "not allowed"}}, "CreateTags")
-        self.tags.update({t["Key"]: t["Value"] for t in Tags})
-
-    def deregister_image(self, ImageId):
-        self.calls.append(("deregister_image", ImageId))
-
-    def delete_snapshot(self, SnapshotId):
-        self.calls.append(("delete_snapshot", SnapshotId))
-
-
 WANTED = {"factory:image-hash": "h" * 64, "factory:task": TASK}
 
 
@@ -203,15 +177,21 @@ def test_find_image_takes_the_newest_available_ami_with_the_hash(moto_ec2):
     assert bake.find_image(ec2, "z" * 64) is None
 
 
-def test_an_ami_that_cannot_be_tagged_is_removed_and_named():
+def test_an_ami_that_cannot_be_tagged_is_removed_and_named(moto, moto_ec2):
     from factory.errors import FactoryError
+    from factory.local import faults
 
-    ec2 = FakeEc2({"factory:task": TASK}, fail_tagging=True)
+    ec2, make_ami = moto_ec2
+    ami = make_ami({"factory:task": TASK}, "untaggable")
+    snapshots = [b["Ebs"]["SnapshotId"] for b in ec2.describe_images(ImageIds=[ami])["Images"][0]["BlockDeviceMappings"]]
+    faults.arm(moto.endpoint, faults.Fault("ec2:CreateTags", "error", code="UnauthorizedOperation"))
     with pytest.raises(FactoryError) as exc:
-        bake.ensure_tagged(ec2, "ami-1", WANTED)
-    assert ("deregister_image", "ami-1") in ec2.calls and ("delete_snapshot", "snap-1") in ec2.calls
-    assert "tagging ami-1" in exc.value.message
-    assert "deregistered ami-1 and its snapshots snap-1" in exc.value.message
+        bake.ensure_tagged(ec2, ami, WANTED)
+    assert "tagging " + ami in exc.value.message and "UnauthorizedOperation" in exc.value.message
+    assert f"deregistered {ami} and its snapshots {snapshots[0]}" in exc.value.message
+    assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "image-id", "Values": [ami]}])["Images"] == []
+    left = {s["SnapshotId"] for p in ec2.get_paginator("describe_snapshots").paginate(OwnerIds=["self"]) for s in p["Snapshots"]}
+    assert not set(snapshots) & left
 
 
 def test_the_rendered_tags_carry_the_image_hash_and_the_hash_ignores_them(tmp_path):
@@ -347,6 +327,18 @@ def test_full_chain_bakes_and_tags_the_ami(cloud_env, first_bake):
         snap_tags = {t["Key"]: t["Value"] for t in ec2.describe_snapshots(SnapshotIds=[snap])["Snapshots"][0].get("Tags", [])}
         assert snap_tags.get("factory:image-hash") == r["image_hash"]
     assert "added missing tags" not in (r.get("note") or "")
+    # ... and registered, as moto holds it: the launch template's default version runs the
+    # AMI on the sized volume, the environment pins that version, the queue stands in front.
+    lt = r["launch_template"]
+    version = ec2.describe_launch_template_versions(LaunchTemplateName=lt["name"], Versions=["$Default"])["LaunchTemplateVersions"][0]
+    assert version["VersionNumber"] == lt["version"] and version["LaunchTemplateData"]["ImageId"] == r["ami_id"]
+    assert version["LaunchTemplateData"]["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == r["volume_gib"]
+    batch = cloud_env["cloud"].clients("us-east-1").batch()
+    ce = batch.describe_compute_environments(computeEnvironments=[r["compute_environment"]])["computeEnvironments"][0]
+    assert ce["computeResources"]["launchTemplate"]["version"] == str(lt["version"]) and ce["state"] == "ENABLED"
+    assert ":role/aws-service-role/batch.amazonaws.com/" in ce["serviceRole"]  # as on AWS: the in-place path
+    queue = batch.describe_job_queues(jobQueues=[r["job_queue"]])["jobQueues"][0]
+    assert queue["state"] == "ENABLED" and [o["computeEnvironment"] for o in queue["computeEnvironmentOrder"]] == [ce["computeEnvironmentArn"]]
     log = Path(r["log"]).read_text()
     assert "testing" not in log.replace("****", "")  # moto's dummy secret key is masked too
 
@@ -357,7 +349,8 @@ def test_the_roles_wrote_into_the_throwaway_root(cloud_env, first_bake):
     daemon = host.path("/etc/docker/daemon.json")
     assert daemon.is_file(), "the docker_storage role writes Docker's daemon.json in the throwaway root"
     assert json.loads(daemon.read_text())["data-root"]
-    assert not Path("/etc/docker/daemon.json").exists() or "factory" not in Path("/etc/docker/daemon.json").read_text()
+    # The machine's own Docker config is not what the role wrote: the role wrote into the throwaway root.
+    assert not Path("/etc/docker/daemon.json").exists() or Path("/etc/docker/daemon.json").read_text() != daemon.read_text()
     prefix = "/home/ec2-user/miniconda"
     aws = host.run(f"{prefix}/bin/aws", "--version")
     assert aws.stdout.startswith("aws-cli/") or aws.stderr.startswith("aws-cli/")
@@ -381,6 +374,53 @@ def test_the_container_check_reported(cloud_env, first_bake):
     assert int(report["min_gib"]) == int(rendered["volume_gib"])
     assert float(report["size_gib"]) >= int(rendered["volume_gib"])
     assert "Ansible: bake_check" in Path(first_bake["log"]).read_text() or "bake_check :" in Path(first_bake["log"]).read_text()
+
+
+@needs_local_cloud
+def test_the_baked_host_is_generalized(cloud_env, first_bake):
+    """What the bake left on the build host (what the AMI is made of) is no one instance's:
+    no SSH host key, no authorized key (the local key pair's included), an empty machine
+    id, no ECS agent state or log, no cloud-init instance state, no journal."""
+    host = cloud_env["cloud"].host
+
+    def gone(pattern: str) -> bool:
+        return host.run("sh", "-c", f"ls -d {pattern} 2>/dev/null", check=False).stdout.strip() == ""
+
+    assert gone("/etc/ssh/ssh_host_*")
+    assert gone("/root/.ssh/authorized_keys") and gone("/home/*/.ssh/authorized_keys")
+    assert host.run("stat", "-c", "%s", "/etc/machine-id").stdout.strip() == "0"
+    assert gone("/var/lib/ecs/data/*") and gone("/var/log/ecs/*")
+    assert gone("/var/lib/cloud/*") and gone("/var/log/cloud-init.log")
+    assert gone("/var/log/journal/*")
+    log = Path(first_bake["log"]).read_text()
+    assert "generalize : Remove the host keys and the authorized keys in one step" in log
+
+
+@needs_local_cloud
+def test_the_builder_has_four_gib(cloud_env, first_bake):
+    """The builder Packer launched (in moto) is a t3.medium (4 GiB), not a t3.micro (1 GiB),
+    on which conda's solve is documented to be OOM-killed."""
+    ec2 = ec2_of(cloud_env)
+    builders = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:factory:task", "Values": [TASK]}])["Reservations"]
+                for i in r["Instances"]]
+    assert builders and {i["InstanceType"] for i in builders} == {"t3.medium"}
+
+
+@needs_local_cloud
+def test_a_builder_with_too_little_memory_is_refused_before_packer(cloud_env, first_bake, tmp_path):
+    config = tmp_path / "factory.yaml"
+    config.write_text("builder:\n  instance_types: {x86_64: t3.micro}\n")
+    ec2 = ec2_of(cloud_env)
+    groups_before = len(ec2.describe_security_groups()["SecurityGroups"])
+    proc = bake_cli(cloud_env, TASK, "--force", "--config", str(config))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert f"{config}: builder.instance_types.x86_64: t3.micro has 1 GiB of memory" in proc.stderr, proc.stderr
+    assert "pick t3.medium or larger" in proc.stderr
+    assert len(ec2.describe_security_groups()["SecurityGroups"]) == groups_before
+    config.write_text("builder:\n  instance_types: {x86_64: t3.nosuchsize}\n")
+    proc = bake_cli(cloud_env, TASK, "--force", "--config", str(config))
+    assert proc.returncode == 1 and "t3.nosuchsize is not an instance type this region offers" in proc.stderr, proc.stderr
 
 
 @needs_local_cloud
@@ -481,6 +521,40 @@ def test_bake_all_shares_identical_images_and_survives_a_failed_bake(cloud_env, 
 
 
 @needs_local_cloud
+def test_a_registration_failure_shared_by_every_task_is_said_once(cloud_env, first_bake, tmp_path):
+    """Two tasks that share an image (no Packer) but not a tier group, and a config allowing
+    one tier: registering fails for both for one reason. The summary says it once, and
+    every line fits an 80-column terminal."""
+    import yaml
+
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs" / "benchmarks", specs / "benchmarks")
+    doc = yaml.safe_load((REPO / "specs" / f"{TASK}.yaml").read_text())
+    (specs / f"{TASK}.yaml").write_text(yaml.safe_dump(doc))
+    assert doc["batch"]["provisioning"] == "spot"
+    other = yaml.safe_load(yaml.safe_dump(doc))
+    other["name"] = "salmon-quant-on-demand"
+    other["batch"]["provisioning"] = "on-demand"
+    (specs / "salmon-quant-on-demand.yaml").write_text(yaml.safe_dump(other))
+    config = tmp_path / "factory.yaml"
+    config.write_text("tiers:\n  max_tiers: 1\n")
+
+    proc = bake_cli(cloud_env, "--all", "--specs-dir", str(specs), "--config", str(config),
+                    env=dict(cloud_env["env"], COLUMNS="80"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    reason = "--max-tiers 1 is fewer than the 2 tier groups"
+    words = " ".join(proc.stdout.split())  # rich wraps long lines at 80 columns
+    assert words.count(reason) == 1, proc.stdout
+    assert words.count(first_bake["ami_id"]) == 2 + 2, proc.stdout  # the two rows, and the reason once (naming both)
+    long = [line for line in proc.stdout.splitlines() if len(line) > 80]
+    assert long == [], long
+    summary = json.loads((cloud_env["build"] / "bake-summary.json").read_text())
+    assert len(summary["shared_errors"]) == 1 and reason in summary["shared_errors"][0]
+    assert [r["error"] for r in summary["results"]] == [bake.REGISTER_FAILED] * 2
+
+
+@needs_local_cloud
 def test_a_failed_container_check_fails_the_bake_and_keeps_no_ami(cloud_env, first_bake, monkeypatch):
     """The bake_check role's container cannot start (its image does not exist and no
     registry can be reached): the check fails, so Packer makes no AMI and bake says why."""
@@ -507,6 +581,35 @@ def test_a_failed_container_check_fails_the_bake_and_keeps_no_ami(cloud_env, fir
     running = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]
                if i["State"]["Name"] not in ("terminated", "shutting-down")]
     assert running == []
+
+
+@needs_local_cloud
+@pytest.mark.skipif(not Path("/lib/ld-musl-x86_64.so.1").exists(), reason="needs Debian's musl (make system-deps)")
+def test_a_musl_task_image_fails_the_bake_naming_the_requirement(cloud_env, first_bake, tmp_path):
+    """A spec whose task runs in a musl-based image (made from Debian's musl, offline, as
+    Alpine's are): the CLI at cliPath cannot run there, so the bake fails before any AMI,
+    saying what the image needs, although the check with the host's C library passes."""
+    import yaml
+
+    host = cloud_env["cloud"].host
+    host.boot()  # Docker runs again after the last bake generalized the host
+    host.run("sh", "-c", "set -e; r=$(mktemp -d); mkdir -p $r/lib; cp -L /lib/ld-musl-x86_64.so.1 $r/lib/; "
+                         "tar -C $r -cf /tmp/m.tar .; docker import /tmp/m.tar factory-test-musl:1 >/dev/null; rm -rf $r /tmp/m.tar")
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs" / "benchmarks", specs / "benchmarks")
+    doc = yaml.safe_load((REPO / "specs" / f"{TASK}.yaml").read_text())
+    doc["nextflow"]["containers"] = ["factory-test-musl:1"]
+    (specs / f"{TASK}.yaml").write_text(yaml.safe_dump(doc))
+    ec2 = ec2_of(cloud_env)
+    images_before = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
+    proc = run("bake", TASK, "--cloud", "local", "--specs-dir", str(specs), "--build-dir", str(tmp_path / "build"),
+               env=cloud_env["env"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    text = " ".join(proc.stderr.split())
+    assert "Ansible failed at task [bake_check : Fail the bake when the AWS CLI does not run in a task image]" in text, text
+    assert "does not run in the task image(s) factory-test-musl:1" in text
+    assert "glibc 2.17 or newer in the task image (the oldest glibc Miniconda supports); musl-based images such as Alpine" in text
+    assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == images_before
 
 
 @needs_local_cloud
@@ -543,16 +646,59 @@ def test_interrupted_bake_leaves_nothing_behind(cloud_env, first_bake):
     assert {i["ImageId"] for i in task_images(ec2)} == images_before
 
 
-def test_old_python_families_are_refused_before_any_instance_starts():
-    """ecs-al2 (Python 3.7) and ecs-al1 (2.7) need ansible-core < 2.17; the venv has a newer one."""
-    from importlib.metadata import version
+def _path_with(bin_dir: Path) -> dict[str, str]:
+    return dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
 
-    from factory.bake import check_ansible_can_manage
+
+def test_the_gate_reads_the_ansible_playbook_packer_runs():
+    """The venv's ansible-playbook (ansible-core 2.18+) cannot manage AL2's Python 3.7 nor
+    AL1's 2.7; AL2023 needs no check. The message names the binary and the bound."""
     from factory.errors import FactoryError
 
-    check_ansible_can_manage("al2023")  # Python 3.9: fine
-    installed = tuple(int(x) for x in version("ansible-core").split(".")[:2])
-    assert installed >= (2, 17), "this test assumes the project's own ansible-core"
-    for family in ("al2", "al1"):
-        with pytest.raises(FactoryError, match=rf"cannot manage ecs-{family}.*ansible-core<2.17"):
-            check_ansible_can_manage(family)
+    venv = Path(sys.executable).parent
+    binary, version = bake.ansible_playbook_version(_path_with(venv))
+    assert binary == str(venv / "ansible-playbook") and version >= (2, 18), "assumes the project's own ansible-core"
+    bake.check_ansible_can_manage("al2023", _path_with(venv))
+    with pytest.raises(FactoryError, match=r"cannot manage ecs-al2: its Python 3.7 \(/usr/bin/python3\).*ansible-core<2\.18"):
+        bake.check_ansible_can_manage("al2", _path_with(venv))
+    with pytest.raises(FactoryError, match=r"cannot manage ecs-al1: its Python 2.7 \(/usr/bin/python2.7\).*ansible-core<2\.17"):
+        bake.check_ansible_can_manage("al1", _path_with(venv))
+
+
+@pytest.fixture(scope="session")
+def ansible_core_2_17(tmp_path_factory):
+    """A real ansible-core 2.17 in its own virtualenv (from PyPI), as a user baking ecs-al2 has."""
+    venv = tmp_path_factory.mktemp("ansible-2.17") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "ansible-core>=2.17,<2.18"],
+                         capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0:
+        pytest.skip(f"cannot install ansible-core 2.17 from PyPI: {pip.stderr[-300:]}")
+    return venv / "bin"
+
+
+def test_ansible_core_2_17_on_packers_path_may_bake_al2_but_not_al1(ansible_core_2_17):
+    """The gate checks the ansible-playbook Packer will run, not the ansible-core importable
+    beside factory (2.18+ here): with 2.17 first on PATH, AL2 (Python 3.7) is allowed."""
+    from factory.errors import FactoryError
+
+    env = _path_with(ansible_core_2_17)
+    assert bake.ansible_playbook_version(env) == (str(ansible_core_2_17 / "ansible-playbook"), (2, 17))
+    bake.check_ansible_can_manage("al2", env)
+    with pytest.raises(FactoryError, match=r"ansible-core 2.17, which cannot manage ecs-al1"):
+        bake.check_ansible_can_manage("al1", env)
+
+
+def test_each_family_renders_its_own_python(tmp_path):
+    import dataclasses
+
+    from factory.sizing import size_task
+    from factory.spec import find_spec
+
+    spec = find_spec(TASK, REPO / "specs")
+    target = render.BuildTarget.aws(builder_cidrs=("203.0.113.7/32",))
+    got = {}
+    for family in ("al2023", "al2", "al1"):
+        s = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base=f"ecs-{family}", family=family))
+        got[family] = render.variables_for(s, size_task(s), "ami-0123456789abcdef0", target)["ansible_python_interpreter"]
+    assert got == {"al2023": "/usr/bin/python3", "al2": "/usr/bin/python3", "al1": "/usr/bin/python2.7"}

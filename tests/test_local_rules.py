@@ -21,7 +21,7 @@ REGION = "us-east-1"
 
 @pytest.fixture(scope="module")
 def server():
-    s = MotoServer.start(state_delay=0.6)
+    s = MotoServer.start(state_delay=0.6, snapshot_release_delay=1.0)
     yield s
     s.stop()
 

@@ -31,6 +31,9 @@ def test_config_sends_each_process_to_its_tiers_queue(specs, tiers):
     assert "process.executor = 'awsbatch'" in lines
     assert "aws.region = 'us-east-1'" in lines
     assert "aws.batch.cliPath = '/home/ec2-user/miniconda/bin/aws'" in lines
+    # what cliPath needs from every task image, said just above it
+    above = " ".join(lines[:lines.index("aws.batch.cliPath = '/home/ec2-user/miniconda/bin/aws'")])
+    assert "that image's C library" in above and "glibc 2.17 or newer" in above and "musl-based images (Alpine) cannot" in above
     queue_of = {task: f"factory-{t.name}" for t in tiers for task in t.tasks}
     for spec in specs:
         selector = [line for line in lines if f"withName: '{spec.nextflow.process}'" in line]

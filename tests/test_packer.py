@@ -23,7 +23,8 @@ import pytest
 from factory import packer
 from factory.errors import PackerError
 
-pytestmark = pytest.mark.skipif(shutil.which("packer") is None, reason="needs Packer (make system-deps)")
+# Only the tests that run Packer need it; the missing-Packer errors and the parsers run anywhere.
+needs_packer = pytest.mark.skipif(shutil.which("packer") is None, reason="needs Packer (make system-deps)")
 
 REGION = "us-east-1"
 SECRET = "SuperSecretValueThatMustNotBeLogged42"
@@ -100,6 +101,7 @@ def leftovers(ec2) -> dict:
 # -- finding Packer ------------------------------------------------------------------
 
 
+@needs_packer
 def test_version_of_the_installed_packer():
     info = packer.find_packer()
     assert info.version >= (1, 6, 0)
@@ -167,6 +169,7 @@ def test_machine_readable_lines_are_parsed():
 # -- validate and build against moto -------------------------------------------------
 
 
+@needs_packer
 def test_validate_refusal_is_one_message(tmp_path, moto, env):
     folder = template(tmp_path / "t", moto.endpoint)
     (folder / "tiny.auto.pkrvars.hcl").unlink()
@@ -177,6 +180,7 @@ def test_validate_refusal_is_one_message(tmp_path, moto, env):
     assert 'Unset variable "endpoint"' in exc.value.message
 
 
+@needs_packer
 def test_build_reads_the_ami_from_the_manifest_and_masks_secrets(tmp_path, moto, ec2, env):
     # The provisioner echoes the secret key: the log must not keep it.
     folder = template(
@@ -199,6 +203,7 @@ def test_build_reads_the_ami_from_the_manifest_and_masks_secrets(tmp_path, moto,
     assert leftovers(ec2)["running"] == [] and leftovers(ec2)["key_pairs"] == []
 
 
+@needs_packer
 def test_a_second_build_reads_its_own_manifest_entry(tmp_path, moto, ec2, env):
     folder = template(tmp_path / "t", moto.endpoint)
     info = packer.find_packer()
@@ -225,6 +230,7 @@ def test_manifest_picks_the_last_run(tmp_path):
         packer.read_manifest(tmp_path / "missing.json")
 
 
+@needs_packer
 def test_build_failure_is_one_clear_message(tmp_path, moto, env):
     folder = template(tmp_path / "t", "http://127.0.0.1:9")  # nothing listens there
     info = packer.find_packer()
@@ -250,6 +256,7 @@ def _wait_for_provisioning(folder: Path, timeout: float = 30) -> None:
     raise AssertionError("Packer never reached its provisioner")
 
 
+@needs_packer
 def test_cancel_forwards_sigint_and_packer_cleans_up(tmp_path, moto, ec2, env):
     folder = template(tmp_path / "t", moto.endpoint, provisioner=SLOW)
     info = packer.find_packer()
@@ -268,6 +275,7 @@ def test_cancel_forwards_sigint_and_packer_cleans_up(tmp_path, moto, ec2, env):
     assert not _sleep_61_running(), "Packer's provisioner outlived the cancelled build"
 
 
+@needs_packer
 def test_timeout_interrupts_and_cleans_up(tmp_path, moto, ec2, env):
     folder = template(tmp_path / "t", moto.endpoint, provisioner=SLOW)
     info = packer.find_packer()
@@ -277,6 +285,7 @@ def test_timeout_interrupts_and_cleans_up(tmp_path, moto, ec2, env):
     assert left["running"] == [] and left["key_pairs"] == [] and left["security_groups"] == []
 
 
+@needs_packer
 def test_ctrl_c_in_the_calling_process_cleans_up(tmp_path, moto, ec2, env):
     """SIGINT to a Python process running build(): Packer gets it forwarded, cleans up."""
     folder = template(tmp_path / "t", moto.endpoint, provisioner=SLOW)

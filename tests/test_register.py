@@ -148,7 +148,7 @@ def bake_all(cloud: Cloud, specs) -> dict[str, str]:
 
 
 def run(cloud: Cloud, specs, config=None, **kw):
-    return register_tasks(specs, cloud.clients, config=config or cloud.config(), all_specs=specs, poll=0.01, **kw)
+    return register_tasks(specs, cloud.clients, config=config or cloud.config(), all_specs=specs, poll=0.25, **kw)
 
 
 def with_batch(spec, **changes):
@@ -814,7 +814,7 @@ def test_long_task_lists_stay_within_aws_limits_and_lose_nothing(cloud, specs):
 def register_targets_for(cloud, specs, tiers):
     from factory.register import register_targets
 
-    return register_targets(targets_for(specs, tiers), cloud.clients, config=cloud.config(), poll=0.01)
+    return register_targets(targets_for(specs, tiers), cloud.clients, config=cloud.config(), poll=0.25)
 
 
 def test_prune_reports_versions_aws_kept_instead_of_claiming_them(cloud, specs):
@@ -865,3 +865,32 @@ def test_arm64_defaults_to_graviton_types_and_refuses_x86(tmp_path):
         assert not report.valid and any("batch.instance_types" in p.field for p in report.problems), bad
     spec.write_text(spec.read_text().split("batch:")[0] + "batch: {instance_types: [m7g.xlarge, default_arm64]}\n")
     assert validate_paths([spec]).valid
+
+
+def test_prune_retires_a_tier_no_spec_uses_and_nothing_else(cloud, specs):
+    from factory.register import prune
+    from factory.register.waits import Waiter
+    from factory.tiers import tiers_for
+
+    bake_all(cloud, specs)
+    first = run(cloud, specs)
+    gone = first.for_task("star-align")
+    kept_specs = [s for s in specs if s.name != "star-align"]
+    in_use = {t.name for t in tiers_for(kept_specs, None)[0]}
+    assert gone.tier not in in_use
+    before_ces, before_queues = cloud.ces(), cloud.queues()
+
+    plan = prune(cloud.clients, keep=3, dry_run=True, tiers_in_use=in_use)
+    retired = {(c.resource, c.name) for c in plan.changes if c.action == "delete" and "used by no spec" in c.reason}
+    name = f"factory-{gone.tier}"
+    assert retired == {("job-queue", name), ("compute-environment", name), ("launch-template", name)}
+    assert cloud.ces() == before_ces and cloud.queues() == before_queues  # a dry run
+
+    prune(cloud.clients, keep=3, dry_run=False, tiers_in_use=in_use, waiter=Waiter(60, 0.05))
+    time.sleep(1.2)  # past the local cloud's DELETING
+    assert name not in cloud.queues() and name not in cloud.ces()
+    assert cloud.ec2.describe_launch_templates(Filters=[{"Name": "launch-template-name", "Values": [name]}])["LaunchTemplates"] == []
+    for task in ("salmon-index", "salmon-quant"):  # the others are untouched
+        other = f"factory-{first.for_task(task).tier}"
+        assert cloud.queues()[other]["state"] == "ENABLED" and cloud.ces()[other]["state"] == "ENABLED"
+    assert not run(cloud, kept_specs).changed

@@ -137,12 +137,13 @@ def test_rendered_values_parse_with_python_hcl2(tmp_path):
     vars_ = load_hcl(result.variables_file)
     assert vars_["task"] == "salmon-quant"
     assert vars_["base_ami"] == BASE_AMI
-    assert vars_["instance_type"] == "t3.micro"
+    assert vars_["instance_type"] == "t3.medium"  # 4 GiB: Docker, the ECS agent and a conda solve
     assert vars_["ssh_username"] == "ec2-user"
     assert vars_["ansible_become"] is True
     assert vars_["builder_cidrs"] == [CALLER]
     assert vars_["awscli_prefix"] == spec.awscli.prefix
     assert vars_["docker_storage_driver"] == "overlay2"
+    assert vars_["task_images"] == list(spec.nextflow.containers)
     assert vars_["tags"] == {
         "factory:task": "salmon-quant",
         "factory:spec-hash": spec.spec_hash,
@@ -157,7 +158,7 @@ def test_rendered_values_parse_with_python_hcl2(tmp_path):
     assert vars_["miniconda_installer_url"] == url and vars_["miniconda_installer_sha256"] == sha
     # one sorted file: the one-line values first, then the nested ones, each group sorted
     keys = [k for k in vars_ if not k.startswith("__")]
-    flat = [k for k in keys if not isinstance(vars_[k], (dict, list)) or k == "builder_cidrs"]
+    flat = [k for k in keys if not isinstance(vars_[k], (dict, list)) or k in ("builder_cidrs", "task_images")]
     nested = [k for k in keys if k not in flat]
     assert keys == sorted(flat) + sorted(nested) and nested == ["block_devices", "tags"]
 
@@ -181,6 +182,9 @@ def test_modern_packer_gets_plugins_and_imdsv2(tmp_path):
     assert {k for k in plugins if not k.startswith("__")} == {"amazon", "ansible"}
     src = tpl["source"][0]["amazon-ebs"]["factory"]
     assert src["metadata_options"][0]["http_tokens"] == "required"
+    # imds_support arrived in the amazon plugin 1.2.2; Packer 1.8.6-1.9 bundle 1.2.1
+    assert src["imds_support"] == "v2.0"
+    assert plugins["amazon"]["version"] == ">= 1.2.2"
 
 
 def test_ami_mode_puts_the_sized_volume_in_the_ami(tmp_path):
@@ -294,3 +298,107 @@ def test_a_rerender_keeps_only_the_build_records_it_is_told_to(tmp_path):
     render_mod.render(spec, (124, 0), "ami-0123456789abcdef0", out, target, packer_version=(1, 6, 6))
     assert not (out / render_mod.PACKER_LOG).exists()
     assert not list(out.parent.glob(".*"))  # no temporary folder left beside it
+
+
+# -- the builder: factory.yaml's `builder:` section ---------------------------------------
+
+
+def _aws_target(tmp_path, text: str):
+    from factory.cloud import Cloud
+
+    config = tmp_path / "factory.yaml"
+    config.write_text(text)
+    return Cloud("aws", config_path=config).target("us-east-1")
+
+
+def test_builder_defaults_to_four_gib_in_the_default_vpc(tmp_path):
+    spec = find_spec("salmon-quant", SPECS)
+    v = render_mod.variables_for(spec, size_task(spec), BASE_AMI, _aws_target(tmp_path, "{}\n"))
+    assert v["instance_type"] == "t3.medium"
+    assert (v["subnet_id"], v["ssh_interface"], v["associate_public_ip"], v["iam_instance_profile"], v["kms_key_id"]) == (
+        "", "public_ip", "", "", "")
+    arm = dataclasses.replace(spec, image=dataclasses.replace(spec.image, architecture="arm64"))
+    assert render_mod.variables_for(arm, size_task(arm), BASE_AMI, _aws_target(tmp_path, "{}\n"))["instance_type"] == "t4g.medium"
+
+
+def test_builder_runs_in_the_batch_subnet_by_default(tmp_path):
+    target = _aws_target(tmp_path, "batch:\n  subnets: [subnet-0aaa, subnet-0bbb]\n  security_groups: [sg-0ccc]\n")
+    spec = find_spec("salmon-quant", SPECS)
+    v = render_mod.variables_for(spec, size_task(spec), BASE_AMI, target)
+    assert v["subnet_id"] == "subnet-0aaa" and v["associate_public_ip"] == "true"
+
+
+@needs_packer
+def test_a_private_builder_through_session_manager_renders_and_validates(tmp_path):
+    """No public address, no inbound SSH (the temporary security group admits only
+    loopback), Session Manager through an instance profile, the AMI under a KMS key, a
+    larger builder: every value reaches the rendered files and Packer accepts them."""
+    target = _aws_target(tmp_path, (
+        "builder:\n"
+        "  instance_types: {x86_64: m6i.large}\n"
+        "  subnet: subnet-0private\n"
+        "  ssh_interface: session_manager\n"
+        "  instance_profile: factory-builder\n"
+        "  kms_key: alias/factory-amis\n"
+    ))
+    _, result = _render("salmon-quant", tmp_path / "out", target=target)
+    v = load_hcl(result.variables_file)
+    assert v["instance_type"] == "m6i.large" and v["subnet_id"] == "subnet-0private"
+    assert v["ssh_interface"] == "session_manager" and v["iam_instance_profile"] == "factory-builder"
+    assert v["associate_public_ip"] == "false" and v["kms_key_id"] == "alias/factory-amis"
+    assert v["builder_cidrs"] == ["127.0.0.1/32"]
+    src = load_hcl(result.out_dir / "factory.pkr.hcl")["source"][0]["amazon-ebs"]["factory"]
+    assert "associate_public_ip_address" in src and src["kms_key_id"] == "${var.kms_key_id}"
+    check = packer(result.out_dir, "validate", ".")
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("builder:\n  ssh_interface: session_manager\n", "builder.instance_profile: ssh_interface session_manager needs an instance profile"),
+    ("builder:\n  public_ip: false\n", "builder.public_ip: false, but ssh_interface is public_ip"),
+    ("builder:\n  ssh_interface: ssm\n", "builder.ssh_interface: expected one of public_ip, private_ip, session_manager"),
+    ("builder:\n  subnet: private-a\n", "builder.subnet: 'private-a' is not a subnet-... id"),
+    ("builder:\n  instance_types: {x86: t3.large}\n", "builder.instance_types.x86: unknown architecture"),
+    ("builder:\n  instance_types: t3.large\n", "builder.instance_types: expected a mapping of architecture"),
+    ("builder:\n  size: big\n", "builder.size: unknown setting"),
+])
+def test_a_wrong_builder_setting_names_the_file_and_field(tmp_path, text, message):
+    from factory.config import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        _aws_target(tmp_path, text)
+    assert f"{tmp_path / 'factory.yaml'}: {message}" in exc.value.message
+
+
+def test_the_task_images_reach_the_bake_check(tmp_path):
+    """nextflow.containers goes to the bake check (the rendered task_images, passed to the
+    role as bake_check_task_images), and a spec without it keeps its hash."""
+    import yaml
+
+    from factory.spec import load_spec
+
+    doc = yaml.safe_load((SPECS / "salmon-quant.yaml").read_text())
+    before = find_spec("salmon-quant", SPECS).spec_hash
+    doc["storage"]["benchmarks"] = str(SPECS / "benchmarks" / "salmon-quant.csv")
+    (tmp_path / "salmon-quant.yaml").write_text(yaml.safe_dump(doc))
+    assert load_spec(tmp_path / "salmon-quant.yaml").spec_hash == before
+    doc["nextflow"]["containers"] = ["quay.io/biocontainers/salmon:1.10.3--h6dccd9a_2"]
+    (tmp_path / "salmon-quant.yaml").write_text(yaml.safe_dump(doc))
+    spec = load_spec(tmp_path / "salmon-quant.yaml")
+    assert spec.nextflow.containers == ("quay.io/biocontainers/salmon:1.10.3--h6dccd9a_2",) and spec.spec_hash != before
+    result = render(spec, size_task(spec), BASE_AMI, tmp_path / "out", packer_version=(1, 6, 6))
+    assert load_hcl(result.variables_file)["task_images"] == ["quay.io/biocontainers/salmon:1.10.3--h6dccd9a_2"]
+    tpl = load_hcl(result.out_dir / "factory.pkr.hcl")
+    assert tpl["locals"][0]["ansible_vars"]["bake_check_task_images"] == "${var.task_images}"
+
+
+def test_a_private_ip_builder_needs_the_range_factory_connects_from(tmp_path, monkeypatch):
+    """Over private_ip the caller's public address (checkip) is not where SSH comes from."""
+    target = _aws_target(tmp_path, "builder:\n  subnet: subnet-0private\n  ssh_interface: private_ip\n")
+    spec = find_spec("salmon-quant", SPECS)
+    monkeypatch.delenv(render_mod.CALLER_CIDR_ENV)
+    with pytest.raises(UsageError, match=r"private_ip: set FACTORY_BUILDER_CIDR to the private range"):
+        render_mod.variables_for(spec, size_task(spec), BASE_AMI, target)
+    monkeypatch.setenv(render_mod.CALLER_CIDR_ENV, "10.20.0.0/16")
+    v = render_mod.variables_for(spec, size_task(spec), BASE_AMI, target)
+    assert v["builder_cidrs"] == ["10.20.0.0/16"] and v["associate_public_ip"] == "false"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -14,7 +15,6 @@ from buildhost_fixtures import ANSIBLE, VENV_BIN, changed, requires_buildhost, r
 PREFIX = "/home/ec2-user/miniconda"
 AWSCLI_VERSION = "1.32.27"  # the role's pinned miniconda_awscli_awscli_version
 
-pytestmark = requires_buildhost
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,12 @@ def test_ansible_lint_production_profile_is_clean():
     assert "Profile 'production' was required, and it passed" in p.stdout + p.stderr
 
 
-def test_bake_play_overlay2_then_idempotent(cloud, tmp_path):
+@requires_buildhost
+def test_bake_roles_overlay2_then_idempotent(cloud, tmp_path):
+    """The bake's roles before generalize (which stops Docker and removes the login, so a
+    second run needs a new instance: see test_the_bake_play_ends_generalized)."""
     host, mirror, _ = cloud
+    play = role_playbook(tmp_path, "docker_storage", "miniconda_awscli", "bake_check")
     report = tmp_path / "report.json"
     ev = {
         "factory_become": False,
@@ -65,7 +69,7 @@ def test_bake_play_overlay2_then_idempotent(cloud, tmp_path):
     }
     # As on the ECS-optimized AMIs: no busybox, and ec2-user's home is private.
     host.run("sh", "-c", "rm -f /bin/busybox /usr/bin/busybox && mkdir -p -m 0700 /home/ec2-user && chmod 0700 /home/ec2-user")
-    first = run_playbook(host, ANSIBLE / "bake.yml", ev, tmp_path)
+    first = run_playbook(host, play, ev, tmp_path)
     assert first.returncode == 0, show(first)
     assert changed(first) > 0
     # overlay2: daemon.json written inside the throwaway root, and Docker restarted with it
@@ -95,12 +99,72 @@ def test_bake_play_overlay2_then_idempotent(cloud, tmp_path):
     bundled = host.run("sh", "-c", f"find {PREFIX} -name 'libc.so*' -o -name 'ld-linux*' -o -name 'ld.so'").stdout
     assert bundled.strip() == "", bundled
 
-    second = run_playbook(host, ANSIBLE / "bake.yml", ev, tmp_path)
+    second = run_playbook(host, play, ev, tmp_path)
     assert second.returncode == 0, show(second)
     assert changed(second) == 0, show(second)
     assert "Restart docker" not in second.stdout
 
 
+# A glibc task image with only what the prefix's python needs (what `ldd` finds for it
+# and its extension modules, and the loader), and a musl-based one (Debian's musl, as
+# Alpine's images are built on): both made offline with `docker import`.
+GLIBC_IMAGE_SCRIPT = f"""set -e
+r=$(mktemp -d)
+for f in $( (ldd {PREFIX}/bin/python; find {PREFIX} -name '*.so' -exec ldd {{}} \\;) 2>/dev/null \\
+           | grep -o '/[^ ]*' | grep -v '^{PREFIX}' | sort -u); do
+  mkdir -p "$r$(dirname "$f")"; cp -L "$f" "$r$f"
+done
+tar -C "$r" -cf /tmp/glibc-task.tar . && docker import /tmp/glibc-task.tar factory-test-glibc-task:1 >/dev/null
+rm -rf "$r" /tmp/glibc-task.tar
+"""
+MUSL_IMAGE_SCRIPT = """set -e
+r=$(mktemp -d); mkdir -p "$r/lib" "$r/etc"
+cp -L /lib/ld-musl-x86_64.so.1 "$r/lib/"
+echo 'ID=alpine-like (Debian musl)' > "$r/etc/os-release"
+tar -C "$r" -cf /tmp/musl-task.tar . && docker import /tmp/musl-task.tar factory-test-musl-task:1 >/dev/null
+rm -rf "$r" /tmp/musl-task.tar
+"""
+needs_musl = pytest.mark.skipif(not os.path.exists("/lib/ld-musl-x86_64.so.1"), reason="needs Debian's musl (make system-deps)")
+
+
+@needs_musl
+@requires_buildhost
+def test_the_cli_must_run_with_each_task_images_own_c_library(cloud, tmp_path):
+    """The task's own images: a glibc one runs the CLI (its own libraries, none of the
+    host's mounted); a musl-based one cannot, and the check fails naming the requirement,
+    although the host-library check passes."""
+    host, _, _ = cloud
+    assert host.run("test", "-x", f"{PREFIX}/bin/aws", check=False).returncode == 0, "installed by the test above"
+    host.run("sh", "-c", GLIBC_IMAGE_SCRIPT)
+    host.run("sh", "-c", MUSL_IMAGE_SCRIPT)
+    play = role_playbook(tmp_path, "bake_check")
+    ev = {"bake_check_prefix": PREFIX, "bake_check_min_gib": 1, "ansible_python_interpreter": host.python_interpreter}
+
+    report = tmp_path / "glibc.json"
+    ok = run_playbook(host, play, {**ev, "bake_check_task_images": ["factory-test-glibc-task:1"],
+                                   "bake_check_report_dest": str(report)}, tmp_path)
+    assert ok.returncode == 0, show(ok)
+    got = json.loads(report.read_text())
+    assert got["task_images_ok"] is True
+    assert [(t["image"], t["aws_ok"]) for t in got["task_images"]] == [("factory-test-glibc-task:1", True)]
+    assert got["task_images"][0]["said"].startswith(f"aws-cli/{AWSCLI_VERSION} ")
+    # an image the builder already had is left there
+    assert host.run("docker", "images", "-q", "factory-test-glibc-task:1").stdout.strip()
+
+    report = tmp_path / "musl.json"
+    bad = run_playbook(host, play, {**ev, "bake_check_task_images": ["factory-test-glibc-task:1", "factory-test-musl-task:1"],
+                                    "bake_check_report_dest": str(report)}, tmp_path)
+    assert bad.returncode != 0
+    text = " ".join(bad.stdout.split())
+    assert "does not run in the task image(s) factory-test-musl-task:1:" in text, show(bad)
+    assert "glibc 2.17 or newer in the task image (the oldest glibc Miniconda supports); musl-based images such as Alpine" in text
+    got = json.loads(report.read_text())
+    assert got["aws_ok"] is True and got["task_images_ok"] is False  # the host-library check alone would pass
+    assert [(t["image"], t["aws_ok"]) for t in got["task_images"]] == [
+        ("factory-test-glibc-task:1", True), ("factory-test-musl-task:1", False)]
+
+
+@requires_buildhost
 def test_devicemapper_keeps_other_options_and_replaces_the_basesize(cloud, tmp_path):
     host, _, _ = cloud
     old = (
@@ -130,6 +194,7 @@ def test_devicemapper_keeps_other_options_and_replaces_the_basesize(cloud, tmp_p
     assert text.count("dm.basesize") == 1 and "dm.basesize=200GB" in text and "dm.fs=ext4" in text
 
 
+@requires_buildhost
 def test_devicemapper_creates_the_file_when_missing(cloud, tmp_path):
     host, _, _ = cloud
     play = role_playbook(tmp_path, "docker_storage")
@@ -141,6 +206,7 @@ def test_devicemapper_creates_the_file_when_missing(cloud, tmp_path):
     assert host.path("/etc/sysconfig/docker-storage-new").read_text() == 'DOCKER_STORAGE_OPTIONS="--storage-opt dm.basesize=50GB"\n'
 
 
+@requires_buildhost
 def test_checksum_mismatch_fails_and_installs_nothing(cloud, tmp_path):
     host, mirror, _ = cloud
     play = role_playbook(tmp_path, "miniconda_awscli")
@@ -152,6 +218,7 @@ def test_checksum_mismatch_fails_and_installs_nothing(cloud, tmp_path):
     assert host.run("test", "-e", "/opt/mismatch/bin/conda", check=False).returncode != 0
 
 
+@requires_buildhost
 def test_overlay2_refuses_a_data_root_smaller_than_the_volume(cloud, tmp_path):
     host, _, _ = cloud
     play = role_playbook(tmp_path, "docker_storage")
@@ -172,6 +239,7 @@ def failed_bake_check(host, tmp_path, prefix: str) -> dict:
     return json.loads(report.read_text())
 
 
+@requires_buildhost
 def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
     """A prefix with Miniconda's python but no AWS CLI: the space is measured (by that
     python, in the empty image with the host's C library), the CLI check fails the play."""
@@ -187,9 +255,56 @@ def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
     assert host.run("docker", "images", "-q", "factory-bake-check").stdout.strip() == ""
 
 
+@requires_buildhost
 def test_bake_check_fails_when_the_prefix_is_missing(cloud, tmp_path):
     """--mount refuses a missing prefix (nothing is created on the host), and the play fails."""
     host, _, _ = cloud
     got = failed_bake_check(host, tmp_path, "/opt/nothing-here")
     assert got["container_ran"] is False and got["aws_ok"] is False and got["space_ok"] is False
     assert host.run("test", "-e", "/opt/nothing-here", check=False).returncode != 0
+
+
+@requires_buildhost
+def test_the_bake_play_ends_generalized(cloud, tmp_path):
+    """bake.yml ends with the generalize role: what the bake leaves behind carries no SSH
+    host key, no authorized key, an empty machine id, no ECS agent state or log, no
+    cloud-init instance state, no journal, and a stopped Docker. The host then takes no new
+    login until it boots as a new instance, and the next bake on it works."""
+    host, mirror, _ = cloud
+    host.boot()  # a fresh instance: host key, authorized key, machine id, agent state, journal
+    machine_id = host.run("cat", "/etc/machine-id").stdout.strip()
+    host.run("sh", "-c", "mkdir -p /home/ec2-user/.ssh && echo 'ssh-ed25519 AAAA added-by-someone' > /home/ec2-user/.ssh/authorized_keys")
+    ev = {
+        "factory_become": False,
+        "ansible_python_interpreter": host.python_interpreter,
+        "docker_storage_volume_gib": 20,
+        "bake_check_prefix": PREFIX,
+        "bake_check_min_gib": 20,
+        "bake_check_report_dest": str(tmp_path / "report.json"),
+        **installer_vars(mirror),
+    }
+    play = run_playbook(host, ANSIBLE / "bake.yml", ev, tmp_path)
+    assert play.returncode == 0, show(play)
+    roles = re.findall(r"^TASK \[(\w+) : ", play.stdout, re.M)
+    assert roles[-1] == "generalize" and roles.index("generalize") > max(i for i, r in enumerate(roles) if r != "generalize")
+
+    def gone(pattern: str) -> bool:
+        return host.run("sh", "-c", f"ls -d {pattern} 2>/dev/null", check=False).stdout.strip() == ""
+
+    assert gone("/etc/ssh/ssh_host_*")
+    assert gone("/root/.ssh/authorized_keys") and gone("/home/*/.ssh/authorized_keys")
+    assert host.run("cat", "/etc/machine-id").stdout == ""
+    assert host.run("stat", "-c", "%s", "/etc/machine-id").stdout.strip() == "0"  # empty, not missing
+    assert gone("/var/lib/ecs/data/*") and gone("/var/log/ecs/*")
+    assert gone("/var/lib/cloud/*") and gone("/var/log/cloud-init.log")
+    assert gone("/var/log/journal/*") and gone(f"/var/log/journal/{machine_id}")
+    assert host.run("docker", "info", check=False).returncode != 0, "Docker is stopped"
+    # the proof of the bake stays in the image
+    assert json.loads(host.path("/var/lib/factory/bake-check.json").read_text())["aws_ok"] is True
+    # no new login into what will be the AMI; a new instance of it takes one again
+    assert subprocess.run(host.ssh_args() + ["true"], capture_output=True, timeout=60).returncode != 0
+    host.boot()
+    again = run_playbook(host, ANSIBLE / "bake.yml", ev, tmp_path)
+    assert again.returncode == 0, show(again)
+    assert gone("/etc/ssh/ssh_host_*") and host.run("cat", "/etc/machine-id").stdout == ""
+    host.boot()  # leave the host usable

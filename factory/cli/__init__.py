@@ -2,7 +2,7 @@
 
 Each command lives in its own module and adds itself to `app`; this module only imports
 them in the order `--help` lists them (the data's order: spec -> measure -> size -> render -> bake
--> register), which is why the imports are not sorted.
+-> register -> show), which is why the imports are not sorted.
 """
 # ruff: noqa: I001
 
@@ -13,6 +13,8 @@ from factory.cli import size as _size  # noqa: F401
 from factory.cli import render as _render  # noqa: F401
 from factory.cli import bake as _bake  # noqa: F401
 from factory.cli import register as _register  # noqa: F401
+from factory.cli import show as _show  # noqa: F401
+from factory.cli import iam as _iam  # noqa: F401
 from factory.cli import local as _local  # noqa: F401
 
 

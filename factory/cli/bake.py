@@ -36,6 +36,8 @@ def bake(
     build_dir: Path = typer.Option(Path("build"), "--build-dir", help="Where build/<task>/ (Packer folder, packer.log) goes."),
     timeout: float = typer.Option(3600.0, "--timeout", min=1, help="Seconds a Packer build may take before it is interrupted and cleaned up."),
     no_register: bool = typer.Option(False, "--no-register", help="Stop after the AMI."),
+    config: Path | None = typer.Option(
+        None, "--config", help="Settings file (default: ./factory.yaml when present): builder and register settings; see docs/register.md."),
 ) -> None:
     """Bake a task's AMI with Packer and Ansible (reusing an identical one), then register it."""
     from factory import bake as core
@@ -56,7 +58,12 @@ def bake(
 
     _sigterm_is_interrupt()
     board = StatusBoard([s.name for s in specs])
-    with _the_cloud(cloud, specs[0].region) as where, board:
+    if all_tasks and cloud == "local" and jobs > 1 and len(specs) > 1:
+        err(f"the local cloud has one build host: bakes run one at a time there (--jobs {jobs} applies on AWS)")
+    from factory.config import load_config
+
+    load_config(config)  # a wrong settings file stops here, before any cloud starts
+    with _the_cloud(cloud, specs[0].region, config) as where, board:
         if all_tasks:
             results = core.bake_all(
                 specs, where, force=force, jobs=jobs, build_root=build_dir,
@@ -88,12 +95,12 @@ def bake(
 
 
 @contextlib.contextmanager
-def _the_cloud(kind: str, region: str):
+def _the_cloud(kind: str, region: str, config: Path | None = None):
     """Where the bake runs; a local cloud is started for it (and stopped after) when none runs."""
     from factory.cloud import Cloud
 
     if kind == "aws":
-        yield Cloud("aws")
+        yield Cloud("aws", config_path=config)
         return
     from factory.local import cloud as local_cloud
     from factory.local.moto_server import CREDENTIALS_NOT_FOR_MOTO
@@ -106,7 +113,7 @@ def _the_cloud(kind: str, region: str):
         for name in CREDENTIALS_NOT_FOR_MOTO:
             os.environ.pop(name, None)
         os.environ.update(lc.env(region))
-        yield Cloud("local", lc)
+        yield Cloud("local", lc, config_path=config)
 
 
 def _print_one(r) -> None:
@@ -125,18 +132,28 @@ def _print_one(r) -> None:
 
 
 def _print_table(results) -> None:
+    """One short row per task (fits 80 columns); notes and errors below it, a failure that
+    every task shares (registration) once."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="bake summary")
-    for col in ("task", "status", "AMI", "volume GiB", "job queue", "seconds", "note / error"):
-        table.add_column(col)
+    from factory.bake import shared_errors
+
+    console = Console(highlight=False)
+    table = Table(title="bake summary", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
+    for col, justify in (("task", "left"), ("status", "left"), ("AMI", "left"), ("GiB", "right"),
+                         ("job queue", "left"), ("s", "right")):
+        table.add_column(col, justify=justify, no_wrap=col in ("task", "AMI"), overflow="fold")
     for r in results:
-        table.add_row(
-            r.task, r.status, r.ami_id or "-", str(r.volume_gib or "-"), r.job_queue or "-",
-            f"{r.seconds:.0f}", (r.error or r.note or ""),
-        )
-    Console(width=160).print(table)
+        table.add_row(r.task, r.status, r.ami_id or "-", str(r.volume_gib or "-"), r.job_queue or "-", f"{r.seconds:.0f}")
+    console.print(table)
+    for r in results:
+        text = r.error or r.note
+        if text:
+            console.print(f"{r.task}: {text}", markup=False)
+    for message in shared_errors(results):
+        console.print(f"every task: {message}", markup=False)
 
 
 class StatusBoard:

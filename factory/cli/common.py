@@ -25,6 +25,11 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from factory import aws
+
+        # Every AWS call the command makes says which command made it (its user agent), so
+        # the local cloud's call log proves `factory iam-policy` against what really runs.
+        previous = aws.set_command(fn.__name__.replace("_", "-"))
         try:
             return fn(*args, **kwargs)
         except FactoryError as exc:
@@ -33,6 +38,8 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err("interrupted")
             raise typer.Exit(130) from None
+        finally:
+            aws.set_command(previous)
 
     return wrapper  # type: ignore[return-value]
 

@@ -173,7 +173,7 @@ def prune(
     cloud: str = _CLOUD,
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Deregister factory AMIs and delete launch template versions nothing uses any more."""
+    """Retire tiers no spec uses; delete launch template versions and AMIs nothing uses any more."""
     from factory.cloud import Cloud
     from factory.config import load_config
     from factory.register import prune as prune_core
@@ -182,18 +182,25 @@ def prune(
     settings = load_config(config)
     keep = keep if keep is not None else settings.prune_keep
     really = apply or not dry_run
-    regions = sorted({s.region for s in load_specs([specs_dir])})
+    from factory.tiers import tiers_for
+
+    specs = load_specs([specs_dir])
+    regions = sorted({s.region for s in specs})
+    in_use = {t.name for t in tiers_for(specs, settings.max_tiers)[0]} if specs else set()
     where = Cloud.open(cloud)
-    results = [(region, prune_core(where.clients(region), keep, dry_run=not really)) for region in regions]
+    results = [(region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use)) for region in regions]
+    failed = [c for _, r in results for c in r.failed]
     if json_output:
         print_json({region: r.to_json() for region, r in results})
-        return
-    console = stdout_console()
-    for region, r in results:
-        if not r.changes:
-            console.print(f"{region}: nothing to prune (keeping the newest {keep})", highlight=False, markup=False)
-        for c in r.changes:
-            verb = "would delete" if r.dry_run else "deleted"
-            console.print(f"{region}: {verb} {c.resource} {c.name}: {c.reason}", highlight=False, markup=False)
-    if not really and any(r.changes for _, r in results):
-        console.print("dry run: pass --apply to delete", highlight=False, markup=False)
+    else:
+        console = stdout_console()
+        for region, r in results:
+            if not r.changes:
+                console.print(f"{region}: nothing to prune (keeping the newest {keep})", highlight=False, markup=False)
+            for c in r.changes:
+                verb = "would delete" if r.dry_run else ("could not delete" if c.action == "failed" else "deleted")
+                console.print(f"{region}: {verb} {c.resource} {c.name}: {c.reason}", highlight=False, markup=False)
+        if not really and any(r.changes for _, r in results):
+            console.print("dry run: pass --apply to delete", highlight=False, markup=False)
+    if failed:
+        raise typer.Exit(1)

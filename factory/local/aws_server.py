@@ -6,8 +6,10 @@
   rules, EC2 launch template versions), installed in this process before the first request;
 - paging (`factory.local.paging`): Describe calls answered a page at a time;
 - faults (`factory.local.faults`): the next N calls of an operation fail on demand;
-- a call log: every AWS call's `service:Operation`, for the tests that prove the IAM
-  policies and the "zero mutating calls" promises (`GET /_factory/calls`).
+- a call log: every AWS call's `service:Operation` (`GET /_factory/calls`), and, when
+  `$FACTORY_LOCAL_CALL_LOG` names a file, one line per call appended to it: who called
+  (the `factory` command, `packer`, the local cloud's own set-up, or `other`) and what.
+  The tests prove `factory iam-policy` against that file.
 
 `factory local up` and the tests start this same server (`moto_server.MotoServer`), so
 what a user rehearses is what the tests prove. docs/local-cloud.md has the whole table.
@@ -19,6 +21,7 @@ import argparse
 import io
 import json
 import os
+import re
 import threading
 from typing import Any, Callable, Iterable
 
@@ -28,15 +31,19 @@ from factory.local.operations import Call, error_response, identify
 CALLS_PATH = "/_factory/calls"
 ENV_STATE_DELAY = "FACTORY_LOCAL_STATE_DELAY"
 ENV_PAGE_SIZE = "FACTORY_LOCAL_PAGE_SIZE"
+ENV_CALL_LOG = "FACTORY_LOCAL_CALL_LOG"
+ENV_SNAPSHOT_RELEASE_DELAY = "FACTORY_LOCAL_SNAPSHOT_RELEASE_DELAY"
+_COMMAND = re.compile(r"factory-command/(\S+)")
 DEFAULT_PAGE_SIZE = 2
 
 
 class Layer:
     """WSGI middleware: control endpoints, faults, paging and the call log around moto's app."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], page_size: int = DEFAULT_PAGE_SIZE):
+    def __init__(self, app: Callable[..., Iterable[bytes]], page_size: int = DEFAULT_PAGE_SIZE, call_log: str | None = None):
         self.app = app
         self.page_size = page_size
+        self.call_log = call_log
         self.board = faults.FaultBoard()
         self.calls: list[str] = []
         self._calls_lock = threading.Lock()
@@ -51,8 +58,7 @@ class Layer:
         call = identify(environ, body)
         if call is None:
             return self.app(_with_body(environ, body), start_response)
-        with self._calls_lock:
-            self.calls.append(call.name)
+        self._record(call, environ.get("HTTP_USER_AGENT", ""))
         fault = self.board.take(call)
         if fault is not None:
             return faults.respond(fault, call, environ, start_response)
@@ -88,6 +94,13 @@ class Layer:
         start_response(captured["status"], headers + [("Content-Length", str(len(answer)))])
         return [answer]
 
+    def _record(self, call: Call, agent: str) -> None:
+        with self._calls_lock:
+            self.calls.append(call.name)
+            if self.call_log:
+                with open(self.call_log, "a") as log:
+                    log.write(f"{caller(agent)}\t{call.name}\n")
+
     def _faults(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         from factory.errors import UsageError
 
@@ -106,6 +119,18 @@ class Layer:
             if environ.get("REQUEST_METHOD") == "DELETE":
                 self.calls.clear()
             return _json(start_response, {"calls": list(self.calls)})
+
+
+def caller(agent: str) -> str:
+    """Who made a call, from its user agent: `command:NAME`, `packer`, `factory-local` or `other`."""
+    if "factory-local" in agent:
+        return "factory-local"
+    found = _COMMAND.search(agent)
+    if found:
+        return f"command:{found.group(1)}"
+    if "Packer" in agent:
+        return "packer"
+    return "other"
 
 
 def _read_body(environ: dict[str, Any]) -> bytes:
@@ -129,13 +154,13 @@ def _json(start_response: Any, payload: dict[str, Any], status: str = "200 OK") 
     return [body]
 
 
-def make_app(state_delay: float, page_size: int) -> Layer:
+def make_app(state_delay: float, page_size: int, snapshot_release_delay: float = 0.0) -> Layer:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     from factory.local import rules
 
-    rules.install(rules.Settings(state_delay=state_delay, stale_read=min(0.3, state_delay / 2)))
-    return Layer(DomainDispatcherApplication(create_backend_app), page_size=page_size)
+    rules.install(rules.Settings(state_delay=state_delay, stale_read=min(0.3, state_delay / 2), snapshot_release_delay=snapshot_release_delay))
+    return Layer(DomainDispatcherApplication(create_backend_app), page_size=page_size, call_log=os.environ.get(ENV_CALL_LOG) or None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,8 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-p", "--port", type=int, required=True)
     parser.add_argument("--state-delay", type=float, default=float(os.environ.get(ENV_STATE_DELAY, "1.0")))
     parser.add_argument("--page-size", type=int, default=int(os.environ.get(ENV_PAGE_SIZE, str(DEFAULT_PAGE_SIZE))))
+    parser.add_argument("--snapshot-release-delay", type=float, default=float(os.environ.get(ENV_SNAPSHOT_RELEASE_DELAY, "0")))
     args = parser.parse_args(argv)
-    app = make_app(args.state_delay, args.page_size)
+    app = make_app(args.state_delay, args.page_size, args.snapshot_release_delay)
     run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
 
 

@@ -4,8 +4,13 @@ The host is an overlay of this machine's `/` (the lower layer, never written) wi
 private upper directory, mounted in its own mount and PID namespaces (`unshare`). Inside
 that root run:
 
-- `sshd` on 127.0.0.1:<port> (root login by a generated ed25519 key, sftp enabled), so
-  Packer's SSH communicator and Ansible reach it like an EC2 instance;
+- `sshd` on 127.0.0.1:<port> (root login by a generated RSA key, as Packer's temporary
+  key pair on AWS is RSA; sftp enabled), so Packer's SSH communicator and Ansible reach it
+  like an EC2 instance. Like Amazon Linux 2023's, it refuses `ssh-rsa` (SHA-1)
+  signatures: an SSH client that can only sign RSA keys with SHA-1 fails here as it
+  would time out on AWS. Its host key and the authorized key sit where an EC2 instance
+  has them (`/etc/ssh/ssh_host_ed25519_key`, `~root/.ssh/authorized_keys`), so the
+  bake's generalize role removes the very files this sshd uses;
 - a real Docker engine (Debian's `docker.io`, overlay2) started and restarted through the
   root's `/etc/init.d/docker`, as `ansible.builtin.service` does on a host without
   systemd, with its data root on a real directory bind-mounted at `/var/lib/docker`
@@ -26,6 +31,13 @@ with the mount namespace, so `stop()` leaves no process and no mount behind.
 
 `BuildHost.load(state_dir)` finds a running host again from another process (the
 local cloud's `factory local down`).
+
+One host stands in for every builder a local cloud launches, and a bake generalizes it
+(no host key, no authorized key, no machine id, Docker stopped). So before each build
+`boot()` does what a new EC2 instance's first boot does: host key and authorized key in
+place, a new machine id, Docker running, and the per-instance state an ECS-optimized
+instance carries once booted (cloud-init's instance folder and log, the ECS agent's
+state and log, a journal), for the bake to remove again.
 """
 
 from __future__ import annotations
@@ -47,7 +59,17 @@ from factory.local.procs import free_port, pid_alive
 STATE_FILE = "buildhost.json"
 PYTHON_INTERPRETER = "/usr/bin/python3"  # Debian's python, seen inside the root
 SSH_USER = "root"
-CONFIG_DIR = "/etc/factory-buildhost"  # inside the root: sshd config, host key, authorized key
+CONFIG_DIR = "/etc/factory-buildhost"  # inside the root: sshd's config
+HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"  # where an EC2 instance's sshd keeps it
+AUTHORIZED_KEYS = "/root/.ssh/authorized_keys"  # where cloud-init puts the key pair's key (SSH_USER's home)
+# Amazon Linux 2023's DEFAULT crypto policy: no SHA-1 signatures, so no `ssh-rsa` (the
+# RSA key type signed with SHA-1) for user keys, host keys or certificate authorities.
+# Stated here rather than left to this OpenSSH's defaults.
+NO_SHA1_SIGNATURES = (
+    "PubkeyAcceptedAlgorithms -ssh-rsa,ssh-rsa-cert-v01@openssh.com\n"
+    "HostKeyAlgorithms -ssh-rsa,ssh-rsa-cert-v01@openssh.com\n"
+    "CASignatureAlgorithms -ssh-rsa\n"
+)
 DOCKER_OPTS = "--iptables=false --bridge=none"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -81,11 +103,11 @@ class BuildHost:
 
     @property
     def private_key_file(self) -> Path:
-        return self.state_dir / "keys" / "id_ed25519"
+        return self.state_dir / "keys" / "id_rsa"
 
     @property
     def public_key(self) -> str:
-        return (self.state_dir / "keys" / "id_ed25519.pub").read_text().strip()
+        return (self.state_dir / "keys" / "id_rsa.pub").read_text().strip()
 
     @property
     def known_hosts_file(self) -> Path:
@@ -182,6 +204,7 @@ class BuildHost:
                 host.init_pid = _child_of(proc.pid) or 0
             if (state_dir / "ready").exists() and _port_open(port):
                 host._save()
+                host.boot()
                 return host
             time.sleep(0.1)
         host.init_pid = host.init_pid or (_child_of(proc.pid) or 0)
@@ -249,6 +272,51 @@ class BuildHost:
             )
         return proc
 
+    def boot(self) -> None:
+        """Be a newly launched ECS-optimized instance again (see the module docstring).
+
+        Called when the host starts and by the local cloud before each build
+        (`Cloud.launch_builder`). The host key stays the one `known_hosts_file` names;
+        what a bake's generalize role must remove is put back, with a new machine id."""
+        import uuid
+
+        machine_id = uuid.uuid4().hex
+        instance = "i-" + machine_id[:17]
+        keys = self.state_dir / "keys"
+        script = f"""set -e
+umask 077
+mkdir -p /etc/ssh /root/.ssh
+cat > {HOST_KEY} <<'KEY'
+{(keys / "ssh_host_ed25519_key").read_text().strip()}
+KEY
+cat > {HOST_KEY}.pub <<'KEY'
+{(keys / "ssh_host_ed25519_key.pub").read_text().strip()}
+KEY
+cat > {AUTHORIZED_KEYS} <<'KEY'
+{self.public_key}
+KEY
+umask 022
+printf '%s\\n' {machine_id} > /etc/machine-id
+chmod 0444 /etc/machine-id
+mkdir -p /var/lib/cloud/instances/{instance}/sem /var/lib/cloud/data /var/log/ecs /var/lib/ecs/data \\
+         /var/log/journal/{machine_id}
+ln -sfn /var/lib/cloud/instances/{instance} /var/lib/cloud/instance
+echo '{{"instance_id": "{instance}"}}' > /var/lib/cloud/data/instance-id.json
+: > /var/lib/cloud/instances/{instance}/sem/config_ssh
+echo 'cloud-init: instance {instance} booted' > /var/log/cloud-init.log
+echo 'stand-in for the ECS agent state of {instance}' > /var/lib/ecs/data/agent.db
+echo 'stand-in for the ECS agent log of {instance}' > /var/log/ecs/ecs-agent.log
+echo 'stand-in for the journal of {machine_id}' > /var/log/journal/{machine_id}/system.journal
+"""
+        self.run("sh", "-c", script)
+        if self.docker and self.run("docker", "info", check=False, timeout=30).returncode != 0:
+            self.run("/etc/init.d/docker", "start", timeout=60)
+            deadline = time.monotonic() + 60
+            while self.run("docker", "info", check=False, timeout=30).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise LocalCloudError(f"Docker did not start again on the build host; see {self.log_file}")
+                time.sleep(0.2)
+
     def ssh_args(self) -> list[str]:
         """An `ssh` command line reaching the host (append the remote command)."""
         return [
@@ -279,25 +347,32 @@ class BuildHost:
     def _write_root_config(self) -> None:
         """Keys and the root's own sshd/Docker settings, written into the upper dir only."""
         keys = self.state_dir / "keys"
-        _keygen(keys / "id_ed25519", "factory-buildhost-client")
+        _keygen(keys / "id_rsa", "factory-buildhost-client", "rsa")
         _keygen(keys / "ssh_host_ed25519_key", "factory-buildhost")
         host_pub = (keys / "ssh_host_ed25519_key.pub").read_text().split()
         self.known_hosts_file.write_text(f"[127.0.0.1]:{self.ssh_port} {host_pub[0]} {host_pub[1]}\n")
 
+        # sshd will not start without its host key: the first boot's keys are written
+        # before the root is mounted (boot() puts them back after a bake removed them).
+        host_key = self.path(HOST_KEY)
+        host_key.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(keys / "ssh_host_ed25519_key", host_key)
+        os.chmod(host_key, 0o600)
+        authorized = self.path(AUTHORIZED_KEYS)
+        authorized.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        authorized.write_text(self.public_key + "\n")
+        os.chmod(authorized, 0o600)
         conf = self.path(CONFIG_DIR)
         conf.mkdir(parents=True, mode=0o755)
-        shutil.copy(keys / "ssh_host_ed25519_key", conf / "ssh_host_ed25519_key")
-        os.chmod(conf / "ssh_host_ed25519_key", 0o600)
-        (conf / "authorized_keys").write_text(self.public_key + "\n")
-        os.chmod(conf / "authorized_keys", 0o644)
         (conf / "sshd_config").write_text(
             "# The throwaway build host's sshd (factory.local.buildhost); loopback only.\n"
             f"Port {self.ssh_port}\n"
             "ListenAddress 127.0.0.1\n"
-            f"HostKey {CONFIG_DIR}/ssh_host_ed25519_key\n"
+            f"HostKey {HOST_KEY}\n"
             "PermitRootLogin prohibit-password\n"
             "PubkeyAuthentication yes\n"
-            f"AuthorizedKeysFile {CONFIG_DIR}/authorized_keys\n"
+            "AuthorizedKeysFile .ssh/authorized_keys\n"
+            + NO_SHA1_SIGNATURES +
             "PasswordAuthentication no\n"
             "KbdInteractiveAuthentication no\n"
             "UsePAM no\n"
@@ -335,9 +410,10 @@ _INIT_D_PATCHES = (
 )
 
 
-def _keygen(path: Path, comment: str) -> None:
+def _keygen(path: Path, comment: str, kind: str = "ed25519") -> None:
+    bits = ["-b", "3072"] if kind == "rsa" else []
     subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        ["ssh-keygen", "-q", "-t", kind, *bits, "-N", "", "-C", comment, "-f", str(path)],
         check=True, capture_output=True,
     )
 

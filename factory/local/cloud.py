@@ -117,11 +117,21 @@ class LocalCloud:
         )
         return clients
 
+    def setup_clients(self, region: str | None = None):
+        """Clients for the local cloud's own set-up (key pair, IAM seed): marked `factory-local`,
+        so the call log tells them from what factory does on a user's account."""
+        from factory.aws import Clients
+
+        made = self.clients(region)
+        setup = Clients(region=made.region, endpoint_url=made.endpoint_url, agent="factory-local")
+        setup._session = made._session
+        return setup
+
     def ensure_key_pair(self, region: str) -> str:
         """Import the build host's public key into moto in `region` (once per region)."""
         from factory.aws import aws_errors
 
-        ec2 = self.clients(region).ec2()
+        ec2 = self.setup_clients(region).ec2()
         with aws_errors(f"importing the build host's key into the local cloud ({region})"):
             # DescribeKeyPairs has no paging (EC2 API reference): one answer is all there is.
             names = {k["KeyName"] for k in ec2.describe_key_pairs().get("KeyPairs", [])}
@@ -139,7 +149,8 @@ class LocalCloud:
 
         from factory.aws import aws_errors, error_code
 
-        iam = self.clients(self.region).client("iam")
+        iam = self.setup_clients(self.region).client("iam")
+
         def trust(service: str) -> str:
             return _json.dumps({
                 "Version": "2012-10-17",

@@ -75,6 +75,7 @@ class MotoServer:
         timeout: float = 20.0,
         state_delay: float | None = None,
         page_size: int | None = None,
+        snapshot_release_delay: float | None = None,
     ) -> MotoServer:
         """Start the server. `state_delay` (seconds a Batch resource spends CREATING, UPDATING
         or DELETING) and `page_size` default to $FACTORY_LOCAL_STATE_DELAY /
@@ -86,6 +87,8 @@ class MotoServer:
             cmd += ["--state-delay", str(state_delay)]
         if page_size is not None:
             cmd += ["--page-size", str(page_size)]
+        if snapshot_release_delay is not None:
+            cmd += ["--snapshot-release-delay", str(snapshot_release_delay)]
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         # Anything moto writes (e.g. its request recorder's file) goes beside its log or
         # into the temp folder, never into the user's working directory.

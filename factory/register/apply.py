@@ -62,7 +62,7 @@ def register_targets(
         queue = job_queue.find(batch, target.name)
         ce_name, ce_arn, olds = compute_environment.reconcile(run, batch, target, region, lt, queue, changes)
         job_queue.reconcile(run, batch, target, queue, ce_name, ce_arn, changes)
-        compute_environment.retire(run, batch, olds, target.name, changes)
+        compute_environment.retire(run, batch, olds, f"replaced; no longer behind {target.name}", changes)
         results.append(
             TierResult(
                 tier=target.tier,

@@ -312,11 +312,11 @@ def wait_until_settled(
     run.waiter.until(f"compute environment {name}", check)
 
 
-def retire(run: Run, batch: Any, olds: list[dict[str, Any]], queue_name: str, changes: list[Change]) -> None:
-    """Disable, then delete, compute environments a replacement left behind."""
+def retire(run: Run, batch: Any, olds: list[dict[str, Any]], why: str, changes: list[Change]) -> None:
+    """Disable, then delete, compute environments a replacement (or a retired tier) left behind."""
     for ce in olds:
         name = ce["computeEnvironmentName"]
-        changes.append(Change("compute-environment", name, "delete", f"replaced; no longer behind {queue_name}"))
+        changes.append(Change("compute-environment", name, "delete", why))
         if run.dry_run:
             continue
         run.progress(f"retiring compute environment {name}")

@@ -1,6 +1,9 @@
-"""Delete launch template versions and factory AMIs nothing uses any more.
+"""Delete what factory made and nothing uses any more: retired tiers, old versions, old AMIs.
 
-Kept: each managed launch template's default version, every version a compute
+A tier no spec uses any more (its `factory:tier` tag names none of the tiers the specs
+make now) loses its job queue (disabled, then deleted), its compute environments
+(disabled, then deleted once the queue has let them go) and its launch template. Then, for
+the tiers still in use, kept: each managed launch template's default version, every version a compute
 environment pins, and the newest `keep`; each task's newest `keep` AMIs and every AMI a
 kept version uses. Only resources tagged by factory are considered; every list is read
 to its last page (a version pinned by an environment on page 2 is still pinned).
@@ -18,9 +21,12 @@ from typing import Any
 
 from factory.aws import Clients, aws_errors
 from factory.errors import UsageError
-from factory.register.names import TAG_MANAGED, TAG_TASK, tag_dict
-from factory.register.reads import compute_environments, paged
+from factory.register import compute_environment, job_queue
+from factory.register.names import TAG_MANAGED, TAG_TASK, TAG_TIER, tag_dict, tasks_from_tags
+from factory.register.reads import compute_environments, job_queues, paged
 from factory.register.results import Change
+from factory.register.run import Run
+from factory.register.waits import Waiter
 
 VERSIONS_PER_DELETE = 200  # DeleteLaunchTemplateVersions takes at most 200 versions
 
@@ -39,14 +45,22 @@ class PruneResult:
         return {"dry_run": self.dry_run, "keep": self.keep, "changes": [c.to_json() for c in self.changes]}
 
 
-def prune(clients: Clients, keep: int = 3, dry_run: bool = True) -> PruneResult:
-    """`dry_run` (the CLI's default) lists and deletes nothing."""
+def prune(
+    clients: Clients, keep: int = 3, dry_run: bool = True, tiers_in_use: set[str] | None = None, waiter: Waiter | None = None
+) -> PruneResult:
+    """`dry_run` (the CLI's default) lists and deletes nothing. `tiers_in_use`: the tiers the
+    specs make now (None: retire no tier)."""
     if keep < 1:
         raise UsageError(f"--keep must be at least 1 (got {keep})")
+    from factory.config import FactoryConfig
+
+    run = Run(FactoryConfig(), dry_run, waiter or Waiter())
     ec2, batch = clients.ec2(), clients.batch()
     changes: list[Change] = []
     with aws_errors("listing factory's launch templates"):
         lts = list(paged(ec2, "describe_launch_templates", "LaunchTemplates", Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}]))
+    if tiers_in_use is not None:
+        lts = _retire_tiers(run, ec2, batch, lts, tiers_in_use, changes)
     pinned: dict[str, set[str]] = {}
     for ce in compute_environments(batch):
         spec = (ce.get("computeResources") or {}).get("launchTemplate") or {}
@@ -58,6 +72,40 @@ def prune(clients: Clients, keep: int = 3, dry_run: bool = True) -> PruneResult:
         used_amis |= _prune_versions(ec2, lt, pinned, keep, dry_run, changes)
     _prune_amis(ec2, used_amis, keep, dry_run, changes)
     return PruneResult(dry_run, keep, changes)
+
+
+def _managed(tags: dict[str, str] | None) -> bool:
+    return (tags or {}).get(TAG_MANAGED) == "true"
+
+
+def _retire_tiers(run: Run, ec2: Any, batch: Any, lts: list[dict[str, Any]], in_use: set[str], changes: list[Change]) -> list[dict[str, Any]]:
+    """Queue, environments and launch template of every managed tier no spec uses; returns
+    the launch templates that stay."""
+    queues = [q for q in job_queues(batch) if _managed(q.get("tags")) and q.get("status") != "DELETING"]
+    envs = [c for c in compute_environments(batch) if _managed(c.get("tags")) and c.get("status") != "DELETING"]
+    retired = sorted({(r.get("tags") or {}).get(TAG_TIER, "") for r in queues + envs} | {tag_dict(lt.get("Tags")).get(TAG_TIER, "") for lt in lts})
+    retired = [t for t in retired if t and t not in in_use]
+    for tier in retired:
+        why = f"tier {tier} is used by no spec any more"
+        for q in (q for q in queues if q["tags"].get(TAG_TIER) == tier):
+            name = q["jobQueueName"]
+            changes.append(Change("job-queue", name, "delete", f"{why} (tasks {', '.join(tasks_from_tags(q['tags'])) or '?'})"))
+            if run.dry_run:
+                continue
+            if q.get("state") != "DISABLED":
+                with aws_errors(f"disabling job queue {name}"):
+                    batch.update_job_queue(jobQueue=name, state="DISABLED")
+            job_queue.wait_until_settled(run, batch, name, None, None, state="DISABLED")
+            with aws_errors(f"deleting job queue {name}"):
+                batch.delete_job_queue(jobQueue=name)
+        compute_environment.retire(run, batch, [c for c in envs if c["tags"].get(TAG_TIER) == tier], f"no queue ({why})", changes)
+        for lt in (lt for lt in lts if tag_dict(lt.get("Tags")).get(TAG_TIER) == tier):
+            name = lt["LaunchTemplateName"]
+            changes.append(Change("launch-template", name, "delete", f"{why}, with all its versions"))
+            if not run.dry_run:
+                with aws_errors(f"deleting launch template {name}"):
+                    ec2.delete_launch_template(LaunchTemplateId=lt["LaunchTemplateId"])
+    return [lt for lt in lts if tag_dict(lt.get("Tags")).get(TAG_TIER) not in retired]
 
 
 def _prune_versions(ec2: Any, lt: dict[str, Any], pinned: dict[str, set[str]], keep: int, dry_run: bool, changes: list[Change]) -> set[str]:

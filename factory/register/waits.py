@@ -3,7 +3,7 @@
 AWS Batch applies changes asynchronously and its describes are eventually consistent:
 right after an update a describe may still show the old settings with status VALID. So
 every wait here checks the *effect* (the settings factory asked for, the queue's order)
-together with the status, and polls with a growing interval (0.5 s, 1 s, 2 s, ... up to
+together with the status, and polls with a growing interval (0.1 s, 0.2 s, 0.4 s, ... up to
 `poll`) until `timeout`. Transient refusals documented by AWS or seen in the field are
 retried the same way (`retry_while`).
 """
@@ -29,7 +29,7 @@ class Waiter:
     poll: float = 5.0
 
     def _intervals(self) -> Callable[[], float]:
-        state = {"next": min(0.5, self.poll)}
+        state = {"next": min(0.1, self.poll)}
 
         def step() -> float:
             now = state["next"]

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 class Settings:
     state_delay: float = 1.0  # seconds a Batch resource spends CREATING/UPDATING/DELETING
     stale_read: float = 0.3  # seconds after an update during which a describe still shows the old state
+    # Seconds a deregistered AMI's snapshots stay "in use". AWS refuses DeleteSnapshot right
+    # after DeregisterImage only now and then (Packer 1.6.6 deletes its temporary snapshots that
+    # way without a retry, and works on AWS), so it is off unless asked for.
+    snapshot_release_delay: float = 0.0
 
 
 def install(settings: Settings) -> None:

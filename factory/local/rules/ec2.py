@@ -5,7 +5,7 @@
 | `DeleteLaunchTemplateVersions` deletes the versions it can and answers 200 with a per-version failure list; the default version is never deleted | HTTP 500 (not implemented) | deletes; reports the default version and unknown versions as failures (codes from the API's `LaunchTemplateErrorCode`) |
 | version numbers keep counting after a deletion | numbers are list positions | numbers are kept with each version, so a deletion shifts nothing |
 | `DeregisterImage` with `DeleteAssociatedSnapshots` deletes the AMI's snapshots and reports each | ignores the parameter | deletes them and answers `DeleteSnapshotResults` |
-| `DeleteSnapshot` right after `DeregisterImage` can fail `InvalidSnapshot.InUse` for a while | deletes at once | the snapshot stays in use for `state_delay` seconds after its AMI is deregistered |
+| `DeleteSnapshot` right after `DeregisterImage` can fail `InvalidSnapshot.InUse` for a while (now and then) | deletes at once | with `snapshot_release_delay` > 0 (off by default: Packer 1.6.6 relies on the race being rare), the snapshot stays in use that long |
 
 AWS sources: EC2 API reference, DeleteLaunchTemplateVersions ("You can't delete the
 default version of a launch template"; the success and error sets), DeregisterImage
@@ -113,7 +113,7 @@ def install(settings: Settings) -> None:
             result["DeleteSnapshotResults"] = outcomes
         else:
             for snapshot_id in snapshots:
-                in_use_until[snapshot_id] = (time.monotonic() + settings.state_delay, ami_id)
+                in_use_until[snapshot_id] = (time.monotonic() + settings.snapshot_release_delay, ami_id)
         return ActionResult(result)
 
     AmisResponse.deregister_image = deregister_image

@@ -1,0 +1,135 @@
+"""Least privilege: the IAM actions each factory command needs, as policy documents.
+
+`factory iam-policy [--for bake|register|prune|all]` prints them. Every action here is
+one that factory (or Packer's amazon-ebs builder, for `bake`) really calls, or one that
+authorizes something AWS does on the caller's behalf (`IMPLIED`, with the reason). The
+test suite records every AWS call at the local cloud's end of the wire, per command
+(tests/test_zz_iam_policy.py): a call missing from the policy fails, and so does a
+policy action the suite never saw called.
+
+Scoping, where IAM allows it: Batch resources by name prefix (`factory-*`), launch
+templates by the `factory:managed` tag (their ARNs carry ids, not names), AMIs and
+snapshots being deleted by the `factory:task` tag. Describe/Get/List actions and Packer's
+builder actions take `*` (most EC2 Describe calls support no resource-level permission;
+Packer's documented minimal policy uses `*`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PURPOSES = ("bake", "register", "prune")
+
+# What each CLI command needs (bake ends with a register unless --no-register).
+COMMAND_PURPOSES = {
+    "bake": ("bake", "register"),
+    "register": ("register",),
+    "plan": ("register",),
+    "nextflow-config": ("register",),
+    "prune": ("prune",),
+    "render": ("bake",),
+    "show": ("register",),
+}
+
+# Allowed but never an API call of factory's own, with the reason it is needed.
+IMPLIED = {
+    "iam:PassRole": "register passes the instance role (and a service role, when factory.yaml names one) to Batch; bake passes builder.instance_profile's role to EC2 when named",
+    "iam:CreateServiceLinkedRole": "Batch creates its service-linked role on an account's first CreateComputeEnvironment, as the caller",
+    "ec2:DeleteSnapshot": "DeregisterImage with DeleteAssociatedSnapshots deletes the AMI's snapshots as the caller",
+    "ec2:CreateKeyPair": "on AWS Packer makes a temporary key pair (the local cloud's build host brings its own)",
+    "ec2:DeleteKeyPair": "on AWS Packer deletes its temporary key pair",
+    "ec2:DescribeRegions": "on AWS Packer validates the region (skipped against the local cloud's endpoint)",
+}
+
+_ANY = ["*"]
+_BATCH_OURS = ["arn:aws:batch:*:*:compute-environment/factory-*", "arn:aws:batch:*:*:job-queue/factory-*"]
+_LAUNCH_TEMPLATES = ["arn:aws:ec2:*:*:launch-template/*"]
+_MANAGED = {"StringEquals": {"aws:ResourceTag/factory:managed": "true"}}
+
+
+def _statement(sid: str, actions: list[str], resources: list[str], condition: dict[str, Any] | None = None) -> dict[str, Any]:
+    statement: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": sorted(actions), "Resource": resources}
+    if condition:
+        statement["Condition"] = condition
+    return statement
+
+
+def _statements(purpose: str) -> list[dict[str, Any]]:
+    if purpose == "bake":
+        return [
+            # The base AMI's SSM parameter, images by content hash, the builder type's memory.
+            _statement("ReadBaseAndImages", ["ssm:GetParameter", "ec2:DescribeImages", "ec2:DescribeInstanceTypes"], _ANY),
+            # Packer's amazon-ebs builder, as factory configures it (SSH, a temporary security
+            # group, an encrypted EBS-backed AMI); Packer documents these with Resource *.
+            _statement(
+                "PackerAmazonEbs",
+                [
+                    "ec2:AuthorizeSecurityGroupIngress", "ec2:CreateImage", "ec2:CreateKeyPair", "ec2:CreateSecurityGroup",
+                    "ec2:CreateTags", "ec2:DeleteKeyPair", "ec2:DeleteSecurityGroup", "ec2:DescribeImages",
+                    "ec2:DescribeInstances", "ec2:DescribeRegions", "ec2:DescribeSecurityGroups", "ec2:DescribeSnapshots",
+                    "ec2:DescribeSubnets", "ec2:DescribeVolumes", "ec2:RunInstances", "ec2:StopInstances", "ec2:TerminateInstances",
+                ],
+                _ANY,
+            ),
+            _statement("PassBuilderProfile", ["iam:PassRole"], ["arn:aws:iam::*:role/*"], {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
+            # An AMI that could not be tagged is removed with its snapshots (bake.discard_image).
+            _statement("DiscardUntaggedImage", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], _ANY,
+                       {"Null": {"aws:ResourceTag/factory:task": "false"}}),
+        ]
+    if purpose == "register":
+        return [
+            _statement(
+                "Read",
+                [
+                    "ec2:DescribeImages", "ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeVpcs",
+                    "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "batch:DescribeComputeEnvironments", "batch:DescribeJobQueues",
+                    "iam:GetInstanceProfile", "iam:GetRole",
+                ],
+                _ANY,
+            ),
+            _statement("CreateLaunchTemplates", ["ec2:CreateLaunchTemplate"], _LAUNCH_TEMPLATES,
+                       {"StringEquals": {"aws:RequestTag/factory:managed": "true"}}),
+            _statement("TagNewLaunchTemplates", ["ec2:CreateTags"], _LAUNCH_TEMPLATES,
+                       {"StringEquals": {"ec2:CreateAction": "CreateLaunchTemplate"}}),
+            _statement(
+                "ChangeFactoryLaunchTemplates",
+                ["ec2:CreateLaunchTemplateVersion", "ec2:ModifyLaunchTemplate", "ec2:CreateTags", "ec2:DeleteTags"],
+                _LAUNCH_TEMPLATES,
+                _MANAGED,
+            ),
+            _statement(
+                "FactoryBatchResources",
+                [
+                    "batch:CreateComputeEnvironment", "batch:UpdateComputeEnvironment", "batch:DeleteComputeEnvironment",
+                    "batch:CreateJobQueue", "batch:UpdateJobQueue", "batch:TagResource", "batch:UntagResource",
+                ],
+                _BATCH_OURS,
+            ),
+            _statement("PassRolesToBatch", ["iam:PassRole"], ["arn:aws:iam::*:role/*"],
+                       {"StringEquals": {"iam:PassedToService": ["batch.amazonaws.com", "ec2.amazonaws.com"]}}),
+            _statement("BatchServiceLinkedRole", ["iam:CreateServiceLinkedRole"], ["arn:aws:iam::*:role/aws-service-role/batch.amazonaws.com/*"],
+                       {"StringEquals": {"iam:AWSServiceName": "batch.amazonaws.com"}}),
+        ]
+    if purpose == "prune":
+        return [
+            _statement("Read", ["ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeImages",
+                                "batch:DescribeComputeEnvironments"], _ANY),
+            _statement("DeleteFactoryLaunchTemplateVersions", ["ec2:DeleteLaunchTemplateVersions"], _LAUNCH_TEMPLATES, _MANAGED),
+            _statement("DeleteFactoryImages", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], _ANY,
+                       {"Null": {"aws:ResourceTag/factory:task": "false"}}),
+        ]
+    raise ValueError(f"no policy for {purpose!r}; one of {', '.join(PURPOSES)}")
+
+
+def policy(purpose: str) -> dict[str, Any]:
+    """The policy document for one purpose (bake, register, prune)."""
+    return {"Version": "2012-10-17", "Statement": _statements(purpose)}
+
+
+def actions(purpose: str) -> set[str]:
+    return {a for s in _statements(purpose) for a in s["Action"]}
+
+
+def needed_by(command: str) -> set[str]:
+    """Every action a CLI command may call."""
+    return {a for p in COMMAND_PURPOSES.get(command, ()) for a in actions(p)}
