@@ -193,3 +193,14 @@ def test_render_turns_the_grow_agent_on_only_for_a_growing_task(tmp_path, monkey
         env = dict(os.environ, PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}", CHECKPOINT_DISABLE="1")
         v = subprocess.run(["packer", "validate", "."], cwd=result.out_dir, capture_output=True, text=True, env=env, timeout=120)
         assert v.returncode == 0, v.stdout + v.stderr
+
+
+def test_iam_policy_for_instance_prints_the_grow_policy(cli):
+    from factory.grow import instance_policy
+
+    r = cli("iam-policy", "--for", "instance", "--json")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout) == instance_policy()
+    text = cli("iam-policy", "--for", "instance").stdout
+    assert "batch.instance_role" in text and "FactoryGrowCreateTaggedEncryptedVolumes" in text
+
