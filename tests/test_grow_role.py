@@ -31,8 +31,11 @@ def host(tmp_path_factory):
         mirror.stop()
 
 
-def test_the_role_installs_the_agent_and_its_boot_units_idempotently(host, tmp_path):
+@pytest.fixture(scope="module")
+def installed(host, tmp_path_factory):
+    """The role run once on the build host (after miniconda_awscli): (host, play, vars, first run, folder)."""
     h, mirror = host
+    tmp = tmp_path_factory.mktemp("grow-role-play")
     ev = {
         "ansible_python_interpreter": h.python_interpreter,
         "miniconda_awscli_prefix": PREFIX,
@@ -44,8 +47,12 @@ def test_the_role_installs_the_agent_and_its_boot_units_idempotently(host, tmp_p
         "grow_agent_python": f"{PREFIX}/bin/python",
         "grow_agent_settings": {"floor_gib": 5},
     }
-    play = role_playbook(tmp_path, "miniconda_awscli", "grow_agent")
-    first = run_playbook(h, play, ev, tmp_path)
+    play = role_playbook(tmp, "miniconda_awscli", "grow_agent")
+    return h, play, ev, run_playbook(h, play, ev, tmp), tmp
+
+
+def test_the_role_installs_the_agent_and_its_boot_units_idempotently(installed):
+    h, play, ev, first, tmp = installed
     assert first.returncode == 0, show(first)
     assert "grows /var/lib/docker up to 900 GiB for star-align" in first.stdout
 
@@ -61,16 +68,16 @@ def test_the_role_installs_the_agent_and_its_boot_units_idempotently(host, tmp_p
     for unit in ("factory-grow-pool.service", "factory-grow-agent.service"):
         assert h.run("readlink", f"{UNITS}/multi-user.target.wants/{unit}").stdout.strip() == f"{UNITS}/{unit}"
 
-    second = run_playbook(h, play, ev, tmp_path)
+    second = run_playbook(h, play, ev, tmp)
     assert second.returncode == 0, show(second)
     assert changed(second) == 0, show(second)
 
 
-def test_the_installed_boot_command_makes_the_pool_inside_the_host(host, tmp_path):
+def test_the_installed_boot_command_makes_the_pool_inside_the_host(installed, tmp_path):
     """What factory-grow-pool.service runs at boot, run in the build host's own mount
     namespace with the prefix's Python: a fresh device becomes a mounted btrfs pool."""
-    h, _ = host
-    assert h.path("/opt/factory/grow/factory_grow/pool.py").exists(), "run the role test first (module order)"
+    h, _, _, first, _ = installed
+    assert first.returncode == 0, show(first)
     with loop_device(tmp_path, "data", 512) as dev:
         ran = h.run("env", "PYTHONPATH=/opt/factory/grow", f"{PREFIX}/bin/python", "-m", "factory_grow.pool",
                     "ensure", dev, "/var/lib/docker-grow", "--backend", "btrfs", "--wait", "5", check=False)
