@@ -90,6 +90,7 @@ def test_the_manifest_is_on_the_image_and_says_what_the_build_host_has(cloud_env
     host = cloud_env["cloud"].host
     assert host.path("/etc/factory/image-manifest.json").read_text() == fetched.read_text()
     assert m["kernel"] == host.run("uname", "-r").stdout.strip()
+    host.boot()  # the bake ended by generalizing the builder (Docker stopped): start it as an instance would
     engine = host.run("docker", "info", "--format", "{{.ServerVersion}} {{.Driver}} {{.DockerRootDir}}").stdout.split()
     assert [m["docker"]["version"], m["docker"]["storage_driver"], m["docker"]["data_root"]] == engine
     dpkg = host.run("dpkg-query", "--show", "--showformat=${db:Status-Abbrev} ${Package} ${Version}\n").stdout

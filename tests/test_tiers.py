@@ -134,8 +134,10 @@ def test_duplicate_task_refused_and_empty_ok():
     assert choose_tiers([]) == []
 
 
-def test_tier_is_frozen_with_register_fields():
-    t = Tier(name="200g", volume_gib=200, tasks=("a",), group=(), largest_task="a")
-    assert (t.name, t.volume_gib, t.tasks) == ("200g", 200, ("a",))
+def test_a_chosen_tier_carries_what_register_reads_and_is_frozen():
+    (t,) = choose_tiers([(spec("small"), plan(120)), (spec("large"), plan(200))], 1)
+    # register sizes the volume from the tier and takes the AMI of its largest task
+    assert (t.volume_gib, t.largest_task, t.name, sorted(t.tasks)) == (200, "large", "large", ["large", "small"])
+    assert isinstance(t, Tier) and dict(t.group)["region"] == "us-east-1"
     with pytest.raises(dataclasses.FrozenInstanceError):
-        t.name = "x"  # type: ignore[misc]
+        t.volume_gib = 1  # type: ignore[misc]
