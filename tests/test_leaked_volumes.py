@@ -65,3 +65,22 @@ def test_a_failed_delete_is_reported_and_the_rest_go_on(ec2, moto):
     assert results[found[0].volume_id].startswith("VolumeInUse: ")
     assert results[found[1].volume_id] is None
     assert [lv.volume_id for lv in find_leaked(ec2)] == [found[0].volume_id]  # the next prune finishes it
+
+
+def test_prune_lists_then_deletes_a_leaked_volume_and_nothing_else(ec2, moto, cli, monkeypatch):
+    from tests.conftest import SPECS
+
+    gone, alive = launch(ec2), launch(ec2)
+    leaked, in_progress = agent_volume(ec2, gone), agent_volume(ec2, alive)
+    ec2.terminate_instances(InstanceIds=[gone])
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    env = {"AWS_ENDPOINT_URL": moto.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "COLUMNS": "250"}
+    plan = cli("prune", "--specs-dir", SPECS, env=env)
+    assert plan.exit_code == 0, plan.stderr
+    assert f"would delete volume {leaked}" in plan.stdout and in_progress not in plan.stdout and "dry run" in plan.stdout
+    done = cli("prune", "--apply", "--specs-dir", SPECS, env=env)
+    assert done.exit_code == 0, done.stderr
+    assert f"deleted volume {leaked}" in done.stdout and "grow agent" in done.stdout
+    left = {v["VolumeId"] for p in ec2.get_paginator("describe_volumes").paginate() for v in p["Volumes"]}
+    assert leaked not in left and in_progress in left

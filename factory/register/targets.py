@@ -24,6 +24,10 @@ class TierTarget:
     ami_task: str  # the largest task: its AMI is the tier's
     batch: Any  # factory.spec.BatchSpec
     spec_hash: str  # of the ami_task's spec, to notice an AMI baked from an older spec
+    # storage.grow: Docker's own data volume (the root stays the AMI's) and the instance and
+    # volume tags the grow agent's IAM policy is scoped to (factory.grow); None without grow.
+    grow_volume: dict[str, Any] | None = None
+    grow_tags: tuple[dict[str, Any], ...] = ()
 
     @property
     def name(self) -> str:
@@ -68,6 +72,15 @@ def targets_for(specs: Sequence[Any], tiers: Sequence[Any]) -> list[TierTarget]:
                 ami_task=largest.name,
                 batch=largest.batch,
                 spec_hash=largest.spec_hash,
+                **_grow(largest, int(tier.volume_gib)),
             )
         )
     return out
+
+
+def _grow(spec: Any, volume_gib: int) -> dict[str, Any]:
+    if getattr(spec.storage, "grow", None) is None:
+        return {}
+    from factory import grow
+
+    return {"grow_volume": grow.data_volume_mapping(spec, volume_gib), "grow_tags": tuple(grow.launch_template_tags(spec))}
