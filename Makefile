@@ -48,6 +48,7 @@ bench: $(STAMP) system-deps ## Run the benchmarks in bench/ and print their figu
 	@$(PY) bench/sizing/run.py
 	@$(PY) bench/measure/run.py
 	@$(PY) bench/bake/run.py
+	@$(PY) bench/grow/run.py
 
 guard-%:
 	@if [ -z "$($*)" ]; then echo "usage: make $(MAKECMDGOALS) $*=<value>   e.g. make $(MAKECMDGOALS) $*=salmon-quant"; exit 2; fi

@@ -28,6 +28,7 @@ class Family:
     # "managed node" support matrix), or None while every current one can.
     ansible_core_below: tuple[int, int] | None
     base_docker_gib: int | None = None  # its separate Docker volume (AL1), else None
+    data_device: str | None = None  # Docker's own data volume with `storage.grow` (None: the family cannot grow)
 
     def ssm_parameter(self, architecture: str) -> str | None:
         return self.ssm_arm64 if architecture == "arm64" else self.ssm_x86_64
@@ -60,6 +61,7 @@ FAMILIES: dict[str, Family] = {
         python_interpreter="/usr/bin/python3",
         python_label="Python 3.9",
         ansible_core_below=None,
+        data_device="/dev/xvdb",
     ),
     "al2": Family(
         key="al2",
@@ -76,6 +78,7 @@ FAMILIES: dict[str, Family] = {
         python_interpreter="/usr/bin/python3",
         python_label="Python 3.7",
         ansible_core_below=(2, 18),
+        data_device="/dev/xvdb",
     ),
     "al1": Family(
         key="al1",

@@ -130,6 +130,10 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
             _statement("DeleteFactoryLaunchTemplateVersions", ["ec2:DeleteLaunchTemplateVersions"], _LAUNCH_TEMPLATES, _MANAGED),
             _statement("DeleteFactoryImages", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], _ANY,
                        {"Null": {"aws:ResourceTag/factory:task": "false"}}),
+            # storage.grow: volumes the agent made and never attached (factory.leaked_volumes).
+            _statement("FindLeakedVolumes", ["ec2:DescribeVolumes", "ec2:DescribeInstances"], _ANY),
+            _statement("DeleteLeakedVolumes", ["ec2:DeleteVolume"], ["arn:aws:ec2:*:*:volume/*"],
+                       {"StringEquals": {"aws:ResourceTag/factory:grow": "true"}}),
         ]
     raise ValueError(f"no policy for {purpose!r}; one of {', '.join(PURPOSES)}")
 

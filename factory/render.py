@@ -285,7 +285,10 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
         "factory:base-ami": base_ami,
         "factory:version": __version__,
     }
-    return {
+    grow = getattr(spec.storage, "grow", None)
+    # Only for a growing task, so every other task's variables file stays as it was.
+    grow_vars = {"grow_enabled": True, "grow_max_gib": int(grow.max_gib), "grow_volume_type": grow.volume_type} if grow else {}
+    return grow_vars | {
         "task": spec.name,
         "region": target.region or spec.region,
         "base_ami": base_ami,

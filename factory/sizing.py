@@ -63,6 +63,12 @@ DEFAULT_PRICE_PER_GIB_MONTH = 0.08
 #   own root volume); the reserve covers the thin pool's metadata and the ECS agent image.
 RESERVE_GIB = {"overlay2": 5.0, "devicemapper": 2.0}
 
+# With `storage.grow` the sized device is Docker's own data volume (the OS stays on the
+# base's root volume): it holds Docker's state, the ECS agent's image and the pool's own
+# metadata (XFS log and inodes, or btrfs's metadata chunks), about 1% of the volume
+# (mkfs.xfs's log and inode reservations; btrfs's default metadata chunk), so 1 GiB.
+GROW_RESERVE_GIB = 1.0
+
 # The smallest volume the AMI allows: a launch template cannot shrink a volume below its
 # snapshot. The ECS-optimized AL2023 and AL2 AMIs boot from a 30 GiB root snapshot; AL1's
 # Docker volume is an empty 22 GiB mapping that any size may replace.
@@ -414,6 +420,12 @@ class SizingPlan:
     warnings: tuple[str, ...] = ()
     tier: str | None = None
     tier_volume_gib: int | None = None
+    grow_max_gib: int | None = None  # storage.grow: volume_gib is Docker's data volume, grown up to this
+    grow_volume_type: str | None = None
+
+    @property
+    def grows(self) -> bool:
+        return self.grow_max_gib is not None
 
     @property
     def monthly_cost_usd(self) -> float:
@@ -468,6 +480,16 @@ class SizingPlan:
                 "ami_min_gib": self.ami_min_gib,
                 "volume_gib": self.volume_gib,
             },
+            "grow": (
+                {
+                    "data_volume_gib": self.volume_gib,
+                    "max_gib": self.grow_max_gib,
+                    "volume_type": self.grow_volume_type,
+                    "can_add_gib": self.grow_max_gib - self.volume_gib,
+                }
+                if self.grows
+                else None
+            ),
             "fit": self.fit_quality() if self.fits else None,
             "warnings": list(self.warnings),
         }
@@ -492,11 +514,14 @@ def size_workload(
     benchmarks: str | None = None,
     price_per_gib_month: float = DEFAULT_PRICE_PER_GIB_MONTH,
     where: str = "",
+    grow: Any = None,
 ) -> SizingPlan:
     """Size a workload from plain numbers (no spec): the core of `size_task`.
 
     `footprint` (anything with index_gib, scratch_gib, output_gib at max_input_gib) is used
     when there are fewer than 2 records. `where` prefixes error messages (the spec file).
+    `grow` (anything with max_gib and volume_type, the spec's storage.grow) sizes Docker's
+    own data volume instead of the root volume: no floor from the AMI, a smaller reserve.
     """
     at = f"{where}: " if where else ""
     if not (isinstance(max_input_gib, (int, float)) and math.isfinite(max_input_gib) and max_input_gib > 0):
@@ -581,7 +606,7 @@ def size_workload(
     try:
         return _finish(
             records, max_input_gib, concurrent_tasks, headroom, container_images_gib, storage_driver, family,
-            task, benchmarks, price_per_gib_month, at, source, fits, index, scratch, output, warnings,
+            task, benchmarks, price_per_gib_month, at, source, fits, index, scratch, output, warnings, grow,
         )
     except OverflowError:
         raise SizingError(
@@ -595,6 +620,7 @@ def _finish(
     container_images_gib: float, storage_driver: str, family: str | None, task: str | None,
     benchmarks: str | None, price_per_gib_month: float, at: str, source: str,
     fits: tuple[ComponentFit, ...], index: float, scratch: float, output: float, warnings: list[str],
+    grow: Any = None,
 ) -> SizingPlan:
     """Steps 3-5 of the module docstring: from the three components to the volume."""
     largest_fp = max((r.footprint_gib for r in records), default=0.0)
@@ -610,6 +636,8 @@ def _finish(
     headroom_gib = need * headroom
     reserve = RESERVE_GIB[storage_driver]
     ami_min = FAMILIES[family].base_sized_gib if family in FAMILIES else GP3_MIN_GIB
+    if grow is not None:  # a fresh data volume: no snapshot to cover, no OS on it
+        reserve, ami_min = GROW_RESERVE_GIB, GP3_MIN_GIB
     if storage_driver == "devicemapper":
         basesize: int | None = max(_ceil_gib(per_task * (1.0 + headroom)), DOCKER_DEFAULT_BASESIZE_GIB)
         note = (
@@ -644,6 +672,8 @@ def _finish(
         docker_basesize_gib=basesize, docker_basesize_note=note,
         price_per_gib_month=price_per_gib_month, fits=fits, records=records,
         warnings=tuple(warnings),
+        grow_max_gib=int(grow.max_gib) if grow is not None else None,
+        grow_volume_type=str(grow.volume_type) if grow is not None else None,
     )
 
 
@@ -681,6 +711,7 @@ def size_task(
         benchmarks=str(bench_path) if bench_path is not None else None,
         price_per_gib_month=price_per_gib_month,
         where=where,
+        grow=getattr(st, "grow", None),
     )
 
 

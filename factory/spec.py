@@ -56,6 +56,14 @@ class Footprint:
 
 
 @dataclass(frozen=True)
+class GrowSpec:
+    """`storage.grow`: Docker gets its own data volume, and the grow agent adds to it."""
+
+    max_gib: int  # the most Docker's storage on one instance may grow to
+    volume_type: str = "gp3"
+
+
+@dataclass(frozen=True)
 class StorageSpec:
     benchmarks: Path | None
     max_input_gib: float
@@ -63,6 +71,7 @@ class StorageSpec:
     headroom: float
     container_images_gib: float
     footprint: Footprint | None
+    grow: GrowSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -365,6 +374,19 @@ def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[
         problems.append(Problem(file, "storage.max_input_gib", f"{max_in} GiB is beyond one gp3 volume ({GP3_MAX_GIB} GiB); split the input"))
     if "storage" in doc and isinstance(doc["storage"], dict):
         problems += _benchmark_problems(doc, spec_path, file)
+    if isinstance(storage.get("grow"), dict):
+        if family_key in FAMILIES and FAMILIES[family_key].data_device is None:
+            problems.append(Problem(
+                file, "storage.grow",
+                f"the {FAMILIES[family_key].label} keeps Docker in a devicemapper thin pool, which the grow agent does not extend; "
+                "use image.base ecs-al2023 or remove storage.grow",
+            ))
+        if image.get("volume") == "ami":
+            problems.append(Problem(
+                file, "storage.grow",
+                "needs `image.volume: launch-template`: the data volume the agent grows is added by the launch template, "
+                "not baked into the AMI; remove image.volume or storage.grow",
+            ))
 
     batch = _section(doc, "batch")
     lo, hi = batch.get("min_vcpus", 0), batch.get("max_vcpus", 256)
@@ -417,6 +439,7 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
             headroom=float(st.get("headroom", 0.2)),
             container_images_gib=float(st.get("container_images_gib", 1)),
             footprint=Footprint(float(fp["index_gib"]), float(fp["scratch_gib"]), float(fp["output_gib"])) if fp else None,
+            grow=GrowSpec(max_gib=int(st["grow"]["max_gib"]), volume_type=st["grow"].get("volume_type", "gp3")) if "grow" in st else None,
         ),
         awscli=AwsCliSpec(prefix=doc.get("awscli", {}).get("prefix", DEFAULT_PREFIX)),
         batch=BatchSpec(
@@ -441,21 +464,26 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
 
 
 def normalised(spec: TaskSpec) -> dict[str, Any]:
-    """The spec with every default filled in, as plain data (no file paths but the benchmark's name)."""
+    """The spec with every default filled in, as plain data (no file paths but the benchmark's name).
+
+    `storage.grow` appears only when set, so a spec without it keeps its spec hash."""
     st = spec.storage
+    storage: dict[str, Any] = {
+        "benchmarks": st.benchmarks.name if st.benchmarks else None,
+        "max_input_gib": st.max_input_gib,
+        "concurrent_tasks": st.concurrent_tasks,
+        "headroom": st.headroom,
+        "container_images_gib": st.container_images_gib,
+        "footprint": vars(st.footprint) if st.footprint else None,
+    }
+    if st.grow is not None:
+        storage["grow"] = {"max_gib": st.grow.max_gib, "volume_type": st.grow.volume_type}
     return {
         "name": spec.name,
         "description": spec.description,
         "region": spec.region,
         "image": {"base": spec.image.base, "family": spec.image.family, "architecture": spec.image.architecture, "volume": spec.image.volume},
-        "storage": {
-            "benchmarks": st.benchmarks.name if st.benchmarks else None,
-            "max_input_gib": st.max_input_gib,
-            "concurrent_tasks": st.concurrent_tasks,
-            "headroom": st.headroom,
-            "container_images_gib": st.container_images_gib,
-            "footprint": vars(st.footprint) if st.footprint else None,
-        },
+        "storage": storage,
         "awscli": {"prefix": spec.awscli.prefix},
         "batch": {
             "instance_types": list(spec.batch.instance_types),
@@ -512,14 +540,22 @@ def check_file(path: Path) -> FileResult:
         from factory.sizing import size_task
 
         try:
-            size_task(spec)
+            plan = size_task(spec)
         except SizingError as exc:
             message = exc.message
             for prefix in (f"{spec.path}: ", f"{path}: "):
                 message = message.removeprefix(prefix)
             result.problems.append(Problem(file, "storage", f"cannot be sized: {message}"))
         else:
-            result.spec = spec
+            grow = spec.storage.grow
+            if grow is not None and plan.volume_gib > grow.max_gib:
+                result.problems.append(Problem(
+                    file, "storage.grow.max_gib",
+                    f"{grow.max_gib} GiB is less than the data volume the task starts with ({plan.volume_gib} GiB, "
+                    f"see `factory size {spec.name}`); set it to at least {plan.volume_gib}",
+                ))
+            else:
+                result.spec = spec
     return result
 
 

@@ -33,6 +33,10 @@ GROUP_FIELDS = (
     "batch.provisioning",
     "batch.allocation_strategy",
     "batch.spot_bid_percentage",
+    # storage.grow changes the launch template (a data volume) and the image (the agent,
+    # its max_gib): only tasks that grow alike share a tier; None for a task without it.
+    "storage.grow.max_gib",
+    "storage.grow.volume_type",
 )
 
 
@@ -62,7 +66,7 @@ class Tier:
 
 def _get(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
-        obj = getattr(obj, part)
+        obj = None if obj is None else getattr(obj, part)  # an optional section that is absent
     return tuple(obj) if isinstance(obj, list) else obj
 
 

@@ -203,6 +203,24 @@ variable "bake_check_image" {
   description = "The container image the bake check starts (as AWS Batch would); empty to import an empty image and mount the host's C library into it."
 }
 
+variable "grow_enabled" {
+  type        = bool
+  default     = false
+  description = "storage.grow: install the grow agent and the boot unit that makes Docker's data volume a pool."
+}
+
+variable "grow_max_gib" {
+  type        = number
+  default     = 0
+  description = "storage.grow.max_gib: the most Docker's storage on one instance may grow to, in GiB."
+}
+
+variable "grow_volume_type" {
+  type        = string
+  default     = "gp3"
+  description = "storage.grow.volume_type: the EBS type of every volume the agent adds."
+}
+
 variable "task_images" {
   type        = list(string)
   default     = []

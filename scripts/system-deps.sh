@@ -5,8 +5,9 @@
 # local: also what the local cloud and the tests need: openssh-server and its sftp
 #        server (the build host's sshd), docker.io (its Docker engine), python3-pip (the
 #        stand-in Miniconda installs the real awscli with the host's pip),
-#        busybox-static (a small root filesystem for the build host's own Docker test)
-#        and musl (a musl-based image, like Alpine's, which the bake check must refuse).
+#        busybox-static (a small root filesystem for the build host's own Docker test),
+#        musl (a musl-based image, like Alpine's, which the bake check must refuse) and
+#        btrfs-progs, xfsprogs and lvm2 (the grow agent's pool backends, tested on loop devices).
 set -euo pipefail
 
 need=()
@@ -18,6 +19,9 @@ if [ "${1:-local}" != aws ]; then
   /usr/bin/python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
   [ -x /bin/busybox ] || command -v busybox >/dev/null 2>&1 || need+=(busybox-static)
   [ -e /lib/ld-musl-x86_64.so.1 ] || [ -e /lib/ld-musl-aarch64.so.1 ] || need+=(musl)
+  command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || need+=(btrfs-progs)
+  command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfsprogs)
+  command -v lvcreate >/dev/null 2>&1 || [ -x /usr/sbin/lvcreate ] || need+=(lvm2)
 fi
 
 if [ ${#need[@]} -eq 0 ]; then

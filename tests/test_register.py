@@ -896,3 +896,22 @@ def test_prune_retires_a_tier_no_spec_uses_and_nothing_else(cloud, specs):
         other = f"factory-{first.for_task(task).tier}"
         assert cloud.queues()[other]["state"] == "ENABLED" and cloud.ces()[other]["state"] == "ENABLED"
     assert not run(cloud, kept_specs).changed
+
+
+def test_a_growing_task_gets_a_data_volume_and_the_agents_tags(cloud, specs):
+    from factory.spec import GrowSpec
+
+    quant = next(s for s in specs if s.name == "salmon-quant")
+    growing = dataclasses.replace(quant, storage=dataclasses.replace(quant.storage, grow=GrowSpec(max_gib=500)))
+    cloud.bake(growing.name, growing.spec_hash)
+    tier = Tier(growing.name, 42, (growing.name,), (), growing.name)
+    result = register_targets_for(cloud, [growing], [tier])
+    data = cloud.lt_version(f"factory-{result.tiers[0].tier}")["LaunchTemplateData"]
+    (volume,) = data["BlockDeviceMappings"]  # the root stays the AMI's: no mapping for it
+    assert volume["DeviceName"] == growing.image.family_info.data_device != growing.image.family_info.sized_device
+    assert volume["Ebs"] == {"VolumeSize": 42, "VolumeType": "gp3", "Encrypted": True, "DeleteOnTermination": True}
+    kinds = {t["ResourceType"]: {x["Key"]: x["Value"] for x in t["Tags"]} for t in data["TagSpecifications"] if t["ResourceType"] != "launch-template"}
+    assert kinds == {k: {"factory:grow": "true", "factory:task": "salmon-quant"} for k in ("instance", "volume")}
+    assert not register_targets_for(cloud, [growing], [tier]).changed  # AWS's answer compares equal
+    plain = register_targets_for(cloud, [quant], [tier])  # grow removed: back to the sized root volume
+    assert "instance and volume tags (storage.grow)" in plain.tiers[0].changes[0].reason

@@ -13,16 +13,26 @@ from factory.cli.common import handle_errors, print_json
 @app.command("iam-policy")
 @handle_errors
 def iam_policy(
-    purpose: str = typer.Option("all", "--for", help="bake | register | prune | status | rollback | all."),
+    purpose: str = typer.Option("all", "--for", help="bake | register | prune | status | rollback | all; or instance (the instance role, for storage.grow)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON only: one policy document, or {purpose: document} for all."),
 ) -> None:
     """Print least-privilege IAM policies: exactly the actions factory and Packer call."""
     from factory import iam
     from factory.errors import UsageError
 
+    if purpose == "instance":  # not the caller's: the role of instances whose grow agent adds volumes
+        from factory.grow import instance_policy
+
+        if json_out:
+            print_json(instance_policy())
+            return
+        print("# instance: the grow agent on instances of a task with storage.grow; attach it to the")
+        print("# instance role factory.yaml names (batch.instance_role), e.g. aws iam put-role-policy")
+        print(json.dumps(instance_policy(), indent=2))
+        return
     chosen = iam.PURPOSES if purpose == "all" else (purpose,)
     if purpose != "all" and purpose not in iam.PURPOSES:
-        raise UsageError(f"--for must be one of {', '.join(iam.PURPOSES)}, all; not {purpose!r}")
+        raise UsageError(f"--for must be one of {', '.join(iam.PURPOSES)}, all, instance; not {purpose!r}")
     if json_out:
         print_json(iam.policy(chosen[0]) if len(chosen) == 1 else {p: iam.policy(p) for p in chosen})
         return

@@ -231,11 +231,22 @@ def _print_plan(plan: Any, plot: Optional[Path]) -> None:
         ("concurrency", None, f"x{b.concurrent_tasks} tasks at once"),
         ("need", b.need_gib, f"{b.concurrent_tasks} x task data + images"),
         ("headroom", b.headroom_gib, f"{b.headroom:.0%} of the need"),
-        ("reserve", b.reserve_gib, f"OS + Docker ({b.storage_driver})"),
+        ("reserve", b.reserve_gib, "Docker's state + the pool's metadata (data volume)" if b.grows else f"OS + Docker ({b.storage_driver})"),
     ]
     for name, value, how in rows:
         table.add_row(name, "" if value is None else f"{value:.2f}", how)
-    table.add_row("volume", str(b.volume_gib), f"rounded up to whole GiB; AMI minimum {b.ami_min_gib}; gp3 1..16384", style="bold")
+    if b.grows:
+        table.add_row(
+            "data volume", str(b.volume_gib),
+            f"Docker's own {b.grow_volume_type} volume, rounded up to whole GiB (the root volume stays the AMI's); 1..16384",
+            style="bold",
+        )
+        table.add_row(
+            "grows to", str(b.grow_max_gib),
+            f"storage.grow.max_gib: the grow agent may add {b.grow_max_gib - b.volume_gib} GiB of encrypted volumes before the disk fills",
+        )
+    else:
+        table.add_row("volume", str(b.volume_gib), f"rounded up to whole GiB; AMI minimum {b.ami_min_gib}; gp3 1..16384", style="bold")
     table.add_row("docker basesize", "-" if b.docker_basesize_gib is None else str(b.docker_basesize_gib), b.docker_basesize_note)
     table.add_row("monthly cost", f"${b.monthly_cost_usd:.2f}", f"gp3 at ${b.price_per_gib_month:g}/GiB-month")
     console.print(table)

@@ -59,6 +59,12 @@ def launch_template_data(target: TierTarget, ami: str, boot_commands: Sequence[s
         # IMDSv2 only; hop limit 2 so containers on the bridge network still reach it.
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2},
     }
+    if target.grow_volume is not None:
+        # storage.grow: Docker gets its own data volume that the grow agent extends; the
+        # root volume stays as the AMI has it. Instances and volumes carry the tags the
+        # agent's IAM policy is scoped to.
+        data["BlockDeviceMappings"] = [target.grow_volume]
+        data["TagSpecifications"] = [dict(t) for t in target.grow_tags]
     if boot_commands:
         data["UserData"] = base64.b64encode(mime_user_data(boot_commands).encode()).decode()
     return data
@@ -77,7 +83,15 @@ def _comparable(data: Mapping[str, Any]) -> dict[str, Any]:
         )
     meta = data.get("MetadataOptions") or {}
     user_data = data.get("UserData")
+    # Only the resource types factory sets at launch (moto also echoes the template's own
+    # tags here, which AWS does not: a launch template's data cannot tag a launch template).
+    tag_specs = sorted(
+        (t.get("ResourceType"), tuple(sorted((x["Key"], x["Value"]) for x in t.get("Tags") or [])))
+        for t in data.get("TagSpecifications") or []
+        if t.get("ResourceType") in ("instance", "volume")
+    )
     return {
+        "TagSpecifications": tag_specs,
         "ImageId": data.get("ImageId"),
         "BlockDeviceMappings": sorted(bdms, key=lambda m: m["DeviceName"] or ""),
         "MetadataOptions": {k: meta.get(k) for k in ("HttpTokens", "HttpEndpoint", "HttpPutResponseHopLimit")},
@@ -99,6 +113,8 @@ def differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
         out.append("metadata options (IMDSv2)")
     if a["UserData"] != b["UserData"]:
         out.append("user data")
+    if a["TagSpecifications"] != b["TagSpecifications"]:
+        out.append("instance and volume tags (storage.grow)")
     return out
 
 

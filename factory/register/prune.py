@@ -8,7 +8,8 @@ environment pins, and the newest `keep`; each task's newest `keep` AMIs and ever
 kept version uses. Only resources tagged by factory are considered; every list is read
 to its last page (a version pinned by an environment on page 2 is still pinned).
 
-An AMI goes with its snapshots in one call (`DeregisterImage` with
+Volumes the grow agent created but never attached (its instance died in between) are
+deleted too (factory.leaked_volumes). An AMI goes with its snapshots in one call (`DeregisterImage` with
 `DeleteAssociatedSnapshots`): deleting the snapshots right after deregistering races
 (`InvalidSnapshot.InUse`). `DeleteLaunchTemplateVersions` answers 200 with a list of the
 versions it could not delete: those are reported as `failed`, never as deleted.
@@ -71,7 +72,26 @@ def prune(
     for lt in lts:
         used_amis |= _prune_versions(ec2, lt, pinned, keep, dry_run, changes)
     _prune_amis(ec2, used_amis, keep, dry_run, changes)
+    _prune_leaked_volumes(ec2, dry_run, changes)
     return PruneResult(dry_run, keep, changes)
+
+
+def _prune_leaked_volumes(ec2: Any, dry_run: bool, changes: list[Change]) -> None:
+    """Volumes the grow agent made whose instance is gone (created, never attached)."""
+    from factory.leaked_volumes import delete_leaked, find_leaked
+
+    with aws_errors("looking for volumes the grow agent left behind"):
+        leaked = find_leaked(ec2)
+    if not leaked:
+        return
+    why = {lv.volume_id: f"{lv.size_gib} GiB, made by the grow agent for task {lv.task or '?'} on {lv.instance_id or 'no instance'}, which is gone; available since {lv.created}" for lv in leaked}
+    if dry_run:
+        changes += [Change("volume", v, "delete", reason) for v, reason in why.items()]
+        return
+    with aws_errors("deleting volumes the grow agent left behind"):
+        results = delete_leaked(ec2, leaked)
+    for volume_id, error in results:
+        changes.append(Change("volume", volume_id, "failed" if error else "delete", f"{why[volume_id]}: {error}" if error else why[volume_id]))
 
 
 def _managed(tags: dict[str, str] | None) -> bool:

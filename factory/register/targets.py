@@ -24,6 +24,10 @@ class TierTarget:
     ami_task: str  # the largest task: its AMI is the tier's
     batch: Any  # factory.spec.BatchSpec
     spec_hash: str  # of the ami_task's spec
+    # storage.grow: Docker's own data volume (the root stays the AMI's) and the instance and
+    # volume tags the grow agent's IAM policy is scoped to (factory.grow); None without grow.
+    grow_volume: dict[str, Any] | None = None
+    grow_tags: tuple[dict[str, Any], ...] = ()
     ami_spec: Any = None  # the ami_task's TaskSpec: what its image should hash to now (factory.bake.expected_image_hash)
 
     @property
@@ -70,6 +74,15 @@ def targets_for(specs: Sequence[Any], tiers: Sequence[Any]) -> list[TierTarget]:
                 batch=largest.batch,
                 spec_hash=largest.spec_hash,
                 ami_spec=largest,
+                **_grow(largest, int(tier.volume_gib)),
             )
         )
     return out
+
+
+def _grow(spec: Any, volume_gib: int) -> dict[str, Any]:
+    if getattr(spec.storage, "grow", None) is None:
+        return {}
+    from factory import grow
+
+    return {"grow_volume": grow.data_volume_mapping(spec, volume_gib), "grow_tags": tuple(grow.launch_template_tags(spec))}

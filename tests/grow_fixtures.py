@@ -1,0 +1,73 @@
+"""Shared by the grow tests: where the agent's package lives (shipped by the grow_agent
+role), real loop devices and what each pool backend needs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import REPO
+
+AGENT_FILES = REPO / "ansible/roles/grow_agent/files"  # on pytest's pythonpath (pyproject.toml)
+
+
+def _loop_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "loop devices need root"
+    if not shutil.which("losetup"):
+        return "loop devices need losetup (util-linux)"
+    return None
+
+
+def _btrfs_missing() -> str | None:
+    return _loop_missing() or (None if shutil.which("mkfs.btrfs") else "btrfs-progs is not installed (make system-deps)")
+
+
+def device_mapper_missing() -> str | None:
+    """Why LVM cannot activate a logical volume here, or None when it can."""
+    if _loop_missing():
+        return _loop_missing()
+    if not (shutil.which("lvcreate") and shutil.which("mkfs.xfs")):
+        return "lvm2 and xfsprogs are not installed (make system-deps)"
+    p = subprocess.run(["dmsetup", "targets"], capture_output=True, text=True)
+    if p.returncode != 0 or "linear" not in p.stdout:
+        return ("this kernel has no device-mapper (`dmsetup targets` fails), so LVM cannot activate a logical "
+                "volume; the LVM + XFS backend's tests run on a machine with device-mapper (e.g. an EC2 instance)")
+    return None
+
+
+requires_loop = pytest.mark.skipif(_loop_missing() is not None, reason=_loop_missing() or "")
+requires_btrfs = pytest.mark.skipif(_btrfs_missing() is not None, reason=_btrfs_missing() or "")
+requires_device_mapper = pytest.mark.skipif(device_mapper_missing() is not None, reason=device_mapper_missing() or "")
+
+
+@contextlib.contextmanager
+def loop_device(directory: Path, name: str, size_mib: int) -> Iterator[str]:
+    """A sparse file of `size_mib` on a loop device; detached and removed afterwards."""
+    backing = directory / f"{name}.img"
+    with open(backing, "wb") as f:
+        f.truncate(size_mib * 1024 * 1024)
+    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        yield dev
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+        backing.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def unmounting(mountpoint: Path) -> Iterator[Path]:
+    """Unmount `mountpoint` (lazily, if busy) when the block ends."""
+    try:
+        yield mountpoint
+    finally:
+        if subprocess.run(["mountpoint", "-q", str(mountpoint)]).returncode == 0:
+            if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
