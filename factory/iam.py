@@ -126,7 +126,12 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
     if purpose == "prune":
         return [
             _statement("Read", ["ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeImages",
-                                "batch:DescribeComputeEnvironments"], _ANY),
+                                "batch:DescribeComputeEnvironments", "batch:DescribeJobQueues"], _ANY),
+            # A tier no spec uses: its queue and environments disabled, then deleted; its template.
+            _statement("RetireFactoryBatchResources", ["batch:UpdateJobQueue", "batch:DeleteJobQueue", "batch:UpdateComputeEnvironment",
+                                                       "batch:DeleteComputeEnvironment"], _BATCH_OURS),
+            _statement("RetireFactoryLaunchTemplates", ["ec2:DeleteLaunchTemplate"], _LAUNCH_TEMPLATES, _MANAGED),
+            _statement("RetireTaskParameters", ["ssm:DeleteParameter"], _TASK_PARAMETERS),
             _statement("DeleteFactoryLaunchTemplateVersions", ["ec2:DeleteLaunchTemplateVersions"], _LAUNCH_TEMPLATES, _MANAGED),
             _statement("DeleteFactoryImages", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], _ANY,
                        {"Null": {"aws:ResourceTag/factory:task": "false"}}),

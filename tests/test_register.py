@@ -882,13 +882,19 @@ def test_prune_retires_a_tier_no_spec_uses_and_nothing_else(cloud, specs):
     assert gone.tier not in in_use
     before_ces, before_queues = cloud.ces(), cloud.queues()
 
-    plan = prune(cloud.clients, keep=3, dry_run=True, tiers_in_use=in_use)
-    retired = {(c.resource, c.name) for c in plan.changes if c.action == "delete" and "used by no spec" in c.reason}
+    tasks = {s.name for s in kept_specs}
+    ssm = cloud.clients.ssm()
+    assert ssm.get_parameter(Name="/factory/star-align/ami-id")["Parameter"]["Value"] == gone.ami_id
+    plan = prune(cloud.clients, keep=3, dry_run=True, tiers_in_use=in_use, tasks_in_use=tasks)
+    retired = {(c.resource, c.name) for c in plan.changes if c.action == "delete" and ("used by no spec" in c.reason or "no spec" in c.reason)}
     name = f"factory-{gone.tier}"
-    assert retired == {("job-queue", name), ("compute-environment", name), ("launch-template", name)}
+    assert retired == {("job-queue", name), ("compute-environment", name), ("launch-template", name), ("parameter", "/factory/star-align/ami-id")}
     assert cloud.ces() == before_ces and cloud.queues() == before_queues  # a dry run
 
-    prune(cloud.clients, keep=3, dry_run=False, tiers_in_use=in_use, waiter=Waiter(60, 0.05))
+    prune(cloud.clients, keep=3, dry_run=False, tiers_in_use=in_use, waiter=Waiter(60, 0.05), tasks_in_use=tasks)
+    with pytest.raises(ssm.exceptions.ParameterNotFound):
+        ssm.get_parameter(Name="/factory/star-align/ami-id")
+    assert ssm.get_parameter(Name="/factory/salmon-quant/ami-id")["Parameter"]["Value"]
     time.sleep(1.2)  # past the local cloud's DELETING
     assert name not in cloud.queues() and name not in cloud.ces()
     assert cloud.ec2.describe_launch_templates(Filters=[{"Name": "launch-template-name", "Values": [name]}])["LaunchTemplates"] == []

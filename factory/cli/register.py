@@ -192,7 +192,7 @@ def prune(
     regions = sorted({s.region for s in specs})
     in_use = {t.name for t in tiers_for(specs, settings.max_tiers)[0]} if specs else set()
     where = Cloud.open(cloud)
-    results = [(region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use)) for region in regions]
+    results = [(region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs})) for region in regions]
     failed = [c for _, r in results for c in r.failed]
     if json_output:
         print_json({region: r.to_json() for region, r in results})

@@ -47,10 +47,16 @@ class PruneResult:
 
 
 def prune(
-    clients: Clients, keep: int = 3, dry_run: bool = True, tiers_in_use: set[str] | None = None, waiter: Waiter | None = None
+    clients: Clients,
+    keep: int = 3,
+    dry_run: bool = True,
+    tiers_in_use: set[str] | None = None,
+    waiter: Waiter | None = None,
+    tasks_in_use: set[str] | None = None,
 ) -> PruneResult:
     """`dry_run` (the CLI's default) lists and deletes nothing. `tiers_in_use`: the tiers the
-    specs make now (None: retire no tier)."""
+    specs make now (None: retire no tier); `tasks_in_use`: the specs' tasks (a retired tier's
+    task with no spec loses its `/factory/<task>/ami-id` parameter)."""
     if keep < 1:
         raise UsageError(f"--keep must be at least 1 (got {keep})")
     from factory.config import FactoryConfig
@@ -61,7 +67,9 @@ def prune(
     with aws_errors("listing factory's launch templates"):
         lts = list(paged(ec2, "describe_launch_templates", "LaunchTemplates", Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}]))
     if tiers_in_use is not None:
-        lts = _retire_tiers(run, ec2, batch, lts, tiers_in_use, changes)
+        lts, retired_tasks = _retire_tiers(run, ec2, batch, lts, tiers_in_use, changes)
+        if tasks_in_use is not None:
+            _retire_parameters(clients.ssm(), retired_tasks - tasks_in_use, dry_run, changes)
     pinned: dict[str, set[str]] = {}
     for ce in compute_environments(batch):
         spec = (ce.get("computeResources") or {}).get("launchTemplate") or {}
@@ -98,16 +106,20 @@ def _managed(tags: dict[str, str] | None) -> bool:
     return (tags or {}).get(TAG_MANAGED) == "true"
 
 
-def _retire_tiers(run: Run, ec2: Any, batch: Any, lts: list[dict[str, Any]], in_use: set[str], changes: list[Change]) -> list[dict[str, Any]]:
+def _retire_tiers(
+    run: Run, ec2: Any, batch: Any, lts: list[dict[str, Any]], in_use: set[str], changes: list[Change]
+) -> tuple[list[dict[str, Any]], set[str]]:
     """Queue, environments and launch template of every managed tier no spec uses; returns
-    the launch templates that stay."""
+    the launch templates that stay and the retired tiers' tasks."""
     queues = [q for q in job_queues(batch) if _managed(q.get("tags")) and q.get("status") != "DELETING"]
     envs = [c for c in compute_environments(batch) if _managed(c.get("tags")) and c.get("status") != "DELETING"]
     retired = sorted({(r.get("tags") or {}).get(TAG_TIER, "") for r in queues + envs} | {tag_dict(lt.get("Tags")).get(TAG_TIER, "") for lt in lts})
     retired = [t for t in retired if t and t not in in_use]
+    retired_tasks: set[str] = set()
     for tier in retired:
         why = f"tier {tier} is used by no spec any more"
         for q in (q for q in queues if q["tags"].get(TAG_TIER) == tier):
+            retired_tasks |= set(tasks_from_tags(q["tags"]))
             name = q["jobQueueName"]
             changes.append(Change("job-queue", name, "delete", f"{why} (tasks {', '.join(tasks_from_tags(q['tags'])) or '?'})"))
             if run.dry_run:
@@ -125,7 +137,23 @@ def _retire_tiers(run: Run, ec2: Any, batch: Any, lts: list[dict[str, Any]], in_
             if not run.dry_run:
                 with aws_errors(f"deleting launch template {name}"):
                     ec2.delete_launch_template(LaunchTemplateId=lt["LaunchTemplateId"])
-    return [lt for lt in lts if tag_dict(lt.get("Tags")).get(TAG_TIER) not in retired]
+    return [lt for lt in lts if tag_dict(lt.get("Tags")).get(TAG_TIER) not in retired], retired_tasks
+
+
+def _retire_parameters(ssm: Any, gone: set[str], dry_run: bool, changes: list[Change]) -> None:
+    """The AMI parameter of every task of a retired tier that no spec names any more."""
+    from factory.register.parameter import parameter_name
+
+    for task in sorted(gone):
+        name = parameter_name(task)
+        changes.append(Change("parameter", name, "delete", f"task {task} has no spec any more"))
+        if dry_run:
+            continue
+        with aws_errors(f"deleting parameter {name}"):
+            try:
+                ssm.delete_parameter(Name=name)
+            except ssm.exceptions.ParameterNotFound:
+                pass
 
 
 def _prune_versions(ec2: Any, lt: dict[str, Any], pinned: dict[str, set[str]], keep: int, dry_run: bool, changes: list[Change]) -> set[str]:
