@@ -118,7 +118,7 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
     if purpose == "status":
         return [
             _statement("Read", ["ec2:DescribeImages", "ec2:DescribeLaunchTemplateVersions", "batch:DescribeComputeEnvironments",
-                                "batch:DescribeJobQueues"], _ANY),
+                                "batch:DescribeJobQueues", "ec2:DescribeInstances"], _ANY),  # instances: where the grow agent fired
             _statement("ReadParameters", ["ssm:GetParameters"], _TASK_PARAMETERS + _ECS_BASE_PARAMETERS),
         ]
     if purpose == "rollback":

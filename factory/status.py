@@ -46,6 +46,7 @@ class TaskStatus:
     queue: str | None = None
     queue_state: str | None = None  # "ENABLED/VALID", ...
     parameter: str | None = None  # what /factory/<task>/ami-id names
+    grow_fired: list[str] = field(default_factory=list)  # instances whose grow agent added space (factory:grow-fired)
     stale: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -71,6 +72,7 @@ class TaskStatus:
             "compute_environment": self.compute_environment,
             "job_queue": {"name": self.queue, "state": self.queue_state},
             "parameter": self.parameter,
+            "grow_fired": list(self.grow_fired),
             "stale": bool(self.stale),
             "reasons": list(self.stale),
             "notes": list(self.notes),
@@ -125,6 +127,7 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
     queues = {q["jobQueueName"]: q for q in job_queues(batch) if q.get("status") not in ("DELETING", "DELETED")}
     recommended = _recommended_bases(ssm, [t.ami_spec for t in targets])
     parameters = current_values(ssm, [task for t in targets for task in t.tasks])
+    fired = _grow_fired(ec2)
     image_target = cloud.image_target(region)
 
     out: list[TaskStatus] = []
@@ -179,9 +182,31 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
             row.notes = list(notes)
             if row.task != target.ami_task:
                 row.notes.append(f"runs on the AMI of {target.ami_task}, the largest task of tier {target.tier}")
+            row.grow_fired = fired.get(row.task, [])
+            if row.grow_fired:
+                row.notes.append(
+                    f"the grow agent added space on {len(row.grow_fired)} instance(s) ({', '.join(row.grow_fired[:3])}"
+                    f"{', ...' if len(row.grow_fired) > 3 else ''}): the sizing is short for this task; measure more runs (`factory measure`)"
+                )
             if ami_in_use and row.parameter != ami_in_use:
                 row.notes.append(f"/factory/{row.task}/ami-id names {row.parameter or 'nothing'}, not {ami_in_use}: run `factory register {row.task}`")
         out.extend(rows)
+    return out
+
+
+def _grow_fired(ec2: Any) -> dict[str, list[str]]:
+    """task -> instances the grow agent marked `factory:grow-fired` (storage.grow), where AWS
+    keeps it: on the instance's tags (terminated instances stay visible for about an hour)."""
+    from factory.grow import FIRED_TAG, TASK_TAG
+    from factory.register.reads import paged
+
+    out: dict[str, list[str]] = {}
+    with aws_errors("looking for instances whose grow agent fired"):
+        for reservation in paged(ec2, "describe_instances", "Reservations", Filters=[{"Name": "tag-key", "Values": [FIRED_TAG]}]):
+            for instance in reservation.get("Instances", []):
+                task = tag_dict(instance.get("Tags")).get(TASK_TAG)
+                if task:
+                    out.setdefault(task, []).append(instance["InstanceId"])
     return out
 
 

@@ -173,3 +173,24 @@ def test_publish_base_plays_aws_releasing_an_ami(moto, monkeypatch):
         ssm.put_parameter(Name=parameter, Value=done[0]["ami_id"], Type="String", Overwrite=True)
     arm = publish_base(moto.endpoint, "al2", "arm64")
     assert ec2.describe_images(ImageIds=[arm["ami_id"]])["Images"][0]["Architecture"] == "arm64"
+
+
+def test_status_reads_where_the_grow_net_fired_from_instance_tags(moto, monkeypatch):
+    """The grow agent marks its instance factory:grow-fired; status finds such instances
+    per task in one paged read (more than one page on the local cloud)."""
+    import boto3
+
+    from factory.status import _grow_fired
+
+    moto.reset()
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing")
+    ami = ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
+
+    def launch(tags):
+        spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+        return ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, TagSpecifications=spec)["Instances"][0]["InstanceId"]
+
+    fired = [launch({"factory:task": "star-align", "factory:grow": "true", "factory:grow-fired": "2026-11-30T12:00:00Z"}) for _ in range(3)]
+    launch({"factory:task": "star-align", "factory:grow": "true"})  # the net never fired there
+    launch({"factory:task": "salmon-quant"})
+    assert {k: sorted(v) for k, v in _grow_fired(ec2).items()} == {"star-align": sorted(fired)}

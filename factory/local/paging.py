@@ -47,6 +47,7 @@ PAGED: dict[str, Paged] = {
     "ec2:DescribeSubnets": Paged("subnetSet", always=False),
     "ec2:DescribeVpcs": Paged("vpcSet", always=False),
     "ec2:DescribeSecurityGroups": Paged("securityGroupInfo", always=False),
+    "ec2:DescribeInstances": Paged("reservationSet", always=False),
 }
 
 TOKEN_KEYS = ("NextToken", "nextToken")

@@ -24,6 +24,7 @@ EC2_PAGE_SIZE = {
     "describe_security_groups": 1000,
     "describe_volumes": 500,
     "describe_snapshots": 1000,
+    "describe_instances": 1000,
 }
 
 
