@@ -15,6 +15,7 @@ from typing import Any
 from factory.errors import UsageError
 
 CLOUDS = ("aws", "local")
+PACKER_EXECUTION_ENV = "factory-packer"
 
 
 @dataclass
@@ -90,8 +91,11 @@ class Cloud:
 
     def packer_env(self, region: str) -> dict[str, str]:
         """The environment Packer runs in. On the local cloud: moto's endpoint and dummy
-        keys, and none of the user's session token or profile (never sent to moto)."""
-        env = dict(os.environ)
+        keys, and none of the user's session token or profile (never sent to moto).
+        `AWS_EXECUTION_ENV` marks Packer's AWS calls (the AWS SDKs add `exec-env/VALUE` to
+        their user agent), so CloudTrail, and the local cloud's call log that proves
+        `factory iam-policy`, can tell them from other callers."""
+        env = dict(os.environ, AWS_EXECUTION_ENV=PACKER_EXECUTION_ENV)
         if self.kind == "local":
             from factory.local.moto_server import scrub_env
 

@@ -139,7 +139,7 @@ def caller(agent: str) -> str:
     found = _COMMAND.search(agent)
     if found:
         return f"command:{found.group(1)}"
-    if "Packer" in agent:
+    if "Packer" in agent or "exec-env/factory-packer" in agent:
         return "packer"
     return "other"
 
