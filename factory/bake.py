@@ -194,7 +194,7 @@ def ensure_tagged(ec2: Any, ami_id: str, tags: dict[str, str]) -> str | None:
 
     try:
         with aws_errors(f"reading the tags of {ami_id}"):
-            image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]  # one id: one page
+            image = ec2.describe_images(ImageIds=[ami_id])["Images"][0]  # one id, so one answer: no paging (MaxResults) needed
     except (AwsError, IndexError, KeyError) as exc:
         # Packer created it with the tags; not being able to look is no reason to drop it.
         return f"could not confirm the tags of {ami_id} ({getattr(exc, 'message', exc)}); Packer set them at creation"
@@ -304,7 +304,7 @@ def check_builder_memory(ec2: Any, instance_type: str, architecture: str, source
     field_name = f"builder.instance_types.{architecture}"
     with aws_errors(f"looking up the builder instance type {instance_type}"):
         try:
-            types = ec2.describe_instance_types(InstanceTypes=[instance_type]).get("InstanceTypes", [])  # one type: one page
+            types = ec2.describe_instance_types(InstanceTypes=[instance_type]).get("InstanceTypes", [])  # one type, so one answer: no paging (MaxResults) needed
         except ClientError as exc:
             if error_code(exc) != "InvalidInstanceType":
                 raise
@@ -331,7 +331,7 @@ def check_pinned_ami(spec: Any, ec2: Any, ami: str) -> None:
     missing = False
     with aws_errors(f"looking up the pinned base AMI {ami}"):
         try:
-            images = ec2.describe_images(ImageIds=[ami]).get("Images", [])  # one id: one page
+            images = ec2.describe_images(ImageIds=[ami]).get("Images", [])  # one id, so one answer: no paging (MaxResults) needed
         except ClientError as exc:
             if error_code(exc) not in ("InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidAMIID.Unavailable"):
                 raise

@@ -108,7 +108,7 @@ def _check(ec2: Any, target: Any, task: str, ami: str, history_values: list[str]
         raise FactoryError(f"--to {ami!r} is not an AMI id (ami-...)")
     with aws_errors(f"checking AMI {ami}"):
         try:
-            images = ec2.describe_images(ImageIds=[ami])["Images"]  # one id: one page
+            images = ec2.describe_images(ImageIds=[ami])["Images"]  # one id, so one answer: no paging (MaxResults) needed
         except ClientError as exc:
             if not error_code(exc).startswith("InvalidAMIID"):
                 raise

@@ -234,8 +234,7 @@ def _ami_of(ec2: Any, lt: dict[str, Any]) -> tuple[str | None, int | None]:
     ident = {"LaunchTemplateId": lt["launchTemplateId"]} if lt.get("launchTemplateId") else {"LaunchTemplateName": lt.get("launchTemplateName")}
     with aws_errors(f"reading launch template {lt.get('launchTemplateName') or lt.get('launchTemplateId')}"):
         try:
-            # One version asked for by number: one page.
-            versions = ec2.describe_launch_template_versions(**ident, Versions=[str(lt.get("version") or "$Default")])["LaunchTemplateVersions"]
+            versions = ec2.describe_launch_template_versions(**ident, Versions=[str(lt.get("version") or "$Default")])["LaunchTemplateVersions"]  # one version: no paging (MaxResults) needed
         except ClientError as exc:
             if "NotFound" not in error_code(exc):
                 raise
@@ -252,7 +251,7 @@ def _describe_one(ec2: Any, ami: str) -> dict[str, Any] | None:
 
     with aws_errors(f"reading AMI {ami}"):
         try:
-            images = ec2.describe_images(ImageIds=[ami])["Images"]  # one id: one page
+            images = ec2.describe_images(ImageIds=[ami])["Images"]  # one id, so one answer: no paging (MaxResults) needed
         except ClientError as exc:
             if not error_code(exc).startswith("InvalidAMIID"):
                 raise

@@ -133,8 +133,7 @@ class LocalCloud:
 
         ec2 = self.setup_clients(region).ec2()
         with aws_errors(f"importing the build host's key into the local cloud ({region})"):
-            # DescribeKeyPairs has no paging (EC2 API reference): one answer is all there is.
-            names = {k["KeyName"] for k in ec2.describe_key_pairs().get("KeyPairs", [])}
+            names = {k["KeyName"] for k in ec2.describe_key_pairs().get("KeyPairs", [])}  # DescribeKeyPairs has no MaxResults: one answer
             if KEY_PAIR_NAME not in names:
                 ec2.import_key_pair(KeyName=KEY_PAIR_NAME, PublicKeyMaterial=self.host.public_key.encode())
         return KEY_PAIR_NAME

@@ -215,7 +215,7 @@ class GrowRig:
 
     def mapping(self) -> dict[str, dict[str, Any]]:
         """The instance's block device mapping by volume id (one instance: one page)."""
-        inst = self.ec2.describe_instances(InstanceIds=[self.instance_id])["Reservations"][0]["Instances"][0]
+        inst = self.ec2.describe_instances(InstanceIds=[self.instance_id])["Reservations"][0]["Instances"][0]  # one instance id: no paging (MaxResults) needed
         return {m["Ebs"]["VolumeId"]: m for m in inst.get("BlockDeviceMappings", [])}
 
     def pool_devices(self) -> list[str]:

@@ -39,7 +39,7 @@ def resolve(clients: Clients, target: TierTarget, overrides: Mapping[str, str], 
     if ami:
         with aws_errors(f"checking AMI {ami}"):
             try:
-                images = clients.ec2().describe_images(ImageIds=[ami])["Images"]  # one id: one page
+                images = clients.ec2().describe_images(ImageIds=[ami])["Images"]  # one id, so one answer: no paging (MaxResults) needed
             except ClientError as exc:  # an id that does not exist
                 if error_code(exc).startswith("InvalidAMIID"):
                     images = []

@@ -124,7 +124,7 @@ def reconcile(run: Run, ec2: Any, target: TierTarget, data: dict[str, Any], chan
     tags = target.tags
     with aws_errors(f"reading launch template {name}"):
         try:
-            lts = ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]  # one name: one page
+            lts = ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]  # one name, so one answer: no paging (MaxResults) needed
         except ClientError as exc:
             if "NotFound" not in error_code(exc):
                 raise
@@ -153,8 +153,9 @@ def reconcile(run: Run, ec2: Any, target: TierTarget, data: dict[str, Any], chan
         )
     default_v, latest_v = int(lt["DefaultVersionNumber"]), int(lt["LatestVersionNumber"])
     with aws_errors(f"reading launch template {name} versions"):
-        # At most two versions asked for by number: one page.
-        versions = ec2.describe_launch_template_versions(LaunchTemplateId=lt_id, Versions=sorted({str(default_v), str(latest_v)}))["LaunchTemplateVersions"]
+        versions = ec2.describe_launch_template_versions(  # two versions by number: no paging (MaxResults) needed
+            LaunchTemplateId=lt_id, Versions=sorted({str(default_v), str(latest_v)})
+        )["LaunchTemplateVersions"]
     by_number = {int(v["VersionNumber"]): v["LaunchTemplateData"] for v in versions}
     diffs = differences(by_number.get(default_v, {}), data)
     version = default_v
