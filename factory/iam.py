@@ -41,6 +41,7 @@ IMPLIED = {
     "ec2:CreateKeyPair": "on AWS Packer makes a temporary key pair (the local cloud's build host brings its own)",
     "ec2:DeleteKeyPair": "on AWS Packer deletes its temporary key pair",
     "ec2:DescribeRegions": "on AWS Packer validates the region (skipped against the local cloud's endpoint)",
+    "ec2:DescribeSubnets": "on AWS Packer reads builder.subnet's VPC for its security group (the local cloud's builder names no subnet)",
 }
 
 _ANY = ["*"]
@@ -70,8 +71,10 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
                 [
                     "ec2:AuthorizeSecurityGroupIngress", "ec2:CreateImage", "ec2:CreateKeyPair", "ec2:CreateSecurityGroup",
                     "ec2:CreateTags", "ec2:DeleteKeyPair", "ec2:DeleteSecurityGroup", "ec2:DescribeImages",
-                    "ec2:DescribeInstances", "ec2:DescribeRegions", "ec2:DescribeSecurityGroups", "ec2:DescribeSnapshots",
+                    "ec2:DescribeInstances", "ec2:DescribeRegions", "ec2:DescribeSecurityGroups",
                     "ec2:DescribeSubnets", "ec2:DescribeVolumes", "ec2:RunInstances", "ec2:StopInstances", "ec2:TerminateInstances",
+                    # encrypt_boot: the temporary AMI is copied encrypted, its attributes set, then it goes
+                    "ec2:CopyImage", "ec2:ModifyImageAttribute", "ec2:DeregisterImage", "ec2:DeleteSnapshot",
                 ],
                 _ANY,
             ),

@@ -921,3 +921,25 @@ def test_a_growing_task_gets_a_data_volume_and_the_agents_tags(cloud, specs):
     assert not register_targets_for(cloud, [growing], [tier]).changed  # AWS's answer compares equal
     plain = register_targets_for(cloud, [quant], [tier])  # grow removed: back to the sized root volume
     assert "instance and volume tags (storage.grow)" in plain.tiers[0].changes[0].reason
+
+
+def test_cli_register_repairs_tags_a_hand_changed(cloud, specs, cli, tmp_path):
+    """A tag removed by hand comes back (TagResource, CreateTags) and a stale task-list tag
+    goes (UntagResource, DeleteTags), through the CLI as a user runs it."""
+    bake_all(cloud, specs)
+    env = {"AWS_ENDPOINT_URL": cloud.endpoint, "COLUMNS": "200"}
+    common = ["salmon-quant", "--specs-dir", SPECS, "--config", write_config(cloud, tmp_path)]
+    assert cli("register", *common, env=env).exit_code == 0
+    name = f"factory-{run(cloud, specs).for_task('salmon-quant').tier}"
+    lt = cloud.ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"][0]["LaunchTemplateId"]
+    cloud.ec2.create_tags(Resources=[lt], Tags=[{"Key": "factory:tasks:2", "Value": "gone-task"}])
+    cloud.ec2.delete_tags(Resources=[lt], Tags=[{"Key": "factory:tier"}])
+    queue_arn = cloud.queues()[name]["jobQueueArn"]
+    cloud.batch.tag_resource(resourceArn=queue_arn, tags={"factory:tasks:2": "gone-task"})
+    cloud.batch.untag_resource(resourceArn=queue_arn, tagKeys=["factory:tier"])
+    r = cli("register", *common, env=env)
+    assert r.exit_code == 0, r.stderr
+    lt_tags = {t["Key"]: t["Value"] for t in cloud.ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"][0]["Tags"]}
+    assert "factory:tasks:2" not in lt_tags and lt_tags["factory:tier"]
+    queue_tags = cloud.queues()[name]["tags"]
+    assert "factory:tasks:2" not in queue_tags and queue_tags["factory:tier"]
