@@ -31,6 +31,7 @@ from factory.register.reads import compute_environments
 from factory.register.results import Change, Network
 from factory.register.run import Run
 from factory.register.targets import TierTarget
+from factory.register.waits import batch_standing
 
 # Allocation strategies that allow infrastructure updates in place; BEST_FIT needs a new environment.
 INFRA_UPDATE_STRATEGIES = ("BEST_FIT_PROGRESSIVE", "SPOT_CAPACITY_OPTIMIZED", "SPOT_PRICE_CAPACITY_OPTIMIZED")
@@ -290,16 +291,10 @@ def wait_until_settled(
 
     def check() -> tuple[bool, str]:
         found = compute_environments(batch, [name])
-        if not found:
-            return False, "not visible yet"
+        standing = batch_standing("compute environment", name, found, state, "; fix it in the Batch console or its settings")
+        if standing is not None:
+            return False, standing
         ce = found[0]
-        status = ce.get("status")
-        if status == "INVALID":
-            raise FactoryError(f"compute environment {name} is INVALID: {ce.get('statusReason', 'no reason given')}; fix it in the Batch console or its settings")
-        if status != "VALID":
-            return False, str(status)
-        if ce.get("state") != state:
-            return False, f"{ce.get('state')} (waiting for {state})"
         if want is not None:
             lt_ref = lt or {"name": (want.get("launchTemplate") or {}).get("launchTemplateName"), "id": None}
             pending = differences(ce.get("computeResources") or {}, want, lt_ref)

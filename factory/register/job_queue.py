@@ -11,6 +11,7 @@ from factory.register.reads import job_queues
 from factory.register.results import Change
 from factory.register.run import Run
 from factory.register.targets import TierTarget
+from factory.register.waits import batch_standing
 
 
 def find(batch: Any, name: str) -> dict[str, Any] | None:
@@ -60,16 +61,10 @@ def wait_until_settled(run: Run, batch: Any, name: str, ce_name: str | None, pri
 
     def check() -> tuple[bool, str]:
         found = job_queues(batch, [name])
-        if not found:
-            return False, "not visible yet"
+        standing = batch_standing("job queue", name, found, state)
+        if standing is not None:
+            return False, standing
         queue = found[0]
-        status = queue.get("status")
-        if status == "INVALID":
-            raise FactoryError(f"job queue {name} is INVALID: {queue.get('statusReason', 'no reason given')}")
-        if status != "VALID":
-            return False, str(status)
-        if queue.get("state") != state:
-            return False, f"{queue.get('state')} (waiting for {state})"
         if ce_name is not None and _order_names(queue) != [ce_name]:
             return False, f"VALID, still in front of {', '.join(_order_names(queue)) or 'nothing'}"
         if priority is not None and int(queue.get("priority", priority)) != priority:

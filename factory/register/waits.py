@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
@@ -62,3 +62,20 @@ class Waiter:
                 if not any(t in message for t in transient) or time.monotonic() > deadline:
                     raise
             time.sleep(interval())
+
+
+def batch_standing(kind: str, name: str, found: list[dict[str, Any]], state: str, hint: str = "") -> str | None:
+    """Where a Batch resource (compute environment or job queue) stands, from a describe:
+    None once it exists, is VALID and in `state`; else what it waits for. INVALID stops
+    with Batch's statusReason."""
+    if not found:
+        return "not visible yet"
+    resource = found[0]
+    status = resource.get("status")
+    if status == "INVALID":
+        raise FactoryError(f"{kind} {name} is INVALID: {resource.get('statusReason', 'no reason given')}{hint}")
+    if status != "VALID":
+        return str(status)
+    if resource.get("state") != state:
+        return f"{resource.get('state')} (waiting for {state})"
+    return None
