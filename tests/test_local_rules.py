@@ -187,6 +187,33 @@ def test_delete_launch_template_versions_reports_what_it_kept(aws):
     assert made["LaunchTemplateVersion"]["VersionNumber"] == 5  # numbers keep counting
 
 
+def test_launch_template_tags_are_what_create_and_delete_tags_left(aws):
+    ec2 = aws.ec2()
+    made = ec2.create_launch_template(
+        LaunchTemplateName="tpl", LaunchTemplateData={"ImageId": "ami-12345678"},
+        TagSpecifications=[{"ResourceType": "launch-template", "Tags": [{"Key": "a", "Value": "1"}]}],
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    ec2.create_tags(Resources=[made], Tags=[{"Key": "b", "Value": "2"}])
+    ec2.delete_tags(Resources=[made], Tags=[{"Key": "a"}])
+    tags = ec2.describe_launch_templates(LaunchTemplateIds=[made])["LaunchTemplates"][0]["Tags"]
+    assert tags == [{"Key": "b", "Value": "2"}]
+
+
+def test_batch_calls_on_an_arn_are_known_to_faults_and_the_call_log(aws, server):
+    batch = aws.batch()
+    make_ce(aws)
+    wait_status(aws, "env", "VALID")
+    arn = batch.describe_compute_environments(computeEnvironments=["env"])["computeEnvironments"][0]["computeEnvironmentArn"]
+    faults.arm(server.endpoint, faults.Fault("batch:TagResource", "error"))
+    server.calls(clear=True)
+    with pytest.raises(ClientError) as exc:
+        batch.tag_resource(resourceArn=arn, tags={"k": "v"})
+    assert code(exc.value) == "InjectedFault"
+    batch.tag_resource(resourceArn=arn, tags={"k": "v"})
+    batch.untag_resource(resourceArn=arn, tagKeys=["k"])
+    assert server.calls() == ["batch:TagResource", "batch:TagResource", "batch:UntagResource"]
+
+
 def test_deregister_with_its_snapshots_and_the_in_use_race_without(aws):
     ec2 = aws.ec2()
     base = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]

@@ -122,8 +122,13 @@ def _rest_routes(service: str) -> tuple[tuple[str, str, str], ...]:
 
 
 def _rest_operation(service: str, method: str, path: str) -> str:
+    """The operation at METHOD PATH. PATH arrives decoded, so a label that ends the URI may
+    hold slashes: an ARN (`/v1/tags/arn:aws:batch:...:job-queue/NAME`, TagResource). Labels
+    without slashes are tried first, so `/a/{id}` never takes `/a/{id}/b`'s requests."""
     path = path.rstrip("/")
-    for m, uri, op in _rest_routes(service):
-        if m == method and re.fullmatch(re.sub(r"\{[^}]+\}", "[^/]+", uri), path):
-            return op
+    for last_label in ("[^/]+", ".+"):
+        for m, uri, op in _rest_routes(service):
+            pattern = re.sub(r"\{[^}]+\}", "[^/]+", re.sub(r"\{[^}]+\}$", "@LAST@", uri)).replace("@LAST@", last_label)
+            if m == method and re.fullmatch(pattern, path):
+                return op
     return ""

@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | `DeleteLaunchTemplateVersions` deletes the versions it can and answers 200 with a per-version failure list; the default version is never deleted | HTTP 500 (not implemented) | deletes; reports the default version and unknown versions as failures (codes from the API's `LaunchTemplateErrorCode`) |
 | version numbers keep counting after a deletion | numbers are list positions | numbers are kept with each version, so a deletion shifts nothing |
+| `CreateTags`/`DeleteTags` on a launch template show in `DescribeLaunchTemplates` | keeps the tags it was created with | reads the tags as they are now |
 | `DeregisterImage` with `DeleteAssociatedSnapshots` deletes the AMI's snapshots and reports each | ignores the parameter | deletes them and answers `DeleteSnapshotResults` |
 | `DeleteSnapshot` right after `DeregisterImage` can fail `InvalidSnapshot.InUse` for a while (now and then) | deletes at once | with `snapshot_release_delay` > 0 (off by default: Packer 1.6.6 relies on the race being rare), the snapshot stays in use that long |
 
@@ -51,6 +52,9 @@ def install(settings: Settings) -> None:
 
     def latest_version(self: Any) -> Any:
         return max(self.versions, key=lambda v: v.number)
+
+    # A launch template's tags are the EC2 tag store's, as CreateTags/DeleteTags left them.
+    LaunchTemplate.tags = property(lambda self: self.get_tags(), lambda self, value: None)
 
     LaunchTemplate.create_version = create_version
     LaunchTemplate.get_version = get_version
