@@ -24,6 +24,17 @@ def pytest_configure(config):
         os.close(fd)
         os.environ[CALL_LOG_ENV] = path
     config.factory_call_log = Path(os.environ[CALL_LOG_ENV])
+    _ctrl_c_as_a_terminal_gives_it()
+
+
+def _ctrl_c_as_a_terminal_gives_it() -> None:
+    """A shell starts background jobs (`make test &`, `nohup ...`) with SIGINT ignored, and
+    every child inherits that: `factory` would then rightly ignore the Ctrl-C the interrupt
+    tests send. Give the children the disposition a terminal's foreground job has."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(session, config, items):
