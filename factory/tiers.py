@@ -159,6 +159,9 @@ def _share_cap(curves: list[list[tuple[int, Any]]], cap: int) -> list[int]:
 # The entry point
 
 
+CAP_SOURCES = "set by --max-tiers, else by tiers.max_tiers in factory.yaml"
+
+
 def choose_tiers(specs_and_plans: Iterable[tuple[Any, Any]], max_tiers: int | None = None) -> list[Tier]:
     """Optimal storage tiers for (TaskSpec, SizingPlan) pairs.
 
@@ -179,12 +182,12 @@ def choose_tiers(specs_and_plans: Iterable[tuple[Any, Any]], max_tiers: int | No
     keys = sorted(groups, key=repr)
     if max_tiers is not None:
         if max_tiers < 1:
-            raise UsageError(f"--max-tiers must be at least 1 (got {max_tiers})")
+            raise UsageError(f"the tier cap must be at least 1 (got {max_tiers}; {CAP_SOURCES})")
         if max_tiers < len(keys):
             raise UsageError(
-                f"--max-tiers {max_tiers} is fewer than the {len(keys)} tier groups: tasks that "
+                f"a cap of {max_tiers} tier{'s' if max_tiers != 1 else ''} ({CAP_SOURCES}) is fewer than the {len(keys)} tier groups: tasks that "
                 "differ in region, image base, architecture, volume mode, awscli prefix or batch "
-                f"settings cannot share a tier. Fix: pass --max-tiers {len(keys)} or more, or make "
+                f"settings cannot share a tier. Fix: allow {len(keys)} tiers or more, or make "
                 "those settings match"
             )
     members = {k: sorted(groups[k]) for k in keys}

@@ -543,7 +543,7 @@ def test_a_registration_failure_shared_by_every_task_is_said_once(cloud_env, fir
                     env=dict(cloud_env["env"], COLUMNS="80"))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    reason = "--max-tiers 1 is fewer than the 2 tier groups"
+    reason = "a cap of 1 tier (set by --max-tiers, else by tiers.max_tiers in factory.yaml) is fewer than the 2 tier groups"
     words = " ".join(proc.stdout.split())  # rich wraps long lines at 80 columns
     assert words.count(reason) == 1, proc.stdout
     assert words.count(first_bake["ami_id"]) == 2 + 2, proc.stdout  # the two rows, and the reason once (naming both)

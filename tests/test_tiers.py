@@ -123,7 +123,7 @@ def test_cap_below_group_count_is_refused():
     pairs = [(spec("a"), plan(10)), (spec("b", region="eu-west-1"), plan(10))]
     with pytest.raises(UsageError) as exc:
         choose_tiers(pairs, 1)
-    assert "--max-tiers 1" in exc.value.message and "--max-tiers 2" in exc.value.message
+    assert "a cap of 1 tier (set by --max-tiers, else by tiers.max_tiers in factory.yaml)" in exc.value.message and "allow 2 tiers or more" in exc.value.message
     with pytest.raises(UsageError):
         choose_tiers(pairs, 0)
 
