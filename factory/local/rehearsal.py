@@ -130,6 +130,11 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
     say = say or (lambda text: None)
     if not command:
         raise UsageError("name the command to run after `--`, e.g. `factory local run TASK --image IMG -- sh -c 'echo hi'`")
+    if getattr(spec.storage, "grow", None) is None:
+        # Without grow, Docker's storage is the sized root volume, which the local instance's
+        # root (an overlay, where overlay2 cannot sit) does not reproduce.
+        raise UsageError(f"task {spec.name} has no storage.grow: `factory local run` rehearses tasks whose Docker storage is a "
+                         "data volume (add storage.grow to its spec, see docs/sizing.md)")
     check_paths(inputs, "--input")
     check_paths(index, "--index")
     check_image(image)
