@@ -69,7 +69,11 @@ def rehearsed(tmp_path_factory, docker_engine):
     (specs / "benchmarks").mkdir(parents=True)
     (specs / "benchmarks" / "rehearse.csv").write_text(BENCH)
     (specs / f"{TASK}.yaml").write_text(SPEC.format(name=TASK))
-    (specs / "unbaked.yaml").write_text(SPEC.format(name="unbaked"))
+    # In a folder of its own: a sibling in the same folder would join TASK's tier and its registration.
+    other = work / "other-specs"
+    (other / "benchmarks").mkdir(parents=True)
+    (other / "benchmarks" / "rehearse.csv").write_text(BENCH)
+    (other / "unbaked.yaml").write_text(SPEC.format(name="unbaked"))
     state = work / ".factory"
     lc = local_cloud.up(state, "us-east-1")
     env = docker_engine.env() | {"FACTORY_STATE_DIR": str(state)}
@@ -77,7 +81,7 @@ def rehearsed(tmp_path_factory, docker_engine):
         baked = subprocess.run([FACTORY, "bake", TASK, "--cloud", "local", "--specs-dir", str(specs), "--build-dir", str(work / "build"), "--json"],
                                capture_output=True, text=True, env=env, timeout=900)
         assert baked.returncode == 0, baked.stdout[-3000:] + baked.stderr[-3000:]
-        yield {"env": env, "cloud": lc, "specs": specs, "state": state, "work": work}
+        yield {"env": env, "cloud": lc, "specs": specs, "other_specs": other, "state": state, "work": work}
     finally:
         local_cloud.down(state)
 
@@ -117,7 +121,7 @@ def assert_nothing_left(rehearsed, instance_id: str) -> None:
 
 
 def test_a_task_not_baked_on_the_local_cloud_is_refused_with_the_command_that_bakes_it(rehearsed):
-    proc = subprocess.run([FACTORY, "local", "run", "unbaked", "--specs-dir", str(rehearsed["specs"]), "--image", IMAGE, "--", "true"],
+    proc = subprocess.run([FACTORY, "local", "run", "unbaked", "--specs-dir", str(rehearsed["other_specs"]), "--image", IMAGE, "--", "true"],
                           capture_output=True, text=True, env=rehearsed["env"], timeout=120)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -173,8 +177,9 @@ def test_faults_on_volume_create_and_attach_are_retried_and_it_still_fits(rehear
     from factory.local import faults
 
     endpoint = rehearsed["cloud"].endpoint
-    faults.arm(endpoint, faults.Fault("ec2:CreateVolume", "throttle", 2))
-    faults.arm(endpoint, faults.Fault("ec2:AttachVolume", "drop", 1))
+    for armed in (["ec2:CreateVolume", "--kind", "throttle", "--times", "2"], ["ec2:AttachVolume", "--kind", "drop"]):
+        subprocess.run([FACTORY, "local", "fault", *armed], env=rehearsed["env"], check=True, capture_output=True, timeout=60)
+    assert len(faults.armed(endpoint)) == 2
     try:
         proc = local_run(rehearsed, "--json", "--", "sh", "-c", WRITER)
         left = faults.armed(endpoint)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from factory.cli.app import app
-from factory.cli.common import err, handle_errors, print_json
+from factory.cli.common import DEFAULT_SPECS_DIR, err, handle_errors, print_json
 
 local_app = typer.Typer(
     help="Run the local cloud: moto's server, a throwaway build host and an installer mirror, on loopback.",
@@ -144,7 +144,7 @@ def run(
     index: list[Path] = typer.Option([], "--index", help="An index file or folder staged beside the inputs (repeatable)."),
     no_grow: bool = typer.Option(False, "--no-grow", help="Run without the grow agent: the sizing alone."),
     attach_delay: float = typer.Option(None, "--attach-delay", min=0.0, help="Seconds an EBS attachment takes to give the instance a device (default 2)."),
-    specs_dir: Path = typer.Option(Path("specs"), "--specs-dir", help="Folder holding the task specs."),
+    specs_dir: Path = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Folder holding the task specs."),
     state_dir: Path | None = _STATE,
     json_out: bool = typer.Option(False, "--json", help="Print only the result as JSON on stdout (the command's output goes to stderr)."),
 ) -> None:
