@@ -148,12 +148,13 @@ def test_a_fast_writer_grows_the_disk_and_fits(rehearsed, docker_env, tmp_path):
     spec = find_spec(TASK, rehearsed["specs"])
     report = rehearsal.rehearse(
         rehearsed["cloud"], spec, IMAGE,
-        ["sh", "-c", "ls reads.fq index/seq.bin && touch /home/ec2-user/miniconda/rw 2>/dev/null && echo prefix-writable; " + WRITER],
+        ["sh", "-c", "ls reads.fq index/seq.bin; test -x /home/ec2-user/miniconda/bin/aws && echo prefix-mounted; "
+                   "touch /home/ec2-user/miniconda/rw 2>/dev/null && echo prefix-writable; " + WRITER],
         inputs=[tmp_path / "reads.fq"], index=[tmp_path / "index"], out=out)
     text = out.getvalue()
     assert report.exit_code == 0, text
     assert "reads.fq" in text and "index/seq.bin" in text  # staged into the working directory
-    assert "prefix-writable" not in text  # the AWS CLI prefix is mounted read-only
+    assert "prefix-mounted" in text and "prefix-writable" not in text  # the AWS CLI prefix, mounted read-only
     assert "wrote 4000 MiB" in text
     assert report.fit and report.volumes_added >= 1 and report.grown_gib >= 1
     assert report.capacity_gib < 3 < report.peak_gib, report  # it held more than it started with

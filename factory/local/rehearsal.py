@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
     say(f"launching {instance_type} from {template.name} version {template.version} ({template.image_id})")
     unit_env = {"AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY}
     instance = None
-    restore = _terminate_on_sigterm()
+    restore = _terminate_on_signals()
     try:
         instance = LocalInstance.launch(ec2, local.endpoint, template, instance_type, local.state_dir / "instances", tree, grow=grow,
                                         attach_delay=DEFAULT_ATTACH_DELAY if attach_delay is None else attach_delay, unit_env=unit_env)
@@ -239,14 +240,14 @@ def _load_image(image: str, env: dict[str, str]) -> None:
 
 def _stage(cid: str, paths: Sequence[Path], env: dict[str, str]) -> None:
     """Copy files and folders into the container's working directory (a tar stream into `docker cp -`)."""
-    proc = subprocess.Popen(["docker", "cp", "-", f"{cid}:/"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(["docker", "cp", "-", f"{cid}:/"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     assert proc.stdin is not None
     try:
         with tarfile.open(fileobj=proc.stdin, mode="w|") as tar:
             parts = TASK_WORKDIR.strip("/").split("/")
             for i in range(len(parts)):
                 info = tarfile.TarInfo("/".join(parts[: i + 1]))
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
                 tar.addfile(info)
             for p in paths:
                 tar.add(str(p), arcname=f"{TASK_WORKDIR.strip('/')}/{p.name}")
@@ -254,7 +255,9 @@ def _stage(cid: str, paths: Sequence[Path], env: dict[str, str]) -> None:
         pass  # docker cp failed: its message follows
     finally:
         proc.stdin.close()
-    _, err = proc.communicate()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.wait()
     if proc.returncode != 0:
         raise FactoryError(f"could not stage the inputs into {TASK_WORKDIR}: {err.decode(errors='replace').strip()}")
 
@@ -268,15 +271,22 @@ def _added_volumes(instance: Any) -> list[dict[str, Any]]:
     return vols
 
 
-def _terminate_on_sigterm():
-    """SIGTERM (a `kill`, a CI's timeout) ends the run as Ctrl-C does: the instance is terminated."""
+def _terminate_on_signals():
+    """Ctrl-C and SIGTERM (a `kill`, a CI's timeout) end the run the same way: KeyboardInterrupt,
+    so the instance is terminated. SIGINT is set too: a shell starts background commands
+    with it ignored, and a run must never leave an instance behind."""
     import signal
 
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
-    def on_term(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
