@@ -154,17 +154,19 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
     say(f"launching {instance_type} from {template.name} version {template.version} ({template.image_id})")
     unit_env = {"AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY}
     instance = None
+    containers: list[str] = []
     restore = _terminate_on_signals()
     try:
         instance = LocalInstance.launch(ec2, local.endpoint, template, instance_type, local.state_dir / "instances", tree, grow=grow,
                                         attach_delay=DEFAULT_ATTACH_DELAY if attach_delay is None else attach_delay, unit_env=unit_env)
         say(f"{instance.instance_id} booted: pool, Docker" + (", grow agent" if grow else " (no grow agent: --no-grow)"))
-        report = _run(instance, spec, image, command, inputs, index, out, say)
+        report = _run(instance, spec, image, command, inputs, index, out, say, containers)
         report.grew = grow
         return report
     finally:
         try:
             if instance is not None:
+                _stop_containers(instance, containers)
                 say(f"terminating {instance.instance_id}")
                 problems = instance.terminate()
                 if problems:
@@ -174,7 +176,7 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
 
 
 def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: Sequence[Path], index: Sequence[Path],
-         out: Any, say: Any) -> RunReport:
+         out: Any, say: Any, containers: list[str]) -> RunReport:
     from factory.disk_sampler import Sampler
 
     env = dict(os.environ, DOCKER_HOST=instance.docker_host)
@@ -196,6 +198,7 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
     if created.returncode != 0:
         raise FactoryError(f"could not create the task's container on the instance: {created.stderr.strip()}")
     cid = created.stdout.strip()
+    containers.append(cid)
     if inputs or index:
         say(f"staging {len(inputs)} input(s) and {len(index)} index path(s) into {TASK_WORKDIR}")
         _stage(cid, [*inputs, *index], env)
@@ -224,6 +227,19 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
         out_of_space=out_of_space,
         volumes=volumes,
     )
+
+
+def _stop_containers(instance: Any, containers: Sequence[str]) -> None:
+    """An interrupted run stops its job first, as Batch's TerminateJob does, so Docker's own
+    shutdown does not wait out the container's stop timeout."""
+    if not containers:
+        return
+    env = dict(os.environ, DOCKER_HOST=instance.docker_host)
+    env.pop("DOCKER_CONTEXT", None)
+    try:
+        subprocess.run(["docker", "rm", "--force", *containers], capture_output=True, env=env, timeout=60)
+    except subprocess.TimeoutExpired:
+        pass  # the instance's termination ends it anyway
 
 
 def _load_image(image: str, env: dict[str, str]) -> None:
