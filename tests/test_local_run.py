@@ -54,8 +54,10 @@ nextflow:
 """
 BENCH = "input_gib,index_gib,scratch_gib,output_gib\n0.1,0.05,0.1,0.05\n0.2,0.05,0.2,0.05\n0.4,0.05,0.3,0.1\n"
 # 4000 MiB in 100 MiB files, each flushed to the device, at a few hundred MiB/s: well past
-# the 2.5 GiB the instance starts with. Exits 1 at the first failed write.
-WRITER = "i=0; while [ $i -lt 40 ]; do dd if=/dev/zero of=f$i bs=1M count=100 conv=fsync 2>/dev/null || { dd if=/dev/zero of=f$i bs=1M count=1 conv=fsync; exit 1; }; i=$((i+1)); sleep 0.1; done; echo wrote 4000 MiB"
+# the 2.5 GiB the instance starts with. Exits 1 at the first failed write, dd saying why on stderr
+# (not into a file: that file would be on the full disk too).
+WRITER = ("i=0; while [ $i -lt 40 ]; do dd if=/dev/zero of=f$i bs=1M count=100 conv=fsync status=none || exit 1; "
+          "i=$((i+1)); sleep 0.1; done; echo wrote 4000 MiB")
 REPORT_KEYS = {"exit_code", "fit", "capacity_gib", "peak_gib", "grown_gib", "volumes_added", "instance_id"}
 
 
@@ -195,8 +197,29 @@ def test_faults_on_volume_create_and_attach_are_retried_and_it_still_fits(rehear
     assert_nothing_left(rehearsed, report["instance_id"])
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_run_terminates_the_instance(rehearsed, sig):
+def test_ctrl_c_and_sigterm_both_end_the_run_as_an_interruption():
+    """Both go through one handler (so the Ctrl-C test below covers SIGTERM's path), installed
+    even when SIGINT was ignored at start (a shell's background job), and put back after."""
+    from factory.local.rehearsal import _terminate_on_signals
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        restore = _terminate_on_signals()
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with pytest.raises(KeyboardInterrupt):
+                    signal.raise_signal(sig)
+        finally:
+            restore()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def test_an_interrupted_run_terminates_the_instance(rehearsed):
+    sig = signal.SIGINT
     proc = subprocess.Popen([FACTORY, "local", "run", TASK, "--specs-dir", str(rehearsed["specs"]), "--image", IMAGE, "--",
                              "sh", "-c", "echo running; sleep 600"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rehearsed["env"])

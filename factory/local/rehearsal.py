@@ -36,6 +36,7 @@ from factory.errors import FactoryError, UsageError
 GIB = 1024**3
 TASK_WORKDIR = "/tmp/nxf-task"  # the task's working directory in the container (Nextflow's scratch on Batch)
 DOCKER_DATA_ROOT = "/var/lib/docker"
+FULL_BYTES = 64 * 1024**2  # free space under this (or 1 % of the disk) counts as full
 NO_SPACE = "No space left on device"  # strerror(ENOSPC): what every tool prints when the disk is full
 INSTANCE_TAG = "factory:instance"  # the grow agent tags each volume it adds with the instance's id
 
@@ -183,8 +184,11 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
     env.pop("DOCKER_CONTEXT", None)
     data_root = instance.inside(DOCKER_DATA_ROOT)
 
+    least_free = [float("inf")]
+
     def used() -> int:
         st = os.statvfs(data_root)
+        least_free[0] = min(least_free[0], st.f_bavail * st.f_frsize)
         return (st.f_blocks - st.f_bfree) * st.f_frsize
 
     st = os.statvfs(data_root)
@@ -215,7 +219,10 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
     waited = subprocess.run(["docker", "inspect", "--format", "{{.State.ExitCode}}", cid], capture_output=True, text=True, env=env)
     exit_code = int(waited.stdout.strip()) if waited.returncode == 0 and waited.stdout.strip().lstrip("-").isdigit() else proc.returncode
     volumes = _added_volumes(instance)
-    out_of_space = exit_code != 0 and any(NO_SPACE in line for line in tail)
+    # Out of space: the command failed and said so, or failed while Docker's storage was
+    # (nearly) full, which the sampler saw (a tool may write its error where no one reads it).
+    full = least_free[0] <= max(FULL_BYTES, 0.01 * capacity)
+    out_of_space = exit_code != 0 and (full or any(NO_SPACE in line for line in tail))
     return RunReport(
         exit_code=exit_code,
         fit=not out_of_space,
