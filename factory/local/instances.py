@@ -8,7 +8,8 @@ EC2's part, done here on this machine:
 - each EBS volume attached to the instance (those of the mappings at launch, and any the
   grow agent attaches later) becomes a sparse file of the volume's size on a loop device,
   after an attach delay (factory.local.volumes.AttachWatcher);
-- an IMDSv2 endpoint answering the instance's id, type and zone (factory.local.metadata);
+- an IMDSv2 endpoint answering the instance's id, type and zone and its instance role's
+  credentials (factory.local.metadata);
 - the instance itself: the AMI's own file tree (factory.local.ami_trees) as its root, in
   mount and PID namespaces of its own, its boot units run by a small init
   (factory.local.instance_init): the grow pool, Docker on its data root, the grow agent;
@@ -106,7 +107,8 @@ class LocalInstance:
 
     @classmethod
     def launch(cls, ec2: Any, endpoint: str, template: LaunchTemplate, instance_type: str, workdir: Path, tree: Path, *,
-               grow: bool = True, attach_delay: float = DEFAULT_ATTACH_DELAY, unit_env: dict[str, str] | None = None) -> LocalInstance:
+               grow: bool = True, attach_delay: float = DEFAULT_ATTACH_DELAY, unit_env: dict[str, str] | None = None,
+               role: str | None = None) -> LocalInstance:
         """Launch and boot; a LocalCloudError (with the init's journal) when it does not come up."""
         from factory.aws import aws_errors
         from factory.local.metadata import MetadataService
@@ -136,9 +138,11 @@ class LocalInstance:
             _copy_tree(tree, workdir / "upper")
             instance.watcher = AttachWatcher(ec2, iid, workdir / "by-id", workdir / "volumes", delay=attach_delay,
                                              name_dir=workdir / "names").start()
-            instance.imds = MetadataService.start(iid, zone, instance_type)
+            instance.imds = MetadataService.start(iid, zone, instance_type, role=role)
             instance._write_agent_config(tree, endpoint)
-            instance._boot(tree, grow, unit_env or {})
+            # The SDKs find the instance role's credentials at IMDS (botocore honours this
+            # variable in place of 169.254.169.254, which cannot be served here).
+            instance._boot(tree, grow, {"AWS_EC2_METADATA_SERVICE_ENDPOINT": instance.imds.endpoint} | (unit_env or {}))
         except BaseException:
             instance.terminate()
             raise

@@ -125,8 +125,8 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
              grow: bool = True, attach_delay: float | None = None, out: Any = None, say: Any = None) -> RunReport:
     """Launch, run, sample, terminate. `out` gets the command's output; `say` progress lines."""
     from factory.local.ami_trees import AmiTrees
+    from factory.local.cloud import INSTANCE_ROLE
     from factory.local.instances import DEFAULT_ATTACH_DELAY, LocalInstance
-    from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
 
     out = out or sys.stdout
     say = say or (lambda text: None)
@@ -153,13 +153,13 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
                             f"on this local cloud: run {bake_it} first")
     instance_type = spec.batch.instance_types[0]
     say(f"launching {instance_type} from {template.name} version {template.version} ({template.image_id})")
-    unit_env = {"AWS_ACCESS_KEY_ID": LOCAL_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": LOCAL_SECRET_KEY}
     instance = None
     containers: list[str] = []
     restore = _terminate_on_signals()
     try:
         instance = LocalInstance.launch(ec2, local.endpoint, template, instance_type, local.state_dir / "instances", tree, grow=grow,
-                                        attach_delay=DEFAULT_ATTACH_DELAY if attach_delay is None else attach_delay, unit_env=unit_env)
+                                        attach_delay=DEFAULT_ATTACH_DELAY if attach_delay is None else attach_delay,
+                                        role=INSTANCE_ROLE)
         say(f"{instance.instance_id} booted: pool, Docker" + (", grow agent" if grow else " (no grow agent: --no-grow)"))
         report = _run(instance, spec, image, command, inputs, index, out, say, containers)
         report.grew = grow
