@@ -488,6 +488,7 @@ def build_prepared(
     )
     steps["packer_build"] = time.monotonic() - t
     result.log = str(Path(out.log_path).absolute())
+    cloud.keep_image(out.ami_id)
 
     t = time.monotonic()
     say(f"checking the tags of {out.ami_id}")

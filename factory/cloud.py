@@ -75,6 +75,15 @@ class Cloud:
         if self.kind == "local":
             self.local.host.boot()
 
+    def keep_image(self, ami_id: str) -> None:
+        """Just after Packer made `ami_id`. On AWS, nothing: the AMI's snapshots are its disk.
+        On the local cloud, the build host's tree is kept as that AMI's disk, for
+        `factory local run` to boot (factory.local.ami_trees)."""
+        if self.kind == "local":
+            from factory.local.ami_trees import AmiTrees
+
+            AmiTrees(self.local.state_dir).keep(ami_id, self.local.host.upper_dir)
+
     def image_target(self, region: str):
         """The build target whose image-shaping settings a bake here uses, with no side
         effect (no key pair imported): what an AMI's image hash is checked against."""

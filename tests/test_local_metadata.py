@@ -26,3 +26,24 @@ def test_the_agent_gives_up_on_a_silent_metadata_service():
 
     with pytest.raises(MetadataError, match="did not answer"):
         Imds(f"http://127.0.0.1:{free_port()}", timeout=0.2).identity(attempts=2, wait=0.05)
+
+
+def test_the_sdk_finds_the_instance_roles_credentials_at_the_local_imds(monkeypatch, tmp_path):
+    """As on EC2: botocore's credential chain ends at IMDS (token first), here pointed at the
+    local endpoint; without a role there are none to find."""
+    import botocore.session
+
+    from factory.local.metadata import MetadataService
+
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_EC2_METADATA_DISABLED"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    with MetadataService.start("i-0123456789abcdef0", "us-east-1a", "c6i.large", role="ecsInstanceRole") as imds:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint)
+        creds = botocore.session.Session().get_credentials()
+        assert creds is not None and creds.method == "iam-role" and creds.token
+    with MetadataService.start("i-0123456789abcdef0", "us-east-1a", "c6i.large") as imds:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.endpoint)
+        assert botocore.session.Session().get_credentials() is None

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from factory.cli.app import app
-from factory.cli.common import err, handle_errors, print_json
+from factory.cli.common import DEFAULT_SPECS_DIR, err, handle_errors, print_json
 
 local_app = typer.Typer(
     help="Run the local cloud: moto's server, a throwaway build host and an installer mirror, on loopback.",
@@ -132,3 +132,39 @@ def _describe(lc, data=None) -> None:
     print(f"  installer       {data['mirror']['installer_url']}")
     print(f"  state           {data['state_file']}")
     print("  use it          factory bake TASK --cloud local")
+
+
+@local_app.command("run")
+@handle_errors
+def run(
+    task: str = typer.Argument(..., help="The task (its spec's file stem), baked and registered on the local cloud."),
+    command: list[str] = typer.Argument(None, help="After `--`: the command to run in the container, e.g. -- sh -c 'salmon quant ...'."),
+    image: str = typer.Option(..., "--image", help="The container image, from your Docker engine (loaded into the instance's)."),
+    inputs: list[Path] = typer.Option([], "--input", help="A file or folder staged into the task's working directory (repeatable)."),
+    index: list[Path] = typer.Option([], "--index", help="An index file or folder staged beside the inputs (repeatable)."),
+    no_grow: bool = typer.Option(False, "--no-grow", help="Run without the grow agent: the sizing alone."),
+    attach_delay: float = typer.Option(None, "--attach-delay", min=0.0, help="Seconds an EBS attachment takes to give the instance a device (default 2)."),
+    specs_dir: Path = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Folder holding the task specs."),
+    state_dir: Path | None = _STATE,
+    json_out: bool = typer.Option(False, "--json", help="Print only the result as JSON on stdout (the command's output goes to stderr)."),
+) -> None:
+    """Rehearse TASK on a local instance of its launch template: IMAGE runs COMMAND on the disk the task would get on AWS Batch.
+
+    Exits with the command's status. A task that is not baked on the local cloud is refused
+    with the command that bakes it."""
+    import sys
+
+    from factory.local import cloud, rehearsal
+    from factory.spec import find_spec
+
+    spec = find_spec(task, specs_dir)
+    local = cloud.running(state_dir)
+    out = sys.stderr if json_out else sys.stdout
+    report = rehearsal.rehearse(local, spec, image, command or [], inputs=inputs, index=index, grow=not no_grow,
+                                attach_delay=attach_delay, out=out, say=lambda text: print(f"factory: {text}", file=sys.stderr))
+    if json_out:
+        print_json(report.to_json())
+    else:
+        for line in report.lines():
+            print(line)
+    raise typer.Exit(report.exit_code)

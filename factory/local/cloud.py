@@ -319,7 +319,7 @@ def _start(state_dir: Path, region: str, state_delay: float | None = None, page_
 
     moto = host = mirror = None
     try:
-        moto = MotoServer.start(log_path=state_dir / "moto.log", state_delay=state_delay, page_size=page_size)
+        moto = MotoServer.start(log_path=state_dir / "moto.log", state_delay=state_delay, page_size=page_size, ami_trees=state_dir)
         host = BuildHost.start(state_dir / "buildhost")
         mirror = Mirror.start(state_dir / "mirror")
         cloud = LocalCloud(
@@ -381,6 +381,11 @@ def _stop(cloud: LocalCloud) -> None:
     cloud.moto.stop()  # waits until it is gone (procs.stop_group)
     cloud.state_file.unlink(missing_ok=True)
     (cloud.state_dir / "moto.log").unlink(missing_ok=True)
+    import shutil
+
+    from factory.local.ami_trees import AmiTrees
+
+    shutil.rmtree(AmiTrees(cloud.state_dir).root, ignore_errors=True)  # moto's AMIs went with it
     leftovers = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
                  if str(cloud.state_dir) in line.split()[1]]
     if leftovers:

@@ -24,6 +24,9 @@ class MetadataService:
     instance_id: str
     zone: str
     instance_type: str
+    # The instance profile's role: its credentials are served as EC2 serves them
+    # (iam/security-credentials/ROLE), here moto's dummy keys. None: no instance profile.
+    role: str | None = None
     server: Any = field(default=None, repr=False)
     tokens: set[str] = field(default_factory=set, repr=False)
 
@@ -36,16 +39,30 @@ class MetadataService:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def values(self) -> dict[str, str]:
-        return {
+        values = {
             "instance-id": self.instance_id,
             "instance-type": self.instance_type,
             "placement/availability-zone": self.zone,
             "placement/region": self.region,
         }
+        if self.role:
+            import datetime
+            import json
+
+            from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
+
+            expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=6)
+            values["iam/security-credentials/"] = self.role
+            values[f"iam/security-credentials/{self.role}"] = json.dumps({
+                "Code": "Success", "Type": "AWS-HMAC", "AccessKeyId": LOCAL_ACCESS_KEY, "SecretAccessKey": LOCAL_SECRET_KEY,
+                "Token": "local-cloud-session-token", "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "LastUpdated": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            })
+        return values
 
     @classmethod
-    def start(cls, instance_id: str, zone: str, instance_type: str) -> MetadataService:
-        service = cls(instance_id=instance_id, zone=zone, instance_type=instance_type)
+    def start(cls, instance_id: str, zone: str, instance_type: str, role: str | None = None) -> MetadataService:
+        service = cls(instance_id=instance_id, zone=zone, instance_type=instance_type, role=role)
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:  # quiet: the agent logs what it learns

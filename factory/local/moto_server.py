@@ -76,6 +76,7 @@ class MotoServer:
         state_delay: float | None = None,
         page_size: int | None = None,
         snapshot_release_delay: float | None = None,
+        ami_trees: Path | None = None,
     ) -> MotoServer:
         """Start the server. `state_delay` (seconds a Batch resource spends CREATING, UPDATING
         or DELETING) and `page_size` default to $FACTORY_LOCAL_STATE_DELAY /
@@ -94,6 +95,8 @@ class MotoServer:
         # into the temp folder, never into the user's working directory.
         workdir = log_path.parent if log_path else Path(tempfile.gettempdir())
         env = dict(os.environ, MOTO_RECORDER_FILEPATH=str(workdir / f"moto-recording-{port}"))
+        if ami_trees is not None:  # DeregisterImage drops the AMI's tree there (factory.local.ami_trees)
+            env["FACTORY_LOCAL_AMI_TREES"] = str(ami_trees)
         try:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir, env=env)
         except OSError as exc:

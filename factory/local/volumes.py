@@ -34,7 +34,8 @@ def nvme_link_name(volume_id: str) -> str:
 
 class AttachWatcher:
     def __init__(self, ec2: Any, instance_id: str, device_dir: Path, backing_dir: Path,
-                 delay: float = 0.0, poll: float = 0.2, skip_devices: tuple[str, ...] = ROOT_DEVICES):
+                 delay: float = 0.0, poll: float = 0.2, skip_devices: tuple[str, ...] = ROOT_DEVICES,
+                 name_dir: Path | None = None):
         self.ec2 = ec2
         self.instance_id = instance_id
         self.device_dir = Path(device_dir)
@@ -42,6 +43,10 @@ class AttachWatcher:
         self.delay = delay
         self.poll = poll
         self.skip_devices = skip_devices
+        # Where links named as the attachment asked (`xvdb` -> /dev/loopN) go: on a Nitro
+        # instance amazon-ec2-utils' udev rules make them (/dev/xvdb -> nvme1n1). None: none.
+        self.name_dir = Path(name_dir) if name_dir is not None else None
+        self.names: dict[str, str] = {}  # volume id -> the link made in name_dir
         self.loops: dict[str, str] = {}  # volume id -> /dev/loopN
         self.seen: dict[str, float] = {}  # volume id -> when its attachment was first seen
         self.errors: list[str] = []
@@ -52,6 +57,8 @@ class AttachWatcher:
     def start(self) -> AttachWatcher:
         self.device_dir.mkdir(parents=True, exist_ok=True)
         self.backing_dir.mkdir(parents=True, exist_ok=True)
+        if self.name_dir is not None:
+            self.name_dir.mkdir(parents=True, exist_ok=True)
         self.sync()  # volumes attached at launch have their devices before anything boots
         self._thread = threading.Thread(target=self._loop, name=f"attach-{self.instance_id}", daemon=True)
         self._thread.start()
@@ -84,11 +91,11 @@ class AttachWatcher:
             for vid, vol in attached.items():
                 first = self.seen.setdefault(vid, now)
                 if vid not in self.loops and now - first >= self.delay:
-                    self._plug(vid, int(vol["Size"]))
+                    self._plug(vid, int(vol["Size"]), _device_of(vol, self.instance_id))
             for vid in [v for v in self.loops if v not in attached]:
                 self._unplug(vid)
 
-    def _plug(self, volume_id: str, size_gib: int) -> None:
+    def _plug(self, volume_id: str, size_gib: int, device_name: str | None = None) -> None:
         backing = self.backing_dir / f"{volume_id}.img"
         with open(backing, "wb") as f:
             f.truncate(size_gib * GIB)  # sparse: only what is written takes space
@@ -103,9 +110,16 @@ class AttachWatcher:
         os.symlink(loop, tmp)
         os.replace(tmp, link)
         self.loops[volume_id] = loop
+        if self.name_dir is not None and device_name:
+            named = self.name_dir / Path(device_name).name
+            named.unlink(missing_ok=True)
+            os.symlink(loop, named)
+            self.names[volume_id] = str(named)
 
     def _unplug(self, volume_id: str) -> None:
         loop = self.loops.pop(volume_id)
+        if volume_id in self.names:
+            Path(self.names.pop(volume_id)).unlink(missing_ok=True)
         (self.device_dir / nvme_link_name(volume_id)).unlink(missing_ok=True)
         subprocess.run(["losetup", "-d", loop], capture_output=True)
         (self.backing_dir / f"{volume_id}.img").unlink(missing_ok=True)
@@ -127,3 +141,8 @@ class AttachWatcher:
         with self._lock:
             for vid in list(self.loops):
                 self._unplug(vid)
+
+
+def _device_of(volume: dict[str, Any], instance_id: str) -> str | None:
+    """The device name the volume's attachment to `instance_id` asked for (/dev/xvdb)."""
+    return next((a.get("Device") for a in volume.get("Attachments", []) if a.get("InstanceId") == instance_id), None)

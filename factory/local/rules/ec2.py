@@ -20,6 +20,9 @@ from typing import Any
 
 from factory.local.rules import Settings
 
+# The local cloud's state folder, whose amis/ holds each AMI's file tree (set by moto_server.MotoServer.start).
+ENV_AMI_TREES = "FACTORY_LOCAL_AMI_TREES"
+
 
 def install(settings: Settings) -> None:
     from moto.core.responses import ActionResult
@@ -105,6 +108,7 @@ def install(settings: Settings) -> None:
         image = self.ec2_backend.amis.get(ami_id)
         snapshots = [m["Ebs"]["SnapshotId"] for m in image.block_device_mappings if (m.get("Ebs") or {}).get("SnapshotId")] if image else []
         self.ec2_backend.deregister_image(ami_id)
+        _drop_tree(ami_id)
         result: dict[str, Any] = {"Return": True}
         if with_snapshots:
             outcomes = []
@@ -121,3 +125,16 @@ def install(settings: Settings) -> None:
         return ActionResult(result)
 
     AmisResponse.deregister_image = deregister_image
+
+
+def _drop_tree(ami_id: str) -> None:
+    """The AMI's file tree goes with it (factory.local.ami_trees): what a local instance boots."""
+    import os
+
+    where = os.environ.get(ENV_AMI_TREES)
+    if where:
+        from pathlib import Path
+
+        from factory.local.ami_trees import AmiTrees
+
+        AmiTrees(Path(where)).drop(ami_id)

@@ -1,0 +1,236 @@
+"""`factory local run`: a task rehearsed on a local instance of its launch template.
+
+One local cloud and one baked, registered growing task for the module (a bake takes about
+two minutes); each test launches its own instance from that task's launch template: the
+AMI's tree as root, a loop device per volume, the pool, a real dockerd on it and the real
+grow agent against the local cloud. After every run nothing may be left: no loop device,
+mount, process, cgroup or volume of the instance.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from buildhost_fixtures import requires_buildhost
+from docker_fixtures import IMAGE, requires_docker
+
+from tests.grow_fixtures import requires_btrfs
+
+pytestmark = [requires_buildhost, requires_docker, requires_btrfs]
+
+FACTORY = str(Path(sys.executable).parent / "factory")
+TASK = "rehearse"
+# A 3 GiB data volume (2.5 GiB usable once btrfs keeps its metadata twice), growable to 40.
+SPEC = """name: {name}
+description: A task rehearsed on a local instance.
+region: us-east-1
+image:
+  base: ecs-al2023
+  architecture: x86_64
+storage:
+  benchmarks: benchmarks/rehearse.csv
+  max_input_gib: 0.4
+  concurrent_tasks: 1
+  headroom: 0.1
+  container_images_gib: 0.1
+  grow:
+    max_gib: 40
+awscli:
+  prefix: /home/ec2-user/miniconda
+batch:
+  instance_types: [c6i.large]
+  max_vcpus: 4
+  provisioning: on-demand
+nextflow:
+  process: REHEARSE
+"""
+BENCH = "input_gib,index_gib,scratch_gib,output_gib\n0.1,0.05,0.1,0.05\n0.2,0.05,0.2,0.05\n0.4,0.05,0.3,0.1\n"
+# 4000 MiB in 100 MiB files, each flushed to the device, at a few hundred MiB/s: well past
+# the 2.5 GiB the instance starts with. Exits 1 at the first failed write, dd saying why on stderr
+# (not into a file: that file would be on the full disk too).
+WRITER = ("i=0; while [ $i -lt 40 ]; do dd if=/dev/zero of=f$i bs=1M count=100 conv=fsync status=none || exit 1; "
+          "i=$((i+1)); sleep 0.1; done; echo wrote 4000 MiB")
+REPORT_KEYS = {"exit_code", "fit", "capacity_gib", "peak_gib", "grown_gib", "volumes_added", "instance_id"}
+
+
+@pytest.fixture(scope="module")
+def rehearsed(tmp_path_factory, docker_engine):
+    """A local cloud with TASK baked and registered (factory bake --cloud local), and the env to reach it."""
+    from factory.local import cloud as local_cloud
+
+    work = tmp_path_factory.mktemp("local-run")
+    specs = work / "specs"
+    (specs / "benchmarks").mkdir(parents=True)
+    (specs / "benchmarks" / "rehearse.csv").write_text(BENCH)
+    (specs / f"{TASK}.yaml").write_text(SPEC.format(name=TASK))
+    # In a folder of its own: a sibling in the same folder would join TASK's tier and its registration.
+    other = work / "other-specs"
+    (other / "benchmarks").mkdir(parents=True)
+    (other / "benchmarks" / "rehearse.csv").write_text(BENCH)
+    (other / "unbaked.yaml").write_text(SPEC.format(name="unbaked"))
+    state = work / ".factory"
+    lc = local_cloud.up(state, "us-east-1")
+    env = docker_engine.env() | {"FACTORY_STATE_DIR": str(state)}
+    try:
+        baked = subprocess.run([FACTORY, "bake", TASK, "--cloud", "local", "--specs-dir", str(specs), "--build-dir", str(work / "build"), "--json"],
+                               capture_output=True, text=True, env=env, timeout=900)
+        assert baked.returncode == 0, baked.stdout[-3000:] + baked.stderr[-3000:]
+        yield {"env": env, "cloud": lc, "specs": specs, "other_specs": other, "state": state, "work": work}
+    finally:
+        local_cloud.down(state)
+
+
+def local_run(rehearsed, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([FACTORY, "local", "run", TASK, "--specs-dir", str(rehearsed["specs"]), "--image", IMAGE, *args],
+                          capture_output=True, text=True, env=rehearsed["env"], timeout=timeout)
+
+
+def ec2_of(rehearsed):
+    return rehearsed["cloud"].clients("us-east-1").ec2()
+
+
+def assert_nothing_left(rehearsed, instance_id: str) -> None:
+    """No loop device, mount, process, cgroup or volume of the instance; the instance terminated."""
+    state = str(rehearsed["state"])
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert state not in loops, loops
+    mounts = Path("/proc/self/mounts").read_text()
+    assert f"{state}/instances" not in mounts
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        assert f"{state}/instances" not in cmdline, f"process {pid} left: {cmdline}"
+    assert not list(Path("/sys/fs/cgroup").glob(f"*factory-instance-{instance_id}*"))
+    assert not (rehearsed["state"] / "instances" / instance_id).exists()
+    ec2 = ec2_of(rehearsed)
+    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]  # one id: one answer
+    assert inst["State"]["Name"] in ("shutting-down", "terminated")
+    attached = [v["VolumeId"] for p in ec2.get_paginator("describe_volumes").paginate(
+        Filters=[{"Name": "attachment.instance-id", "Values": [instance_id]}]) for v in p["Volumes"]]
+    tagged = [v["VolumeId"] for p in ec2.get_paginator("describe_volumes").paginate(
+        Filters=[{"Name": "tag:factory:instance", "Values": [instance_id]}]) for v in p["Volumes"]]
+    assert attached == [] and tagged == [], (attached, tagged)
+
+
+def test_a_task_not_baked_on_the_local_cloud_is_refused_with_the_command_that_bakes_it(rehearsed):
+    proc = subprocess.run([FACTORY, "local", "run", "unbaked", "--specs-dir", str(rehearsed["other_specs"]), "--image", IMAGE, "--", "true"],
+                          capture_output=True, text=True, env=rehearsed["env"], timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "`factory bake unbaked --cloud local`" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_an_image_missing_from_the_users_engine_is_refused(rehearsed):
+    proc = local_run(rehearsed, "--image", "no-such-image:never", "--", "true")
+    assert proc.returncode == 2, proc.stderr
+    assert "--image no-such-image:never: not in your Docker engine" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_fast_writer_grows_the_disk_and_fits(rehearsed, docker_env, tmp_path):
+    """Past its starting capacity at a few hundred MiB/s: the agent adds encrypted volumes,
+    tagged with the task and the instance, and they go with the instance."""
+    from factory.local import rehearsal
+    from factory.spec import find_spec
+
+    (tmp_path / "reads.fq").write_text("@r1\nACGT\n+\nIIII\n")
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "seq.bin").write_bytes(b"x" * 4096)
+    out = io.StringIO()
+    spec = find_spec(TASK, rehearsed["specs"])
+    report = rehearsal.rehearse(
+        rehearsed["cloud"], spec, IMAGE,
+        ["sh", "-c", "ls reads.fq index/seq.bin; test -x /home/ec2-user/miniconda/bin/aws && echo prefix-mounted; "
+                   "touch /home/ec2-user/miniconda/rw 2>/dev/null && echo prefix-writable; " + WRITER],
+        inputs=[tmp_path / "reads.fq"], index=[tmp_path / "index"], out=out)
+    text = out.getvalue()
+    assert report.exit_code == 0, text
+    assert "reads.fq" in text and "index/seq.bin" in text  # staged into the working directory
+    assert "prefix-mounted" in text and "prefix-writable" not in text  # the AWS CLI prefix, mounted read-only
+    assert "wrote 4000 MiB" in text
+    assert report.fit and report.volumes_added >= 1 and report.grown_gib >= 1
+    assert report.capacity_gib < 3 < report.peak_gib, report  # it held more than it started with
+    for vol in report.volumes:
+        tags = {t["Key"]: t["Value"] for t in vol.get("Tags", [])}
+        assert tags.get("factory:task") == TASK and tags.get("factory:instance") == report.instance_id, tags
+        assert vol["Encrypted"]
+    assert_nothing_left(rehearsed, report.instance_id)
+
+
+def test_without_the_net_the_same_writer_runs_out_of_space(rehearsed):
+    proc = local_run(rehearsed, "--no-grow", "--", "sh", "-c", WRITER)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "did NOT fit: it ran out of space" in proc.stdout, proc.stdout
+    assert "No space left on device" in proc.stdout
+    instance_id = proc.stdout.split("instance ", 1)[1].split(":", 1)[0]
+    assert_nothing_left(rehearsed, instance_id)
+
+
+def test_faults_on_volume_create_and_attach_are_retried_and_it_still_fits(rehearsed):
+    from factory.local import faults
+
+    endpoint = rehearsed["cloud"].endpoint
+    for armed in (["ec2:CreateVolume", "--kind", "throttle", "--times", "2"], ["ec2:AttachVolume", "--kind", "drop"]):
+        subprocess.run([FACTORY, "local", "fault", *armed], env=rehearsed["env"], check=True, capture_output=True, timeout=60)
+    assert len(faults.armed(endpoint)) == 2
+    try:
+        proc = local_run(rehearsed, "--json", "--", "sh", "-c", WRITER)
+        left = faults.armed(endpoint)
+    finally:
+        faults.clear(endpoint)
+    assert left == [], left  # every armed fault was hit
+    report = json.loads(proc.stdout)
+    assert set(report) == REPORT_KEYS
+    assert report["exit_code"] == proc.returncode == 0, proc.stderr[-3000:]
+    assert report["fit"] is True and report["volumes_added"] >= 1, report
+    assert "wrote 4000 MiB" in proc.stderr  # the command's output goes to stderr with --json
+    assert_nothing_left(rehearsed, report["instance_id"])
+
+
+def test_ctrl_c_and_sigterm_both_end_the_run_as_an_interruption():
+    """Both go through one handler (so the Ctrl-C test below covers SIGTERM's path), installed
+    even when SIGINT was ignored at start (a shell's background job), and put back after."""
+    from factory.local.rehearsal import _terminate_on_signals
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        restore = _terminate_on_signals()
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with pytest.raises(KeyboardInterrupt):
+                    signal.raise_signal(sig)
+        finally:
+            restore()
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def test_an_interrupted_run_terminates_the_instance(rehearsed):
+    sig = signal.SIGINT
+    proc = subprocess.Popen([FACTORY, "local", "run", TASK, "--specs-dir", str(rehearsed["specs"]), "--image", IMAGE, "--",
+                             "sh", "-c", "echo running; sleep 600"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rehearsed["env"])
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the container prints once it runs
+    assert line.strip() == "running", line + (proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
+    state = rehearsed["state"] / "instances"
+    instance_id = next(p.name for p in state.iterdir() if p.name.startswith("i-"))
+    proc.send_signal(sig)
+    t = time.monotonic()
+    proc.wait(timeout=120)
+    assert time.monotonic() - t < 60
+    assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
+    assert_nothing_left(rehearsed, instance_id)
