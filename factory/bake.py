@@ -255,8 +255,10 @@ class Prepared:
     steps: dict[str, float]
 
 
-def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None, target: Any = None) -> Prepared:
-    """Size, resolve the base AMI, render `build_root/<task>/`, hash."""
+def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None, target: Any = None, reads: Any = None) -> Prepared:
+    """Size, resolve the base AMI, render `build_root/<task>/`, hash. `reads` (the region's
+    RegionReads, shared by every spec of a `bake --all`) answers the base AMI's parameter
+    and the builder's instance type from one read per region instead of one per spec."""
     from factory import render as render_mod
     from factory.sizing import size_task
 
@@ -271,7 +273,7 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     t = time.monotonic()
     say("resolving the base AMI")
     clients = cloud.clients(spec.region)
-    base_ami = render_mod.resolve_base_ami(spec, clients)
+    base_ami = _base_ami(spec, clients, reads)
     if spec.image.pinned_ami:
         check_pinned_ami(spec, clients.ec2(), base_ami)
     target = target or cloud.target(spec.region)
@@ -282,7 +284,7 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     rr = render_mod.render(spec, plan, base_ami, out_dir, target=target, keep=render_mod.BUILD_RECORDS)
     steps["render"] = time.monotonic() - t
 
-    check_builder_memory(clients.ec2(), rr.variables["instance_type"], spec.image.architecture, cloud.config_source())
+    check_builder_memory(clients.ec2(), rr.variables["instance_type"], spec.image.architecture, cloud.config_source(), reads)
 
     digest = content_hash(base_ami, rr.variables, rr.modern_packer)
     # The AMI is born with its content hash: Packer tags the AMI and its snapshots with it
@@ -292,7 +294,20 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
 
 
-def check_builder_memory(ec2: Any, instance_type: str, architecture: str, source: str) -> None:
+def _base_ami(spec: Any, clients: Any, reads: Any) -> str:
+    """The base AMI (render.resolve_base_ami), its parameter read with the others of the region when `reads` is given."""
+    from factory import render as render_mod
+
+    name = spec.image.family_info.ssm_parameter(spec.image.architecture)
+    if reads is None or spec.image.pinned_ami or not name:
+        return render_mod.resolve_base_ami(spec, clients)
+    value = reads.parameters([name])[name]
+    if value is None:
+        return render_mod.resolve_base_ami(spec, clients)  # says what is missing, as a bake of one spec does
+    return render_mod.base_ami_from_parameter(name, value)
+
+
+def check_builder_memory(ec2: Any, instance_type: str, architecture: str, source: str, reads: Any = None) -> None:
     """The builder runs Docker, the ECS agent and a conda-forge solve (documented to be
     OOM-killed on 1 GiB): refuse a type with less than 4 GiB before any instance starts.
     One instance type asked by name: a single page."""
@@ -302,13 +317,17 @@ def check_builder_memory(ec2: Any, instance_type: str, architecture: str, source
     from factory.families import BUILDER_INSTANCE_TYPE, BUILDER_MIN_MEMORY_MIB
 
     field_name = f"builder.instance_types.{architecture}"
-    with aws_errors(f"looking up the builder instance type {instance_type}"):
-        try:
-            types = ec2.describe_instance_types(InstanceTypes=[instance_type]).get("InstanceTypes", [])  # one type, so one answer: no paging (MaxResults) needed
-        except ClientError as exc:
-            if error_code(exc) != "InvalidInstanceType":
-                raise
-            types = []
+    if reads is not None:
+        known = reads.instance_type(instance_type)
+        types = [known] if known else []
+    else:
+        with aws_errors(f"looking up the builder instance type {instance_type}"):
+            try:
+                types = ec2.describe_instance_types(InstanceTypes=[instance_type]).get("InstanceTypes", [])  # one type, so one answer: no paging (MaxResults) needed
+            except ClientError as exc:
+                if error_code(exc) != "InvalidInstanceType":
+                    raise
+                types = []
     if not types:
         raise FactoryError(f"{source}: {field_name}: {instance_type} is not an instance type this region offers; "
                            f"pick another (default {BUILDER_INSTANCE_TYPE[architecture]})")
@@ -424,8 +443,10 @@ def build_prepared(
     on_step: StepCallback | None = None,
     timeout: float | None = None,
     cancel: threading.Event | None = None,
+    reads: Any = None,
 ) -> BakeResult:
-    """Reuse an AMI with the same content hash (unless `force`), else run Packer."""
+    """Reuse an AMI with the same content hash (unless `force`), else run Packer. `reads`
+    (the region's RegionReads) finds the AMI in the region's one read of factory's AMIs."""
     from factory import packer
     from factory import render as render_mod
 
@@ -448,7 +469,7 @@ def build_prepared(
     )
     if not force:
         t = time.monotonic()
-        found = find_image(ec2, p.image_hash)
+        found = reads.newest_image(image_hash=p.image_hash) if reads is not None else find_image(ec2, p.image_hash)
         steps["lookup"] = time.monotonic() - t
         if found is not None:
             owner = _tags(found).get("factory:task")
@@ -602,11 +623,24 @@ def bake_all(
     cloud = cloud or Cloud("aws")
     if cloud.kind == "local":
         jobs = 1  # one build host: builds on it run one after another
+    from factory.register.region_reads import RegionReads
+
     results: dict[str, BakeResult] = {}
     prepared: dict[str, Prepared] = {}
+    # What is read of AWS is read once per region for all specs (the base AMI parameters,
+    # the builder's instance type, factory's AMIs), and the build target made once: an
+    # unchanged `bake --all` costs a few calls per region, not a round per spec.
+    reads: dict[str, RegionReads] = {}
+    targets: dict[str, Any] = {}
+    for region in dict.fromkeys(s.region for s in specs):
+        reads[region] = RegionReads(cloud.clients(region))
+        reads[region].parameters(sorted({n for s in specs if s.region == region and not s.image.pinned_ami
+                                         for n in [s.image.family_info.ssm_parameter(s.image.architecture)] if n}))
     for spec in specs:
         try:
-            prepared[spec.name] = prepare(spec, cloud, build_root, on_step)
+            if spec.region not in targets:
+                targets[spec.region] = cloud.target(spec.region)
+            prepared[spec.name] = prepare(spec, cloud, build_root, on_step, target=targets[spec.region], reads=reads[spec.region])
         except FactoryError as exc:
             results[spec.name] = _failed(spec, exc.message)
 
@@ -618,11 +652,13 @@ def bake_all(
     # boto3 sessions are not thread-safe when making clients: make them here, once.
     for region, _ in groups:
         cloud.clients(region).ec2()
+        if not force:
+            reads[region].images()  # read before the bakes run in parallel: once, not per thread
 
     def one(group: list[Prepared]) -> None:
         leader = group[0]
         try:
-            r = build_prepared(leader, cloud, force=force, on_step=on_step, timeout=timeout)
+            r = build_prepared(leader, cloud, force=force, on_step=on_step, timeout=timeout, reads=reads[leader.spec.region])
         except FactoryError as exc:
             for p in group:
                 results[p.spec.name] = _failed(p.spec, exc.message, p)

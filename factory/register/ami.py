@@ -28,7 +28,11 @@ def find_ami(clients: Clients, task: str, architecture: str | None = None) -> di
 
 
 
-def resolve(clients: Clients, target: TierTarget, overrides: Mapping[str, str], image_target: Any = None) -> tuple[str, str, list[str]]:
+def resolve(
+    clients: Clients, target: TierTarget, overrides: Mapping[str, str], image_target: Any = None, reads: Any = None
+) -> tuple[str, str, list[str]]:
+    """(AMI, where it came from, notes). `reads` (a RegionReads) answers from the region's
+    one read of factory's AMIs instead of a read per tier."""
     notes: list[str] = []
     ignored = sorted(t for t in overrides if t in target.tasks and t != target.ami_task)
     if ignored:
@@ -37,14 +41,7 @@ def resolve(clients: Clients, target: TierTarget, overrides: Mapping[str, str], 
         )
     ami = overrides.get(target.ami_task)
     if ami:
-        with aws_errors(f"checking AMI {ami}"):
-            try:
-                images = clients.ec2().describe_images(ImageIds=[ami])["Images"]  # one id, so one answer: no paging (MaxResults) needed
-            except ClientError as exc:  # an id that does not exist
-                if error_code(exc).startswith("InvalidAMIID"):
-                    images = []
-                else:
-                    raise
+        images = _given(clients, ami, reads)
         if not images:
             raise FactoryError(f"AMI {ami} (given for task {target.ami_task}) does not exist in {target.region}; check --ami")
         image = images[0]
@@ -55,7 +52,10 @@ def resolve(clients: Clients, target: TierTarget, overrides: Mapping[str, str], 
                 f"AMI {ami} is {image['Architecture']} but task {target.ami_task} is {target.architecture}; pass an AMI of the right architecture"
             )
         return ami, "given (--ami / bake)", notes
-    image = find_ami(clients, target.ami_task, target.architecture)
+    if reads is not None:
+        image = reads.newest_image(task=target.ami_task, architecture=target.architecture)
+    else:
+        image = find_ami(clients, target.ami_task, target.architecture)
     if image is None:
         raise FactoryError(
             f"no available AMI tagged {TAG_TASK}={target.ami_task} ({target.architecture}) in {target.region}: "
@@ -65,6 +65,20 @@ def resolve(clients: Clients, target: TierTarget, overrides: Mapping[str, str], 
     if stale:
         notes.append(stale)
     return image["ImageId"], f"newest AMI tagged {TAG_TASK}={target.ami_task}", notes
+
+
+def _given(clients: Clients, ami: str, reads: Any) -> list[dict[str, Any]]:
+    """The AMI given by id ([] when it does not exist)."""
+    if reads is not None:
+        found = reads.image(ami)
+        return [found] if found else []
+    with aws_errors(f"checking AMI {ami}"):
+        try:
+            return clients.ec2().describe_images(ImageIds=[ami])["Images"]  # one id, so one answer: no paging (MaxResults) needed
+        except ClientError as exc:  # an id that does not exist
+            if error_code(exc).startswith("InvalidAMIID"):
+                return []
+            raise
 
 
 def content_changed(image: Mapping[str, Any], target: TierTarget, image_target: Any = None) -> str | None:

@@ -16,7 +16,7 @@ from factory.config import FactoryConfig
 from factory.errors import FactoryError, UsageError
 from factory.register import ami, compute_environment, job_queue, launch_template, parameter
 from factory.register.network import resolve_network, resolve_role
-from factory.register.reads import compute_environments
+from factory.register.region_reads import RegionReads
 from factory.register.results import RegisterResult, TierResult
 from factory.register.run import Run
 from factory.register.targets import TierTarget, targets_for
@@ -44,30 +44,36 @@ def register_targets(
     overrides = dict(ami_overrides or {})
     regions: dict[str, compute_environment.Region] = {}
     regional = {clients.region: clients}
+    reads: dict[str, RegionReads] = {}
     results: list[TierResult] = []
     for target in targets:
         # Tiers in another region get their own clients, at the caller's endpoint.
         cl = regional.setdefault(target.region, Clients(region=target.region, endpoint_url=clients.endpoint_url))
         if target.region not in regions:
+            # Each read once per region for every tier (not a round per tier): the parameters
+            # of every task of the region's tiers in one batch, the rest on first use.
+            reads[target.region] = RegionReads(cl)
+            reads[target.region].parameters(parameter.parameter_name(t) for x in targets if x.region == target.region for t in x.tasks)
             regions[target.region] = compute_environment.Region(
                 clients=cl,
                 network=resolve_network(cl, target.region, config),
                 instance_role=resolve_role(cl, config.batch.instance_role, "instance profile", "batch.instance_role") or "",
                 service_role=resolve_role(cl, config.batch.service_role, "role", "batch.service_role"),
                 spot_fleet_role=resolve_role(cl, config.batch.spot_fleet_role, "role", "batch.spot_fleet_role"),
-                compute_environments=compute_environments(cl.batch()),
+                compute_environments=reads[target.region].compute_environments(),
             )
         region = regions[target.region]
         ec2, batch = cl.ec2(), cl.batch()
-        ami_id, ami_source, notes = ami.resolve(cl, target, overrides, image_target)
+        here = reads[target.region]
+        ami_id, ami_source, notes = ami.resolve(cl, target, overrides, image_target, reads=here)
         changes: list = []
         data = launch_template.launch_template_data(target, ami_id, config.boot_commands)
-        lt = launch_template.reconcile(run, ec2, target, data, changes)
-        queue = job_queue.find(batch, target.name)
+        lt = launch_template.reconcile(run, ec2, target, data, changes, reads=here)
+        queue = job_queue.find(batch, target.name, here.queues())
         ce_name, ce_arn, olds = compute_environment.reconcile(run, batch, target, region, lt, queue, changes)
         job_queue.reconcile(run, batch, target, queue, ce_name, ce_arn, changes)
         compute_environment.retire(run, batch, olds, f"replaced; no longer behind {target.name}", changes)
-        parameter.reconcile(run, cl.ssm(), target, ami_id, changes)  # last: it names what the tier now runs
+        parameter.reconcile(run, cl.ssm(), target, ami_id, changes, reads=here)  # last: it names what the tier now runs
         results.append(
             TierResult(
                 tier=target.tier,

@@ -65,9 +65,14 @@ def history(ssm: Any, task: str) -> list[dict[str, Any]]:
     return sorted(versions, key=lambda v: int(v.get("Version", 0)))
 
 
-def reconcile(run: Run, ssm: Any, target: TierTarget, ami_id: str, changes: list[Change]) -> None:
-    """Point every task of the tier at `ami_id`; a parameter already right is not touched."""
-    have = current_values(ssm, target.tasks)
+def reconcile(run: Run, ssm: Any, target: TierTarget, ami_id: str, changes: list[Change], reads: Any = None) -> None:
+    """Point every task of the tier at `ami_id`; a parameter already right is not touched.
+    `reads` (a RegionReads) answers from the region's batched read of the parameters."""
+    if reads is not None:
+        values = reads.parameters(parameter_name(t) for t in target.tasks)
+        have = {t: values[parameter_name(t)] for t in target.tasks}
+    else:
+        have = current_values(ssm, target.tasks)
     for task in target.tasks:
         name = parameter_name(task)
         old = have[task]
