@@ -1,0 +1,90 @@
+"""Reads that do not grow with the spec count (issue 12 point 6), on the local cloud.
+
+`factory status` and a `factory bake --all` where nothing changed read each region once
+(factory.register.region_reads): the same AWS calls for 3 specs as for 12, but for
+GetParameters, which takes ten names a call. Counted from the local cloud's call log
+(`/_factory/calls`), with pages of 100 as AWS Batch pages (the other tests page at 2 to
+prove paging; here the count is of rounds, not pages). Not timed: bench/reads times it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench.reads.run import REGION, baked_like_factory, write_specs
+from factory.bake import bake_all
+from factory.cloud import Cloud
+from factory.config import load_config
+from factory.local import cloud as local_cloud
+from factory.register import register_tasks
+from factory.spec import load_specs
+from factory.status import task_status
+
+needs_local_cloud = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("packer") is None or not Path("/usr/sbin/dockerd").exists(),
+    reason="the local cloud needs root, Packer, openssh-server and docker.io (make system-deps)",
+)
+
+
+@pytest.fixture(scope="module")
+def lc(tmp_path_factory):
+    state = tmp_path_factory.mktemp("reads") / ".factory"
+    cloud = local_cloud.up(state, REGION, page_size=100)
+    saved = dict(os.environ)
+    os.environ.update(cloud.env(REGION))
+    try:
+        yield cloud
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        local_cloud.down(state)
+
+
+def registered(lc, folder: Path, n: int) -> list:
+    """N specs registered on AMIs tagged as a bake tags them, on an empty account."""
+    lc.moto.reset()
+    lc.seed_account()
+    write_specs(folder, n)
+    specs = load_specs([folder])
+    register_tasks(specs, lc.clients(REGION), baked_like_factory(lc, specs), all_specs=specs, poll=0.2)
+    return specs
+
+
+def calls_of(lc, fn) -> Counter:
+    lc.moto.calls(clear=True)
+    fn()
+    return Counter(lc.moto.calls())
+
+
+@needs_local_cloud
+def test_status_and_an_unchanged_bake_all_make_the_same_calls_for_3_specs_as_for_12(lc, tmp_path):
+    counts = {}
+    for n in (3, 12):
+        specs = registered(lc, tmp_path / f"specs-{n}", n)
+        cloud = Cloud("local", lc)
+        report = {}
+
+        def status(specs=specs, cloud=cloud, report=report):
+            report["status"] = task_status(specs, specs, cloud, load_config(None))
+
+        def bake(specs=specs, cloud=cloud, report=report, n=n):
+            report["bake"] = bake_all(specs, cloud, build_root=tmp_path / f"build-{n}")
+
+        counts[n] = {"status": calls_of(lc, status), "bake": calls_of(lc, bake)}
+        assert not report["status"].stale, [t.stale for t in report["status"].stale]
+        assert {r.status for r in report["bake"]} == {"reused"}, [r.error for r in report["bake"]]
+        assert all(r.registered for r in report["bake"])
+    for what in ("status", "bake"):
+        few, many = counts[3][what], counts[12][what]
+        assert {k: v for k, v in few.items() if k != "ssm:GetParameters"} == {k: v for k, v in many.items() if k != "ssm:GetParameters"}, what
+        # GetParameters: ten names a call (the tasks' /factory/<task>/ami-id and the base's parameter).
+        assert many["ssm:GetParameters"] - few["ssm:GetParameters"] <= math.ceil(12 / 10), what
+    # What each read is, once: no Describe per spec or per tier.
+    assert counts[12]["status"]["ec2:DescribeLaunchTemplateVersions"] == 1
+    assert counts[12]["bake"]["ec2:DescribeImages"] <= 2 and counts[12]["bake"]["ec2:DescribeInstanceTypes"] == 1
