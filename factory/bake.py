@@ -479,6 +479,9 @@ def build_prepared(
             shared = f", baked for task {owner}" if owner and owner != spec.name else ""
             result.note = f"reused {found['ImageId']}{shared}: same content hash; --force rebakes"
             say(result.note)
+            full = _serve(ec2, found, [spec.name])
+            if full:
+                result.note = _join(result.note, full)
             _manifest_tags(ec2, result, p, found["ImageId"], have=_tags(found))
             return result
 
@@ -522,6 +525,14 @@ def build_prepared(
     result.status = "baked"
     say(f"baked {out.ami_id} in {out.seconds:.0f}s")
     return result
+
+
+def _serve(ec2: Any, image: dict[str, Any], tasks: list[str]) -> str | None:
+    """An AMI reused or shared by `tasks` is theirs too: named in its `factory:tasks` list,
+    so register, status and rollback find it by any of their names (register.ami.add_tasks)."""
+    from factory.register.ami import add_tasks
+
+    return add_tasks(ec2, image, tasks)
 
 
 def _manifest_tags(ec2: Any, result: BakeResult, p: Prepared, ami_id: str, have: dict[str, str] | None) -> None:
@@ -664,6 +675,10 @@ def bake_all(
                 results[p.spec.name] = _failed(p.spec, exc.message, p)
             return
         results[leader.spec.name] = r
+        full = None
+        if len(group) > 1 and r.ami_id:
+            image = reads[leader.spec.region].image(r.ami_id)
+            full = _serve(cloud.clients(leader.spec.region).ec2(), image, [p.spec.name for p in group]) if image else None
         for p in group[1:]:
             results[p.spec.name] = BakeResult(
                 task=p.spec.name, ami_id=r.ami_id, region=p.spec.region, base_ami=p.base_ami,
@@ -673,7 +688,7 @@ def bake_all(
                 status="reused" if r.status == "reused" else "shared",
                 reused_from=r.reused_from or leader.spec.name,
                 build_dir=str(Path(p.out_dir).absolute()), steps=dict(p.steps),
-                note=f"same image as {leader.spec.name}: shares {r.ami_id}",
+                note=_join(f"same image as {leader.spec.name}: shares {r.ami_id}", full or "").rstrip("; "),
                 image_manifest=r.image_manifest,
             )
 

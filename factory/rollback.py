@@ -102,6 +102,7 @@ def _check(ec2: Any, target: Any, task: str, ami: str, history_values: list[str]
     from botocore.exceptions import ClientError
 
     from factory.aws import aws_errors, error_code
+    from factory.register.ami import serves
     from factory.register.names import TAG_TASK, tag_dict
 
     if not ami.startswith("ami-"):
@@ -121,7 +122,7 @@ def _check(ec2: Any, target: Any, task: str, ami: str, history_values: list[str]
     if image.get("Architecture") and image["Architecture"] != target.architecture:
         raise FactoryError(f"cannot roll {task} back to {ami}: it is {image['Architecture']}, the task is {target.architecture}")
     owner = tag_dict(image.get("Tags")).get(TAG_TASK)
-    if owner not in (task, target.ami_task) and ami not in history_values:
+    if not (serves(image, task) or serves(image, target.ami_task)) and ami not in history_values:
         raise FactoryError(
             f"cannot roll {task} back to {ami}: it was baked for {owner or 'no factory task'} ({TAG_TASK}), and {task} never ran it; "
             f"pass an AMI baked for {target.ami_task} (tier {target.tier} runs on the AMI of its largest task)"

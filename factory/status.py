@@ -147,7 +147,10 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
         image = reads.image(ami_in_use) if ami_in_use else None
         tags = tag_dict((image or {}).get("Tags"))
         base = tags.get(TAG_BASE_AMI)
-        spec_changed = (tags[TAG_SPEC_HASH] != spec.spec_hash) if tags.get(TAG_SPEC_HASH) else None
+        owner = tags.get(TAG_TASK)
+        # The spec hash on the AMI is its baker's: for an AMI another task baked (the same
+        # image, reused: register.ami.serves) it says nothing of this spec; the image hash does.
+        spec_changed = (tags[TAG_SPEC_HASH] != spec.spec_hash) if tags.get(TAG_SPEC_HASH) and owner == target.ami_task else None
         image_changed = None
         if base and tags.get(TAG_IMAGE_HASH):
             image_changed = expected_image_hash(spec, base, image_target) != tags[TAG_IMAGE_HASH]
@@ -161,6 +164,8 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
             notes.append(f"AMI {ami_in_use} is not visible to this account")
         elif not tags.get(TAG_TASK):
             notes.append(f"AMI {ami_in_use} is not a factory AMI (no {TAG_TASK} tag): its base and content are unknown")
+        if owner and owner != target.ami_task:
+            notes.append(f"AMI {ami_in_use} was baked for task {owner}: {target.ami_task}'s image is the same (a bake reused it)")
         if base and recommended_base and base != recommended_base:
             stale.append(f"AWS recommends base {recommended_base}; {ami_in_use} was baked on {base}: run `factory bake {target.ami_task}`")
         if image_changed:

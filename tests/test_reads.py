@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from bench.reads.run import REGION, baked_like_factory, write_specs
-from factory.bake import bake_all
+from factory.bake import bake_all, bake_task
 from factory.cloud import Cloud
 from factory.config import load_config
 from factory.local import cloud as local_cloud
-from factory.register import register_tasks
+from factory.register import register_tasks, tasks_from_tags
 from factory.spec import load_specs
 from factory.status import task_status
 
@@ -88,3 +88,28 @@ def test_status_and_an_unchanged_bake_all_make_the_same_calls_for_3_specs_as_for
     # What each read is, once: no Describe per spec or per tier.
     assert counts[12]["status"]["ec2:DescribeLaunchTemplateVersions"] == 1
     assert counts[12]["bake"]["ec2:DescribeImages"] <= 2 and counts[12]["bake"]["ec2:DescribeInstanceTypes"] == 1
+
+
+@needs_local_cloud
+def test_a_task_whose_image_another_task_baked_finds_that_ami_by_its_own_name(lc, tmp_path):
+    """task-001 (the largest of its tier) has the same image as task-000, whose bake made the
+    AMI: the bake of task-001 reuses it and names task-001 on it, so a plain register (no
+    --ami) and status find it under task-001's name."""
+    lc.moto.reset()
+    lc.seed_account()
+    write_specs(tmp_path / "specs", 2)
+    specs = load_specs([tmp_path / "specs"])
+    a, b = sorted(specs, key=lambda s: s.name)
+    cloud = Cloud("local", lc)
+    ami = baked_like_factory(lc, [a])[a.name]
+    done = bake_task(b, cloud=cloud, build_root=tmp_path / "build", register=False)
+    assert (done.status, done.ami_id, done.reused_from) == ("reused", ami, a.name)  # the same image: one AMI
+
+    reg = register_tasks([b], lc.clients(REGION), {}, all_specs=specs, poll=0.2)
+    tier = reg.for_task(b.name)
+    assert tier.ami_id == ami and tier.tasks == (b.name,) and "baked for task-000" in tier.ami_source
+    (row,) = task_status([b], specs, cloud, load_config(None)).tasks
+    assert row.ami_in_use == ami == row.parameter and not row.stale
+    assert row.spec_changed is None and row.image_changed is False  # task-000's spec hash says nothing of task-001's spec
+    assert f"AMI {ami} was baked for task {a.name}: {b.name}'s image is the same (a bake reused it)" in row.notes
+    assert tasks_from_tags({t["Key"]: t["Value"] for t in lc.clients(REGION).ec2().describe_images(ImageIds=[ami])["Images"][0]["Tags"]}) == [b.name]

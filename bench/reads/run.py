@@ -82,6 +82,9 @@ def measure(lc, specs_dir: Path, build_root: Path) -> dict[str, object]:
     row: dict[str, object] = {}
     for label, fn in (
         ("status", lambda specs, cloud: task_status(specs, specs, cloud, load_config(None))),
+        # The first bake renders every build folder; the next finds them as rendered (the
+        # unchanged `bake --all` a user or the weekly workflow runs).
+        ("first bake --all", lambda specs, cloud: bake_all(specs, cloud, build_root=build_root)),
         ("bake --all", lambda specs, cloud: bake_all(specs, cloud, build_root=build_root)),
     ):
         lc.moto.calls(clear=True)
@@ -90,11 +93,9 @@ def measure(lc, specs_dir: Path, build_root: Path) -> dict[str, object]:
         result = fn(specs, Cloud("local", lc))
         seconds = time.monotonic() - t
         calls = lc.moto.calls()
-        if label == "bake --all":
+        if label.endswith("bake --all"):
             statuses = Counter(r.status for r in result)
             assert set(statuses) == {"reused"}, f"bake --all of unchanged specs: {statuses} ({[r.error for r in result if r.error][:1]})"
-            changed = [c for r in result for c in []]
-            del changed
         else:
             assert not result.stale, [t.stale for t in result.stale][:1]
         row[label] = {"seconds": round(seconds, 3), "calls": len(calls), "by_operation": dict(Counter(calls).most_common())}
@@ -125,6 +126,7 @@ def main(argv: list[str]) -> int:
             row = {"specs": n, "setup_s": round(setup, 1), **measure(lc, specs_dir, work / f"build-{n}")}
             rows.append(row)
             print(f"{n:4d} specs: status {row['status']['seconds']:.2f} s, {row['status']['calls']} calls; "
+                  f"first bake --all {row['first bake --all']['seconds']:.2f} s; "
                   f"bake --all {row['bake --all']['seconds']:.2f} s, {row['bake --all']['calls']} calls", flush=True)
     finally:
         local_cloud.down(work / "state")
@@ -137,9 +139,12 @@ def write_results(rows: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "reads.json").write_text(json.dumps({"goal_s_at_100": GOAL_SECONDS, "rows": rows}, indent=2) + "\n")
     lines = ["# Reads of status and an unchanged bake --all (local cloud)", "",
-             "| specs | status s | status AWS calls | bake --all s | bake --all AWS calls |", "|---:|---:|---:|---:|---:|"]
+             f"Goal: 100 unchanged specs in under {GOAL_SECONDS:g} s. The first bake --all renders every build folder;",
+             "`bake --all` is the next one, nothing changed. AWS calls from the local cloud's call log, pages of 100.", "",
+             "| specs | status s | status AWS calls | first bake --all s | bake --all s | bake --all AWS calls |", "|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['specs']} | {r['status']['seconds']:.2f} | {r['status']['calls']} | {r['bake --all']['seconds']:.2f} | {r['bake --all']['calls']} |")
+        lines.append(f"| {r['specs']} | {r['status']['seconds']:.2f} | {r['status']['calls']} | {r['first bake --all']['seconds']:.2f} "
+                     f"| {r['bake --all']['seconds']:.2f} | {r['bake --all']['calls']} |")
     for r in rows[-1:]:
         for label in ("status", "bake --all"):
             lines += ["", f"AWS calls of `{label}` at {r['specs']} specs: " + ", ".join(f"{k} {v}" for k, v in r[label]["by_operation"].items())]

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from factory.aws import aws_errors
-from factory.register.names import TAG_IMAGE_HASH, TAG_TASK, tag_dict
+from factory.register.names import TAG_IMAGE_HASH, TAG_TASK, tag_dict, tasks_from_tags
 from factory.register.reads import compute_environments, job_queues, paged
 
 NAMES_PER_GET = 10  # GetParameters takes at most 10 names (SSM API reference)
@@ -77,14 +77,15 @@ class RegionReads:
         return images[0] if images else None
 
     def newest_image(self, *, task: str | None = None, image_hash: str | None = None, architecture: str | None = None) -> dict[str, Any] | None:
-        """The newest available factory AMI tagged factory:task=`task` and/or factory:image-hash=`image_hash`."""
+        """The newest available factory AMI of `task` (baked for it or reused by a bake of it:
+        register.ami.serves) and/or tagged factory:image-hash=`image_hash`."""
         out = []
         for image in self.images().values():
             tags = tag_dict(image.get("Tags"))
             if image.get("State") != "available":
                 continue
-            if task is not None and tags.get(TAG_TASK) != task:
-                continue
+            if task is not None and tags.get(TAG_TASK) != task and task not in tasks_from_tags(tags):
+                continue  # neither baked for the task nor reused by a bake of it (register.ami.serves)
             if image_hash is not None and tags.get(TAG_IMAGE_HASH) != image_hash:
                 continue
             if architecture and image.get("Architecture") and image["Architecture"] != architecture:
