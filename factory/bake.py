@@ -585,6 +585,8 @@ def register_results(
         if all_specs is not None:
             kwargs["all_specs"] = list(all_specs)
         try:
+            # An AMI the bake only found (reused) does not end a rollback's hold; one it made does.
+            kwargs["yield_to_hold"] = {s.name for r, s in pairs if r.status == "reused"}
             reg = register_tasks(
                 [s for _, s in pairs], cloud.clients(region), {s.name: r.ami_id for r, s in pairs}, False, **kwargs
             )
@@ -599,7 +601,11 @@ def register_results(
 
 def _fill_registration(result: BakeResult, reg: Any) -> None:
     """Copy the task's launch template, compute environment and queue from a RegisterResult."""
-    entry = reg.for_task(result.task).task_json()
+    tier = reg.for_task(result.task)
+    entry = tier.task_json()
+    for note in tier.notes:  # a rollback's hold kept or ended: the bake says so
+        if "`factory rollback`" in note:
+            result.note = _join(result.note, note)
     result.launch_template = entry.get("launch_template")
     result.compute_environment = entry.get("compute_environment")
     result.job_queue = entry.get("job_queue")

@@ -113,6 +113,7 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
 
 def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStatus]:
     from factory.bake import expected_image_hash
+    from factory.register.parameter import held as parameter_held
     from factory.register.parameter import parameter_name
     from factory.register.region_reads import RegionReads
 
@@ -164,6 +165,10 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
             notes.append(f"AMI {ami_in_use} is not visible to this account")
         elif not tags.get(TAG_TASK):
             notes.append(f"AMI {ami_in_use} is not a factory AMI (no {TAG_TASK} tag): its base and content are unknown")
+        held = parameter_held(reads, target.ami_task) if ami_in_use else None
+        if held:
+            notes.append(f"held at {held} by `factory rollback` until it rolls forward (`factory register {target.ami_task} --ami AMI`, "
+                         "or a bake that makes a new image)")
         if owner and owner != target.ami_task:
             notes.append(f"AMI {ami_in_use} was baked for task {owner}: {target.ami_task}'s image is the same (a bake reused it)")
         if base and recommended_base and base != recommended_base:

@@ -113,3 +113,55 @@ def test_a_task_whose_image_another_task_baked_finds_that_ami_by_its_own_name(lc
     assert row.spec_changed is None and row.image_changed is False  # task-000's spec hash says nothing of task-001's spec
     assert f"AMI {ami} was baked for task {a.name}: {b.name}'s image is the same (a bake reused it)" in row.notes
     assert tasks_from_tags({t["Key"]: t["Value"] for t in lc.clients(REGION).ec2().describe_images(ImageIds=[ami])["Images"][0]["Tags"]}) == [b.name]
+
+
+@needs_local_cloud
+def test_a_rollback_holds_until_an_ami_is_given_or_a_bake_makes_a_new_image(lc, tmp_path):
+    """After `factory rollback`, a plain register and a bake that only reuses an AMI keep the
+    task on the rolled-back AMI, and say why; an AMI given with --ami, or one a bake made,
+    rolls it forward and says so."""
+    from factory.bake import BakeResult, register_results
+    from factory.register.parameter import history, parameter_name
+    from factory.rollback import rollback
+
+    lc.moto.reset()
+    lc.seed_account()
+    write_specs(tmp_path / "specs", 1)
+    specs = load_specs([tmp_path / "specs"])
+    (spec,) = specs
+    task, clients, cloud = spec.name, lc.clients(REGION), Cloud("local", lc)
+    first = baked_like_factory(lc, specs)[task]
+    register_tasks(specs, clients, {task: first}, all_specs=specs, poll=0.2)
+    newest = baked_like_factory(lc, specs)[task]  # a later bake of the same image
+    register_tasks(specs, clients, {task: newest}, all_specs=specs, poll=0.2)
+
+    back = rollback(spec, specs, cloud, config=load_config(None), poll=0.2)
+    assert (back.from_ami, back.to_ami) == (newest, first)
+    found = clients.ssm().describe_parameters(ParameterFilters=[{"Key": "Name", "Values": [parameter_name(task)]}])["Parameters"]
+    descriptions = {p["Name"]: p.get("Description", "") for p in found}
+    assert descriptions[parameter_name(task)].startswith("factory rollback:")
+
+    # A plain register keeps the rollback (before: the newest AMI again, silently).
+    plan = register_tasks(specs, clients, {}, True, all_specs=specs).for_task(task)
+    assert plan.ami_id == first and plan.ami_source == f"held by `factory rollback` ({parameter_name(task)})"
+    assert f"{task} stays on {first}, where `factory rollback` put it (the newest AMI is {newest}): `factory register {task} --ami {newest}` rolls forward" in plan.notes
+    assert {c.action for c in plan.changes} == {"unchanged"}
+    # So does a bake of the unchanged spec: it finds the newest AMI of the same image, and says why it is not used.
+    done = bake_task(spec, cloud=cloud, build_root=tmp_path / "build")
+    assert done.status == "reused" and done.ami_id == newest
+    assert f"{task} stays on {first}, where `factory rollback` put it (the bake's AMI is {newest})" in done.note
+    assert [v["Value"] for v in history(clients.ssm(), task)][-1] == first
+    (row,) = task_status(specs, specs, cloud, load_config(None)).tasks
+    assert row.ami_in_use == first and any(n.startswith(f"held at {first} by `factory rollback`") for n in row.notes)
+
+    # A bake that made a new image rolls forward (what register_results gets after a Packer build).
+    made = baked_like_factory(lc, specs)[task]
+    baked = BakeResult(task=task, ami_id=made, region=REGION, base_ami=None, spec_hash=spec.spec_hash, image_hash=None, baked=True, volume_gib=None)
+    register_results([baked], specs, cloud, all_specs=specs)
+    assert f"rolls {task} forward to {made} from {first}, where `factory rollback` held it" in baked.note
+    assert register_tasks(specs, clients, {}, True, all_specs=specs).for_task(task).ami_id == made  # the hold is over
+    # --ami after another rollback rolls forward too.
+    rollback(spec, specs, cloud, first, config=load_config(None), poll=0.2)
+    forward = register_tasks(specs, clients, {task: made}, all_specs=specs, poll=0.2).for_task(task)
+    assert forward.ami_id == made and any(n.startswith(f"rolls {task} forward to {made}") for n in forward.notes)
+    assert register_tasks(specs, clients, {}, True, all_specs=specs).for_task(task).ami_source.startswith("newest AMI")

@@ -11,8 +11,8 @@ from memory:
   for every template of the account: EC2 API reference, DescribeLaunchTemplateVersions
   `LaunchTemplateId` and `Versions`);
 - compute environments and job queues;
-- the tasks' `/factory/<task>/ami-id` parameters, the ECS-optimized base parameters, and the
-  builder's instance types.
+- the tasks' `/factory/<task>/ami-id` parameters (and their descriptions, where a rollback
+  marks a hold), the ECS-optimized base parameters, and the builder's instance types.
 
 The memory is of the moment it was read: a run changes each tier's own resources once
 (launch template, environment, queue, parameter), after reading them, so no tier reads what
@@ -44,6 +44,7 @@ class RegionReads:
         self._queues: dict[str, dict[str, Any]] | None = None
         self._parameters: dict[str, str | None] = {}
         self._instance_types: dict[str, dict[str, Any] | None] = {}
+        self._descriptions: dict[str, str] | None = None
 
     # -- AMIs ---------------------------------------------------------------------------
 
@@ -159,6 +160,16 @@ class RegionReads:
             for p in answer.get("Parameters") or []:
                 self._parameters[p["Name"]] = p.get("Value")
         return {n: self._parameters[n] for n in wanted}
+
+    def descriptions(self, prefix: str = "/factory/") -> dict[str, str]:
+        """Name -> description of every SSM parameter under `prefix` (one paged read): where
+        `factory rollback` marks a hold (register.parameter.held)."""
+        if self._descriptions is None:
+            with aws_errors("reading the descriptions of factory's SSM parameters"):
+                found = paged(self.clients.ssm(), "describe_parameters", "Parameters",
+                              ParameterFilters=[{"Key": "Name", "Option": "BeginsWith", "Values": [prefix]}])
+                self._descriptions = {p["Name"]: p.get("Description") or "" for p in found}
+        return self._descriptions
 
     def instance_type(self, name: str) -> dict[str, Any] | None:
         """One instance type's description (None when the region offers no such type)."""
