@@ -12,9 +12,11 @@ now over the AMI's own base, differs from the one the AMI carries). A spec chang
 leaves the image alone (a new volume size in launch-template mode) is not staleness: a
 register applies it, and the status says so.
 
-AWS is read in batches per region, not once per task: every factory AMI in one paged read,
-every compute environment and queue in one paged read each, the parameters ten to a
-GetParameters call, and one launch template version per tier.
+AWS is read in batches per region, not once per task or tier (factory.register.region_reads):
+every factory AMI in one paged read, every launch template and the default and latest
+version of each in one paged read each, every compute environment and queue in one paged
+read each, the parameters (the tasks' and the bases') ten to a GetParameters call, the
+rollback holds in one paged DescribeParameters.
 """
 
 from __future__ import annotations
