@@ -135,17 +135,25 @@ def image_hash(base_ami: str, files: Iterable[tuple[str, Path]], variables: dict
     return h.hexdigest()
 
 
-def content_hash(base_ami: str, variables: dict[str, Any], modern_packer: bool) -> str:
-    """The image hash of a task rendered with `variables` (what a bake tags on its AMI)."""
+def content_hash(base_ami: str, variables: dict[str, Any], modern_packer: bool, memo: dict[str, str] | None = None) -> str:
+    """The image hash of a task rendered with `variables` (what a bake tags on its AMI).
+    `memo` (one dict for one run over many specs) answers a second spec with the same base
+    and image variables without reading the template and role files again: tasks of one
+    family in launch-template mode have the same image."""
     from factory import render as render_mod
 
     variables = dict(variables)
     # Packer 1.7+ keeps the template's IMDSv2 blocks, which set the AMI's imds_support.
     variables["__modern_packer"] = modern_packer
-    return image_hash(base_ami, render_mod.content_files(), variables)
+    if memo is None:
+        return image_hash(base_ami, render_mod.content_files(), variables)
+    key = json.dumps([base_ami, image_variables(variables)], sort_keys=True, default=str)
+    if key not in memo:
+        memo[key] = image_hash(base_ami, render_mod.content_files(), variables)
+    return memo[key]
 
 
-def expected_image_hash(spec: Any, base_ami: str, target: Any = None, plan: Any = None) -> str:
+def expected_image_hash(spec: Any, base_ami: str, target: Any = None, plan: Any = None, memo: dict[str, str] | None = None) -> str:
     """The image hash a bake of `spec` on `base_ami` would tag now, without rendering or
     running anything but `packer version` (once per process). `target` is the cloud's
     BuildTarget (the local cloud's installer differs from AWS's; default AWS's)."""
@@ -161,7 +169,7 @@ def expected_image_hash(spec: Any, base_ami: str, target: Any = None, plan: Any 
         target = replace(target, builder_cidrs=("127.0.0.1/32",))
     variables = render_mod.variables_for(spec, plan or size_task(spec), base_ami, target)
     version = render_mod.packer_version_or_none()
-    return content_hash(base_ami, variables, version is None or tuple(version) >= render_mod.MODERN_PACKER)
+    return content_hash(base_ami, variables, version is None or tuple(version) >= render_mod.MODERN_PACKER, memo)
 
 
 def find_image(ec2: Any, digest: str) -> dict[str, Any] | None:
@@ -255,10 +263,14 @@ class Prepared:
     steps: dict[str, float]
 
 
-def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None, target: Any = None, reads: Any = None) -> Prepared:
+def prepare(
+    spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None, target: Any = None, reads: Any = None,
+    hashes: dict[str, str] | None = None,
+) -> Prepared:
     """Size, resolve the base AMI, render `build_root/<task>/`, hash. `reads` (the region's
     RegionReads, shared by every spec of a `bake --all`) answers the base AMI's parameter
-    and the builder's instance type from one read per region instead of one per spec."""
+    and the builder's instance type from one read per region instead of one per spec;
+    `hashes` is content_hash's memo for the run."""
     from factory import render as render_mod
     from factory.sizing import size_task
 
@@ -286,7 +298,7 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
 
     check_builder_memory(clients.ec2(), rr.variables["instance_type"], spec.image.architecture, cloud.config_source(), reads)
 
-    digest = content_hash(base_ami, rr.variables, rr.modern_packer)
+    digest = content_hash(base_ami, rr.variables, rr.modern_packer, hashes)
     # The AMI is born with its content hash: Packer tags the AMI and its snapshots with it
     # when it creates them, so there is never an untagged AMI nobody will reuse. `tags` is
     # not hashed (NOT_IMAGE_VARIABLES), and the hash was taken before it was added.
@@ -649,6 +661,7 @@ def bake_all(
     # unchanged `bake --all` costs a few calls per region, not a round per spec.
     reads: dict[str, RegionReads] = {}
     targets: dict[str, Any] = {}
+    hashes: dict[str, str] = {}
     for region in dict.fromkeys(s.region for s in specs):
         reads[region] = RegionReads(cloud.clients(region))
         reads[region].parameters(sorted({n for s in specs if s.region == region and not s.image.pinned_ami
@@ -657,7 +670,7 @@ def bake_all(
         try:
             if spec.region not in targets:
                 targets[spec.region] = cloud.target(spec.region)
-            prepared[spec.name] = prepare(spec, cloud, build_root, on_step, target=targets[spec.region], reads=reads[spec.region])
+            prepared[spec.name] = prepare(spec, cloud, build_root, on_step, target=targets[spec.region], reads=reads[spec.region], hashes=hashes)
         except FactoryError as exc:
             results[spec.name] = _failed(spec, exc.message)
 

@@ -133,6 +133,7 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
     recommended = _recommended_bases(values)
     fired = _grow_fired(ec2)
     image_target = cloud.image_target(region)
+    hashes: dict[str, str] = {}  # tiers of one family and base often have the same image: hash it once
 
     out: list[TaskStatus] = []
     for target in targets:
@@ -156,7 +157,7 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
         spec_changed = (tags[TAG_SPEC_HASH] != spec.spec_hash) if tags.get(TAG_SPEC_HASH) and owner == target.ami_task else None
         image_changed = None
         if base and tags.get(TAG_IMAGE_HASH):
-            image_changed = expected_image_hash(spec, base, image_target) != tags[TAG_IMAGE_HASH]
+            image_changed = expected_image_hash(spec, base, image_target, memo=hashes) != tags[TAG_IMAGE_HASH]
         stale: list[str] = []
         notes: list[str] = []
         if not queue:
