@@ -83,7 +83,8 @@ def test_status_and_an_unchanged_bake_all_make_the_same_calls_for_3_specs_as_for
     for what in ("status", "bake"):
         few, many = counts[3][what], counts[12][what]
         assert {k: v for k, v in few.items() if k != "ssm:GetParameters"} == {k: v for k, v in many.items() if k != "ssm:GetParameters"}, what
-        # GetParameters: ten names a call (the tasks' /factory/<task>/ami-id and the base's parameter).
+        # GetParameters: ten names a call (the tasks' /factory/<task>/ami-id and the base's parameter);
+        # DescribeParameters (rollback holds) fifty a page, so one call for both.
         assert many["ssm:GetParameters"] - few["ssm:GetParameters"] <= math.ceil(12 / 10), what
     # What each read is, once: no Describe per spec or per tier.
     assert counts[12]["status"]["ec2:DescribeLaunchTemplateVersions"] == 1
@@ -165,3 +166,24 @@ def test_a_rollback_holds_until_an_ami_is_given_or_a_bake_makes_a_new_image(lc, 
     forward = register_tasks(specs, clients, {task: made}, all_specs=specs, poll=0.2).for_task(task)
     assert forward.ami_id == made and any(n.startswith(f"rolls {task} forward to {made}") for n in forward.notes)
     assert register_tasks(specs, clients, {}, True, all_specs=specs).for_task(task).ami_source.startswith("newest AMI")
+
+
+def test_the_local_cloud_pages_describe_parameters_by_max_results_as_aws(moto):
+    """AWS answers DescribeParameters MaxResults (1 to 50) a page; moto answered 10 whatever
+    was asked, which made the rollback holds' read grow every ten tasks (rules/ssm.py)."""
+    import boto3
+
+    moto.reset()
+    ssm = boto3.client("ssm", region_name=REGION, endpoint_url=moto.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing")
+    for i in range(12):
+        ssm.put_parameter(Name=f"/factory/task-{i:03d}/ami-id", Value="ami-0", Type="String")
+    mine = [{"Key": "Name", "Option": "BeginsWith", "Values": ["/factory/"]}]
+    page = ssm.describe_parameters(MaxResults=50, ParameterFilters=mine)
+    assert len(page["Parameters"]) == 12 and "NextToken" not in page
+    first = ssm.describe_parameters(MaxResults=5, ParameterFilters=mine)
+    second = ssm.describe_parameters(MaxResults=5, ParameterFilters=mine, NextToken=first["NextToken"])
+    assert len(first["Parameters"]) == len(second["Parameters"]) == 5
+    assert {p["Name"] for p in first["Parameters"]}.isdisjoint(p["Name"] for p in second["Parameters"])
+    assert len(ssm.describe_parameters(ParameterFilters=mine)["Parameters"]) == 10  # AWS's default page
+    with pytest.raises(ssm.exceptions.ClientError, match="ValidationException"):
+        ssm.describe_parameters(MaxResults=51)
