@@ -28,7 +28,6 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-FACTORY = str(Path(sys.executable).with_name("factory"))
 sys.path.insert(0, str(REPO))
 
 TEMPLATE = "salmon-quant"
@@ -109,13 +108,14 @@ def measure(lc, specs_dir: Path, build_root: Path) -> dict[str, object]:
     # The same through the CLI, as a user runs it (start-up, loading the specs, printing).
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["FACTORY_STATE_DIR"] = str(lc.state_dir)
+    env["PYTHONPATH"] = str(REPO)  # this checkout's factory, whichever is installed
     for label, args in (
         ("factory status", ["status", "--cloud", "local", "--specs-dir", str(specs_dir), "--json"]),
         ("factory bake --all", ["bake", "--all", "--cloud", "local", "--specs-dir", str(specs_dir), "--build-dir", str(build_root), "--json"]),
     ):
         lc.moto.calls(clear=True)
         t = time.monotonic()
-        proc = subprocess.run([FACTORY, *args], env=env, capture_output=True, text=True, timeout=900, check=False)
+        proc = subprocess.run([sys.executable, "-m", "factory", *args], env=env, capture_output=True, text=True, timeout=900, check=False)
         seconds = time.monotonic() - t
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         row[label] = {"seconds": round(seconds, 3), "calls": len(lc.moto.calls())}
