@@ -39,7 +39,7 @@ class RegionReads:
         self.clients = clients
         self._images: dict[str, dict[str, Any]] | None = None
         self._templates: dict[str, dict[str, Any]] | None = None
-        self._versions: dict[tuple[str, int], dict[str, Any]] | None = None
+        self._versions: dict[tuple[str, int], dict[str, Any] | None] | None = None
         self._ces: list[dict[str, Any]] | None = None
         self._queues: dict[str, dict[str, Any]] | None = None
         self._parameters: dict[str, str | None] = {}
@@ -128,7 +128,7 @@ class RegionReads:
                     if "NotFound" not in error_code(exc):
                         raise
                     found = []
-            self._versions[key] = found[0] if found else None  # type: ignore[assignment]
+            self._versions[key] = found[0] if found else None
         return self._versions[key]
 
     # -- Batch ----------------------------------------------------------------------------
