@@ -43,12 +43,13 @@ lint: $(STAMP) system-deps ## ansible-lint (production), packer fmt, ruff
 	@packer fmt -check packer/
 	@$(VENV)/bin/ruff check factory tests bench scripts
 
-bench: $(STAMP) system-deps ## Run the benchmarks in bench/ and print their figures (measure starts its own dockerd)
+bench: $(STAMP) system-deps ## Run the benchmarks in bench/ and print their figures (measure starts its own dockerd; reads: status and bake --all at 100 specs)
 	@$(PY) bench/startup/run.py
 	@$(PY) bench/sizing/run.py
 	@$(PY) bench/measure/run.py
 	@$(PY) bench/bake/run.py
 	@$(PY) bench/grow/run.py
+	@$(PY) bench/reads/run.py
 
 guard-%:
 	@if [ -z "$($*)" ]; then echo "usage: make $(MAKECMDGOALS) $*=<value>   e.g. make $(MAKECMDGOALS) $*=salmon-quant"; exit 2; fi

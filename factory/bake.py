@@ -135,17 +135,25 @@ def image_hash(base_ami: str, files: Iterable[tuple[str, Path]], variables: dict
     return h.hexdigest()
 
 
-def content_hash(base_ami: str, variables: dict[str, Any], modern_packer: bool) -> str:
-    """The image hash of a task rendered with `variables` (what a bake tags on its AMI)."""
+def content_hash(base_ami: str, variables: dict[str, Any], modern_packer: bool, memo: dict[str, str] | None = None) -> str:
+    """The image hash of a task rendered with `variables` (what a bake tags on its AMI).
+    `memo` (one dict for one run over many specs) answers a second spec with the same base
+    and image variables without reading the template and role files again: tasks of one
+    family in launch-template mode have the same image."""
     from factory import render as render_mod
 
     variables = dict(variables)
     # Packer 1.7+ keeps the template's IMDSv2 blocks, which set the AMI's imds_support.
     variables["__modern_packer"] = modern_packer
-    return image_hash(base_ami, render_mod.content_files(), variables)
+    if memo is None:
+        return image_hash(base_ami, render_mod.content_files(), variables)
+    key = json.dumps([base_ami, image_variables(variables)], sort_keys=True, default=str)
+    if key not in memo:
+        memo[key] = image_hash(base_ami, render_mod.content_files(), variables)
+    return memo[key]
 
 
-def expected_image_hash(spec: Any, base_ami: str, target: Any = None, plan: Any = None) -> str:
+def expected_image_hash(spec: Any, base_ami: str, target: Any = None, plan: Any = None, memo: dict[str, str] | None = None) -> str:
     """The image hash a bake of `spec` on `base_ami` would tag now, without rendering or
     running anything but `packer version` (once per process). `target` is the cloud's
     BuildTarget (the local cloud's installer differs from AWS's; default AWS's)."""
@@ -161,7 +169,7 @@ def expected_image_hash(spec: Any, base_ami: str, target: Any = None, plan: Any 
         target = replace(target, builder_cidrs=("127.0.0.1/32",))
     variables = render_mod.variables_for(spec, plan or size_task(spec), base_ami, target)
     version = render_mod.packer_version_or_none()
-    return content_hash(base_ami, variables, version is None or tuple(version) >= render_mod.MODERN_PACKER)
+    return content_hash(base_ami, variables, version is None or tuple(version) >= render_mod.MODERN_PACKER, memo)
 
 
 def find_image(ec2: Any, digest: str) -> dict[str, Any] | None:
@@ -255,8 +263,14 @@ class Prepared:
     steps: dict[str, float]
 
 
-def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None, target: Any = None) -> Prepared:
-    """Size, resolve the base AMI, render `build_root/<task>/`, hash."""
+def prepare(
+    spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None, target: Any = None, reads: Any = None,
+    hashes: dict[str, str] | None = None,
+) -> Prepared:
+    """Size, resolve the base AMI, render `build_root/<task>/`, hash. `reads` (the region's
+    RegionReads, shared by every spec of a `bake --all`) answers the base AMI's parameter
+    and the builder's instance type from one read per region instead of one per spec;
+    `hashes` is content_hash's memo for the run."""
     from factory import render as render_mod
     from factory.sizing import size_task
 
@@ -271,7 +285,7 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     t = time.monotonic()
     say("resolving the base AMI")
     clients = cloud.clients(spec.region)
-    base_ami = render_mod.resolve_base_ami(spec, clients)
+    base_ami = _base_ami(spec, clients, reads)
     if spec.image.pinned_ami:
         check_pinned_ami(spec, clients.ec2(), base_ami)
     target = target or cloud.target(spec.region)
@@ -282,9 +296,9 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     rr = render_mod.render(spec, plan, base_ami, out_dir, target=target, keep=render_mod.BUILD_RECORDS)
     steps["render"] = time.monotonic() - t
 
-    check_builder_memory(clients.ec2(), rr.variables["instance_type"], spec.image.architecture, cloud.config_source())
+    check_builder_memory(clients.ec2(), rr.variables["instance_type"], spec.image.architecture, cloud.config_source(), reads)
 
-    digest = content_hash(base_ami, rr.variables, rr.modern_packer)
+    digest = content_hash(base_ami, rr.variables, rr.modern_packer, hashes)
     # The AMI is born with its content hash: Packer tags the AMI and its snapshots with it
     # when it creates them, so there is never an untagged AMI nobody will reuse. `tags` is
     # not hashed (NOT_IMAGE_VARIABLES), and the hash was taken before it was added.
@@ -292,7 +306,20 @@ def prepare(spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | N
     return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
 
 
-def check_builder_memory(ec2: Any, instance_type: str, architecture: str, source: str) -> None:
+def _base_ami(spec: Any, clients: Any, reads: Any) -> str:
+    """The base AMI (render.resolve_base_ami), its parameter read with the others of the region when `reads` is given."""
+    from factory import render as render_mod
+
+    name = spec.image.family_info.ssm_parameter(spec.image.architecture)
+    if reads is None or spec.image.pinned_ami or not name:
+        return render_mod.resolve_base_ami(spec, clients)
+    value = reads.parameters([name])[name]
+    if value is None:
+        return render_mod.resolve_base_ami(spec, clients)  # says what is missing, as a bake of one spec does
+    return render_mod.base_ami_from_parameter(name, value)
+
+
+def check_builder_memory(ec2: Any, instance_type: str, architecture: str, source: str, reads: Any = None) -> None:
     """The builder runs Docker, the ECS agent and a conda-forge solve (documented to be
     OOM-killed on 1 GiB): refuse a type with less than 4 GiB before any instance starts.
     One instance type asked by name: a single page."""
@@ -302,13 +329,17 @@ def check_builder_memory(ec2: Any, instance_type: str, architecture: str, source
     from factory.families import BUILDER_INSTANCE_TYPE, BUILDER_MIN_MEMORY_MIB
 
     field_name = f"builder.instance_types.{architecture}"
-    with aws_errors(f"looking up the builder instance type {instance_type}"):
-        try:
-            types = ec2.describe_instance_types(InstanceTypes=[instance_type]).get("InstanceTypes", [])  # one type, so one answer: no paging (MaxResults) needed
-        except ClientError as exc:
-            if error_code(exc) != "InvalidInstanceType":
-                raise
-            types = []
+    if reads is not None:
+        known = reads.instance_type(instance_type)
+        types = [known] if known else []
+    else:
+        with aws_errors(f"looking up the builder instance type {instance_type}"):
+            try:
+                types = ec2.describe_instance_types(InstanceTypes=[instance_type]).get("InstanceTypes", [])  # one type, so one answer: no paging (MaxResults) needed
+            except ClientError as exc:
+                if error_code(exc) != "InvalidInstanceType":
+                    raise
+                types = []
     if not types:
         raise FactoryError(f"{source}: {field_name}: {instance_type} is not an instance type this region offers; "
                            f"pick another (default {BUILDER_INSTANCE_TYPE[architecture]})")
@@ -424,8 +455,10 @@ def build_prepared(
     on_step: StepCallback | None = None,
     timeout: float | None = None,
     cancel: threading.Event | None = None,
+    reads: Any = None,
 ) -> BakeResult:
-    """Reuse an AMI with the same content hash (unless `force`), else run Packer."""
+    """Reuse an AMI with the same content hash (unless `force`), else run Packer. `reads`
+    (the region's RegionReads) finds the AMI in the region's one read of factory's AMIs."""
     from factory import packer
     from factory import render as render_mod
 
@@ -448,7 +481,7 @@ def build_prepared(
     )
     if not force:
         t = time.monotonic()
-        found = find_image(ec2, p.image_hash)
+        found = reads.newest_image(image_hash=p.image_hash) if reads is not None else find_image(ec2, p.image_hash)
         steps["lookup"] = time.monotonic() - t
         if found is not None:
             owner = _tags(found).get("factory:task")
@@ -458,6 +491,9 @@ def build_prepared(
             shared = f", baked for task {owner}" if owner and owner != spec.name else ""
             result.note = f"reused {found['ImageId']}{shared}: same content hash; --force rebakes"
             say(result.note)
+            full = _serve(ec2, found, [spec.name])
+            if full:
+                result.note = _join(result.note, full)
             _manifest_tags(ec2, result, p, found["ImageId"], have=_tags(found))
             return result
 
@@ -502,6 +538,14 @@ def build_prepared(
     result.status = "baked"
     say(f"baked {out.ami_id} in {out.seconds:.0f}s")
     return result
+
+
+def _serve(ec2: Any, image: dict[str, Any], tasks: list[str]) -> str | None:
+    """An AMI reused or shared by `tasks` is theirs too: named in its `factory:tasks` list,
+    so register, status and rollback find it by any of their names (register.ami.add_tasks)."""
+    from factory.register.ami import add_tasks
+
+    return add_tasks(ec2, image, tasks)
 
 
 def _manifest_tags(ec2: Any, result: BakeResult, p: Prepared, ami_id: str, have: dict[str, str] | None) -> None:
@@ -554,6 +598,8 @@ def register_results(
         if all_specs is not None:
             kwargs["all_specs"] = list(all_specs)
         try:
+            # An AMI the bake only found (reused) does not end a rollback's hold; one it made does.
+            kwargs["yield_to_hold"] = {s.name for r, s in pairs if r.status == "reused"}
             reg = register_tasks(
                 [s for _, s in pairs], cloud.clients(region), {s.name: r.ami_id for r, s in pairs}, False, **kwargs
             )
@@ -568,7 +614,11 @@ def register_results(
 
 def _fill_registration(result: BakeResult, reg: Any) -> None:
     """Copy the task's launch template, compute environment and queue from a RegisterResult."""
-    entry = reg.for_task(result.task).task_json()
+    tier = reg.for_task(result.task)
+    entry = tier.task_json()
+    for note in tier.notes:  # a rollback's hold kept or ended: the bake says so
+        if "`factory rollback`" in note:
+            result.note = _join(result.note, note)
     result.launch_template = entry.get("launch_template")
     result.compute_environment = entry.get("compute_environment")
     result.job_queue = entry.get("job_queue")
@@ -603,11 +653,25 @@ def bake_all(
     cloud = cloud or Cloud("aws")
     if cloud.kind == "local":
         jobs = 1  # one build host: builds on it run one after another
+    from factory.register.region_reads import RegionReads
+
     results: dict[str, BakeResult] = {}
     prepared: dict[str, Prepared] = {}
+    # What is read of AWS is read once per region for all specs (the base AMI parameters,
+    # the builder's instance type, factory's AMIs), and the build target made once: an
+    # unchanged `bake --all` costs a few calls per region, not a round per spec.
+    reads: dict[str, RegionReads] = {}
+    targets: dict[str, Any] = {}
+    hashes: dict[str, str] = {}
+    for region in dict.fromkeys(s.region for s in specs):
+        reads[region] = RegionReads(cloud.clients(region))
+        reads[region].parameters(sorted({n for s in specs if s.region == region and not s.image.pinned_ami
+                                         for n in [s.image.family_info.ssm_parameter(s.image.architecture)] if n}))
     for spec in specs:
         try:
-            prepared[spec.name] = prepare(spec, cloud, build_root, on_step)
+            if spec.region not in targets:
+                targets[spec.region] = cloud.target(spec.region)
+            prepared[spec.name] = prepare(spec, cloud, build_root, on_step, target=targets[spec.region], reads=reads[spec.region], hashes=hashes)
         except FactoryError as exc:
             results[spec.name] = _failed(spec, exc.message)
 
@@ -619,16 +683,22 @@ def bake_all(
     # boto3 sessions are not thread-safe when making clients: make them here, once.
     for region, _ in groups:
         cloud.clients(region).ec2()
+        if not force:
+            reads[region].images()  # read before the bakes run in parallel: once, not per thread
 
     def one(group: list[Prepared]) -> None:
         leader = group[0]
         try:
-            r = build_prepared(leader, cloud, force=force, on_step=on_step, timeout=timeout)
+            r = build_prepared(leader, cloud, force=force, on_step=on_step, timeout=timeout, reads=reads[leader.spec.region])
         except FactoryError as exc:
             for p in group:
                 results[p.spec.name] = _failed(p.spec, exc.message, p)
             return
         results[leader.spec.name] = r
+        full = None
+        if len(group) > 1 and r.ami_id:
+            image = reads[leader.spec.region].image(r.ami_id)
+            full = _serve(cloud.clients(leader.spec.region).ec2(), image, [p.spec.name for p in group]) if image else None
         for p in group[1:]:
             results[p.spec.name] = BakeResult(
                 task=p.spec.name, ami_id=r.ami_id, region=p.spec.region, base_ami=p.base_ami,
@@ -638,7 +708,7 @@ def bake_all(
                 status="reused" if r.status == "reused" else "shared",
                 reused_from=r.reused_from or leader.spec.name,
                 build_dir=str(Path(p.out_dir).absolute()), steps=dict(p.steps),
-                note=f"same image as {leader.spec.name}: shares {r.ami_id}",
+                note=_join(f"same image as {leader.spec.name}: shares {r.ami_id}", full or "").rstrip("; "),
                 image_manifest=r.image_manifest,
             )
 

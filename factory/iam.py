@@ -63,7 +63,8 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
     if purpose == "bake":
         return [
             # The base AMI's SSM parameter, images by content hash, the builder type's memory.
-            _statement("ReadBaseAndImages", ["ssm:GetParameter", "ec2:DescribeImages", "ec2:DescribeInstanceTypes"], _ANY),
+            # (bake --all reads the base parameters of every spec at once: GetParameters)
+            _statement("ReadBaseAndImages", ["ssm:GetParameter", "ssm:GetParameters", "ec2:DescribeImages", "ec2:DescribeInstanceTypes"], _ANY),
             # Packer's amazon-ebs builder, as factory configures it (SSH, a temporary security
             # group, an encrypted EBS-backed AMI); Packer documents these with Resource *.
             _statement(
@@ -117,12 +118,16 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
             _statement("BatchServiceLinkedRole", ["iam:CreateServiceLinkedRole"], ["arn:aws:iam::*:role/aws-service-role/batch.amazonaws.com/*"],
                        {"StringEquals": {"iam:AWSServiceName": "batch.amazonaws.com"}}),
             _statement("TaskAmiParameters", ["ssm:GetParameters", "ssm:PutParameter"], _TASK_PARAMETERS),
+            # Where a rollback holds a task (the parameters' descriptions); DescribeParameters
+            # takes no resource (SSM's service authorization reference lists it with `*`).
+            _statement("FindRollbackHolds", ["ssm:DescribeParameters"], _ANY),
         ]
     if purpose == "status":
         return [
-            _statement("Read", ["ec2:DescribeImages", "ec2:DescribeLaunchTemplateVersions", "batch:DescribeComputeEnvironments",
+            _statement("Read", ["ec2:DescribeImages", "ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions", "batch:DescribeComputeEnvironments",
                                 "batch:DescribeJobQueues", "ec2:DescribeInstances"], _ANY),  # instances: where the grow agent fired
             _statement("ReadParameters", ["ssm:GetParameters"], _TASK_PARAMETERS + _ECS_BASE_PARAMETERS),
+            _statement("FindRollbackHolds", ["ssm:DescribeParameters"], _ANY),
         ]
     if purpose == "rollback":
         return [_statement("ReadAmiHistory", ["ssm:GetParameterHistory"], _TASK_PARAMETERS)]

@@ -6,7 +6,11 @@ cannot parse them), the Ansible content from `ansible/`, and ONE generated, sort
 variables file, `factory.auto.pkrvars.hcl`, which Packer loads by itself. So
 `packer validate .` and `packer build .` need no other argument, wherever the folder is.
 Rendering the same inputs twice gives byte-identical files; the folder is written
-beside its final place and renamed into it, so it is never half-written.
+beside its final place and renamed into it, so it is never half-written. A folder that
+already holds exactly this render is left as it is: `.factory-render.json` records what
+was rendered (a digest of the sources and variables) and each file's size and mtime as
+written, so a file changed, added or removed since makes the next render write the folder
+again (an unchanged `bake --all` of a hundred specs would otherwise copy 6,500 files).
 
     target = BuildTarget.aws()                       # or BuildTarget.local(...)
     result = render(spec, plan, base_ami, Path("build/salmon-quant"), target)
@@ -15,6 +19,7 @@ beside its final place and renamed into it, so it is never half-written.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -38,6 +43,7 @@ IMAGE_MANIFEST = IMAGE_MANIFEST_FILE  # fetched by the image_manifest role
 # What a real build leaves in the folder; a re-render keeps them (see render's `keep`).
 BUILD_RECORDS = (PACKER_LOG, MANIFEST_FILE, BAKE_CHECK_REPORT, IMAGE_MANIFEST)
 MODERN_PACKER = (1, 7, 0)
+RENDER_STAMP = ".factory-render.json"
 _FENCE_BEGIN = "# factory:modern-packer begin"
 _FENCE_END = "# factory:modern-packer end"
 _SKIP = {"__pycache__", ".ansible", ".pytest_cache", ".cache"}
@@ -62,11 +68,19 @@ def miniconda_installer(architecture: str) -> tuple[str, str]:
 
     The pins live in one place, the miniconda_awscli role's defaults (keyed by `uname -m`),
     so the role works on its own and factory renders the same pins into every build."""
+    path = data_dir("ansible") / "roles/miniconda_awscli/defaults/main.yml"
+    st = path.stat()
+    pins = _installer_pins(str(path), st.st_mtime_ns, st.st_size)
+    pin = pins["aarch64" if architecture == "arm64" else architecture]
+    return pin["url"], pin["sha256"]
+
+
+@functools.lru_cache(maxsize=4)
+def _installer_pins(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """The role's installer pins, parsed once per version of the file (every render asks)."""
     import yaml
 
-    defaults = yaml.safe_load((data_dir("ansible") / "roles/miniconda_awscli/defaults/main.yml").read_text())
-    pin = defaults["miniconda_awscli_installers"]["aarch64" if architecture == "arm64" else architecture]
-    return pin["url"], pin["sha256"]
+    return yaml.safe_load(Path(path).read_text())["miniconda_awscli_installers"]
 
 # The root volume of the ECS-optimized AMIs (a builder volume may not be smaller than
 # the base snapshot); AL1 keeps Docker on a separate 22 GiB device.
@@ -369,34 +383,12 @@ def render(
 
     variables = variables_for(spec, plan, base_ami, target)
     _guard_out_dir(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
-    try:
-        written: list[str] = []
-        for name, src in content_files():
-            rel = name.removeprefix("packer/")  # templates sit at the folder's top
-            dest = tmp / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if src.suffix == ".hcl":
-                text = src.read_text()
-                dest.write_text(text if modern else strip_modern_blocks(text))
-            else:
-                shutil.copyfile(src, dest)
-            written.append(rel)
-        (tmp / VARIABLES_FILE).write_text(to_pkrvars(variables))
-        written.append(VARIABLES_FILE)
-        for d in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:
-            os.chmod(d, 0o755)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                os.chmod(f, 0o644)
-        for name in keep:
-            if (out_dir / name).is_file() and not (tmp / name).exists():
-                shutil.copy2(out_dir / name, tmp / name)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    sources = content_files()
+    pkrvars = to_pkrvars(variables)
+    digest = _render_digest(sources, pkrvars, modern)
+    written = _current_render(out_dir, digest, keep)
+    if written is None:
+        written = _write_folder(out_dir, sources, pkrvars, modern, keep, digest)
     out_abs = out_dir.absolute()
     return RenderResult(
         task=spec.name,
@@ -412,6 +404,103 @@ def render(
     )
 
 
+_SOURCE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _source_digest(path: Path) -> str:
+    """sha256 of a source file, remembered per (path, mtime, size) for the process."""
+    import hashlib
+
+    st = path.stat()
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _SOURCE_DIGESTS:
+        _SOURCE_DIGESTS[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _SOURCE_DIGESTS[key]
+
+
+def _render_digest(sources: list[tuple[str, Path]], pkrvars: str, modern: bool) -> str:
+    """What a render writes, as one digest: every source file, the variables, the Packer flavour."""
+    import hashlib
+
+    h = hashlib.sha256(f"{__version__}\0{modern}\0".encode())
+    for name, src in sources:
+        h.update(f"{name}\0{_source_digest(src)}\0".encode())
+    h.update(pkrvars.encode())
+    return h.hexdigest()
+
+
+def _folder_files(out_dir: Path) -> dict[str, list[int]]:
+    """Every file under `out_dir` (relative path -> [size, mtime_ns]), the stamp left out."""
+    out: dict[str, list[int]] = {}
+    for folder, _dirs, files in os.walk(out_dir):
+        for name in files:
+            path = Path(folder) / name
+            rel = path.relative_to(out_dir).as_posix()
+            if rel != RENDER_STAMP:
+                st = path.stat()
+                out[rel] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _current_render(out_dir: Path, digest: str, keep: tuple[str, ...]) -> list[str] | None:
+    """The files of `out_dir` when it holds exactly the render `digest` names, as written
+    (the build records `keep` names may be there too); None when it must be written."""
+    try:
+        stamp = json.loads((out_dir / RENDER_STAMP).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stamp, dict) or stamp.get("digest") != digest or not isinstance(stamp.get("files"), dict):
+        return None
+    have = _folder_files(out_dir)
+    extra = {k for k in have if k not in stamp["files"]} - set(keep)
+    if extra or any(have.get(k) != v for k, v in stamp["files"].items()):
+        return None
+    return sorted(stamp["files"])
+
+
+def _write_stamp(folder: Path, digest: str, files: list[str]) -> None:
+    have = _folder_files(folder)
+    data = {"digest": digest, "files": {k: have[k] for k in files if k in have}}
+    tmp = folder / (RENDER_STAMP + ".tmp")
+    tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
+    os.chmod(tmp, 0o644)
+    tmp.replace(folder / RENDER_STAMP)
+
+
+def _write_folder(out_dir: Path, sources: list[tuple[str, Path]], pkrvars: str, modern: bool, keep: tuple[str, ...], digest: str) -> list[str]:
+    """Write the folder beside `out_dir` and rename it into place; returns the files written."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.render-", dir=out_dir.parent))
+    try:
+        written: list[str] = []
+        for name, src in sources:
+            rel = name.removeprefix("packer/")  # templates sit at the folder's top
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if src.suffix == ".hcl":
+                text = src.read_text()
+                dest.write_text(text if modern else strip_modern_blocks(text))
+            else:
+                shutil.copyfile(src, dest)
+            written.append(rel)
+        (tmp / VARIABLES_FILE).write_text(pkrvars)
+        written.append(VARIABLES_FILE)
+        for d in [tmp, *[p for p in tmp.rglob("*") if p.is_dir()]]:
+            os.chmod(d, 0o755)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                os.chmod(f, 0o644)
+        for name in keep:
+            if (out_dir / name).is_file() and not (tmp / name).exists():
+                shutil.copy2(out_dir / name, tmp / name)
+        _write_stamp(tmp, digest, written)
+        _replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return written
+
+
 def with_tags(rr: RenderResult, tags: dict[str, str]) -> RenderResult:
     """`rr` with `tags` added to the rendered `tags` variable, and its variables file
     rewritten, so Packer creates the builder, the AMI and its snapshots with them (the
@@ -420,11 +509,33 @@ def with_tags(rr: RenderResult, tags: dict[str, str]) -> RenderResult:
 
     variables = dict(rr.variables)
     variables["tags"] = {**dict(variables.get("tags") or {}), **tags}
-    tmp = rr.variables_file.with_name(rr.variables_file.name + ".tmp")
-    tmp.write_text(to_pkrvars(variables))
-    os.chmod(tmp, 0o644)
-    tmp.replace(rr.variables_file)
+    text = to_pkrvars(variables)
+    try:
+        unchanged = rr.variables_file.read_text() == text
+    except OSError:
+        unchanged = False
+    if not unchanged:  # a re-render the stamp kept already holds the tags
+        tmp = rr.variables_file.with_name(rr.variables_file.name + ".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o644)
+        tmp.replace(rr.variables_file)
+        _restamp(rr.out_dir, VARIABLES_FILE)
     return replace(rr, variables=variables)
+
+
+def _restamp(out_dir: Path, rel: str) -> None:
+    """Record a file factory itself rewrote after the render (the variables with the
+    bake's tags) as the render's, so the next render of the same inputs keeps the folder."""
+    try:
+        stamp = json.loads((out_dir / RENDER_STAMP).read_text())
+    except (OSError, ValueError):
+        return
+    if isinstance(stamp, dict) and isinstance(stamp.get("files"), dict) and rel in stamp["files"]:
+        st = (out_dir / rel).stat()
+        stamp["files"][rel] = [st.st_size, st.st_mtime_ns]
+        tmp = out_dir / (RENDER_STAMP + ".tmp")
+        tmp.write_text(json.dumps(stamp, sort_keys=True) + "\n")
+        tmp.replace(out_dir / RENDER_STAMP)
 
 
 def strip_modern_blocks(text: str) -> str:

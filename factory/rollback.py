@@ -8,8 +8,10 @@ register with that AMI for the tier's largest task (a tier runs on its largest t
 AMI): a new launch template version, the compute environment updated as any change is,
 and the parameter of every task of the tier moved back.
 
-The next `factory register` or `factory bake` without an AMI picks the newest baked AMI
-again; a rollback holds until then (docs/register.md).
+The rollback lasts: the parameter is written with a description that marks a hold
+(register.parameter.HOLD_MARK), and a later `factory register` or a bake of an unchanged
+image keeps the tier on that AMI, saying so in the plan. It rolls forward when an AMI is
+given (`factory register TASK --ami AMI`) or a bake makes a new image (docs/register.md).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def rollback(
     poll: float = 5.0,
 ) -> Rollback:
     from factory.register.apply import register_targets
-    from factory.register.parameter import history, parameter_name
+    from factory.register.parameter import history, hold_description, parameter_name
     from factory.register.targets import targets_for
     from factory.tiers import tiers_for
 
@@ -93,6 +95,7 @@ def rollback(
         poll=poll,
         progress=progress,
         image_target=cloud.image_target(target.region),
+        hold=hold_description(target.ami_task, to, current),
     )
     return Rollback(spec.name, target.tier, target.ami_task, current, to, source, result)
 
@@ -102,6 +105,7 @@ def _check(ec2: Any, target: Any, task: str, ami: str, history_values: list[str]
     from botocore.exceptions import ClientError
 
     from factory.aws import aws_errors, error_code
+    from factory.register.ami import serves
     from factory.register.names import TAG_TASK, tag_dict
 
     if not ami.startswith("ami-"):
@@ -121,7 +125,7 @@ def _check(ec2: Any, target: Any, task: str, ami: str, history_values: list[str]
     if image.get("Architecture") and image["Architecture"] != target.architecture:
         raise FactoryError(f"cannot roll {task} back to {ami}: it is {image['Architecture']}, the task is {target.architecture}")
     owner = tag_dict(image.get("Tags")).get(TAG_TASK)
-    if owner not in (task, target.ami_task) and ami not in history_values:
+    if not (serves(image, task) or serves(image, target.ami_task)) and ami not in history_values:
         raise FactoryError(
             f"cannot roll {task} back to {ami}: it was baked for {owner or 'no factory task'} ({TAG_TASK}), and {task} never ran it; "
             f"pass an AMI baked for {target.ami_task} (tier {target.tier} runs on the AMI of its largest task)"

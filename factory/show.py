@@ -72,7 +72,8 @@ def task_status(spec: Any, all_specs: list[Any], clients: Any, build_root: Path,
     name = resource_name(target.tier)
 
     image = find_ami(clients, spec.name, spec.image.architecture)
-    shared_from = None
+    owner = tag_dict(image.get("Tags")).get("factory:task") if image else None
+    shared_from = owner if owner and owner != spec.name else None  # reused by a bake of this task (register.ami.serves)
     if image is None:
         # An AMI baked for another task with the same content (the bake shared it) carries
         # that task's name: found through the content hash of this task's fetched manifest.

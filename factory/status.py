@@ -12,9 +12,11 @@ now over the AMI's own base, differs from the one the AMI carries). A spec chang
 leaves the image alone (a new volume size in launch-template mode) is not staleness: a
 register applies it, and the status says so.
 
-AWS is read in batches per region, not once per task: every factory AMI in one paged read,
-every compute environment and queue in one paged read each, the parameters ten to a
-GetParameters call, and one launch template version per tier.
+AWS is read in batches per region, not once per task or tier (factory.register.region_reads):
+every factory AMI in one paged read, every launch template and the default and latest
+version of each in one paged read each, every compute environment and queue in one paged
+read each, the parameters (the tasks' and the bases') ten to a GetParameters call, the
+rollback holds in one paged DescribeParameters.
 """
 
 from __future__ import annotations
@@ -25,8 +27,6 @@ from typing import Any
 
 from factory.aws import aws_errors
 from factory.register.names import TAG_BASE_AMI, TAG_IMAGE_HASH, TAG_SPEC_HASH, TAG_TASK, tag_dict
-
-NAMES_PER_GET = 10  # GetParameters takes at most 10 names
 
 
 @dataclass
@@ -115,20 +115,25 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
 
 def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStatus]:
     from factory.bake import expected_image_hash
-    from factory.register.parameter import current_values
-    from factory.register.reads import compute_environments, job_queues, paged
+    from factory.register.parameter import held as parameter_held
+    from factory.register.parameter import parameter_name
+    from factory.register.region_reads import RegionReads
 
     clients = cloud.clients(region)
-    ec2, batch, ssm = clients.ec2(), clients.batch(), clients.ssm()
-    with aws_errors("listing factory's AMIs"):
-        images = {i["ImageId"]: i for i in paged(ec2, "describe_images", "Images", Owners=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_TASK]}])}
-    ces = {c["computeEnvironmentName"]: c for c in compute_environments(batch)}
+    ec2 = clients.ec2()
+    reads = RegionReads(clients)
+    ces = {c["computeEnvironmentName"]: c for c in reads.compute_environments()}
     ce_by_arn = {c["computeEnvironmentArn"]: c for c in ces.values()}
-    queues = {q["jobQueueName"]: q for q in job_queues(batch) if q.get("status") not in ("DELETING", "DELETED")}
-    recommended = _recommended_bases(ssm, [t.ami_spec for t in targets])
-    parameters = current_values(ssm, [task for t in targets for task in t.tasks])
+    queues = reads.queues()
+    tasks = [task for t in targets for task in t.tasks]
+    bases = [t.ami_spec.image.family_info.ssm_parameter(t.ami_spec.image.architecture) for t in targets if not t.ami_spec.image.pinned_ami]
+    # The tasks' parameters and the ECS-optimized base parameters: one batch of GetParameters.
+    values = reads.parameters([parameter_name(t) for t in tasks] + sorted({b for b in bases if b}))
+    parameters = {t: values[parameter_name(t)] for t in tasks}
+    recommended = _recommended_bases(values)
     fired = _grow_fired(ec2)
     image_target = cloud.image_target(region)
+    hashes: dict[str, str] = {}  # tiers of one family and base often have the same image: hash it once
 
     out: list[TaskStatus] = []
     for target in targets:
@@ -142,14 +147,17 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
             if order:
                 ce = ce_by_arn.get(order[0]["computeEnvironment"]) or ces.get(order[0]["computeEnvironment"].split("/")[-1])
         lt = ((ce or {}).get("computeResources") or {}).get("launchTemplate") or {}
-        ami_in_use, lt_version = _ami_of(ec2, lt) if lt else (None, None)
-        image = images.get(ami_in_use or "") or (_describe_one(ec2, ami_in_use) if ami_in_use else None)
+        ami_in_use, lt_version = _ami_of(reads, lt) if lt else (None, None)
+        image = reads.image(ami_in_use) if ami_in_use else None
         tags = tag_dict((image or {}).get("Tags"))
         base = tags.get(TAG_BASE_AMI)
-        spec_changed = (tags[TAG_SPEC_HASH] != spec.spec_hash) if tags.get(TAG_SPEC_HASH) else None
+        owner = tags.get(TAG_TASK)
+        # The spec hash on the AMI is its baker's: for an AMI another task baked (the same
+        # image, reused: register.ami.serves) it says nothing of this spec; the image hash does.
+        spec_changed = (tags[TAG_SPEC_HASH] != spec.spec_hash) if tags.get(TAG_SPEC_HASH) and owner == target.ami_task else None
         image_changed = None
         if base and tags.get(TAG_IMAGE_HASH):
-            image_changed = expected_image_hash(spec, base, image_target) != tags[TAG_IMAGE_HASH]
+            image_changed = expected_image_hash(spec, base, image_target, memo=hashes) != tags[TAG_IMAGE_HASH]
         stale: list[str] = []
         notes: list[str] = []
         if not queue:
@@ -160,6 +168,12 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
             notes.append(f"AMI {ami_in_use} is not visible to this account")
         elif not tags.get(TAG_TASK):
             notes.append(f"AMI {ami_in_use} is not a factory AMI (no {TAG_TASK} tag): its base and content are unknown")
+        held = parameter_held(reads, target.ami_task) if ami_in_use else None
+        if held:
+            notes.append(f"held at {held} by `factory rollback` until it rolls forward (`factory register {target.ami_task} --ami AMI`, "
+                         "or a bake that makes a new image)")
+        if owner and owner != target.ami_task:
+            notes.append(f"AMI {ami_in_use} was baked for task {owner}: {target.ami_task}'s image is the same (a bake reused it)")
         if base and recommended_base and base != recommended_base:
             stale.append(f"AWS recommends base {recommended_base}; {ami_in_use} was baked on {base}: run `factory bake {target.ami_task}`")
         if image_changed:
@@ -210,50 +224,23 @@ def _grow_fired(ec2: Any) -> dict[str, list[str]]:
     return out
 
 
-def _recommended_bases(ssm: Any, specs: Sequence[Any]) -> dict[str, str]:
-    """SSM parameter name -> the AMI it recommends now, ten names to a call."""
+def _recommended_bases(values: dict[str, str | None]) -> dict[str, str]:
+    """ECS-optimized SSM parameter name -> the AMI it recommends now (from the batch read)."""
     from factory.render import base_ami_from_parameter
 
-    names = sorted({n for s in specs if not s.image.pinned_ami for n in [s.image.family_info.ssm_parameter(s.image.architecture)] if n})
-    out: dict[str, str] = {}
-    for i in range(0, len(names), NAMES_PER_GET):
-        with aws_errors("reading the ECS-optimized AMI parameters"):
-            # GetParameters has no paging: at most ten names per call, all answered.
-            answer = ssm.get_parameters(Names=names[i : i + NAMES_PER_GET])
-        for p in answer.get("Parameters") or []:
-            out[p["Name"]] = base_ami_from_parameter(p["Name"], p["Value"])
-    return out
+    return {name: base_ami_from_parameter(name, value) for name, value in values.items() if value and not name.startswith("/factory/")}
 
 
-def _ami_of(ec2: Any, lt: dict[str, Any]) -> tuple[str | None, int | None]:
-    """(AMI, version number) of the launch template version a compute environment pins."""
-    from botocore.exceptions import ClientError
-
-    from factory.aws import error_code
-
-    ident = {"LaunchTemplateId": lt["launchTemplateId"]} if lt.get("launchTemplateId") else {"LaunchTemplateName": lt.get("launchTemplateName")}
-    with aws_errors(f"reading launch template {lt.get('launchTemplateName') or lt.get('launchTemplateId')}"):
-        try:
-            versions = ec2.describe_launch_template_versions(**ident, Versions=[str(lt.get("version") or "$Default")])["LaunchTemplateVersions"]  # one version: no paging (MaxResults) needed
-        except ClientError as exc:
-            if "NotFound" not in error_code(exc):
-                raise
-            return None, None
-    if not versions:
+def _ami_of(reads: Any, lt: dict[str, Any]) -> tuple[str | None, int | None]:
+    """(AMI, version number) of the launch template version a compute environment pins:
+    the default and latest of every template come from one read (RegionReads.version)."""
+    template = next((t for t in reads.launch_templates().values()
+                     if t["LaunchTemplateId"] == lt.get("launchTemplateId") or t["LaunchTemplateName"] == lt.get("launchTemplateName")), None)
+    if template is None:
         return None, None
-    return versions[0]["LaunchTemplateData"].get("ImageId"), int(versions[0]["VersionNumber"])
-
-
-def _describe_one(ec2: Any, ami: str) -> dict[str, Any] | None:
-    from botocore.exceptions import ClientError
-
-    from factory.aws import error_code
-
-    with aws_errors(f"reading AMI {ami}"):
-        try:
-            images = ec2.describe_images(ImageIds=[ami])["Images"]  # one id, so one answer: no paging (MaxResults) needed
-        except ClientError as exc:
-            if not error_code(exc).startswith("InvalidAMIID"):
-                raise
-            return None
-    return images[0] if images else None
+    pinned = str(lt.get("version") or "$Default")
+    number = {"$Default": template["DefaultVersionNumber"], "$Latest": template["LatestVersionNumber"]}.get(pinned, pinned)
+    version = reads.version(template["LaunchTemplateId"], int(number))
+    if not version:
+        return None, None
+    return version["LaunchTemplateData"].get("ImageId"), int(version["VersionNumber"])

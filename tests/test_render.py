@@ -15,7 +15,7 @@ import pytest
 
 from factory import render as render_mod
 from factory.errors import UsageError
-from factory.render import BuildTarget, render
+from factory.render import RENDER_STAMP, BuildTarget, render
 from factory.sizing import size_task
 from factory.spec import find_spec
 from tests.conftest import SPECS
@@ -218,8 +218,29 @@ def test_rendering_twice_is_byte_identical(tmp_path):
     _, again = _render("salmon-quant", tmp_path / "a", packer_version=(1, 6, 6))
     assert {rel: (again.out_dir / rel).read_bytes() for rel in again.files} == snap
     on_disk = sorted(str(p.relative_to(a.out_dir)) for p in a.out_dir.rglob("*") if p.is_file())
-    assert on_disk == list(a.files)
+    assert on_disk == sorted([*a.files, RENDER_STAMP])  # the files and the record of what was rendered
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dir left
+
+
+def test_a_folder_that_holds_this_render_is_kept_and_any_change_to_it_is_rewritten(tmp_path):
+    """An unchanged re-render leaves the folder alone (bake --all re-renders every spec);
+    a file changed, added or removed in it since, or other inputs, write it again."""
+    _, first = _render("salmon-quant", tmp_path / "a", packer_version=(1, 6, 6))
+    playbook = first.out_dir / next(f for f in first.files if f.startswith("ansible/"))
+    written_at = playbook.stat().st_mtime_ns
+    _, again = _render("salmon-quant", tmp_path / "a", packer_version=(1, 6, 6))
+    assert again.files == first.files and playbook.stat().st_mtime_ns == written_at  # kept, not rewritten
+    original = playbook.read_bytes()
+    playbook.write_bytes(original + b"# edited by hand\n")
+    (first.out_dir / "stray.pkr.hcl").write_text("# would be loaded by packer\n")
+    _render("salmon-quant", tmp_path / "a", packer_version=(1, 6, 6))
+    assert playbook.read_bytes() == original and not (first.out_dir / "stray.pkr.hcl").exists()
+    (first.out_dir / first.files[0]).unlink()
+    _render("salmon-quant", tmp_path / "a", packer_version=(1, 6, 6))
+    assert (first.out_dir / first.files[0]).is_file()
+    assert "# factory:modern-packer begin" not in (first.out_dir / "factory.pkr.hcl").read_text()
+    _, modern = _render("salmon-quant", tmp_path / "a", packer_version=(1, 7, 0))  # other inputs: another render
+    assert modern.modern_packer and "# factory:modern-packer begin" in (first.out_dir / "factory.pkr.hcl").read_text()
 
 
 def test_local_target_variables(tmp_path):

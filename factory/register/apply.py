@@ -8,7 +8,7 @@ the details.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from factory.aws import Clients
@@ -16,7 +16,7 @@ from factory.config import FactoryConfig
 from factory.errors import FactoryError, UsageError
 from factory.register import ami, compute_environment, job_queue, launch_template, parameter
 from factory.register.network import resolve_network, resolve_role
-from factory.register.reads import compute_environments
+from factory.register.region_reads import RegionReads
 from factory.register.results import RegisterResult, TierResult
 from factory.register.run import Run
 from factory.register.targets import TierTarget, targets_for
@@ -34,40 +34,59 @@ def register_targets(
     poll: float = 5.0,
     progress: Callable[[str], None] | None = None,
     image_target: Any = None,
+    hold: str | None = None,
+    yield_to_hold: Collection[str] = (),
 ) -> RegisterResult:
     """Plan (dry_run) or apply the launch template, compute environment and queue of each tier.
 
     `image_target` is the cloud's render.BuildTarget (Cloud.image_target), against which an
-    AMI's image hash is checked (default: AWS's)."""
+    AMI's image hash is checked (default: AWS's). `hold` is the parameter description a
+    rollback writes (parameter.hold_description). A tier whose largest task a rollback holds
+    stays on that AMI unless one is given for it, and a given one of a task in
+    `yield_to_hold` (an AMI a bake reused, not made) does not end the hold either."""
     config = config or FactoryConfig()
     run = Run(config, dry_run, Waiter(wait_timeout, poll), progress or (lambda _msg: None))
     overrides = dict(ami_overrides or {})
     regions: dict[str, compute_environment.Region] = {}
     regional = {clients.region: clients}
+    reads: dict[str, RegionReads] = {}
     results: list[TierResult] = []
     for target in targets:
         # Tiers in another region get their own clients, at the caller's endpoint.
         cl = regional.setdefault(target.region, Clients(region=target.region, endpoint_url=clients.endpoint_url))
         if target.region not in regions:
+            # Each read once per region for every tier (not a round per tier): the parameters
+            # of every task of the region's tiers in one batch, the rest on first use.
+            reads[target.region] = RegionReads(cl)
+            reads[target.region].parameters(parameter.parameter_name(t) for x in targets if x.region == target.region for t in x.tasks)
             regions[target.region] = compute_environment.Region(
                 clients=cl,
                 network=resolve_network(cl, target.region, config),
                 instance_role=resolve_role(cl, config.batch.instance_role, "instance profile", "batch.instance_role") or "",
                 service_role=resolve_role(cl, config.batch.service_role, "role", "batch.service_role"),
                 spot_fleet_role=resolve_role(cl, config.batch.spot_fleet_role, "role", "batch.spot_fleet_role"),
-                compute_environments=compute_environments(cl.batch()),
+                compute_environments=reads[target.region].compute_environments(),
             )
         region = regions[target.region]
         ec2, batch = cl.ec2(), cl.batch()
-        ami_id, ami_source, notes = ami.resolve(cl, target, overrides, image_target)
+        here = reads[target.region]
+        if hold is None:
+            given, keep, hold_notes = _hold(here, target, overrides.get(target.ami_task), yield_to_hold)
+        else:  # a rollback: it sets the hold
+            given, keep, hold_notes = overrides.get(target.ami_task), False, []
+        ami_id, ami_source, notes = ami.resolve(cl, target, {**overrides, target.ami_task: given} if given else overrides, image_target, reads=here)
+        if keep:
+            ami_source = f"held by `factory rollback` ({parameter.parameter_name(target.ami_task)})"
+        notes = hold_notes + notes
         changes: list = []
         data = launch_template.launch_template_data(target, ami_id, config.boot_commands)
-        lt = launch_template.reconcile(run, ec2, target, data, changes)
-        queue = job_queue.find(batch, target.name)
+        lt = launch_template.reconcile(run, ec2, target, data, changes, reads=here)
+        queue = job_queue.find(batch, target.name, here.queues())
         ce_name, ce_arn, olds = compute_environment.reconcile(run, batch, target, region, lt, queue, changes)
         job_queue.reconcile(run, batch, target, queue, ce_name, ce_arn, changes)
         compute_environment.retire(run, batch, olds, f"replaced; no longer behind {target.name}", changes)
-        parameter.reconcile(run, cl.ssm(), target, ami_id, changes)  # last: it names what the tier now runs
+        description = hold or (here.descriptions().get(parameter.parameter_name(target.ami_task)) if keep else None)
+        parameter.reconcile(run, cl.ssm(), target, ami_id, changes, reads=here, description=description)  # last: it names what the tier now runs
         results.append(
             TierResult(
                 tier=target.tier,
@@ -87,6 +106,26 @@ def register_targets(
     return RegisterResult(results, dry_run, config.source)
 
 
+def _hold(reads: RegionReads, target: TierTarget, given: str | None, yield_to_hold: Collection[str]) -> tuple[str | None, bool, list[str]]:
+    """(the AMI to use for the tier's largest task or None for its newest, whether a
+    rollback's hold keeps it, notes for the plan)."""
+    task = target.ami_task
+    held = parameter.held(reads, task)
+    if not held:
+        return given, False, []
+    if given and given != held and task not in yield_to_hold:
+        return given, False, [f"rolls {task} forward to {given} from {held}, where `factory rollback` held it"]
+    image = reads.image(held)
+    if image is None or image.get("State") != "available":
+        state = image.get("State") if image else "gone"
+        return given, False, [f"`factory rollback` held {task} at {held}, which is {state}: the hold ends"]
+    newest = given or (reads.newest_image(task=task, architecture=target.architecture) or {}).get("ImageId")
+    if newest and newest != held:
+        how = f"the bake's AMI is {newest}" if given else f"the newest AMI is {newest}"
+        return held, True, [f"{task} stays on {held}, where `factory rollback` put it ({how}): `factory register {task} --ami {newest}` rolls forward"]
+    return held, True, []
+
+
 def register_tasks(
     specs: Sequence[Any],
     clients: Clients,
@@ -99,6 +138,7 @@ def register_tasks(
     poll: float = 5.0,
     progress: Callable[[str], None] | None = None,
     image_target: Any = None,
+    yield_to_hold: Collection[str] = (),
 ) -> RegisterResult:
     """Register the tiers that hold `specs` (the call `factory bake` ends with).
 
@@ -128,7 +168,8 @@ def register_tasks(
     members = [pool[n] for t in chosen for n in t.tasks if n in pool]
     targets = targets_for(members, chosen)
     return register_targets(
-        targets, clients, ami_overrides, dry_run, config=config, wait_timeout=wait_timeout, poll=poll, progress=progress, image_target=image_target
+        targets, clients, ami_overrides, dry_run, config=config, wait_timeout=wait_timeout, poll=poll, progress=progress,
+        image_target=image_target, yield_to_hold=yield_to_hold,
     )
 
 

@@ -14,8 +14,13 @@ from factory.register.targets import TierTarget
 from factory.register.waits import batch_standing
 
 
-def find(batch: Any, name: str) -> dict[str, Any] | None:
-    queues = [q for q in job_queues(batch, [name]) if q.get("status") not in ("DELETING", "DELETED")]
+def find(batch: Any, name: str, known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The queue `name` (None when there is none); `known` is every queue of the region by
+    name (RegionReads.queues), read once for all tiers."""
+    if known is not None:
+        queues = [known[name]] if name in known else []
+    else:
+        queues = [q for q in job_queues(batch, [name]) if q.get("status") not in ("DELETING", "DELETED")]
     if queues and (queues[0].get("tags") or {}).get(TAG_MANAGED) != "true":
         raise FactoryError(f"job queue {name} exists but is not managed by factory (no tag {TAG_MANAGED}=true): delete or rename it")
     return queues[0] if queues else None

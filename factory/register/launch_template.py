@@ -118,17 +118,23 @@ def differences(have: Mapping[str, Any], want: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def reconcile(run: Run, ec2: Any, target: TierTarget, data: dict[str, Any], changes: list[Change]) -> dict[str, Any]:
-    """Create the launch template or give it a new default version; returns {name, id, version}."""
+def reconcile(run: Run, ec2: Any, target: TierTarget, data: dict[str, Any], changes: list[Change], reads: Any = None) -> dict[str, Any]:
+    """Create the launch template or give it a new default version; returns {name, id, version}.
+    `reads` (a RegionReads) answers from the region's one read of launch templates and of
+    their default and latest versions."""
     name = target.name
     tags = target.tags
-    with aws_errors(f"reading launch template {name}"):
-        try:
-            lts = ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]  # one name, so one answer: no paging (MaxResults) needed
-        except ClientError as exc:
-            if "NotFound" not in error_code(exc):
-                raise
-            lts = []
+    if reads is not None:
+        known = reads.launch_templates().get(name)
+        lts = [known] if known else []
+    else:
+        with aws_errors(f"reading launch template {name}"):
+            try:
+                lts = ec2.describe_launch_templates(LaunchTemplateNames=[name])["LaunchTemplates"]  # one name, so one answer: no paging (MaxResults) needed
+            except ClientError as exc:
+                if "NotFound" not in error_code(exc):
+                    raise
+                lts = []
     if not lts:
         changes.append(Change("launch-template", name, "create", f"new: AMI {data['ImageId']}, {target.volume_gib} GiB gp3 encrypted, IMDSv2"))
         if run.dry_run:
@@ -152,10 +158,13 @@ def reconcile(run: Run, ec2: Any, target: TierTarget, data: dict[str, Any], chan
             "delete or rename it, or tag it to let factory manage it"
         )
     default_v, latest_v = int(lt["DefaultVersionNumber"]), int(lt["LatestVersionNumber"])
-    with aws_errors(f"reading launch template {name} versions"):
-        versions = ec2.describe_launch_template_versions(  # two versions by number: no paging (MaxResults) needed
-            LaunchTemplateId=lt_id, Versions=sorted({str(default_v), str(latest_v)})
-        )["LaunchTemplateVersions"]
+    if reads is not None:
+        versions = [v for v in (reads.version(lt_id, n) for n in sorted({default_v, latest_v})) if v]
+    else:
+        with aws_errors(f"reading launch template {name} versions"):
+            versions = ec2.describe_launch_template_versions(  # two versions by number: no paging (MaxResults) needed
+                LaunchTemplateId=lt_id, Versions=sorted({str(default_v), str(latest_v)})
+            )["LaunchTemplateVersions"]
     by_number = {int(v["VersionNumber"]): v["LaunchTemplateData"] for v in versions}
     diffs = differences(by_number.get(default_v, {}), data)
     version = default_v

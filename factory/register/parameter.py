@@ -25,6 +25,10 @@ from factory.register.targets import TierTarget
 
 DATA_TYPE = "aws:ec2:image"
 NAMES_PER_GET = 10  # GetParameters takes at most 10 names (SSM API reference)
+# A rollback writes the parameter with a description that starts so: register then keeps the
+# task on that AMI (a hold) until an AMI is given (--ami) or a bake makes a new image. The
+# value and its mark are one PutParameter, so no run can leave one without the other.
+HOLD_MARK = "factory rollback:"
 
 
 def parameter_name(task: str) -> str:
@@ -65,9 +69,32 @@ def history(ssm: Any, task: str) -> list[dict[str, Any]]:
     return sorted(versions, key=lambda v: int(v.get("Version", 0)))
 
 
-def reconcile(run: Run, ssm: Any, target: TierTarget, ami_id: str, changes: list[Change]) -> None:
-    """Point every task of the tier at `ami_id`; a parameter already right is not touched."""
-    have = current_values(ssm, target.tasks)
+def held(reads: Any, task: str) -> str | None:
+    """The AMI `factory rollback` holds the task at: the parameter's value when its
+    description carries the rollback's mark (None when no rollback holds it)."""
+    name = parameter_name(task)
+    if not reads.descriptions().get(name, "").startswith(HOLD_MARK):
+        return None
+    return reads.parameters([name])[name]
+
+
+def hold_description(task: str, ami: str, previous: str | None) -> str:
+    """The description a rollback writes: it marks the hold, and says how to end it."""
+    return (f"{HOLD_MARK} {task} held at {ami} (rolled back from {previous or 'nothing'}) until it rolls forward: "
+            f"`factory register {task} --ami AMI`, or a bake that makes a new image")
+
+
+def reconcile(
+    run: Run, ssm: Any, target: TierTarget, ami_id: str, changes: list[Change], reads: Any = None, description: str | None = None
+) -> None:
+    """Point every task of the tier at `ami_id`; a parameter already right is not touched.
+    `reads` (a RegionReads) answers from the region's batched read of the parameters.
+    `description` replaces the usual one (a rollback's hold: HOLD_MARK)."""
+    if reads is not None:
+        values = reads.parameters(parameter_name(t) for t in target.tasks)
+        have = {t: values[parameter_name(t)] for t in target.tasks}
+    else:
+        have = current_values(ssm, target.tasks)
     for task in target.tasks:
         name = parameter_name(task)
         old = have[task]
@@ -85,7 +112,7 @@ def reconcile(run: Run, ssm: Any, target: TierTarget, ami_id: str, changes: list
                 Type="String",
                 DataType=DATA_TYPE,
                 Overwrite=True,
-                Description=f"the AMI factory registered for task {task} (tier {target.tier})",
+                Description=description or f"the AMI factory registered for task {task} (tier {target.tier})",
             )
         wait_until_stored(run, ssm, task, ami_id)
 

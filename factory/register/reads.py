@@ -14,7 +14,7 @@ from typing import Any
 
 from factory.aws import aws_errors
 
-# EC2's largest page per operation (EC2 API reference, MaxResults of each).
+# The largest page per operation (EC2's API reference, MaxResults of each; SSM's for DescribeParameters).
 EC2_PAGE_SIZE = {
     "describe_launch_templates": 200,
     "describe_launch_template_versions": 200,
@@ -25,6 +25,8 @@ EC2_PAGE_SIZE = {
     "describe_volumes": 500,
     "describe_snapshots": 1000,
     "describe_instances": 1000,
+    # SSM pages DescribeParameters at 10 unless asked; 50 is its largest page (SSM API reference).
+    "describe_parameters": 50,
 }
 
 

@@ -3,11 +3,13 @@
 | AWS | moto 5 | ours |
 | --- | --- | --- |
 | PutParameter with `DataType: aws:ec2:image` answers 200 before the value is checked; a value that is not an available AMI of the account's region is then dropped (the parameter is not created or updated) | stores any value at once | the new version is stored `stale_read` seconds after the call, and only if it names an available AMI in that region; the call answers 200 with its version number either way |
+| DescribeParameters answers `MaxResults` (1 to 50, default 10) parameters a page | 10 a page whatever is asked | `MaxResults` a page; more than 50 is a ValidationException |
 
 AWS sources: SSM API reference, PutParameter `DataType` ("a successful HTTP 200 response
 does not guarantee that your parameter was successfully created or updated. The
 aws:ec2:image value is validated asynchronously"); SSM user guide, "Parameter data types"
-and "Native parameter support for Amazon Machine Image IDs".
+and "Native parameter support for Amazon Machine Image IDs"; SSM API reference,
+DescribeParameters `MaxResults` ("Valid Range: Minimum value of 1. Maximum value of 50").
 
 A version dropped by the check leaves a gap in the version numbers; AWS does not say
 whether it does the same. factory waits until the value reads back, so it depends on
@@ -73,3 +75,25 @@ def install(settings: Settings) -> None:
         return param
 
     SimpleSystemManagerBackend.put_parameter = put_parameter
+    _describe_parameters_pages()
+
+
+def _describe_parameters_pages() -> None:
+    """DescribeParameters pages of `MaxResults`, as AWS answers (moto always answers 10)."""
+    from moto.core.responses import ActionResult
+    from moto.ssm.exceptions import ValidationException
+    from moto.ssm.responses import SimpleSystemManagerResponse
+
+    def describe_parameters(self: Any) -> Any:
+        size = int(self._get_param("MaxResults") or 10)
+        if not 1 <= size <= 50:
+            raise ValidationException(f"1 validation error detected: Value '{size}' at 'maxResults' failed to satisfy constraint: "
+                                      "Member must have value less than or equal to 50")
+        start = int(str(self._get_param("NextToken") or "0").strip() or 0)
+        found = self.ssm_backend.describe_parameters(self._get_param("Filters"), self._get_param("ParameterFilters"))
+        response: dict[str, Any] = {"Parameters": [p.describe_response_object(False) for p in found[start : start + size]]}
+        if start + size < len(found):
+            response["NextToken"] = str(start + size)
+        return ActionResult(response)
+
+    SimpleSystemManagerResponse.describe_parameters = describe_parameters
