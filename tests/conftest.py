@@ -24,6 +24,10 @@ def pytest_configure(config):
         os.close(fd)
         os.environ[CALL_LOG_ENV] = path
     config.factory_call_log = Path(os.environ[CALL_LOG_ENV])
+    # Batch resources spend 0.3 s (not 1 s) in each transitional state: every wait still sees
+    # CREATING/UPDATING/DELETING, and the suite waits a third as long. A test that needs a
+    # longer window starts its own server with `state_delay=`.
+    os.environ.setdefault("FACTORY_LOCAL_STATE_DELAY", "0.3")
     _ctrl_c_as_a_terminal_gives_it()
 
 
