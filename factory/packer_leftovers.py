@@ -7,18 +7,19 @@ AMI once a later step fails. Proven call by call by tests/test_crash_consistency
 | call that failed | what Packer left |
 | --- | --- |
 | ec2:TerminateInstances | the builder, stopped (its volumes are paid for) |
-| ec2:ModifyImageAttribute, CreateTags (on the encrypted copy) | the temporary AMI (Packer removes the copy) |
+| ec2:ModifyImageAttribute, CreateTags (on the encrypted copy) | the encrypted copy, untagged |
 | ec2:DeregisterImage (of the temporary AMI) | that AMI, with its snapshot |
 | ec2:DeleteSnapshot (of the temporary AMI) | its snapshot |
 
 After every build (it failed or not), `sweep()` finds this build's own leftovers and
 removes them. Everything is found from this build's builders: the instances tagged with
 the build's content hash (Packer's `run_tags`) that were not there before it started.
-From them: the AMIs made from them (`source-instance-id`: the temporary AMI; the encrypted
-copy is made by CopyImage, so it has none) and the snapshots CreateImage made of their
-volumes (whose description AWS writes as `Created by CreateImage(<instance>) for <ami>`).
-An AMI that carries the content hash is a finished image (reused by the next bake) and
-is kept.
+From them: the AMIs made from them (`source-instance-id`: the temporary AMI), the AMIs
+named as the builder is (Packer gives the builder's `Name` tag and the AMI's name the one
+`factory-<task>-<timestamp>`: the encrypted copy, which CopyImage made, so it has no
+source instance), and the snapshots CreateImage made of their volumes (whose
+description AWS writes as `Created by CreateImage(<instance>) for <ami>`). An AMI that
+carries the content hash is a finished image (reused by the next bake) and is kept.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ IMAGE_HASH_TAG = "factory:image-hash"
 _GONE = ("terminated", "shutting-down")
 
 
-def builders(ec2: Any, digest: str) -> dict[str, str]:
-    """Every instance tagged with content hash `digest`: {id: state}."""
+def builders(ec2: Any, digest: str) -> dict[str, tuple[str, str]]:
+    """Every instance tagged with content hash `digest`: {id: (state, its Name tag)}."""
     with aws_errors("listing the builders of this image"):
         return {
-            i["InstanceId"]: i["State"]["Name"]
+            i["InstanceId"]: (i["State"]["Name"], _tags(i).get("Name", ""))
             for r in paged(ec2, "describe_instances", "Reservations", Filters=[{"Name": f"tag:{IMAGE_HASH_TAG}", "Values": [digest]}])
             for i in r["Instances"]
         }
@@ -49,19 +50,20 @@ def sweep(ec2: Any, digest: str, before: set[str], keep_ami: str | None = None) 
     not be removed, and how to remove it by hand."""
     done: list[str] = []
     mine = {i: s for i, s in builders(ec2, digest).items() if i not in before}
-    for instance, state in sorted(mine.items()):
+    for instance, (state, _name) in sorted(mine.items()):
         if state not in _GONE:
             with aws_errors(f"terminating the builder {instance} Packer left ({state}); by hand: aws ec2 terminate-instances --instance-ids {instance}"):
                 ec2.terminate_instances(InstanceIds=[instance])
             done.append(f"terminated the builder {instance} Packer left {state}")
-    for instance in sorted(mine):
-        for image in _images(ec2, "source-instance-id", instance):
+    for instance, (_state, name) in sorted(mine.items()):
+        images = _images(ec2, "source-instance-id", instance) + (_images(ec2, "name", name) if name else [])
+        for image in {i["ImageId"]: i for i in images}.values():
             if image["ImageId"] == keep_ami or _tags(image).get(IMAGE_HASH_TAG) == digest:
                 continue  # the finished image: the next bake reuses it
             ami = image["ImageId"]
-            with aws_errors(f"removing the temporary AMI {ami} Packer left; by hand: aws ec2 deregister-image --image-id {ami} --delete-associated-snapshots"):
+            with aws_errors(f"removing the AMI {ami} Packer left without its tags; by hand: aws ec2 deregister-image --image-id {ami} --delete-associated-snapshots"):
                 ec2.deregister_image(ImageId=ami, DeleteAssociatedSnapshots=True)
-            done.append(f"removed the temporary AMI {ami} Packer left, with its snapshots")
+            done.append(f"removed the AMI {ami} Packer left without its tags, with its snapshots")
         for snapshot in _orphan_snapshots(ec2, instance):
             with aws_errors(f"deleting the snapshot {snapshot} Packer left; by hand: aws ec2 delete-snapshot --snapshot-id {snapshot}"):
                 ec2.delete_snapshot(SnapshotId=snapshot)

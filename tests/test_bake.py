@@ -194,6 +194,42 @@ def test_an_ami_that_cannot_be_tagged_is_removed_and_named(moto, moto_ec2):
     assert not set(snapshots) & left
 
 
+def test_what_packer_left_of_this_build_is_removed_and_nothing_else(moto, moto_ec2):
+    """packer_leftovers.sweep on moto: this build's stopped builder, its untagged copy (named
+    as the builder) and the snapshot of its deregistered temporary AMI go; a builder from
+    before, a finished AMI with the hash, and another bake's untagged AMI stay."""
+    from factory import packer_leftovers
+
+    ec2, make_ami = moto_ec2
+    base = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-ecs-hvm-*-x86_64-ebs"]}])["Images"][0]["ImageId"]
+    name = f"factory-{TASK}-20261130000000"
+
+    def builder(label: str) -> str:
+        tags = [{"Key": "factory:image-hash", "Value": "h"}, {"Key": "Name", "Value": label}]
+        return ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1,
+                                 TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
+
+    earlier = builder("factory-salmon-quant-20261129000000")  # another run's, still there
+    before = set(packer_leftovers.builders(ec2, "h"))
+    finished = make_ami({"factory:image-hash": "h"}, "finished")
+    others = make_ami({}, "someone-else")
+    mine = builder(name)
+    ec2.stop_instances(InstanceIds=[mine])
+    temporary = ec2.create_image(InstanceId=mine, Name="Da57uZL")["ImageId"]
+    copy = ec2.copy_image(SourceImageId=temporary, SourceRegion="us-east-1", Name=name, Encrypted=True)["ImageId"]
+    orphan = ec2.describe_images(ImageIds=[temporary])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    ec2.deregister_image(ImageId=temporary)  # ... and its snapshot left, as when DeleteSnapshot failed
+
+    done = packer_leftovers.sweep(ec2, "h", before)
+    assert done == [f"terminated the builder {mine} Packer left stopped",
+                    f"removed the AMI {copy} Packer left without its tags, with its snapshots",
+                    f"deleted the snapshot {orphan} Packer left"]
+    assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == {finished, others}
+    states = {i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    assert states[mine] == "terminated" and states[earlier] == "running"
+    assert packer_leftovers.sweep(ec2, "h", before) == []  # nothing left to do
+
+
 def test_the_rendered_tags_carry_the_image_hash_and_the_hash_ignores_them(tmp_path):
     """with_tags rewrites the variables file Packer reads; the hash does not cover `tags`."""
     import hcl2
