@@ -18,6 +18,10 @@ identical share one AMI. `bake_all()` also bakes each distinct image once.
 
 A bake proves what it baked: the roles end with the container check (bake_check), and
 a failing check fails the Packer build before the AMI is created, so no AMI is kept.
+
+After every Packer build, failed or not, what Packer left of it where one of its own AWS
+calls failed (a stopped builder, its temporary unencrypted AMI, a snapshot) is removed
+(`factory.packer_leftovers`), and the result or the error says so.
 """
 
 from __future__ import annotations
@@ -511,20 +515,42 @@ def build_prepared(
     steps["packer_validate"] = time.monotonic() - t
 
     t = time.monotonic()
-    cloud.launch_builder()
-    out = packer.build(
-        info,
-        folder,
-        env=env,
-        log_path=p.out_dir / render_mod.PACKER_LOG,
-        manifest_path=p.render_result.manifest,
-        on_step=say,
-        timeout=timeout,
-        cancel=cancel,
-    )
+    from factory import packer_leftovers
+    from factory.errors import AwsError
+
+    before = set(packer_leftovers.builders(ec2, p.image_hash))
+    try:
+        with cloud.builder(spec.region, p.render_result) as rendered:
+            out = packer.build(
+                info,
+                folder,
+                env=env,
+                log_path=p.out_dir / render_mod.PACKER_LOG,
+                manifest_path=rendered.manifest,
+                on_step=say,
+                timeout=timeout,
+                cancel=cancel,
+            )
+            cloud.keep_image(out.ami_id, rendered)
+    except FactoryError as exc:
+        # Packer cleans up after itself, except where its own cleanup call failed:
+        # remove what it left (packer_leftovers), and say so with its error.
+        try:
+            done = packer_leftovers.sweep(ec2, p.image_hash, before)
+        except AwsError as sweep_exc:
+            exc.message += f"; cleaning up after it failed too: {sweep_exc.message}"
+            raise
+        if done:
+            exc.message += "; " + "; ".join(done)
+        raise
+    try:
+        done = packer_leftovers.sweep(ec2, p.image_hash, before, keep_ami=out.ami_id)
+    except AwsError as exc:
+        raise FactoryError(f"Packer baked {out.ami_id}, but cleaning up after it failed: {exc.message}") from None
+    if done:
+        result.note = _join(result.note, "; ".join(done))
     steps["packer_build"] = time.monotonic() - t
     result.log = str(Path(out.log_path).absolute())
-    cloud.keep_image(out.ami_id)
 
     t = time.monotonic()
     say(f"checking the tags of {out.ami_id}")
@@ -651,8 +677,6 @@ def bake_all(
     from factory import packer
 
     cloud = cloud or Cloud("aws")
-    if cloud.kind == "local":
-        jobs = 1  # one build host: builds on it run one after another
     from factory.register.region_reads import RegionReads
 
     results: dict[str, BakeResult] = {}
@@ -685,6 +709,8 @@ def bake_all(
         cloud.clients(region).ec2()
         if not force:
             reads[region].images()  # read before the bakes run in parallel: once, not per thread
+    jobs = max(1, min(jobs, len(groups)))
+    cloud.builders(jobs)  # on the local cloud, a build host per job
 
     def one(group: list[Prepared]) -> None:
         leader = group[0]

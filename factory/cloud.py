@@ -7,7 +7,9 @@ on its own which account it talks to.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,22 +69,44 @@ class Cloud:
 
         return load_config(self.config_path).source
 
-    def launch_builder(self) -> None:
-        """Just before Packer launches a builder. On AWS, nothing: each build gets a new
-        instance of the base AMI. On the local cloud one build host stands in for every
-        builder, and the last bake generalized it (no host key, no authorized key, Docker
-        stopped), so it boots as a new instance would (`BuildHost.boot`)."""
-        if self.kind == "local":
-            self.local.host.boot()
+    @contextlib.contextmanager
+    def builder(self, region: str, rendered: Any) -> Iterator[Any]:
+        """Around one Packer build: yields the render result (render.RenderResult) to build.
+        On AWS, `rendered` as it is: each build gets a new instance of the base AMI. On the
+        local cloud, a build host stands in for the builder, one per build running at once
+        (`LocalCloud.builder`): the variables file is pointed at the host lent (its SSH
+        port, key pair and key, none of which shape the image), which the last bake on it
+        generalized (no host key, no authorized key, Docker stopped), so it boots first
+        as a new instance would (`BuildHost.boot`)."""
+        if self.kind != "local":
+            yield rendered
+            return
+        from factory import render
 
-    def keep_image(self, ami_id: str) -> None:
-        """Just after Packer made `ami_id`. On AWS, nothing: the AMI's snapshots are its disk.
-        On the local cloud, the build host's tree is kept as that AMI's disk, for
-        `factory local run` to boot (factory.local.ami_trees)."""
+        with self.local.builder() as (index, _host):
+            target = self.local.build_target(region, index=index)
+            yield render.with_variables(rendered, {
+                "ssh_host": target.ssh_host, "ssh_port": int(target.ssh_port),
+                "ssh_keypair_name": target.keypair_name, "ssh_private_key_file": target.private_key_file,
+            })
+
+    def builders(self, jobs: int) -> None:
+        """Before `jobs` builds run at once. On AWS, nothing. On the local cloud, a build
+        host for each (`LocalCloud.ensure_build_hosts`)."""
+        if self.kind == "local":
+            self.local.ensure_build_hosts(jobs)
+
+    def keep_image(self, ami_id: str, rendered: Any) -> None:
+        """Just after Packer made `ami_id` from `rendered` (what `builder` yielded). On AWS,
+        nothing: the AMI's snapshots are its disk. On the local cloud, the tree of the build
+        host Packer built on (the one the variables file's `ssh_port` names) is kept as that
+        AMI's disk, for `factory local run` to boot (factory.local.ami_trees)."""
         if self.kind == "local":
             from factory.local.ami_trees import AmiTrees
 
-            AmiTrees(self.local.state_dir).keep(ami_id, self.local.host.upper_dir)
+            port = int(rendered.variables["ssh_port"])
+            host = next(h for h in self.local.hosts if int(h.ssh_port) == port)
+            AmiTrees(self.local.state_dir).keep(ami_id, host.upper_dir)
 
     def image_target(self, region: str):
         """The build target whose image-shaping settings a bake here uses, with no side

@@ -64,7 +64,10 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
         return [
             # The base AMI's SSM parameter, images by content hash, the builder type's memory.
             # (bake --all reads the base parameters of every spec at once: GetParameters)
-            _statement("ReadBaseAndImages", ["ssm:GetParameter", "ssm:GetParameters", "ec2:DescribeImages", "ec2:DescribeInstanceTypes"], _ANY),
+            # ... and what a failed Packer call left (factory.packer_leftovers: builders by tag,
+            # temporary AMIs by source instance, CreateImage's snapshots by description).
+            _statement("ReadBaseAndImages", ["ssm:GetParameter", "ssm:GetParameters", "ec2:DescribeImages", "ec2:DescribeInstanceTypes",
+                                             "ec2:DescribeInstances", "ec2:DescribeSnapshots"], _ANY),
             # Packer's amazon-ebs builder, as factory configures it (SSH, a temporary security
             # group, an encrypted EBS-backed AMI); Packer documents these with Resource *.
             _statement(

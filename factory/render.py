@@ -505,16 +505,20 @@ def with_tags(rr: RenderResult, tags: dict[str, str]) -> RenderResult:
     """`rr` with `tags` added to the rendered `tags` variable, and its variables file
     rewritten, so Packer creates the builder, the AMI and its snapshots with them (the
     bake adds the content hash it computed over the folder, which never covers `tags`)."""
+    return with_variables(rr, {"tags": {**dict(rr.variables.get("tags") or {}), **tags}})
+
+
+def with_variables(rr: RenderResult, changes: dict[str, Any]) -> RenderResult:
+    """`rr` with `changes` made to its variables, and its variables file rewritten (atomically)."""
     from dataclasses import replace
 
-    variables = dict(rr.variables)
-    variables["tags"] = {**dict(variables.get("tags") or {}), **tags}
+    variables = {**rr.variables, **changes}
     text = to_pkrvars(variables)
     try:
         unchanged = rr.variables_file.read_text() == text
     except OSError:
         unchanged = False
-    if not unchanged:  # a re-render the stamp kept already holds the tags
+    if not unchanged:  # a re-render the stamp kept may already hold these variables
         tmp = rr.variables_file.with_name(rr.variables_file.name + ".tmp")
         tmp.write_text(text)
         os.chmod(tmp, 0o644)

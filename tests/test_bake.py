@@ -194,6 +194,42 @@ def test_an_ami_that_cannot_be_tagged_is_removed_and_named(moto, moto_ec2):
     assert not set(snapshots) & left
 
 
+def test_what_packer_left_of_this_build_is_removed_and_nothing_else(moto, moto_ec2):
+    """packer_leftovers.sweep on moto: this build's stopped builder, its untagged copy (named
+    as the builder) and the snapshot of its deregistered temporary AMI go; a builder from
+    before, a finished AMI with the hash, and another bake's untagged AMI stay."""
+    from factory import packer_leftovers
+
+    ec2, make_ami = moto_ec2
+    base = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-ecs-hvm-*-x86_64-ebs"]}])["Images"][0]["ImageId"]
+    name = f"factory-{TASK}-20261130000000"
+
+    def builder(label: str) -> str:
+        tags = [{"Key": "factory:image-hash", "Value": "h"}, {"Key": "Name", "Value": label}]
+        return ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1,
+                                 TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
+
+    earlier = builder("factory-salmon-quant-20261129000000")  # another run's, still there
+    before = set(packer_leftovers.builders(ec2, "h"))
+    finished = make_ami({"factory:image-hash": "h"}, "finished")
+    others = make_ami({}, "someone-else")
+    mine = builder(name)
+    ec2.stop_instances(InstanceIds=[mine])
+    temporary = ec2.create_image(InstanceId=mine, Name="Da57uZL")["ImageId"]
+    copy = ec2.copy_image(SourceImageId=temporary, SourceRegion="us-east-1", Name=name, Encrypted=True)["ImageId"]
+    orphan = ec2.describe_images(ImageIds=[temporary])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    ec2.deregister_image(ImageId=temporary)  # ... and its snapshot left, as when DeleteSnapshot failed
+
+    done = packer_leftovers.sweep(ec2, "h", before)
+    assert done == [f"terminated the builder {mine} Packer left stopped",
+                    f"removed the AMI {copy} Packer left without its tags, with its snapshots",
+                    f"deleted the snapshot {orphan} Packer left"]
+    assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == {finished, others}
+    states = {i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    assert states[mine] == "terminated" and states[earlier] == "running"
+    assert packer_leftovers.sweep(ec2, "h", before) == []  # nothing left to do
+
+
 def test_the_rendered_tags_carry_the_image_hash_and_the_hash_ignores_them(tmp_path):
     """with_tags rewrites the variables file Packer reads; the hash does not cover `tags`."""
     import hcl2
@@ -521,6 +557,75 @@ def test_bake_all_shares_identical_images_and_survives_a_failed_bake(cloud_env, 
 
 
 @needs_local_cloud
+def test_bake_all_with_jobs_bakes_in_parallel_on_one_build_host_each(cloud_env, first_bake, tmp_path):
+    """--all --jobs 2 over two tasks whose images differ (so two Packer builds) and a third
+    whose storage check fails: the first two are built at once, each on its own build host
+    (its own SSH port and key pair), both AMIs are baked, tagged and registered; each
+    progress line names the task it is about, and each task's Packer log holds only its own
+    build; the failed task keeps no AMI and leaves nothing running, and does not stop the
+    others from finishing."""
+    import re
+
+    import yaml
+
+    specs = tmp_path / "specs"
+    shutil.copytree(REPO / "specs" / "benchmarks", specs / "benchmarks")
+    doc = yaml.safe_load((REPO / "specs" / f"{TASK}.yaml").read_text())
+    # The AMI carries the sized volume (124 and 162 GiB, which this machine's disk shows):
+    # two images, other than first_bake's and each other's.
+    tasks = {"par-a": 20, "par-b": 30}  # max_input_gib
+    for name, gib in tasks.items():
+        (specs / f"{name}.yaml").write_text(yaml.safe_dump({**doc, "name": name, "storage": {**doc["storage"], "max_input_gib": gib},
+                                                            "image": {**doc["image"], "volume": "ami"}}))
+    big = yaml.safe_load(yaml.safe_dump(doc))
+    big.update(name="par-too-big")
+    big["storage"]["max_input_gib"] = 4000  # beyond this machine's disk, carried by the AMI: the check fails
+    big["image"]["volume"] = "ami"
+    (specs / "par-too-big.yaml").write_text(yaml.safe_dump(big))
+    ec2 = ec2_of(cloud_env)
+    images_before = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
+    build = tmp_path / "build"
+
+    proc = run("bake", "--all", "--specs-dir", str(specs), "--jobs", "2", "--cloud", "local", "--build-dir", str(build), env=cloud_env["env"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "one build host" not in proc.stderr
+    assert "1 of 3 bakes failed: par-too-big" in proc.stderr, proc.stderr
+    by_task = {r["task"]: r for r in json.loads((build / "bake-summary.json").read_text())["results"]}
+    assert by_task["par-too-big"]["status"] == "failed" and "smaller than the sized volume" in " ".join(by_task["par-too-big"]["error"].split())
+    for name in tasks:
+        r = by_task[name]
+        assert r["status"] == "baked" and r["registered"], r
+        tags = {t["Key"]: t["Value"] for t in ec2.describe_images(ImageIds=[r["ami_id"]])["Images"][0]["Tags"]}
+        assert tags["factory:task"] == name and tags["factory:image-hash"] == r["image_hash"]
+        version = ec2.describe_launch_template_versions(LaunchTemplateName=r["launch_template"]["name"], Versions=["$Default"])["LaunchTemplateVersions"][0]
+        assert version["LaunchTemplateData"]["ImageId"] == r["ami_id"]
+    assert by_task["par-a"]["ami_id"] != by_task["par-b"]["ami_id"]
+    # Only the two baked AMIs are new: the failed bake kept none; no builder is left.
+    new = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} - images_before
+    assert new == {by_task[n]["ami_id"] for n in tasks}
+    running = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"] if i["State"]["Name"] not in ("terminated", "shutting-down")]
+    assert running == []
+    assert [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"] != "default"] == []
+
+    # Each Packer log is its own task's, on its own build host; the first two overlapped.
+    ports, spans = {}, {}
+    for name in tasks:
+        log = (build / name / "packer.log").read_text()
+        assert f"factory-{name}-" in log and not [t for t in (*tasks, "par-too-big") if t != name and f"factory-{t}-" in log]
+        ports[name] = re.search(r'ssh_port\s*=\s*(\d+)', (build / name / "factory.auto.pkrvars.hcl").read_text()).group(1)
+        stamps = [int(line.split(",", 1)[0]) for line in log.splitlines() if re.match(r"\d+,", line)]
+        spans[name] = (min(stamps), max(stamps))
+    assert ports["par-a"] != ports["par-b"], ports
+    (a0, a1), (b0, b1) = spans["par-a"], spans["par-b"]
+    assert a0 < b1 and b0 < a1, f"the two builds did not overlap: {spans}"
+    # Every progress line names its task; each task's Ansible steps are said under its name.
+    progress = [line for line in proc.stderr.splitlines() if line.startswith("[")]
+    assert progress and all(re.match(r"\[[^]]+\] (par-a|par-b|par-too-big): ", line) for line in progress), progress
+    for name in (*tasks, "par-too-big"):
+        assert any(line.split("] ", 1)[1].startswith(f"{name}: Ansible: ") for line in progress), name
+
+
+@needs_local_cloud
 def test_a_registration_failure_shared_by_every_task_is_said_once(cloud_env, first_bake, tmp_path):
     """Two tasks that share an image (no Packer) but not a tier group, and a config allowing
     one tier: registering fails for both for one reason. The summary says it once, and
@@ -616,7 +721,7 @@ def test_a_musl_task_image_fails_the_bake_naming_the_requirement(cloud_env, firs
 def test_interrupted_bake_leaves_nothing_behind(cloud_env, first_bake):
     ec2 = ec2_of(cloud_env)
     images_before = {i["ImageId"] for i in task_images(ec2)}
-    keys_before = {k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]}
+    cloud_env["cloud"].moto.calls(clear=True)
     log = cloud_env["build"] / TASK / "packer.log"
     log.unlink(missing_ok=True)
     proc = subprocess.Popen(
@@ -640,10 +745,23 @@ def test_interrupted_bake_leaves_nothing_behind(cloud_env, first_bake):
     instances = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     assert instances
     assert [i["InstanceId"] for i in instances if i["State"]["Name"] not in ("terminated", "shutting-down")] == []
-    assert {k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]} == keys_before
     groups = [g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]]
     assert [g for g in groups if g != "default"] == []
     assert {i["ImageId"] for i in task_images(ec2)} == images_before
+    # What Packer made, it removed: read off the local cloud's call log (who called what).
+    # The bake gives Packer the imported key pair (ssh_keypair_name), so it makes no
+    # temporary one: were a template to drop that setting, Packer would create a key pair
+    # here, and it would have to be deleted on the interrupt too. The key pairs left are
+    # exactly the local cloud's own (one per build host).
+    from collections import Counter
+
+    by_packer = Counter(op for who, op in cloud_env["cloud"].moto.calls_by() if who == "packer")
+    assert by_packer["ec2:RunInstances"] == by_packer["ec2:TerminateInstances"] == 1, by_packer
+    assert by_packer["ec2:CreateSecurityGroup"] == by_packer["ec2:DeleteSecurityGroup"] == 1, by_packer
+    assert by_packer["ec2:CreateKeyPair"] == by_packer["ec2:DeleteKeyPair"] == 0, by_packer
+    assert by_packer["ec2:CreateImage"] == by_packer["ec2:CopyImage"] == 0, by_packer  # interrupted before any AMI
+    own = local_cloud.load(cloud_env["state"])  # with the build hosts of parallel bakes, if any ran
+    assert sorted(k["KeyName"] for k in ec2.describe_key_pairs()["KeyPairs"]) == sorted(own.key_pair_name(i) for i in range(len(own.hosts)))
 
 
 def _path_with(bin_dir: Path) -> dict[str, str]:

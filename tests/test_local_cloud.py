@@ -49,9 +49,9 @@ def up(state_dir):
 
 def _pids(state_dir: Path) -> list[int]:
     data = json.loads((state_dir / "local-cloud.json").read_text())
-    host = json.loads((Path(data["build_host_dir"]) / "buildhost.json").read_text())
+    hosts = [json.loads((Path(d) / "buildhost.json").read_text()) for d in [data["build_host_dir"], *data.get("extra_build_host_dirs", [])]]
     mirror = json.loads((Path(data["mirror_dir"]) / "mirror.json").read_text())
-    return [data["moto"]["pid"], host["pid"], host["init_pid"], mirror["pid"]]
+    return [data["moto"]["pid"], *(p for h in hosts for p in (h["pid"], h["init_pid"])), mirror["pid"]]
 
 
 def test_up_reports_where_everything_runs(up):
@@ -130,6 +130,27 @@ def test_using_a_running_cloud_does_not_stop_it(up, state_dir):
     assert local_cloud.running(state_dir).endpoint == up["endpoint"]
 
 
+def test_parallel_bakes_get_a_build_host_each_and_down_stops_them(up, state_dir):
+    """ensure_build_hosts(2) starts a second host (its own key pair in moto), recorded in the
+    state file; builder() lends each build a different host, the first one first, and waits
+    while both are busy; another process finds them again (the `down` below stops them)."""
+    import threading
+
+    lc = local_cloud.running(state_dir)
+    lc.ensure_build_hosts(2)
+    again = local_cloud.load(state_dir)
+    assert [h.state_dir for h in again.hosts] == [lc.host.state_dir, state_dir / "buildhosts" / "1"] and again.hosts[1].alive()
+    assert lc.build_target(index=1).keypair_name == "factory-local-buildhost-1"
+    assert {k["KeyName"] for k in lc.clients().ec2().describe_key_pairs()["KeyPairs"]} >= {"factory-local-buildhost", "factory-local-buildhost-1"}
+    with lc.builder() as (first, _), lc.builder() as (second, host):
+        assert (first, second) == (0, 1) and host.ssh_port != lc.host.ssh_port
+        waited = threading.Event()
+        t = threading.Thread(target=lambda: (lc.builder().__enter__(), waited.set()), daemon=True)
+        t.start()
+        assert not waited.wait(1.0), "a third build got a host while both were building"
+    assert waited.wait(60)
+
+
 def test_down_leaves_no_process_and_no_mount(up, state_dir):
     pids = _pids(state_dir)
     assert all(pid_alive(p) for p in pids)
@@ -139,7 +160,7 @@ def test_down_leaves_no_process_and_no_mount(up, state_dir):
     mounts = Path("/proc/self/mounts").read_text()
     assert str(state_dir) not in mounts
     assert not (state_dir / "local-cloud.json").exists()
-    assert not (state_dir / "buildhost").exists()
+    assert not (state_dir / "buildhost").exists() and not (state_dir / "buildhosts").exists()
     status = factory("local", "status", state_dir=state_dir)
     assert status.returncode == 1 and "not running" in status.stdout
     with pytest.raises(LocalCloudError, match="factory local up"):

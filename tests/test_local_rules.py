@@ -281,3 +281,22 @@ def test_throttling_and_dropped_connections_are_retried(aws, server, operation, 
     getattr(aws.client(service), call)()
     assert server.calls() == [operation] * 3
     assert faults.armed(server.endpoint) == []
+
+
+def test_a_fault_for_one_caller_spares_the_others(aws, server):
+    """`--caller command:bake`: Packer's call of the same operation is not failed, the
+    command's is; the call listing names who made each."""
+    from factory import aws as aws_mod
+
+    faults.arm(server.endpoint, faults.Fault("ec2:DescribeVpcs", "error", caller="command:bake"))
+    server.calls(clear=True)
+    aws.ec2().describe_vpcs()  # boto3 as anyone else ("other"): spared
+    previous = aws_mod.set_command("bake")
+    try:
+        with pytest.raises(ClientError) as exc:
+            Clients(REGION, server.endpoint).ec2().describe_vpcs()
+    finally:
+        aws_mod.set_command(previous)
+    assert code(exc.value) == "InjectedFault"
+    assert server.calls_by() == [("other", "ec2:DescribeVpcs"), ("command:bake", "ec2:DescribeVpcs")]
+    assert faults.armed(server.endpoint) == []

@@ -31,7 +31,7 @@ def bake(
     force: bool = typer.Option(False, "--force", help="Bake even when an AMI with the same content hash exists."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
     all_tasks: bool = typer.Option(False, "--all", help="Bake every spec in --specs-dir (each distinct image once)."),
-    jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Bakes run in parallel with --all (the local cloud runs one at a time)."),
+    jobs: int = typer.Option(2, "--jobs", "-j", min=1, help="Bakes run in parallel with --all (on the local cloud: one build host per job)."),
     specs_dir: Path = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Folder holding the task specs."),
     build_dir: Path = typer.Option(Path("build"), "--build-dir", help="Where build/<task>/ (Packer folder, packer.log) goes."),
     timeout: float = typer.Option(3600.0, "--timeout", min=1, help="Seconds a Packer build may take before it is interrupted and cleaned up."),
@@ -58,8 +58,6 @@ def bake(
 
     _sigterm_is_interrupt()
     board = StatusBoard([s.name for s in specs])
-    if all_tasks and cloud == "local" and jobs > 1 and len(specs) > 1:
-        err(f"the local cloud has one build host: bakes run one at a time there (--jobs {jobs} applies on AWS)")
     from factory.config import load_config
 
     load_config(config)  # a wrong settings file stops here, before any cloud starts

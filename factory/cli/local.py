@@ -82,6 +82,7 @@ def fault(
     kind: str = typer.Option("error", "--kind", help="error (an AWS error, not retried) | throttle (the service's throttling error) | drop (connection closed)."),
     times: int = typer.Option(1, "--times", min=1, help="How many of the next calls fail."),
     code: str = typer.Option("", "--code", help="The AWS error code for --kind error (default InjectedFault)."),
+    caller: str = typer.Option("", "--caller", help="Fail only this caller's calls, as the call log names it: packer, command:bake, ... (default: anyone's)."),
     clear: bool = typer.Option(False, "--clear", help="Disarm every fault."),
     state_dir: Path | None = _STATE,
 ) -> None:
@@ -96,9 +97,10 @@ def fault(
         return
     if not operation:
         raise UsageError("name the operation to fail, e.g. `factory local fault ec2:CreateLaunchTemplate`, or pass --clear")
-    faults.arm(endpoint, faults.Fault(operation, kind, times, code))
+    faults.arm(endpoint, faults.Fault(operation, kind, times, code, caller))
     for armed in faults.armed(endpoint):
-        print(f"armed: {armed['operation']} fails ({armed['kind']}) for the next {armed['times']} call(s)")
+        by = f" of {armed['caller']}" if armed.get("caller") else ""
+        print(f"armed: {armed['operation']} fails ({armed['kind']}) for the next {armed['times']} call(s){by}")
 
 
 @local_app.command("publish-base")

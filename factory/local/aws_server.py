@@ -7,7 +7,8 @@
 - paging (`factory.local.paging`): Describe calls answered a page at a time;
 - faults (`factory.local.faults`): the next N calls of an operation fail on demand;
 - publish-base (`factory.local.publish`): AWS releasing a new ECS-optimized AMI;
-- a call log: every AWS call's `service:Operation` (`GET /_factory/calls`), and, when
+- a call log: every AWS call's `service:Operation` (`GET /_factory/calls`, with who made
+  each in `callers`), and, when
   `$FACTORY_LOCAL_CALL_LOG` names a file, one line per call appended to it: who called
   (the `factory` command, `packer`, the local cloud's own set-up, or `other`) and what.
   The tests prove `factory iam-policy` against that file.
@@ -47,6 +48,7 @@ class Layer:
         self.call_log = call_log
         self.board = faults.FaultBoard()
         self.calls: list[str] = []
+        self.callers: list[str] = []  # who made each of `calls` (caller())
         self._calls_lock = threading.Lock()
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
@@ -61,8 +63,9 @@ class Layer:
         call = identify(environ, body)
         if call is None:
             return self.app(_with_body(environ, body), start_response)
-        self._record(call, environ.get("HTTP_USER_AGENT", ""))
-        fault = self.board.take(call)
+        who = caller(environ.get("HTTP_USER_AGENT", ""))
+        self._record(call, who)
+        fault = self.board.take(call, who)
         if fault is not None:
             return faults.respond(fault, call, environ, start_response)
         try:
@@ -97,12 +100,13 @@ class Layer:
         start_response(captured["status"], headers + [("Content-Length", str(len(answer)))])
         return [answer]
 
-    def _record(self, call: Call, agent: str) -> None:
+    def _record(self, call: Call, who: str) -> None:
         with self._calls_lock:
             self.calls.append(call.name)
+            self.callers.append(who)
             if self.call_log:
                 with open(self.call_log, "a") as log:
-                    log.write(f"{caller(agent)}\t{call.name}\n")
+                    log.write(f"{who}\t{call.name}\n")
 
     def _faults(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         from factory.errors import UsageError
@@ -129,7 +133,8 @@ class Layer:
         with self._calls_lock:
             if environ.get("REQUEST_METHOD") == "DELETE":
                 self.calls.clear()
-            return _json(start_response, {"calls": list(self.calls)})
+                self.callers.clear()
+            return _json(start_response, {"calls": list(self.calls), "callers": list(self.callers)})
 
 
 def caller(agent: str) -> str:

@@ -276,7 +276,7 @@ class BuildHost:
         """Be a newly launched ECS-optimized instance again (see the module docstring).
 
         Called when the host starts and by the local cloud before each build
-        (`Cloud.launch_builder`). The host key stays the one `known_hosts_file` names;
+        (`Cloud.builder`). The host key stays the one `known_hosts_file` names;
         what a bake's generalize role must remove is put back, with a new machine id."""
         import uuid
 

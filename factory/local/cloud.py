@@ -20,6 +20,13 @@ build host's own throwaway directory and is removed by `down()`.
 
 `using_local_cloud()` is what `factory bake --cloud local` uses: the running cloud if
 there is one, else one started for the bake and stopped after it.
+
+Parallel bakes (`factory bake --all --jobs N`): one build host per job, as AWS gives each
+build its own instance. The first host is started by `up()`; `ensure_build_hosts(N)`
+starts the others (`<state_dir>/buildhosts/<n>/`, each with its own key pair
+`factory-local-buildhost-<n>`), which run until `down()`. `builder()` lends a build
+host to one build at a time, within one process: two `factory bake` processes on one
+local cloud still share the first host.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,6 +58,7 @@ INSTANCE_ROLE = "ecsInstanceRole"
 # it, the local cloud uses Batch's service-linked role, as AWS does (docs/local-cloud.md).
 BATCH_SERVICE_ROLE = "AWSBatchServiceRole"
 DEFAULT_REGION = "us-east-1"
+EXTRA_HOSTS_DIR = "buildhosts"  # <state_dir>/buildhosts/<n>/: the build hosts of parallel bakes
 
 
 def default_state_dir() -> Path:
@@ -65,7 +74,11 @@ class LocalCloud:
     host: Any  # factory.local.buildhost.BuildHost
     mirror: Any  # factory.local.mirror.Mirror
     started_at: str
+    extra_hosts: list[Any] = field(default_factory=list)  # build hosts 1.. of parallel bakes
     _clients: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    _lent: set[int] = field(default_factory=set, repr=False, compare=False)  # indexes of hosts building now
+    _lending: threading.Condition = field(default_factory=threading.Condition, repr=False, compare=False)
+    _importing: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)  # boto3 makes clients unsafely across threads
 
     # -- where things are ------------------------------------------------------------
 
@@ -127,16 +140,63 @@ class LocalCloud:
         setup._session = made._session
         return setup
 
-    def ensure_key_pair(self, region: str) -> str:
-        """Import the build host's public key into moto in `region` (once per region)."""
+    @property
+    def hosts(self) -> list[Any]:
+        """Every build host: the first (`host`), then those of parallel bakes."""
+        return [self.host, *self.extra_hosts]
+
+    @staticmethod
+    def key_pair_name(index: int) -> str:
+        """The EC2 key pair holding build host `index`'s public key."""
+        return KEY_PAIR_NAME if index == 0 else f"{KEY_PAIR_NAME}-{index}"
+
+    def ensure_key_pair(self, region: str, index: int = 0) -> str:
+        """Import build host `index`'s public key into moto in `region` (once per region)."""
         from factory.aws import aws_errors
 
-        ec2 = self.setup_clients(region).ec2()
+        name = self.key_pair_name(index)
+        with self._importing:
+            ec2 = self.setup_clients(region).ec2()
         with aws_errors(f"importing the build host's key into the local cloud ({region})"):
             names = {k["KeyName"] for k in ec2.describe_key_pairs().get("KeyPairs", [])}  # DescribeKeyPairs has no MaxResults: one answer
-            if KEY_PAIR_NAME not in names:
-                ec2.import_key_pair(KeyName=KEY_PAIR_NAME, PublicKeyMaterial=self.host.public_key.encode())
-        return KEY_PAIR_NAME
+            if name not in names:
+                ec2.import_key_pair(KeyName=name, PublicKeyMaterial=self.hosts[index].public_key.encode())
+        return name
+
+    def ensure_build_hosts(self, count: int) -> None:
+        """At least `count` build hosts running (one per parallel bake); the new ones are
+        recorded in the state file, so `down()` stops them."""
+        from factory.local.buildhost import BuildHost
+
+        with _locked(self.state_dir):
+            for n, host in enumerate(self.extra_hosts[:max(0, count - 1)], start=1):
+                if not host.alive():  # stopped by hand or by a reboot: start it again
+                    host.stop(remove=True)
+                    self.extra_hosts[n - 1] = BuildHost.start(self.state_dir / EXTRA_HOSTS_DIR / str(n))
+                    self._save()
+            while len(self.hosts) < count:
+                index = len(self.hosts)
+                self.extra_hosts.append(BuildHost.start(self.state_dir / EXTRA_HOSTS_DIR / str(index)))
+                self._save()
+
+    @contextlib.contextmanager
+    def builder(self) -> Iterator[tuple[int, Any]]:
+        """Lend a free build host to one build, booted as a new instance (`BuildHost.boot`):
+        yields (its index, the host). Waits while every host is building. The first host is
+        lent first, so a lone bake always builds on `host`."""
+        with self._lending:
+            while len(self._lent) >= len(self.hosts):
+                self._lending.wait()
+            index = min(set(range(len(self.hosts))) - self._lent)
+            self._lent.add(index)
+        try:
+            host = self.hosts[index]
+            host.boot()
+            yield index, host
+        finally:
+            with self._lending:
+                self._lent.discard(index)
+                self._lending.notify_all()
 
     def seed_account(self) -> None:
         """What a real account set up for AWS Batch already has: the `ecsInstanceRole`
@@ -169,24 +229,25 @@ class LocalCloud:
                     if error_code(exc) not in ("EntityAlreadyExists", "LimitExceeded"):
                         raise
 
-    def build_target(self, region: str | None = None, *, import_key: bool = True):
-        """The render step's BuildTarget for this cloud: endpoint, SSH, key, mirror
-        (`import_key=False`: without importing the key pair, for reads such as a hash)."""
+    def build_target(self, region: str | None = None, *, import_key: bool = True, index: int = 0):
+        """The render step's BuildTarget for this cloud: endpoint, SSH, key, mirror, on build
+        host `index` (`import_key=False`: without importing the key pair, for reads such as a hash)."""
         from factory.render import BuildTarget
 
         region = region or self.region
+        host = self.hosts[index]
         if import_key:
-            self.ensure_key_pair(region)
+            self.ensure_key_pair(region, index)
         return BuildTarget.local(
             endpoint=self.endpoint,
-            ssh_host=self.host.ssh_host,
-            ssh_port=self.host.ssh_port,
-            ssh_username=self.host.ssh_user,
-            keypair_name=KEY_PAIR_NAME,
-            private_key_file=str(self.host.private_key_file),
+            ssh_host=host.ssh_host,
+            ssh_port=host.ssh_port,
+            ssh_username=host.ssh_user,
+            keypair_name=self.key_pair_name(index),
+            private_key_file=str(host.private_key_file),
             installer_url=self.mirror.installer_url,
             installer_sha256=self.mirror.installer_sha256,
-            python_interpreter=self.host.python_interpreter,
+            python_interpreter=host.python_interpreter,
         )
 
     # -- state -----------------------------------------------------------------------
@@ -224,6 +285,7 @@ class LocalCloud:
             "region": self.region,
             "moto": {"port": self.moto.port, "pid": self.moto.pid},
             "build_host_dir": str(self.host.state_dir),
+            "extra_build_host_dirs": [str(h.state_dir) for h in self.extra_hosts],
             "mirror_dir": str(self.mirror.directory),
             "started_at": self.started_at,
         }
@@ -357,6 +419,7 @@ def _load(state_dir: Path) -> LocalCloud | None:
         data = json.loads(f.read_text())
         moto = MotoServer(port=int(data["moto"]["port"]), pid=int(data["moto"]["pid"]))
         host_dir, mirror_dir = Path(data["build_host_dir"]), Path(data["mirror_dir"])
+        extra_dirs = [Path(d) for d in data.get("extra_build_host_dirs", [])]
     except (ValueError, KeyError, TypeError) as exc:
         raise LocalCloudError(f"{f} is damaged ({exc}); stop what runs and delete it") from None
     host = BuildHost.load(host_dir) or _Gone(host_dir)
@@ -368,16 +431,23 @@ def _load(state_dir: Path) -> LocalCloud | None:
         host=host,
         mirror=mirror,
         started_at=data.get("started_at", ""),
+        extra_hosts=[BuildHost.load(d) or _Gone(d) for d in extra_dirs],
     )
 
 
 def _stop(cloud: LocalCloud) -> None:
     problems = []
-    for name, stop in (("mirror", lambda: _stop_mirror(cloud.mirror)), ("build host", lambda: cloud.host.stop(remove=True))):
+    stops = [("mirror", lambda: _stop_mirror(cloud.mirror))]
+    stops += [(f"build host {h.state_dir}", lambda h=h: h.stop(remove=True)) for h in cloud.hosts]
+    for name, stop in stops:
         try:
             stop()
         except Exception as exc:  # keep stopping the rest
             problems.append(f"{name}: {exc}")
+    if cloud.extra_hosts:
+        import shutil
+
+        shutil.rmtree(cloud.state_dir / EXTRA_HOSTS_DIR, ignore_errors=True)
     cloud.moto.stop()  # waits until it is gone (procs.stop_group)
     cloud.state_file.unlink(missing_ok=True)
     (cloud.state_dir / "moto.log").unlink(missing_ok=True)

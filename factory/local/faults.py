@@ -9,8 +9,12 @@ the running local cloud; the tests use the same control endpoint. Kinds:
 | `throttle` | the service's throttling error: EC2 `RequestLimitExceeded` (503), Batch `TooManyRequestsException` (429), SSM `ThrottlingException`, IAM `Throttling`; the call is not made | retried with backoff |
 | `drop` | the connection closes with no answer; the call is not made | retried (a connection error) |
 
+`--caller packer` (or `command:bake`, ...) fails only the calls of that caller, as the call
+log names it (`aws_server.caller`): `ec2:CreateTags` is made by Packer (the AMI's tags) and
+by factory after it (the image manifest's), and each must be failed on its own.
+
 The control endpoint lives beside moto's own API: `POST /_factory/faults` with
-`{"operation": "ec2:CreateLaunchTemplate", "kind": "error", "times": 1, "code": ...}`,
+`{"operation": "ec2:CreateLaunchTemplate", "kind": "error", "times": 1, "code": ..., "caller": ...}`,
 `GET` lists what is armed, `DELETE` clears everything.
 """
 
@@ -43,6 +47,7 @@ class Fault:
     kind: str = "error"
     times: int = 1
     code: str = ""
+    caller: str = ""  # only this caller's calls (aws_server.caller: packer, command:bake, ...); empty: anyone's
 
     def __post_init__(self) -> None:
         service, _, op = self.operation.partition(":")
@@ -75,11 +80,11 @@ class FaultBoard:
         with self._lock:
             return [asdict(f) for f in self._armed]
 
-    def take(self, call: Call) -> Fault | None:
-        """The fault armed for this call, counted down (None when none is armed)."""
+    def take(self, call: Call, caller: str = "") -> Fault | None:
+        """The fault armed for this call by this caller, counted down (None when none is armed)."""
         with self._lock:
             for fault in self._armed:
-                if fault.operation == call.name:
+                if fault.operation == call.name and fault.caller in ("", caller):
                     fault.times -= 1
                     if fault.times <= 0:
                         self._armed.remove(fault)

@@ -126,11 +126,20 @@ class MotoServer:
 
     def calls(self, clear: bool = False) -> list[str]:
         """Every AWS call the server answered so far, as `service:Operation` (oldest first)."""
+        return self._calls(clear)["calls"]
+
+    def calls_by(self) -> list[tuple[str, str]]:
+        """Every AWS call so far as (caller, `service:Operation`): who made it, as the call log
+        names it (`aws_server.caller`: `command:bake`, `packer`, `factory-local`, `other`)."""
+        answer = self._calls(False)
+        return list(zip(answer["callers"], answer["calls"]))
+
+    def _calls(self, clear: bool) -> dict:
         import json
 
         req = urllib.request.Request(self.endpoint + "/_factory/calls", method="DELETE" if clear else "GET")
         with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.loads(resp.read())["calls"]
+            return json.loads(resp.read())
 
     def reset(self) -> None:
         """Forget every resource (moto's own reset API)."""
