@@ -102,8 +102,8 @@ def find_launch_template(ec2: Any, task: str):
                     found = lt
         if found is None:
             return None
-        # One template and one version asked for: one answer, no paging needed.
-        version = ec2.describe_launch_template_versions(LaunchTemplateId=found["LaunchTemplateId"], Versions=["$Default"])["LaunchTemplateVersions"][0]
+        # One template and one version asked for: one answer, no paging (MaxResults) needed.
+        version = ec2.describe_launch_template_versions(LaunchTemplateId=found["LaunchTemplateId"], Versions=["$Default"])["LaunchTemplateVersions"][0]  # one answer, no MaxResults
     return LaunchTemplate(id=found["LaunchTemplateId"], name=found["LaunchTemplateName"], version=int(version["VersionNumber"]),
                           data=version["LaunchTemplateData"])
 

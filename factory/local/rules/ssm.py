@@ -90,8 +90,11 @@ def _describe_parameters_pages() -> None:
             raise ValidationException(f"1 validation error detected: Value '{size}' at 'maxResults' failed to satisfy constraint: "
                                       "Member must have value less than or equal to 50")
         start = int(str(self._get_param("NextToken") or "0").strip() or 0)
-        found = self.ssm_backend.describe_parameters(self._get_param("Filters"), self._get_param("ParameterFilters"))
-        response: dict[str, Any] = {"Parameters": [p.describe_response_object(False) for p in found[start : start + size]]}
+        # moto's backend, not an AWS read: everything it holds, cut here into MaxResults pages.
+        matching = self.ssm_backend.describe_parameters(self._get_param("Filters"), self._get_param("ParameterFilters"))  # paged below (MaxResults)
+        found = list(matching)
+        page = [p.describe_response_object(False) for p in found[start : start + size]]  # this page of at most MaxResults
+        response: dict[str, Any] = {"Parameters": page}
         if start + size < len(found):
             response["NextToken"] = str(start + size)
         return ActionResult(response)
