@@ -675,10 +675,9 @@ def bake_all(
     and `error`. Ctrl-C interrupts every running Packer and waits for their cleanup.
     """
     from factory import packer
-
-    cloud = cloud or Cloud("aws")
     from factory.register.region_reads import RegionReads
 
+    cloud = cloud or Cloud("aws")
     results: dict[str, BakeResult] = {}
     prepared: dict[str, Prepared] = {}
     # What is read of AWS is read once per region for all specs (the base AMI parameters,
