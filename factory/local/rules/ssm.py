@@ -91,9 +91,8 @@ def _describe_parameters_pages() -> None:
                                       "Member must have value less than or equal to 50")
         start = int(str(self._get_param("NextToken") or "0").strip() or 0)
         # moto's backend, not an AWS read: everything it holds, cut here into MaxResults pages.
-        matching = self.ssm_backend.describe_parameters(self._get_param("Filters"), self._get_param("ParameterFilters"))  # paged below (MaxResults)
-        found = list(matching)
-        page = [p.describe_response_object(False) for p in found[start : start + size]]  # this page of at most MaxResults
+        found = self.ssm_backend.describe_parameters(self._get_param("Filters"), self._get_param("ParameterFilters"))  # cut below (MaxResults)
+        page = [p.describe_response_object(False) for p in found[start : start + size]]  # at most MaxResults
         response: dict[str, Any] = {"Parameters": page}
         if start + size < len(found):
             response["NextToken"] = str(start + size)
