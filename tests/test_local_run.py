@@ -58,6 +58,16 @@ BENCH = "input_gib,index_gib,scratch_gib,output_gib\n0.1,0.05,0.1,0.05\n0.2,0.05
 # (not into a file: that file would be on the full disk too).
 WRITER = ("i=0; while [ $i -lt 40 ]; do dd if=/dev/zero of=f$i bs=1M count=100 conv=fsync status=none || exit 1; "
           "i=$((i+1)); sleep 0.1; done; echo wrote 4000 MiB")
+# The same 4000 MiB, but paced by the disk rather than the clock: 1800 MiB (past the agent's
+# 2 GiB floor of free space, within the 2.5 GiB the instance starts with), then a wait until
+# Docker's storage has grown (at most 300 s: exit 3 if it never does), then the rest. With
+# faults slowing the add, a writer at full speed would race it; this one cannot lose the
+# race, so what the test sees is whether the retried add arrives at all, and only once.
+PACED_WRITER = ("total() { df -Pk . | awk 'NR==2 {print $2}'; }; start=$(total); "
+                "i=0; while [ $i -lt 18 ]; do dd if=/dev/zero of=f$i bs=1M count=100 conv=fsync status=none || exit 1; i=$((i+1)); done; "
+                "n=0; while [ $(total) -le $start ]; do n=$((n+1)); if [ $n -gt 300 ]; then echo never grew; exit 3; fi; sleep 1; done; "
+                "while [ $i -lt 40 ]; do dd if=/dev/zero of=f$i bs=1M count=100 conv=fsync status=none || exit 1; i=$((i+1)); done; "
+                "echo wrote 4000 MiB")
 REPORT_KEYS = {"exit_code", "fit", "capacity_gib", "peak_gib", "grown_gib", "volumes_added", "instance_id"}
 
 
@@ -184,7 +194,7 @@ def test_faults_on_volume_create_and_attach_are_retried_and_it_still_fits(rehear
         subprocess.run([FACTORY, "local", "fault", *armed], env=rehearsed["env"], check=True, capture_output=True, timeout=60)
     assert len(faults.armed(endpoint)) == 2
     try:
-        proc = local_run(rehearsed, "--json", "--", "sh", "-c", WRITER)
+        proc = local_run(rehearsed, "--json", "--", "sh", "-c", PACED_WRITER)
         left = faults.armed(endpoint)
     finally:
         faults.clear(endpoint)
@@ -192,8 +202,14 @@ def test_faults_on_volume_create_and_attach_are_retried_and_it_still_fits(rehear
     report = json.loads(proc.stdout)
     assert set(report) == REPORT_KEYS
     assert report["exit_code"] == proc.returncode == 0, proc.stderr[-3000:]
-    assert report["fit"] is True and report["volumes_added"] >= 1, report
+    assert report["fit"] is True, report
+    assert report["volumes_added"] == 1, report  # a retried create or attach made no second volume
     assert "wrote 4000 MiB" in proc.stderr  # the command's output goes to stderr with --json
+    # what the agent did, from its journal: the throttled creates and the dropped attach, retried
+    said = [line for line in proc.stderr.splitlines() if line.startswith("factory: grow agent: ")]
+    retried = next((line for line in said if "retried" in line), "")
+    assert "ec2:CreateVolume 2x (RequestLimitExceeded)" in retried and "ec2:AttachVolume 1x" in retried, said
+    assert any(line.startswith("factory: grow agent: +") and "GiB (vol-" in line for line in said), said
     assert_nothing_left(rehearsed, report["instance_id"])
 
 

@@ -11,6 +11,8 @@ AWS Batch would launch it (factory.local.instances), then, as Batch and Nextflow
   so they land on Docker's storage, where Nextflow's staging (`aws s3 cp`) puts them;
 - the container runs CMD while a `factory measure` sampler (factory.disk_sampler) records
   the disk Docker's data root holds;
+- what the grow agent did (each add, its trigger and time, the retries) is said from its
+  journal (factory.local.agent_journal);
 - the instance is terminated whatever happens (Ctrl-C and SIGTERM included): volumes go as
   their DeleteOnTermination says, loop devices and processes too.
 
@@ -124,9 +126,10 @@ def check_paths(paths: Sequence[Path], option: str) -> None:
 def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, inputs: Sequence[Path] = (), index: Sequence[Path] = (),
              grow: bool = True, attach_delay: float | None = None, out: Any = None, say: Any = None) -> RunReport:
     """Launch, run, sample, terminate. `out` gets the command's output; `say` progress lines."""
+    from factory.local import agent_journal
     from factory.local.ami_trees import AmiTrees
     from factory.local.cloud import INSTANCE_ROLE
-    from factory.local.instances import DEFAULT_ATTACH_DELAY, LocalInstance
+    from factory.local.instances import AGENT_UNIT, DEFAULT_ATTACH_DELAY, LocalInstance
 
     out = out or sys.stdout
     say = say or (lambda text: None)
@@ -163,6 +166,9 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
         say(f"{instance.instance_id} booted: pool, Docker" + (", grow agent" if grow else " (no grow agent: --no-grow)"))
         report = _run(instance, spec, image, command, inputs, index, out, say, containers)
         report.grew = grow
+        if grow:
+            for line in agent_journal.summary(instance.journal(AGENT_UNIT)):
+                say(line)
         return report
     finally:
         try:
