@@ -75,9 +75,9 @@ class Cloud:
         On AWS, `rendered` as it is: each build gets a new instance of the base AMI. On the
         local cloud, a build host stands in for the builder, one per build running at once
         (`LocalCloud.builder`): the variables file is pointed at the host lent (its SSH
-        port, key pair and key, none of which shape the image), which the last bake on it
-        generalized (no host key, no authorized key, Docker stopped), so it boots first
-        as a new instance would (`BuildHost.boot`)."""
+        port, key pair and key, none of which shape the image), a new builder as on AWS:
+        one no build has used, or relaunched with nothing an earlier bake wrote
+        (`BuildHost.relaunch`)."""
         if self.kind != "local":
             yield rendered
             return

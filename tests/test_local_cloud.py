@@ -98,6 +98,30 @@ def test_the_build_host_answers_ssh_and_runs_docker(up, state_dir):
     assert proc.stdout.strip() == "overlay2"
 
 
+def test_every_build_gets_a_new_builder_with_nothing_an_earlier_build_wrote(up, state_dir):
+    """The first build gets the host `up` started as it is; the next one a relaunched host:
+    same port and keys (SSH with the same known_hosts and key pair), a new init, none of
+    the files the first build wrote; the build host's images stay (the local registry)."""
+    lc = local_cloud.running(state_dir)
+    started_pid = lc.host.pid
+    with lc.builder() as (index, host):
+        assert index == 0 and host.pid == started_pid  # never used: lent as `up` started it
+        host.run("sh", "-c", "echo earlier > /etc/written-by-an-earlier-bake; tar -cf /tmp/empty.tar -T /dev/null; "
+                             "docker import /tmp/empty.tar factory-test-kept:1 >/dev/null; rm /tmp/empty.tar")
+        assert host.path("/etc/written-by-an-earlier-bake").exists()
+    with lc.builder() as (again, fresh):
+        assert again == 0 and fresh.ssh_port == host.ssh_port and fresh.pid != started_pid
+        assert not fresh.path("/etc/written-by-an-earlier-bake").exists()
+        assert fresh.run("test", "-e", "/etc/written-by-an-earlier-bake", check=False).returncode == 1
+        assert fresh.run("docker", "image", "inspect", "factory-test-kept:1", check=False).returncode == 0
+        proc = subprocess.run([*fresh.ssh_args(), "cat", "/etc/machine-id"], capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() and fresh.run("cat", "/etc/machine-id").stdout == proc.stdout
+    assert local_cloud.running(state_dir).host.pid == fresh.pid  # another process finds the relaunched host
+    assert not pid_alive(started_pid)
+    fresh.run("docker", "rmi", "factory-test-kept:1")
+
+
 def test_fault_command_arms_the_running_cloud_and_clears_it(up, state_dir):
     import boto3
     from botocore.exceptions import ClientError

@@ -32,12 +32,14 @@ with the mount namespace, so `stop()` leaves no process and no mount behind.
 `BuildHost.load(state_dir)` finds a running host again from another process (the
 local cloud's `factory local down`).
 
-One host stands in for every builder a local cloud launches, and a bake generalizes it
-(no host key, no authorized key, no machine id, Docker stopped). So before each build
-`boot()` does what a new EC2 instance's first boot does: host key and authorized key in
-place, a new machine id, Docker running, and the per-instance state an ECS-optimized
-instance carries once booted (cloud-init's instance folder and log, the ECS agent's
-state and log, a journal), for the bake to remove again.
+On AWS every bake gets a new builder instance of the base AMI. Here a host that a build
+used is relaunched before the next build (`relaunch()`: the same port and keys, an empty
+upper directory, so nothing an earlier bake wrote is on the next one, nor in the tree kept
+for its AMI); a host no build has used yet (`is_fresh()`) is lent as it is. Every start
+ends in `boot()`, a new EC2 instance's first boot: host key and authorized key in place,
+a new machine id, Docker running, and the per-instance state an ECS-optimized instance
+carries once booted (cloud-init's instance folder and log, the ECS agent's state and log,
+a journal), for the bake's generalize role to remove again.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from factory.errors import LocalCloudError
 from factory.local.procs import free_port, pid_alive
 
 STATE_FILE = "buildhost.json"
+FRESH_FILE = "fresh"  # present from (re)start until a build is lent the host
 PYTHON_INTERPRETER = "/usr/bin/python3"  # Debian's python, seen inside the root
 SSH_USER = "root"
 CONFIG_DIR = "/etc/factory-buildhost"  # inside the root: sshd's config
@@ -167,22 +170,55 @@ class BuildHost:
         _remove_tree(state_dir)
         for sub in ("upper", "work", "root", "docker-data", "keys"):
             (state_dir / sub).mkdir(parents=True, exist_ok=True)
-        port = port or free_port()
-        host = cls(state_dir=state_dir, ssh_port=port, pid=0, init_pid=0, docker=docker)
-        host._write_root_config()
+        host = cls(state_dir=state_dir, ssh_port=port or free_port(), pid=0, init_pid=0, docker=docker)
+        host._make_keys()
+        return host._launch(timeout)
+
+    def relaunch(self, timeout: float = 60.0) -> BuildHost:
+        """The builder of the next bake: a new instance of the base, not the one the last
+        bake changed. Stops this host and starts it again from an empty upper directory
+        (every file earlier bakes wrote is gone, so the tree the next bake leaves for its
+        AMI, factory.local.ami_trees, holds that bake's work only), on the same SSH port with
+        the same keys (the key pair imported into the local cloud stays valid).
+
+        Docker's data directory stays: on AWS a builder pulls task images from a registry,
+        and the local cloud has none, so the images on the build host's engine stand in for
+        it (the bake's check removes the images it pulled, and Docker's data is never part of
+        an AMI's tree). Returns the new host; this object is stale afterwards."""
+        self.stop()
+        for sub in ("upper", "work", "root"):
+            _remove_tree(self.state_dir / sub)
+            (self.state_dir / sub).mkdir(parents=True)
+        host = BuildHost(state_dir=self.state_dir, ssh_port=self.ssh_port, pid=0, init_pid=0, docker=self.docker,
+                         ssh_host=self.ssh_host, ssh_user=self.ssh_user, python_interpreter=self.python_interpreter)
+        return host._launch(timeout)
+
+    def is_fresh(self) -> bool:
+        """No build has been lent this host since it started (`take()` marks it used)."""
+        return (self.state_dir / FRESH_FILE).exists()
+
+    def take(self) -> None:
+        """A build uses this host now: the next build gets a relaunched one."""
+        (self.state_dir / FRESH_FILE).unlink(missing_ok=True)
+
+    def _launch(self, timeout: float) -> BuildHost:
+        """Start the namespaces, the init, sshd and Docker over the state directory's
+        upper directory (empty, or as `start`/`relaunch` left it) and boot."""
+        state_dir = self.state_dir
+        self._write_root_config()
         init_py = state_dir / "init.py"
         init_py.write_text(_INIT_SCRIPT)
         config = {
-            "merged": str(host._merged),
-            "upper": str(host.upper_dir),
+            "merged": str(self._merged),
+            "upper": str(self.upper_dir),
             "work": str(state_dir / "work"),
-            "docker_data": str(host.docker_data_dir),
+            "docker_data": str(self.docker_data_dir),
             "ready": str(state_dir / "ready"),
-            "docker": docker,
+            "docker": self.docker,
             "sshd_config": f"{CONFIG_DIR}/sshd_config",
         }
         (state_dir / "init.json").write_text(json.dumps(config, indent=2))
-        log = open(host.log_file, "ab")
+        log = open(self.log_file, "ab")
         try:
             proc = subprocess.Popen(
                 ["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
@@ -192,25 +228,26 @@ class BuildHost:
             )
         finally:
             log.close()
-        host.pid = proc.pid
+        self.pid = proc.pid
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise LocalCloudError(
-                    f"the build host stopped while starting (status {proc.returncode}); see {host.log_file}:\n"
-                    + _tail(host.log_file)
+                    f"the build host stopped while starting (status {proc.returncode}); see {self.log_file}:\n"
+                    + _tail(self.log_file)
                 )
-            if not host.init_pid:
-                host.init_pid = _child_of(proc.pid) or 0
-            if (state_dir / "ready").exists() and _port_open(port):
-                host._save()
-                host.boot()
-                return host
+            if not self.init_pid:
+                self.init_pid = _child_of(proc.pid) or 0
+            if (state_dir / "ready").exists() and _port_open(self.ssh_port):
+                self._save()
+                self.boot()
+                (state_dir / FRESH_FILE).touch()
+                return self
             time.sleep(0.1)
-        host.init_pid = host.init_pid or (_child_of(proc.pid) or 0)
-        host.stop()
+        self.init_pid = self.init_pid or (_child_of(proc.pid) or 0)
+        self.stop()
         raise LocalCloudError(
-            f"the build host did not come up within {timeout:.0f}s; see {host.log_file}:\n" + _tail(host.log_file)
+            f"the build host did not come up within {timeout:.0f}s; see {self.log_file}:\n" + _tail(self.log_file)
         )
 
     @classmethod
@@ -254,8 +291,8 @@ class BuildHost:
                 break
             time.sleep(0.1)
         _remove_cgroups(self.cgroup_parent)
-        (self.state_dir / STATE_FILE).unlink(missing_ok=True)
-        (self.state_dir / "ready").unlink(missing_ok=True)
+        for name in (STATE_FILE, "ready", FRESH_FILE):
+            (self.state_dir / name).unlink(missing_ok=True)
         if remove:
             _remove_tree(self.state_dir)
 
@@ -344,11 +381,15 @@ echo 'stand-in for the journal of {machine_id}' > /var/log/journal/{machine_id}/
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         tmp.replace(self.state_dir / STATE_FILE)
 
-    def _write_root_config(self) -> None:
-        """Keys and the root's own sshd/Docker settings, written into the upper dir only."""
+    def _make_keys(self) -> None:
+        """The client key (the local cloud's key pair) and the host key, once per host."""
         keys = self.state_dir / "keys"
         _keygen(keys / "id_rsa", "factory-buildhost-client", "rsa")
         _keygen(keys / "ssh_host_ed25519_key", "factory-buildhost")
+
+    def _write_root_config(self) -> None:
+        """The root's own sshd/Docker settings and the keys in place, written into the upper dir only."""
+        keys = self.state_dir / "keys"
         host_pub = (keys / "ssh_host_ed25519_key.pub").read_text().split()
         self.known_hosts_file.write_text(f"[127.0.0.1]:{self.ssh_port} {host_pub[0]} {host_pub[1]}\n")
 

@@ -25,8 +25,9 @@ Parallel bakes (`factory bake --all --jobs N`): one build host per job, as AWS g
 build its own instance. The first host is started by `up()`; `ensure_build_hosts(N)`
 starts the others (`<state_dir>/buildhosts/<n>/`, each with its own key pair
 `factory-local-buildhost-<n>`), which run until `down()`. `builder()` lends a build
-host to one build at a time, within one process: two `factory bake` processes on one
-local cloud still share the first host.
+host to one build at a time, within one process (two `factory bake` processes on one
+local cloud still share the first host), relaunched first when an earlier build used
+it, so every bake starts from a new builder as on AWS (`BuildHost.relaunch`).
 """
 
 from __future__ import annotations
@@ -181,8 +182,9 @@ class LocalCloud:
 
     @contextlib.contextmanager
     def builder(self) -> Iterator[tuple[int, Any]]:
-        """Lend a free build host to one build, booted as a new instance (`BuildHost.boot`):
-        yields (its index, the host). Waits while every host is building. The first host is
+        """Lend a free build host to one build, as a new builder instance: one no build has
+        used yet, else relaunched (`BuildHost.relaunch`: nothing an earlier bake wrote stays).
+        Yields (its index, the host). Waits while every host is building. The first host is
         lent first, so a lone bake always builds on `host`."""
         with self._lending:
             while len(self._lent) >= len(self.hosts):
@@ -191,7 +193,15 @@ class LocalCloud:
             self._lent.add(index)
         try:
             host = self.hosts[index]
-            host.boot()
+            if not hasattr(host, "relaunch"):
+                raise LocalCloudError(f"the build host in {host.state_dir} is gone: run `factory local down`, then `factory local up`")
+            if not host.is_fresh():
+                host = host.relaunch()
+                if index == 0:
+                    self.host = host
+                else:
+                    self.extra_hosts[index - 1] = host
+            host.take()
             yield index, host
         finally:
             with self._lending:
