@@ -199,6 +199,26 @@ def test_launch_template_tags_are_what_create_and_delete_tags_left(aws):
     assert tags == [{"Key": "b", "Value": "2"}]
 
 
+def test_create_volume_with_a_client_token_it_has_seen_answers_the_same_volume(aws):
+    """A retry whose first answer was lost must not make a second volume (the grow agent's
+    CreateVolume carries a token for exactly this); other parameters are refused."""
+    ec2 = aws.ec2()
+    tags = [{"ResourceType": "volume", "Tags": [{"Key": "factory:grow", "Value": "true"}]}]
+    ask = {"AvailabilityZone": "us-east-1a", "Size": 10, "VolumeType": "gp3", "Encrypted": True, "TagSpecifications": tags}
+    first = ec2.create_volume(ClientToken="grow-i-1-1-10", **ask)["VolumeId"]
+    again = ec2.create_volume(ClientToken="grow-i-1-1-10", **ask)["VolumeId"]
+    assert again == first
+    with pytest.raises(ClientError) as exc:
+        ec2.create_volume(ClientToken="grow-i-1-1-10", **(ask | {"Size": 20}))
+    assert code(exc.value) == "IdempotentParameterMismatch"
+    other = ec2.create_volume(ClientToken="grow-i-1-2-10", **ask)["VolumeId"]
+    untokened = [ec2.create_volume(**ask)["VolumeId"] for _ in range(2)]
+    assert len({first, other, *untokened}) == 4
+    made = [v["VolumeId"] for p in ec2.get_paginator("describe_volumes").paginate(
+        Filters=[{"Name": "tag:factory:grow", "Values": ["true"]}]) for v in p["Volumes"]]
+    assert sorted(made) == sorted({first, other, *untokened})
+
+
 def test_batch_calls_on_an_arn_are_known_to_faults_and_the_call_log(aws, server):
     batch = aws.batch()
     make_ce(aws)

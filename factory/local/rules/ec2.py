@@ -6,9 +6,13 @@
 | version numbers keep counting after a deletion | numbers are list positions | numbers are kept with each version, so a deletion shifts nothing |
 | `CreateTags`/`DeleteTags` on a launch template show in `DescribeLaunchTemplates` | keeps the tags it was created with | reads the tags as they are now |
 | `DeregisterImage` with `DeleteAssociatedSnapshots` deletes the AMI's snapshots and reports each | ignores the parameter | deletes them and answers `DeleteSnapshotResults` |
+| `CreateVolume` with a `ClientToken` it has seen answers the volume it made then; with other parameters, `IdempotentParameterMismatch` | ignores the token: every retry makes a new volume | answers the first call's volume, or the mismatch error |
 | `DeleteSnapshot` right after `DeregisterImage` can fail `InvalidSnapshot.InUse` for a while (now and then) | deletes at once | with `snapshot_release_delay` > 0 (off by default: Packer 1.6.6 relies on the race being rare), the snapshot stays in use that long |
 
-AWS sources: EC2 API reference, DeleteLaunchTemplateVersions ("You can't delete the
+AWS sources: EC2 Developer Guide, "Ensuring idempotency in Amazon EC2 API requests"
+(a retry with the same client token completes without doing it again; other parameters
+fail `IdempotentParameterMismatch`); botocore's EC2 model (`CreateVolumeRequest.ClientToken`,
+an idempotency token); EC2 API reference, DeleteLaunchTemplateVersions ("You can't delete the
 default version of a launch template"; the success and error sets), DeregisterImage
 (`DeleteAssociatedSnapshots`), and botocore's EC2 model for the response shapes.
 """
@@ -20,16 +24,21 @@ from typing import Any
 
 from factory.local.rules import Settings
 
+# The CreateVolume parameters a retry with the same client token must repeat (and the volume's tags).
+_CREATE_VOLUME_PARAMS = ("Size", "AvailabilityZone", "SnapshotId", "VolumeType", "Encrypted", "KmsKeyId", "Iops", "Throughput",
+                         "MultiAttachEnabled")
+
 # The local cloud's state folder, whose amis/ holds each AMI's file tree (set by moto_server.MotoServer.start).
 ENV_AMI_TREES = "FACTORY_LOCAL_AMI_TREES"
 
 
 def install(settings: Settings) -> None:
     from moto.core.responses import ActionResult
-    from moto.ec2.exceptions import InvalidLaunchTemplateVersionNotFound, InvalidSnapshotInUse
+    from moto.ec2.exceptions import EC2ClientError, InvalidLaunchTemplateVersionNotFound, InvalidSnapshotInUse
     from moto.ec2.models import EC2Backend
     from moto.ec2.models.launch_templates import LaunchTemplate, LaunchTemplateVersion
     from moto.ec2.responses.amis import AmisResponse
+    from moto.ec2.responses.elastic_block_store import ElasticBlockStore
     from moto.ec2.responses.launch_templates import LaunchTemplates
 
     # Versions found by their number, not their place in the list.
@@ -125,6 +134,30 @@ def install(settings: Settings) -> None:
         return ActionResult(result)
 
     AmisResponse.deregister_image = deregister_image
+
+    # CreateVolume's client token: a retried call (its first answer lost) gets the same volume.
+    made_by_token: dict[tuple[str, str, str], tuple[str, tuple[Any, ...]]] = {}  # (account, region, token) -> (volume id, request)
+    original_create_volume = ElasticBlockStore.create_volume
+
+    def create_volume(self: Any) -> Any:
+        token = self._get_param("ClientToken")
+        if not token:
+            return original_create_volume(self)
+        key = (self.current_account, self.region, token)
+        request = tuple(self._get_param(name) for name in _CREATE_VOLUME_PARAMS) + (tuple(sorted(self._parse_tag_specification().get("volume", {}).items())),)
+        if key in made_by_token:
+            volume_id, first = made_by_token[key]
+            if first != request:
+                raise EC2ClientError("IdempotentParameterMismatch",
+                                     f"The client token {token} was used with other parameters by an earlier CreateVolume.")
+            volume = self.ec2_backend.volumes.get(volume_id)
+            if volume is not None:
+                return ActionResult(volume)
+        result = original_create_volume(self)
+        made_by_token[key] = (result.result.id, request)
+        return result
+
+    ElasticBlockStore.create_volume = create_volume
 
 
 def _drop_tree(ami_id: str) -> None:
