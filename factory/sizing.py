@@ -63,6 +63,9 @@ DEFAULT_PRICE_PER_GIB_MONTH = 0.08
 # devicemapper (al1): the sized device is Docker's own volume (/dev/xvdcz, the OS has its
 #   own root volume); the reserve covers the thin pool's metadata and the ECS agent image.
 RESERVE_GIB = {"overlay2": 5.0, "devicemapper": 2.0}
+# What a fresh ECS-optimized AL2023 instance uses of its root volume (the 3 GiB above);
+# `factory local run` takes it from the root volume's stand-in before the task starts.
+BASE_ROOT_USED_GIB = 3.0
 
 # With `storage.grow` the sized device is Docker's own data volume (the OS stays on the
 # base's root volume): it holds Docker's state, the ECS agent's image and the pool's own

@@ -28,6 +28,7 @@ pytestmark = [requires_buildhost, requires_docker, requires_btrfs]
 
 FACTORY = str(Path(sys.executable).parent / "factory")
 TASK = "rehearse"
+ROOT_TASK = "rehearse-root"  # the same task without storage.grow
 # A 3 GiB data volume (2.5 GiB usable once btrfs keeps its metadata twice), growable to 40.
 SPEC = """name: {name}
 description: A task rehearsed on a local instance.
@@ -96,6 +97,22 @@ def rehearsed(tmp_path_factory, docker_engine):
         yield {"env": env, "cloud": lc, "specs": specs, "other_specs": other, "state": state, "work": work}
     finally:
         local_cloud.down(state)
+
+
+@pytest.fixture(scope="module")
+def root_task(rehearsed):
+    """A task without storage.grow baked and registered on the same local cloud (in a folder
+    of its own, so it is a tier of its own): Docker's data on its sized root volume."""
+    specs = rehearsed["work"] / "root-specs"
+    (specs / "benchmarks").mkdir(parents=True)
+    (specs / "benchmarks" / "rehearse.csv").write_text(BENCH)
+    spec = SPEC.format(name=ROOT_TASK).replace("  grow:\n    max_gib: 40\n", "")
+    assert "grow" not in spec
+    (specs / f"{ROOT_TASK}.yaml").write_text(spec)
+    baked = subprocess.run([FACTORY, "bake", ROOT_TASK, "--cloud", "local", "--specs-dir", str(specs), "--build-dir",
+                            str(rehearsed["work"] / "root-build")], capture_output=True, text=True, env=rehearsed["env"], timeout=900)
+    assert baked.returncode == 0, baked.stdout[-3000:] + baked.stderr[-3000:]
+    return specs
 
 
 def local_run(rehearsed, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -211,6 +228,40 @@ def test_faults_on_volume_create_and_attach_are_retried_and_it_still_fits(rehear
     assert "ec2:CreateVolume 2x (RequestLimitExceeded)" in retried and "ec2:AttachVolume 1x" in retried, said
     assert any(line.startswith("factory: grow agent: +") and "GiB (vol-" in line for line in said), said
     assert_nothing_left(rehearsed, report["instance_id"])
+
+
+def test_a_task_without_grow_runs_on_its_root_volume_less_what_the_os_and_the_image_take(rehearsed, root_task):
+    from factory.local.rehearsal import find_launch_template
+    from factory.sizing import BASE_ROOT_USED_GIB
+
+    writer = "dd if=/dev/zero of=f bs=1M count=300 conv=fsync status=none && echo wrote 300 MiB"
+    proc = subprocess.run([FACTORY, "local", "run", ROOT_TASK, "--specs-dir", str(root_task), "--image", IMAGE, "--json", "--",
+                           "sh", "-c", writer], capture_output=True, text=True, env=rehearsed["env"], timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["fit"] is True and report["volumes_added"] == 0 and report["grown_gib"] == 0, report
+    assert "wrote 300 MiB" in proc.stderr
+    assert "Docker on the root volume /dev/xvda (no storage.grow: no pool, no grow agent)" in proc.stderr, proc.stderr
+    assert "grow agent:" not in proc.stderr
+    template = find_launch_template(ec2_of(rehearsed), ROOT_TASK)
+    root_gib = next(m["Ebs"]["VolumeSize"] for m in template.data["BlockDeviceMappings"] if m["DeviceName"] == "/dev/xvda")
+    # the root volume less the base's share and the bake's tree (under 2 GiB), and XFS's own few percent
+    assert root_gib - BASE_ROOT_USED_GIB - 2 - 0.03 * root_gib < report["capacity_gib"] < root_gib - BASE_ROOT_USED_GIB, (root_gib, report)
+    assert 0.29 <= report["peak_gib"] < 1, report  # the 300 MiB written and the image, not the OS's share
+    assert_nothing_left(rehearsed, report["instance_id"])
+
+
+def test_a_legacy_devicemapper_task_is_refused_naming_what_is_rehearsed(rehearsed, tmp_path):
+    specs = tmp_path / "specs"
+    (specs / "benchmarks").mkdir(parents=True)
+    (specs / "benchmarks" / "rehearse.csv").write_text(BENCH)
+    spec = SPEC.format(name="legacy").replace("  grow:\n    max_gib: 40\n", "").replace("base: ecs-al2023", "base: ecs-al1")
+    (specs / "legacy.yaml").write_text(spec)
+    proc = subprocess.run([FACTORY, "local", "run", "legacy", "--specs-dir", str(specs), "--image", IMAGE, "--", "true"],
+                          capture_output=True, text=True, env=rehearsed["env"], timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "devicemapper thin pool" in proc.stderr and "ecs-al2023, ecs-al2" in proc.stderr, proc.stderr
 
 
 def test_ctrl_c_and_sigterm_both_end_the_run_as_an_interruption():

@@ -184,14 +184,25 @@ class BuildHost:
         Docker's data directory stays: on AWS a builder pulls task images from a registry,
         and the local cloud has none, so the images on the build host's engine stand in for
         it (the bake's check removes the images it pulled, and Docker's data is never part of
-        an AMI's tree). Returns the new host; this object is stale afterwards."""
+        an AMI's tree). This object and any other of the same host, in this process or
+        another, go on working: they read the new processes from the state file."""
         self.stop()
         for sub in ("upper", "work", "root"):
             _remove_tree(self.state_dir / sub)
             (self.state_dir / sub).mkdir(parents=True)
-        host = BuildHost(state_dir=self.state_dir, ssh_port=self.ssh_port, pid=0, init_pid=0, docker=self.docker,
-                         ssh_host=self.ssh_host, ssh_user=self.ssh_user, python_interpreter=self.python_interpreter)
-        return host._launch(timeout)
+        self.pid = self.init_pid = 0
+        return self._launch(timeout)
+
+    def _refresh(self) -> None:
+        """Take the processes the state file names: another object of this host, maybe in
+        another process (a `factory bake`), may have relaunched it since this one was made."""
+        f = self.state_dir / STATE_FILE
+        try:
+            saved = json.loads(f.read_text())
+        except (OSError, ValueError):
+            return
+        if int(saved.get("ssh_port", 0)) == self.ssh_port:
+            self.pid, self.init_pid = int(saved["pid"]), int(saved["init_pid"])
 
     def is_fresh(self) -> bool:
         """No build has been lent this host since it started (`take()` marks it used)."""
@@ -261,6 +272,7 @@ class BuildHost:
         return cls(**data)
 
     def alive(self) -> bool:
+        self._refresh()
         return pid_alive(self.pid) and _port_open(self.ssh_port)
 
     def stop(self, remove: bool = False, timeout: float = 30.0) -> None:
@@ -268,6 +280,7 @@ class BuildHost:
 
         With `remove`, also delete `state_dir` (the upper dir, Docker's data, the keys).
         """
+        self._refresh()
         if self.init_pid and pid_alive(self.init_pid):
             try:
                 os.kill(self.init_pid, signal.SIGTERM)
@@ -301,6 +314,7 @@ class BuildHost:
     def run(self, *cmd: str, check: bool = True, timeout: float = 120.0, input: str | None = None) -> subprocess.CompletedProcess:
         """Run a command inside the throwaway root (as root, without SSH)."""
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+        self._refresh()
         full = ["nsenter", "--target", str(self.init_pid), "--mount", "--pid", "--", "chroot", str(self._merged), *cmd]
         proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env, input=input)
         if check and proc.returncode != 0:

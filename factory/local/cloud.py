@@ -196,11 +196,7 @@ class LocalCloud:
             if not hasattr(host, "relaunch"):
                 raise LocalCloudError(f"the build host in {host.state_dir} is gone: run `factory local down`, then `factory local up`")
             if not host.is_fresh():
-                host = host.relaunch()
-                if index == 0:
-                    self.host = host
-                else:
-                    self.extra_hosts[index - 1] = host
+                host.relaunch()
             host.take()
             yield index, host
         finally:

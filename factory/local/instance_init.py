@@ -14,8 +14,9 @@ so it is the first process of a new PID namespace and holds a private mount name
 3. plays systemd, which this machine does not run: the units the bake enabled
    (`/etc/systemd/system/multi-user.target.wants/*.service` in the AMI's tree) run in
    their order, those ordered before Docker first (the grow pool), then Docker (Debian's
-   dockerd with the image's /etc/docker/daemon.json, on its data root), then the rest (the
-   grow agent), `Restart=always` honoured; each unit's output goes to its journal file;
+   dockerd with the image's /etc/docker/daemon.json, on its data root: the pool's volume,
+   else the root volume's stand-in, `docker_on_root_volume`), then the rest (the grow
+   agent), `Restart=always` honoured; each unit's output goes to its journal file;
 4. on SIGTERM (the instance is terminated): stops the units and Docker, unmounts what it
    mounted and exits; the kernel ends whatever is left with the PID namespace.
 """
@@ -85,6 +86,7 @@ class Init:
         self.units: list[Unit] = []
         self.restart_at: dict[str, float] = {}
         self.dev_made: set[str] = set()
+        self.root_volume: dict | None = None
 
     # -- processes --------------------------------------------------------------------
 
@@ -218,6 +220,34 @@ class Init:
             if rc != 0:
                 raise SystemExit(f"{unit.name} failed with status {rc}; see its journal {self.cfg['journal_dir']}/{unit.name}.log")
 
+    def docker_on_root_volume(self) -> dict | None:
+        """When no boot unit mounted a volume at Docker's data root (a task without
+        `storage.grow`), put it on the root volume's stand-in (instances.RootVolume): the root
+        mapping's loop device made XFS, as AL2023's root is, its OS share taken first."""
+        target = f"{self.root}/var/lib/docker"
+        spec = self.cfg.get("root_volume")
+        if not spec or os.path.ismount(target):
+            return None
+        link = os.path.join(self.cfg["names_dir"], spec["name"])
+        deadline = time.monotonic() + 120
+        while not os.path.lexists(link):
+            if time.monotonic() > deadline or self.stopping:
+                raise SystemExit(f"the root volume /dev/{spec['name']} was not attached")
+            self.reap()
+            self.sync_devices()
+            time.sleep(0.1)
+        device = os.readlink(link)
+        held = f"{self.root}/run/factory-root-volume"
+        os.makedirs(held, exist_ok=True)
+        self.sh("mkfs.xfs", "-q", "-f", device)
+        self.sh("mount", device, held)
+        self.sh("fallocate", "-l", str(int(spec["shared_bytes"])), f"{held}/os-agent-and-image")
+        os.makedirs(f"{held}/var/lib/docker", exist_ok=True)
+        os.makedirs(target, exist_ok=True)
+        self.sh("mount", "--bind", f"{held}/var/lib/docker", target)
+        log(f"Docker's data root on the root volume /dev/{spec['name']} ({int(spec['shared_bytes'])} bytes taken by the OS and the image)")
+        return spec
+
     def start_docker(self) -> None:
         log("starting docker")
         argv = ["/usr/sbin/dockerd", "--iptables=false", "--bridge=none", f"--cgroup-parent={self.cfg['cgroup_parent']}",
@@ -238,6 +268,7 @@ class Init:
         self.load_units()
         for unit in [u for u in self.units if u.before_docker]:
             self.start_unit(unit)
+        self.root_volume = self.docker_on_root_volume()
         self.start_docker()
         for unit in [u for u in self.units if not u.before_docker]:
             self.start_unit(unit)
@@ -303,7 +334,8 @@ def main() -> None:
         init.shutdown()
         sys.exit(3)
     with open(cfg["ready"], "w") as f:
-        json.dump({"dockerd_pid": init.procs[DOCKER_SERVICE].pid, "units": [u.name for u in init.units]}, f)
+        json.dump({"dockerd_pid": init.procs[DOCKER_SERVICE].pid, "units": [u.name for u in init.units],
+                   "root_volume": init.root_volume}, f)
     log("ready")
     init.watch()
     init.shutdown()

@@ -58,6 +58,21 @@ class LaunchTemplate:
         return self.data["ImageId"]
 
 
+@dataclass(frozen=True)
+class RootVolume:
+    """Docker's data root on the root volume, as the ECS-optimized overlay2 AMIs have it when
+    no volume of its own is mounted there (a task without `storage.grow`).
+
+    The instance's root is an overlay, where overlay2 cannot sit and whose size is this
+    machine's; so the root volume's loop device (`device`, e.g. /dev/xvda, of the mapping's
+    size) gets an XFS filesystem, as AL2023's root has, with `shared_bytes` taken first (the
+    OS, the ECS agent and what the bake added, which share that volume on AWS), and holds
+    Docker's data root."""
+
+    device: str
+    shared_bytes: int
+
+
 @dataclass
 class LocalInstance:
     instance_id: str
@@ -72,6 +87,7 @@ class LocalInstance:
     init_pid: int = 0
     launch_volumes: list[str] = field(default_factory=list)
     terminated: bool = False
+    root_volume: RootVolume | None = None  # set when Docker's data root went on the root volume (see RootVolume)
 
     # -- where things are ---------------------------------------------------------------
 
@@ -108,11 +124,13 @@ class LocalInstance:
     @classmethod
     def launch(cls, ec2: Any, endpoint: str, template: LaunchTemplate, instance_type: str, workdir: Path, tree: Path, *,
                grow: bool = True, attach_delay: float = DEFAULT_ATTACH_DELAY, unit_env: dict[str, str] | None = None,
-               role: str | None = None) -> LocalInstance:
-        """Launch and boot; a LocalCloudError (with the init's journal) when it does not come up."""
+               role: str | None = None, root_volume: RootVolume | None = None) -> LocalInstance:
+        """Launch and boot; a LocalCloudError (with the init's journal) when it does not come up.
+
+        `root_volume`: where Docker's data root goes when no boot unit mounts a volume there."""
         from factory.aws import aws_errors
         from factory.local.metadata import MetadataService
-        from factory.local.volumes import AttachWatcher
+        from factory.local.volumes import ROOT_DEVICES, AttachWatcher
 
         if os.geteuid() != 0:
             raise LocalCloudError("a local instance needs root (mount namespaces, loop devices, dockerd)")
@@ -136,13 +154,15 @@ class LocalInstance:
                        launch_volumes=[m["Ebs"]["VolumeId"] for m in inst.get("BlockDeviceMappings", []) if "Ebs" in m])
         try:
             _copy_tree(tree, workdir / "upper")
+            # The root volume is the overlay root; its loop device only when Docker's data goes on it.
+            skip = tuple(d for d in ROOT_DEVICES if root_volume is None or d != root_volume.device)
             instance.watcher = AttachWatcher(ec2, iid, workdir / "by-id", workdir / "volumes", delay=attach_delay,
-                                             name_dir=workdir / "names").start()
+                                             name_dir=workdir / "names", skip_devices=skip).start()
             instance.imds = MetadataService.start(iid, zone, instance_type, role=role)
             instance._write_agent_config(tree, endpoint)
             # The SDKs find the instance role's credentials at IMDS (botocore honours this
             # variable in place of 169.254.169.254, which cannot be served here).
-            instance._boot(tree, grow, {"AWS_EC2_METADATA_SERVICE_ENDPOINT": instance.imds.endpoint} | (unit_env or {}))
+            instance._boot(tree, grow, {"AWS_EC2_METADATA_SERVICE_ENDPOINT": instance.imds.endpoint} | (unit_env or {}), root_volume)
         except BaseException:
             instance.terminate()
             raise
@@ -160,8 +180,9 @@ class LocalInstance:
         mine.parent.mkdir(parents=True, exist_ok=True)
         mine.write_text(json.dumps(settings, indent=2) + "\n")
 
-    def _boot(self, tree: Path, grow: bool, unit_env: dict[str, str]) -> None:
+    def _boot(self, tree: Path, grow: bool, unit_env: dict[str, str], root_volume: RootVolume | None = None) -> None:
         cfg = {
+            "root_volume": {"name": Path(root_volume.device).name, "shared_bytes": root_volume.shared_bytes} if root_volume else None,
             "root": str(self.root), "lower": str(tree), "upper": str(self.workdir / "upper"), "work": str(self.workdir / "work"),
             "by_id_dir": str(self.workdir / "by-id"), "names_dir": str(self.workdir / "names"),
             "engine_dir": str(self.workdir / "engine"), "journal_dir": str(self.journal_dir),
@@ -184,6 +205,10 @@ class LocalInstance:
             if not self.init_pid:
                 self.init_pid = _child_of(self.proc.pid) or 0
             if (self.workdir / "ready").exists():
+                ready = json.loads((self.workdir / "ready").read_text() or "{}")
+                if ready.get("root_volume"):
+                    self.root_volume = RootVolume(device=f"/dev/{ready['root_volume']['name']}",
+                                                  shared_bytes=int(ready["root_volume"]["shared_bytes"]))
                 return
             failed = self.workdir / "failed"
             if failed.exists() or self.proc.poll() is not None:

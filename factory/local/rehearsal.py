@@ -16,7 +16,9 @@ AWS Batch would launch it (factory.local.instances), then, as Batch and Nextflow
 - the instance is terminated whatever happens (Ctrl-C and SIGTERM included): volumes go as
   their DeleteOnTermination says, loop devices and processes too.
 
-The report says whether the task fit: it did not when the command failed for lack of space.
+Docker's storage is the task's data volume and its pool with `storage.grow`, else the sized
+root volume less what the OS and the bake take of it (instances.RootVolume). The report
+says whether the task fit: it did not when the command failed for lack of space.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class RunReport:
     instance_id: str
     out_of_space: bool = False
     grew: bool = True
+    no_net: str = ""  # why there was no grow agent: "--no-grow", or "no storage.grow"
     volumes: list[dict[str, Any]] = field(default_factory=list)  # what the agent added, as moto had them before termination
     leftovers: list[str] = field(default_factory=list)
 
@@ -78,7 +81,7 @@ class RunReport:
             verdict = "the task fit" + (f", with the net: {self.volumes_added} volume(s) added, +{self.grown_gib:g} GiB" if self.volumes_added else "")
         elif self.out_of_space:
             verdict = "the task did NOT fit: it ran out of space (No space left on device)" + (
-                "; without the grow agent (--no-grow) this is the sizing alone" if not self.grew else "")
+                f"; without the grow agent ({self.no_net or '--no-grow'}) this is the sizing alone" if not self.grew else "")
         else:
             verdict = "the task fit, but the command failed (not for lack of space)"
         return [
@@ -86,7 +89,7 @@ class RunReport:
             f"  exit code     {self.exit_code}",
             f"  capacity      {self.capacity_gib:g} GiB usable at start",
             f"  peak          {self.peak_gib:g} GiB held on Docker's storage",
-            f"  grown         +{self.grown_gib:g} GiB in {self.volumes_added} volume(s)" + ("" if self.grew else " (--no-grow)"),
+            f"  grown         +{self.grown_gib:g} GiB in {self.volumes_added} volume(s)" + ("" if self.grew else f" ({self.no_net or '--no-grow'})"),
         ]
 
 
@@ -129,17 +132,18 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
     from factory.local import agent_journal
     from factory.local.ami_trees import AmiTrees
     from factory.local.cloud import INSTANCE_ROLE
-    from factory.local.instances import AGENT_UNIT, DEFAULT_ATTACH_DELAY, LocalInstance
+    from factory.local.instances import AGENT_UNIT, DEFAULT_ATTACH_DELAY, LocalInstance, RootVolume
 
     out = out or sys.stdout
     say = say or (lambda text: None)
     if not command:
         raise UsageError("name the command to run after `--`, e.g. `factory local run TASK --image IMG -- sh -c 'echo hi'`")
-    if getattr(spec.storage, "grow", None) is None:
-        # Without grow, Docker's storage is the sized root volume, which the local instance's
-        # root (an overlay, where overlay2 cannot sit) does not reproduce.
-        raise UsageError(f"task {spec.name} has no storage.grow: `factory local run` rehearses tasks whose Docker storage is a "
-                         "data volume (add storage.grow to its spec, see docs/sizing.md)")
+    family = spec.image.family_info
+    if family.storage_driver != "overlay2":
+        raise UsageError(f"task {spec.name}: image.base {spec.image.base} keeps Docker's storage in a devicemapper thin pool, "
+                         "which a local instance cannot reproduce (this machine has no device-mapper); `factory local run` "
+                         "rehearses the overlay2 bases (ecs-al2023, ecs-al2)")
+    has_net = getattr(spec.storage, "grow", None) is not None
     check_paths(inputs, "--input")
     check_paths(index, "--index")
     check_image(image)
@@ -155,6 +159,9 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
         raise NotBakedError(f"task {spec.name}'s launch template {template.name} uses {template.image_id}, which was not baked "
                             f"on this local cloud: run {bake_it} first")
     instance_type = spec.batch.instance_types[0]
+    # Without storage.grow Docker's data root is on the root volume, shared with the OS and
+    # what the bake added (factory.local.instances.RootVolume).
+    root_volume = None if has_net else RootVolume(device=family.root_device, shared_bytes=_root_share_bytes(tree))
     say(f"launching {instance_type} from {template.name} version {template.version} ({template.image_id})")
     instance = None
     containers: list[str] = []
@@ -162,11 +169,15 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
     try:
         instance = LocalInstance.launch(ec2, local.endpoint, template, instance_type, local.state_dir / "instances", tree, grow=grow,
                                         attach_delay=DEFAULT_ATTACH_DELAY if attach_delay is None else attach_delay,
-                                        role=INSTANCE_ROLE)
-        say(f"{instance.instance_id} booted: pool, Docker" + (", grow agent" if grow else " (no grow agent: --no-grow)"))
+                                        role=INSTANCE_ROLE, root_volume=root_volume)
+        if not has_net:
+            say(f"{instance.instance_id} booted: Docker on the root volume {family.root_device} (no storage.grow: no pool, no grow agent)")
+        else:
+            say(f"{instance.instance_id} booted: pool, Docker" + (", grow agent" if grow else " (no grow agent: --no-grow)"))
         report = _run(instance, spec, image, command, inputs, index, out, say, containers)
-        report.grew = grow
-        if grow:
+        report.grew = grow and has_net
+        report.no_net = "" if report.grew else ("--no-grow" if has_net else "no storage.grow")
+        if report.grew:
             for line in agent_journal.summary(instance.journal(AGENT_UNIT)):
                 say(line)
         return report
@@ -191,14 +202,16 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
     data_root = instance.inside(DOCKER_DATA_ROOT)
 
     least_free = [float("inf")]
+    # On the root volume, the OS's share is not Docker's: neither capacity nor held.
+    shared = instance.root_volume.shared_bytes if instance.root_volume else 0
 
     def used() -> int:
         st = os.statvfs(data_root)
         least_free[0] = min(least_free[0], st.f_bavail * st.f_frsize)
-        return (st.f_blocks - st.f_bfree) * st.f_frsize
+        return max(0, (st.f_blocks - st.f_bfree) * st.f_frsize - shared)
 
     st = os.statvfs(data_root)
-    capacity = (st.f_blocks - st.f_bfree + st.f_bavail) * st.f_frsize
+    capacity = (st.f_blocks - st.f_bfree + st.f_bavail) * st.f_frsize - shared
     say(f"loading {image} into the instance's Docker (docker save | docker load)")
     _load_image(image, env)
     prefix = spec.awscli.prefix
@@ -240,6 +253,16 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
         out_of_space=out_of_space,
         volumes=volumes,
     )
+
+
+def _root_share_bytes(tree: Path) -> int:
+    """What shares the root volume with Docker's data on an instance of this AMI: the base's
+    own use (factory.sizing.BASE_ROOT_USED_GIB) and what the bake added (the AMI's tree)."""
+    from factory.sizing import BASE_ROOT_USED_GIB
+
+    added = subprocess.run(["du", "-s", "--block-size=1", str(tree)], capture_output=True, text=True)
+    tree_bytes = int(added.stdout.split()[0]) if added.returncode == 0 and added.stdout.strip() else 0
+    return int(BASE_ROOT_USED_GIB * GIB) + tree_bytes
 
 
 def _stop_containers(instance: Any, containers: Sequence[str]) -> None:
