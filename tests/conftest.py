@@ -29,6 +29,17 @@ def pytest_configure(config):
     # longer window starts its own server with `state_delay=`.
     os.environ.setdefault("FACTORY_LOCAL_STATE_DELAY", "0.3")
     _ctrl_c_as_a_terminal_gives_it()
+    _no_hypothesis_deadlines()
+
+
+def _no_hypothesis_deadlines() -> None:
+    """Hypothesis fails an example slower than 200 ms by default: a timing check, which on a
+    busy machine (other test files running beside) fails tests that are right. Speed is the
+    benchmarks' business (bench/), never a test's."""
+    from hypothesis import settings
+
+    settings.register_profile("factory", deadline=None)
+    settings.load_profile("factory")
 
 
 def _ctrl_c_as_a_terminal_gives_it() -> None:
