@@ -122,6 +122,36 @@ def test_every_build_gets_a_new_builder_with_nothing_an_earlier_build_wrote(up, 
     fresh.run("docker", "rmi", "factory-test-kept:1")
 
 
+def test_a_build_host_lent_in_another_process_is_not_lent_again_until_it_is_back(up, state_dir):
+    """Two `factory bake` processes on one local cloud take turns on its build host: the
+    second neither relaunches it under the first's build nor builds beside it."""
+    import threading
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from factory.local import cloud\n"
+                               "lc = cloud.running(Path(sys.argv[1]))\n"
+                               "with lc.builder() as (i, h):\n    print(i, h.pid, flush=True); sys.stdin.read()",
+         str(state_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        index, pid = holder.stdout.readline().split()
+        assert index == "0"
+        lc = local_cloud.running(state_dir)
+        lending = lc.builder()
+        got = []
+        t = threading.Thread(target=lambda: got.append(lending.__enter__()), daemon=True)
+        t.start()
+        t.join(2.0)
+        assert not got, "the host was lent while another process's build held it"
+        assert lc.host.alive() and lc.host.pid == int(pid)  # not relaunched under that build
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    t.join(60)
+    assert got and got[0][0] == 0  # back: lent (relaunched, since that build used it)
+    assert got[0][1].pid != int(pid)
+    lending.__exit__(None, None, None)
+
+
 def test_fault_command_arms_the_running_cloud_and_clears_it(up, state_dir):
     import boto3
     from botocore.exceptions import ClientError

@@ -87,7 +87,9 @@ def rehearsed(tmp_path_factory, docker_engine):
     (other / "benchmarks").mkdir(parents=True)
     (other / "benchmarks" / "rehearse.csv").write_text(BENCH)
     (other / "unbaked.yaml").write_text(SPEC.format(name="unbaked"))
-    state = work / ".factory"
+    # Deep, as a project's folder may be: the instances' Docker sockets are past a unix
+    # socket's 107-byte address there, and reached through their short links.
+    state = work / "projects" / "genomics-pipelines-on-aws-batch" / ".factory"
     lc = local_cloud.up(state, "us-east-1")
     env = docker_engine.env() | {"FACTORY_STATE_DIR": str(state)}
     try:
@@ -139,6 +141,7 @@ def assert_nothing_left(rehearsed, instance_id: str) -> None:
         assert f"{state}/instances" not in cmdline, f"process {pid} left: {cmdline}"
     assert not list(Path("/sys/fs/cgroup").glob(f"*factory-instance-{instance_id}*"))
     assert not (rehearsed["state"] / "instances" / instance_id).exists()
+    assert not Path(f"/run/factory-local/{instance_id}.sock").is_symlink()
     ec2 = ec2_of(rehearsed)
     inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]  # one id: one answer
     assert inst["State"]["Name"] in ("shutting-down", "terminated")

@@ -206,7 +206,7 @@ def _size_all(specs_dir: Path, max_tiers: Optional[int], price: float, plot: Opt
     )
     console.print(f"(one instance per task for a month at ${price:g}/GiB-month)", highlight=False, markup=False)
     if plot is not None:
-        console.print(f"plot: {plot}", highlight=False, markup=False)
+        console.print(f"plot: {plot}", highlight=False, markup=False, soft_wrap=True)  # a path is never broken across lines
 
 
 def _print_plan(plan: Any, plot: Optional[Path]) -> None:
@@ -270,4 +270,4 @@ def _print_plan(plan: Any, plot: Optional[Path]) -> None:
     for w in b.warnings:
         console.print(f"warning: {w}", style="yellow", highlight=False, markup=False)
     if plot is not None:
-        console.print(f"plot: {plot}", highlight=False, markup=False)
+        console.print(f"plot: {plot}", highlight=False, markup=False, soft_wrap=True)  # a path is never broken across lines

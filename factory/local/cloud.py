@@ -25,9 +25,10 @@ Parallel bakes (`factory bake --all --jobs N`): one build host per job, as AWS g
 build its own instance. The first host is started by `up()`; `ensure_build_hosts(N)`
 starts the others (`<state_dir>/buildhosts/<n>/`, each with its own key pair
 `factory-local-buildhost-<n>`), which run until `down()`. `builder()` lends a build
-host to one build at a time, within one process (two `factory bake` processes on one
-local cloud still share the first host), relaunched first when an earlier build used
-it, so every bake starts from a new builder as on AWS (`BuildHost.relaunch`).
+host to one build at a time, across processes too (a lent host's lock file is held, so
+two `factory bake` processes on one local cloud take turns), relaunched first when an
+earlier build used it, so every bake starts from a new builder as on AWS
+(`BuildHost.relaunch`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ INSTANCE_ROLE = "ecsInstanceRole"
 BATCH_SERVICE_ROLE = "AWSBatchServiceRole"
 DEFAULT_REGION = "us-east-1"
 EXTRA_HOSTS_DIR = "buildhosts"  # <state_dir>/buildhosts/<n>/: the build hosts of parallel bakes
+BUILDER_LOCK = "builder.lock"  # in a build host's folder: held by the build it is lent to
 
 
 def default_state_dir() -> Path:
@@ -184,25 +186,42 @@ class LocalCloud:
     def builder(self) -> Iterator[tuple[int, Any]]:
         """Lend a free build host to one build, as a new builder instance: one no build has
         used yet, else relaunched (`BuildHost.relaunch`: nothing an earlier bake wrote stays).
-        Yields (its index, the host). Waits while every host is building. The first host is
-        lent first, so a lone bake always builds on `host`."""
-        with self._lending:
-            while len(self._lent) >= len(self.hosts):
-                self._lending.wait()
-            index = min(set(range(len(self.hosts))) - self._lent)
-            self._lent.add(index)
+        Yields (its index, the host). Waits while every host is building, in this process or
+        another (`factory bake` processes on one local cloud take turns: each lent host is
+        locked, `BUILDER_LOCK` in its folder). The first free host is lent first, so a lone
+        bake always builds on `host`."""
+        index, lock = self._take_free_host()
         try:
             host = self.hosts[index]
-            if not hasattr(host, "relaunch"):
-                raise LocalCloudError(f"the build host in {host.state_dir} is gone: run `factory local down`, then `factory local up`")
             if not host.is_fresh():
                 host.relaunch()
             host.take()
             yield index, host
         finally:
+            lock.close()  # releases the flock
             with self._lending:
                 self._lent.discard(index)
                 self._lending.notify_all()
+
+    def _take_free_host(self) -> tuple[int, Any]:
+        """(index, its open lock file) of a host no build holds: not lent in this process, and
+        its lock free (another process's build holds it otherwise). Waits for one."""
+        with self._lending:
+            while True:
+                for index, host in enumerate(self.hosts):
+                    if index in self._lent:
+                        continue
+                    if not hasattr(host, "relaunch"):
+                        raise LocalCloudError(f"the build host in {host.state_dir} is gone: run `factory local down`, then `factory local up`")
+                    lock = open(Path(host.state_dir) / BUILDER_LOCK, "a")
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        lock.close()
+                        continue
+                    self._lent.add(index)
+                    return index, lock
+                self._lending.wait(timeout=0.5)  # a build of this process ends, or another process's is polled again
 
     def seed_account(self) -> None:
         """What a real account set up for AWS Batch already has: the `ecsInstanceRole`

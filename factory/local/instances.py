@@ -42,6 +42,10 @@ AGENT_UNIT = "factory-grow-agent.service"
 GROW_CONFIG = "/etc/factory/grow.json"
 DEFAULT_ATTACH_DELAY = 2.0  # seconds: EBS attachments usually complete within a few seconds on AWS
 BOOT_TIMEOUT = 300.0
+# A unix socket's address holds at most 107 bytes of path (sun_path, 108 with its NUL); a
+# longer engine socket is reached through a short link made here.
+UNIX_PATH_MAX = 107
+SOCKET_LINKS = Path("/run/factory-local")
 
 
 @dataclass
@@ -97,9 +101,20 @@ class LocalInstance:
         return self.workdir / "root"
 
     @property
+    def engine_socket(self) -> Path:
+        """The instance's Docker socket, bind-mounted out to here."""
+        return self.workdir / "engine" / "docker.sock"
+
+    @property
+    def socket_link(self) -> Path | None:
+        """A short link to `engine_socket` when its path is too long for a unix socket
+        address (a state folder deep in a project or a test's tmp tree), else None."""
+        return SOCKET_LINKS / f"{self.instance_id}.sock" if len(str(self.engine_socket)) > UNIX_PATH_MAX else None
+
+    @property
     def docker_host(self) -> str:
-        """DOCKER_HOST for the instance's engine (its socket is bind-mounted out to here)."""
-        return f"unix://{self.workdir / 'engine' / 'docker.sock'}"
+        """DOCKER_HOST for the instance's engine."""
+        return f"unix://{self.socket_link or self.engine_socket}"
 
     @property
     def journal_dir(self) -> Path:
@@ -153,6 +168,10 @@ class LocalInstance:
                        ec2=ec2, watcher=None, imds=None,
                        launch_volumes=[m["Ebs"]["VolumeId"] for m in inst.get("BlockDeviceMappings", []) if "Ebs" in m])
         try:
+            if instance.socket_link is not None:
+                SOCKET_LINKS.mkdir(mode=0o700, parents=True, exist_ok=True)
+                instance.socket_link.unlink(missing_ok=True)
+                instance.socket_link.symlink_to(instance.engine_socket)
             _copy_tree(tree, workdir / "upper")
             # The root volume is the overlay root; its loop device only when Docker's data goes on it.
             skip = tuple(d for d in ROOT_DEVICES if root_volume is None or d != root_volume.device)
@@ -270,6 +289,8 @@ class LocalInstance:
         if leftovers:
             problems.append("mounts left: " + ", ".join(leftovers))
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.socket_link is not None:
+            self.socket_link.unlink(missing_ok=True)
         return problems
 
 
