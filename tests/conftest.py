@@ -52,11 +52,32 @@ def _ctrl_c_as_a_terminal_gives_it() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Note whether the whole suite runs (no -k/-m, no chosen files): only then can "every
-    policy action was called somewhere" be checked."""
+def _runs_whole_suite(config) -> bool:
+    """No -k/-m, no chosen files: only then can "every policy action was called somewhere"
+    be checked. (`--ignore tests/test_zz_iam_policy.py` leaves the rest whole: `make test`
+    runs the IAM proof after them, in a session of its own.)"""
     chosen = [a for a in config.args if Path(a).resolve() not in (REPO, REPO / "tests")]
-    config.factory_whole_suite = not chosen and not config.option.keyword and not config.option.markexpr
+    return not chosen and not config.option.keyword and not config.option.markexpr
+
+
+def _whole_suite_mark(config) -> Path:
+    """Left beside the call log by a whole-suite session, for the IAM proof's own session."""
+    return Path(f"{config.factory_call_log}.whole-suite")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    config.factory_whole_suite = _runs_whole_suite(config) or _whole_suite_mark(config).exists()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """In the session that ran every other test (the xdist controller too, which collects
+    nothing itself), say so to the IAM proof's session."""
+    import os
+
+    config = session.config
+    if os.environ.get("PYTEST_XDIST_WORKER") or not _runs_whole_suite(config) or exitstatus != 0:
+        return
+    _whole_suite_mark(config).touch()
 
 
 @pytest.fixture
