@@ -26,6 +26,11 @@ MAX_ATTEMPTS = 5
 _command: str | None = None  # the CLI command running now (its AWS calls carry it)
 
 
+def resource_tags(resource: dict[str, Any]) -> dict[str, str]:
+    """An EC2 resource's (image, instance, volume) `Tags` as a dict; none when it has none."""
+    return {t["Key"]: t["Value"] for t in resource.get("Tags") or []}
+
+
 def set_command(name: str | None) -> str | None:
     """Name the CLI command whose AWS calls follow; returns the previous one."""
     global _command

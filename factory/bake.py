@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from factory.aws import resource_tags
 from factory.cloud import Cloud
 from factory.errors import FactoryError
 
@@ -191,7 +192,7 @@ def find_image(ec2: Any, digest: str) -> dict[str, Any] | None:
     # otherwise reuse an unrelated image).
     images = [
         i for i in images
-        if i.get("State") == "available" and _tags(i).get(IMAGE_HASH_TAG) == digest
+        if i.get("State") == "available" and resource_tags(i).get(IMAGE_HASH_TAG) == digest
     ]
     return max(images, key=lambda i: (i.get("CreationDate", ""), i["ImageId"])) if images else None
 
@@ -211,7 +212,7 @@ def ensure_tagged(ec2: Any, ami_id: str, tags: dict[str, str]) -> str | None:
         # Packer created it with the tags; not being able to look is no reason to drop it.
         return f"could not confirm the tags of {ami_id} ({getattr(exc, 'message', exc)}); Packer set them at creation"
     snapshots = [b["Ebs"]["SnapshotId"] for b in image.get("BlockDeviceMappings", []) if b.get("Ebs", {}).get("SnapshotId")]
-    have = _tags(image)
+    have = resource_tags(image)
     if all(have.get(k) == v for k, v in tags.items()):
         return None
     try:
@@ -239,10 +240,6 @@ def discard_image(ec2: Any, ami_id: str, snapshots: Sequence[str]) -> str:
         return f"The untagged AMI {ami_id} was deregistered but AWS kept its snapshots {', '.join(kept)}: delete them by hand"
     what = f"{ami_id}" + (f" and its snapshots {', '.join(snapshots)}" if snapshots else "")
     return f"The untagged AMI was removed: deregistered {what}"
-
-
-def _tags(resource: dict[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in resource.get("Tags", []) or []}
 
 
 # -- where the bake runs -------------------------------------------------------------
@@ -488,7 +485,7 @@ def build_prepared(
         found = reads.newest_image(image_hash=p.image_hash) if reads is not None else find_image(ec2, p.image_hash)
         steps["lookup"] = time.monotonic() - t
         if found is not None:
-            owner = _tags(found).get("factory:task")
+            owner = resource_tags(found).get("factory:task")
             result.ami_id = found["ImageId"]
             result.status = "reused"
             result.reused_from = owner
@@ -498,7 +495,7 @@ def build_prepared(
             full = _serve(ec2, found, [spec.name])
             if full:
                 result.note = _join(result.note, full)
-            _manifest_tags(ec2, result, p, found["ImageId"], have=_tags(found))
+            _manifest_tags(ec2, result, p, found["ImageId"], have=resource_tags(found))
             return result
 
     t = time.monotonic()

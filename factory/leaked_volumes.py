@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from factory.aws import resource_tags
 from factory.grow import GROW_TAG, INSTANCE_TAG, TASK_TAG
 
 # Instances in these states will not attach anything again.
@@ -33,10 +34,6 @@ class LeakedVolume:
 
     def to_json(self) -> dict[str, Any]:
         return vars(self).copy()
-
-
-def _tags(resource: dict[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in resource.get("Tags", [])}
 
 
 def _running_instances(ec2: Any, ids: list[str]) -> set[str]:
@@ -60,11 +57,11 @@ def find_leaked(ec2: Any) -> list[LeakedVolume]:
                  {"Name": "tag-key", "Values": [INSTANCE_TAG]}]
     ):
         candidates += page.get("Volumes", [])
-    ids = sorted({_tags(v).get(INSTANCE_TAG, "") for v in candidates} - {""})
+    ids = sorted({resource_tags(v).get(INSTANCE_TAG, "") for v in candidates} - {""})
     alive = _running_instances(ec2, ids) if ids else set()
     leaked = []
     for v in candidates:
-        tags = _tags(v)
+        tags = resource_tags(v)
         if tags.get(INSTANCE_TAG, "") in alive:
             continue  # an add in progress, or one the agent will adopt when it restarts
         leaked.append(LeakedVolume(

@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from factory.aws import aws_errors
+from factory.aws import aws_errors, resource_tags
 from factory.register.reads import paged
 
 IMAGE_HASH_TAG = "factory:image-hash"
@@ -38,7 +38,7 @@ def builders(ec2: Any, digest: str) -> dict[str, tuple[str, str]]:
     """Every instance tagged with content hash `digest`: {id: (state, its Name tag)}."""
     with aws_errors("listing the builders of this image"):
         return {
-            i["InstanceId"]: (i["State"]["Name"], _tags(i).get("Name", ""))
+            i["InstanceId"]: (i["State"]["Name"], resource_tags(i).get("Name", ""))
             for r in paged(ec2, "describe_instances", "Reservations", Filters=[{"Name": f"tag:{IMAGE_HASH_TAG}", "Values": [digest]}])
             for i in r["Instances"]
         }
@@ -58,7 +58,7 @@ def sweep(ec2: Any, digest: str, before: set[str], keep_ami: str | None = None) 
     for instance, (_state, name) in sorted(mine.items()):
         images = _images(ec2, "source-instance-id", instance) + (_images(ec2, "name", name) if name else [])
         for image in {i["ImageId"]: i for i in images}.values():
-            if image["ImageId"] == keep_ami or _tags(image).get(IMAGE_HASH_TAG) == digest:
+            if image["ImageId"] == keep_ami or resource_tags(image).get(IMAGE_HASH_TAG) == digest:
                 continue  # the finished image: the next bake reuses it
             ami = image["ImageId"]
             with aws_errors(f"removing the AMI {ami} Packer left without its tags; by hand: aws ec2 deregister-image --image-id {ami} --delete-associated-snapshots"):
@@ -81,13 +81,12 @@ def _orphan_snapshots(ec2: Any, instance: str) -> list[str]:
     with aws_errors(f"looking for the snapshots made from {instance}"):
         snapshots = list(paged(ec2, "describe_snapshots", "Snapshots", OwnerIds=["self"],
                                Filters=[{"Name": "description", "Values": [f"Created by CreateImage({instance})*"]}]))
-    orphans = []
-    for s in snapshots:
-        m = re.search(r"for (ami-[0-9a-f]+)", s.get("Description", ""))
-        if m and not _images(ec2, "image-id", m.group(1)):
-            orphans.append(s["SnapshotId"])
-    return orphans
+    made_for = {s["SnapshotId"]: m.group(1) for s in snapshots if (m := re.search(r"for (ami-[0-9a-f]+)", s.get("Description", "")))}
+    if not made_for:
+        return []
+    # One read for all their AMIs (a builder has a few volumes, so a few values).
+    with aws_errors(f"looking for the AMIs made from {instance}"):
+        alive = {i["ImageId"] for i in paged(ec2, "describe_images", "Images", Owners=["self"],
+                                             Filters=[{"Name": "image-id", "Values": sorted(set(made_for.values()))}])}
+    return sorted(snap for snap, ami in made_for.items() if ami not in alive)
 
-
-def _tags(resource: dict[str, Any]) -> dict[str, str]:
-    return {t["Key"]: t["Value"] for t in resource.get("Tags", []) or []}
