@@ -517,18 +517,18 @@ def build_prepared(
 
     before = set(packer_leftovers.builders(ec2, p.image_hash))
     try:
-        with cloud.builder(spec.region, p.render_result) as rendered:
+        with cloud.builder(spec.region, p.render_result) as build:
             out = packer.build(
                 info,
                 folder,
                 env=env,
                 log_path=p.out_dir / render_mod.PACKER_LOG,
-                manifest_path=rendered.manifest,
+                manifest_path=build.rendered.manifest,
                 on_step=say,
                 timeout=timeout,
                 cancel=cancel,
             )
-            cloud.keep_image(out.ami_id, rendered)
+            build.keep_image(out.ami_id)
     except FactoryError as exc:
         # Packer cleans up after itself, except where its own cleanup call failed:
         # remove what it left (packer_leftovers), and say so with its error.

@@ -21,6 +21,25 @@ PACKER_EXECUTION_ENV = "factory-packer"
 
 
 @dataclass
+class Build:
+    """One Packer build, as `Cloud.builder` lends it: the render to build and, on the local
+    cloud, the build host standing in for its builder."""
+
+    rendered: Any  # render.RenderResult
+    host: Any = None  # factory.local.buildhost.BuildHost; None on AWS
+    state_dir: Path | None = None  # the local cloud's
+
+    def keep_image(self, ami_id: str) -> None:
+        """Just after Packer made `ami_id`. On AWS, nothing: the AMI's snapshots are its disk.
+        On the local cloud, the build host's tree is kept as that AMI's disk, for
+        `factory local run` to boot (factory.local.ami_trees)."""
+        if self.host is not None:
+            from factory.local.ami_trees import AmiTrees
+
+            AmiTrees(self.state_dir).keep(ami_id, self.host.upper_dir)
+
+
+@dataclass
 class Cloud:
     """Where a bake runs: real AWS (credentials from the environment) or the local cloud."""
 
@@ -70,43 +89,31 @@ class Cloud:
         return load_config(self.config_path).source
 
     @contextlib.contextmanager
-    def builder(self, region: str, rendered: Any) -> Iterator[Any]:
-        """Around one Packer build: yields the render result (render.RenderResult) to build.
-        On AWS, `rendered` as it is: each build gets a new instance of the base AMI. On the
-        local cloud, a build host stands in for the builder, one per build running at once
-        (`LocalCloud.builder`): the variables file is pointed at the host lent (its SSH
-        port, key pair and key, none of which shape the image), a new builder as on AWS:
-        one no build has used, or relaunched with nothing an earlier bake wrote
-        (`BuildHost.relaunch`)."""
+    def builder(self, region: str, rendered: Any) -> Iterator[Build]:
+        """Around one Packer build: yields the `Build` to run, whose `rendered` (a
+        render.RenderResult) Packer builds. On AWS, `rendered` as it is: each build gets a
+        new instance of the base AMI. On the local cloud, a build host stands in for the
+        builder, one per build running at once (`LocalCloud.builder`): the variables file is
+        pointed at the host lent (its SSH port, key pair and key, none of which shape the
+        image), a new builder as on AWS: one no build has used, or relaunched with nothing an
+        earlier bake wrote (`BuildHost.relaunch`)."""
         if self.kind != "local":
-            yield rendered
+            yield Build(rendered)
             return
         from factory import render
 
-        with self.local.builder() as (index, _host):
+        with self.local.builder() as (index, host):
             target = self.local.build_target(region, index=index)
-            yield render.with_variables(rendered, {
+            yield Build(render.with_variables(rendered, {
                 "ssh_host": target.ssh_host, "ssh_port": int(target.ssh_port),
                 "ssh_keypair_name": target.keypair_name, "ssh_private_key_file": target.private_key_file,
-            })
+            }), host=host, state_dir=self.local.state_dir)
 
     def builders(self, jobs: int) -> None:
         """Before `jobs` builds run at once. On AWS, nothing. On the local cloud, a build
         host for each (`LocalCloud.ensure_build_hosts`)."""
         if self.kind == "local":
             self.local.ensure_build_hosts(jobs)
-
-    def keep_image(self, ami_id: str, rendered: Any) -> None:
-        """Just after Packer made `ami_id` from `rendered` (what `builder` yielded). On AWS,
-        nothing: the AMI's snapshots are its disk. On the local cloud, the tree of the build
-        host Packer built on (the one the variables file's `ssh_port` names) is kept as that
-        AMI's disk, for `factory local run` to boot (factory.local.ami_trees)."""
-        if self.kind == "local":
-            from factory.local.ami_trees import AmiTrees
-
-            port = int(rendered.variables["ssh_port"])
-            host = next(h for h in self.local.hosts if int(h.ssh_port) == port)
-            AmiTrees(self.local.state_dir).keep(ami_id, host.upper_dir)
 
     def image_target(self, region: str):
         """The build target whose image-shaping settings a bake here uses, with no side
