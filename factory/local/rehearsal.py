@@ -59,8 +59,7 @@ class RunReport:
     volumes_added: int
     instance_id: str
     out_of_space: bool = False
-    grew: bool = True
-    no_net: str = ""  # why there was no grow agent: "--no-grow", or "no storage.grow"
+    no_net: str = ""  # why no grow agent ran: "--no-grow", or "no storage.grow"; "" when it did
     volumes: list[dict[str, Any]] = field(default_factory=list)  # what the agent added, as moto had them before termination
     leftovers: list[str] = field(default_factory=list)
 
@@ -81,7 +80,7 @@ class RunReport:
             verdict = "the task fit" + (f", with the net: {self.volumes_added} volume(s) added, +{self.grown_gib:g} GiB" if self.volumes_added else "")
         elif self.out_of_space:
             verdict = "the task did NOT fit: it ran out of space (No space left on device)" + (
-                f"; without the grow agent ({self.no_net or '--no-grow'}) this is the sizing alone" if not self.grew else "")
+                f"; without the grow agent ({self.no_net}) this is the sizing alone" if self.no_net else "")
         else:
             verdict = "the task fit, but the command failed (not for lack of space)"
         return [
@@ -89,7 +88,7 @@ class RunReport:
             f"  exit code     {self.exit_code}",
             f"  capacity      {self.capacity_gib:g} GiB usable at start",
             f"  peak          {self.peak_gib:g} GiB held on Docker's storage",
-            f"  grown         +{self.grown_gib:g} GiB in {self.volumes_added} volume(s)" + ("" if self.grew else f" ({self.no_net or '--no-grow'})"),
+            f"  grown         +{self.grown_gib:g} GiB in {self.volumes_added} volume(s)" + (f" ({self.no_net})" if self.no_net else ""),
         ]
 
 
@@ -175,9 +174,8 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
         else:
             say(f"{instance.instance_id} booted: pool, Docker" + (", grow agent" if grow else " (no grow agent: --no-grow)"))
         report = _run(instance, spec, image, command, inputs, index, out, say, containers)
-        report.grew = grow and has_net
-        report.no_net = "" if report.grew else ("--no-grow" if has_net else "no storage.grow")
-        if report.grew:
+        report.no_net = "no storage.grow" if not has_net else ("" if grow else "--no-grow")
+        if not report.no_net:
             for line in agent_journal.summary(instance.journal(AGENT_UNIT)):
                 say(line)
         return report
