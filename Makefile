@@ -33,11 +33,12 @@ demo: $(STAMP) system-deps ## Bake salmon-quant on the local cloud and register 
 
 # The suite waits on SSH, Packer's polling and AWS-style waits far more than it computes,
 # so its test files run TEST_JOBS at a time (pytest-xdist, a file's tests together so its
-# local cloud is shared); the IAM proof reads the calls of all of them, so it runs after.
+# local cloud is shared), the files with slow tests first (tests/conftest.py); the IAM proof
+# reads the calls of all of them, so it runs after.
 TEST_JOBS ?= 2
 test: $(STAMP) system-deps ## Run the whole test suite (real Packer, Ansible, sshd, dockerd, moto); TEST_JOBS=1 runs one file at a time
 	@calls=$$(mktemp /tmp/factory-calls-XXXXXX.log); export FACTORY_LOCAL_CALL_LOG=$$calls; \
-	$(VENV)/bin/pytest -q $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile) --ignore tests/test_zz_iam_policy.py $(PYTEST_ARGS) \
+	$(VENV)/bin/pytest -q $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder) --ignore tests/test_zz_iam_policy.py $(PYTEST_ARGS) \
 	  && $(VENV)/bin/pytest -q tests/test_zz_iam_policy.py; rc=$$?; rm -f $$calls $$calls.whole-suite; exit $$rc
 
 images: $(STAMP) ## Bake every spec in specs/ (CLOUD=aws|local, JOBS=N), skipping unchanged ones

@@ -2,7 +2,7 @@
 
 Packer's amazon-ebs builder cleans up after itself, but not when its cleanup call is the
 one that fails, and (Packer 1.6.6, encrypt_boot) never removes the temporary unencrypted
-AMI once a later step fails. Proven call by call by tests/test_crash_consistency_bake.py:
+AMI once a later step fails. Proven call by call by tests/test_crash_consistency_bake_*.py:
 
 | call that failed | what Packer left |
 | --- | --- |

@@ -52,6 +52,17 @@ def _ctrl_c_as_a_terminal_gives_it() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_collection_modifyitems(session, config, items):
+    """Modules with a slow test (real Packer, Ansible, Docker) first, each module's tests kept
+    together and in order: `make test` hands whole files to its workers in this order
+    (`--no-loadscope-reorder`), so the longest files start at once and the quick ones fill
+    the gaps at the end, rather than a long file starting last and running alone. And
+    whether this session runs the whole suite (for the IAM proof)."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+    config.factory_whole_suite = _runs_whole_suite(config) or _whole_suite_mark(config).exists()
+
+
 def _runs_whole_suite(config) -> bool:
     """No -k/-m, no chosen files: only then can "every policy action was called somewhere"
     be checked. (`--ignore tests/test_zz_iam_policy.py` leaves the rest whole: `make test`
@@ -65,8 +76,6 @@ def _whole_suite_mark(config) -> Path:
     return Path(f"{config.factory_call_log}.whole-suite")
 
 
-def pytest_collection_modifyitems(session, config, items):
-    config.factory_whole_suite = _runs_whole_suite(config) or _whole_suite_mark(config).exists()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -22,6 +22,8 @@ from factory import bake, render
 from factory.local import cloud as local_cloud
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # most of its tests bake with real Packer and Ansible
+
 FACTORY = str(Path(sys.executable).with_name("factory"))
 TASK = "salmon-quant"
 

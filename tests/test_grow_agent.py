@@ -12,7 +12,7 @@ import pytest
 from factory.local.grow_rig import TASK
 from tests.grow_fixtures import requires_btrfs
 
-pytestmark = requires_btrfs
+pytestmark = [pytest.mark.slow, requires_btrfs]
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from tests.grow_fixtures import loop_device, requires_btrfs
 PREFIX = "/home/ec2-user/miniconda"
 UNITS = "/etc/systemd/system"
 
-pytestmark = [requires_buildhost, requires_btrfs]
+pytestmark = [pytest.mark.slow, requires_buildhost, requires_btrfs]
 
 
 @pytest.fixture(scope="module")

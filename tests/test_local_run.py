@@ -24,7 +24,7 @@ from docker_fixtures import IMAGE, requires_docker
 
 from tests.grow_fixtures import requires_btrfs
 
-pytestmark = [requires_buildhost, requires_docker, requires_btrfs]
+pytestmark = [pytest.mark.slow, requires_buildhost, requires_docker, requires_btrfs]
 
 FACTORY = str(Path(sys.executable).parent / "factory")
 TASK = "rehearse"

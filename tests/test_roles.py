@@ -12,6 +12,8 @@ import subprocess
 import pytest
 from buildhost_fixtures import ANSIBLE, VENV_BIN, changed, requires_buildhost, role_playbook, run_playbook, show, start_host
 
+pytestmark = pytest.mark.slow
+
 PREFIX = "/home/ec2-user/miniconda"
 AWSCLI_VERSION = "1.32.27"  # the role's pinned miniconda_awscli_awscli_version
 

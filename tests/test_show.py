@@ -24,10 +24,10 @@ TASK = "salmon-quant"
 AWSCLI_VERSION = "1.32.27"  # the miniconda_awscli role's pinned version
 HEADLINE = ("factory:os", "factory:kernel", "factory:docker", "factory:awscli")
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("packer") is None or not Path("/usr/sbin/dockerd").exists(),
     reason="the local cloud needs root, Packer, openssh-server and docker.io (make system-deps)",
-)
+)]
 
 
 def run(*args: str, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:

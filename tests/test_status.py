@@ -29,6 +29,8 @@ from factory.render import resolve_base_ami
 from factory.spec import load_spec
 from tests.conftest import SPECS
 
+pytestmark = pytest.mark.slow
+
 FACTORY = str(Path(sys.executable).with_name("factory"))
 TASK = "salmon-quant"
 REGION = "us-east-1"

@@ -1,16 +1,17 @@
-"""A bake that dies at any AWS call is finished by the next bake: proven for every call.
+"""A bake that dies at any AWS call is finished by the next bake: what the three
+test_crash_consistency_bake_*.py modules share.
 
 tests/test_crash_consistency.py does this for register and prune, one fresh account per
-call; this module does it for `factory bake` on the local cloud, with real Packer and real
+call; these modules do it for `factory bake` on the local cloud, with real Packer and real
 Ansible. A clean bake of one task on a fresh account is recorded at the local cloud's end
 of the wire, with who made each call (`command:bake`, `packer`). MUTATING lists every
-(caller, call) that changes something, in the order a bake makes them; the first test
-checks that the clean bake made exactly those, so a new call (a newer Packer, a new step
-of factory) fails here until it is proven too.
+(caller, call) that changes something, in the order a bake makes them;
+test_crash_consistency_bake_build.py checks that the clean bake made exactly those, so a
+new call (a newer Packer, a new step of factory) fails there until it is proven too.
 
-Then, on a fresh account, a staircase: bake k fails at the k-th call of MUTATING (that
-call fails once, `factory local fault OPERATION --caller CALLER`'s mechanism), and each
-bake is also the "next run" of the one before it. For every step:
+Then, on a fresh account, a staircase (`climb`): bake k fails at the k-th call of its
+steps (that call fails once, `factory local fault OPERATION --caller CALLER`'s mechanism),
+and each bake is also the "next run" of the one before it. For every step:
 
 - the bake reaches its own call (the fault is used): it got past where the one before died;
 - it exits 1, names the failed call (its AWS error code), and has no traceback.
@@ -22,12 +23,17 @@ environment, queue and parameter; a `plan` after it is `unchanged`. So whatever 
 failed bake left (a builder, a security group, an AMI half made) is finished or removed
 by the bakes after it, and nothing is duplicated.
 
-Why a staircase rather than a fresh account per call: a Packer build takes 60-90 s here,
+Why staircases rather than a fresh account per call: a Packer build takes 40-90 s here,
 and a fresh account per call costs a faulted bake and a full recovery bake for each of the
-17 calls (about 40 minutes); the staircase costs one Packer run per Packer call (cut short
-at its fault) and one for the register half, whose calls reuse that AMI (about a third
-of that). Register's own calls are also proven one by one, each on a fresh account, by
-tests/test_crash_consistency.py. Each step's run time is printed at the module's end.
+17 calls (about 40 minutes); a staircase costs one Packer run per Packer call (cut short
+at its fault) and one for the register half, whose calls reuse that AMI. The staircase is
+cut in two at the AMI's copy (BUILD_STEPS, FINISH_STEPS), each half on its own account in
+its own module, so that `make test` runs them side by side; the first half's last bake
+is the next run of its last fault, as the second half's first bake would have been. The
+calls after Packer made the finished AMI (AFTER_THE_AMI) are each proven on a fresh
+account, since the next bake reuses that AMI and would never reach a later Packer call.
+Register's own calls are also proven one by one, each on a fresh account, by
+tests/test_crash_consistency.py. Each module prints its runs' times at its end.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -77,18 +84,22 @@ MUTATING = [
 # reuses that AMI, so a later Packer call would never be reached on the same account).
 AFTER_THE_AMI = [("packer", "ec2:DeleteSnapshot"), ("packer", "ec2:TerminateInstances"), ("packer", "ec2:DeleteSecurityGroup")]
 STAIRCASE = [c for c in MUTATING if c not in AFTER_THE_AMI]
+# The staircase in two halves, cut after the AMI's copy: three builds run Ansible in full
+# on each side.
+CUT = STAIRCASE.index(("packer", "ec2:CopyImage")) + 1
+BUILD_STEPS, FINISH_STEPS = STAIRCASE[:CUT], STAIRCASE[CUT:]
 
 needs_local_cloud = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("packer") is None or not Path("/usr/sbin/dockerd").exists(),
     reason="the local cloud needs root, Packer, openssh-server and docker.io (make system-deps)",
 )
-pytestmark = [pytest.mark.slow, needs_local_cloud]
 
 TIMES: dict[str, float] = {}  # what each run took, printed at the module's end
 
 
-@pytest.fixture(scope="module")
-def lc(tmp_path_factory):
+def local_cloud_for_module(tmp_path_factory) -> Iterator[local_cloud.LocalCloud]:
+    """The body of each module's `lc` fixture: one local cloud, its run times said at the end."""
+    TIMES.clear()  # a worker may run more than one of the modules
     state = tmp_path_factory.mktemp("bakecrash") / ".factory"
     cloud = local_cloud.up(state, REGION, state_delay=0.2)
     try:
@@ -172,9 +183,8 @@ def settle() -> None:
     time.sleep(0.5)  # past the local cloud's state delay: DELETING resources are gone
 
 
-@pytest.fixture(scope="module")
-def clean(lc, tmp_path_factory):
-    """A clean bake on a fresh account: its calls (caller, operation) and the state it leaves."""
+def clean_bake(lc, tmp_path_factory) -> tuple[list, dict]:
+    """The body of each module's `clean` fixture: a clean bake on a fresh account: its calls (caller, operation) and the state it leaves."""
     moto_snapshots = fresh(lc)
     lc.moto.calls(clear=True)
     proc = bake(lc, tmp_path_factory.mktemp("clean") / "build", "clean bake")
@@ -193,14 +203,7 @@ def clean(lc, tmp_path_factory):
     return calls, want
 
 
-def test_the_clean_bake_makes_exactly_the_calls_proven_here(clean):
-    calls, _ = clean
-    made = list(dict.fromkeys((who, op) for who, op in calls if who in ("packer", "command:bake") and not op.split(":")[1].startswith(READS)))
-    assert made == MUTATING, "a bake makes other calls now: prove each (add it to MUTATING)"
-    assert sorted(STAIRCASE + AFTER_THE_AMI) == sorted(MUTATING)
-
-
-def _failed_clearly(proc: subprocess.CompletedProcess) -> str | None:
+def failed_clearly(proc: subprocess.CompletedProcess) -> str | None:
     """None when a faulted bake failed as it should (exit 1, the AWS error named, no
     traceback) or got past the fault by itself (exit 0: Packer retries some calls);
     else what was wrong."""
@@ -209,7 +212,7 @@ def _failed_clearly(proc: subprocess.CompletedProcess) -> str | None:
     return f"exit {proc.returncode}, want 1 with a message naming InjectedFault and no traceback (or 0): {proc.stdout[-1500:]}{proc.stderr[-3000:]}"
 
 
-def _finish(lc, build: Path, moto_snapshots: set[str], want: dict, problems: list[str], label: str) -> None:
+def finish(lc, build: Path, moto_snapshots: set[str], want: dict, problems: list[str], label: str) -> None:
     again = bake(lc, build, label)
     problems += [] if again.returncode == 0 else [f"{label}: exit {again.returncode}: {again.stdout[-1500:]}{again.stderr[-3000:]}"]
     settle()
@@ -222,32 +225,20 @@ def _finish(lc, build: Path, moto_snapshots: set[str], want: dict, problems: lis
     assert not problems, "\n\n".join(problems)
 
 
-def test_bakes_failed_at_every_call_in_turn_are_finished_by_the_next_bake(lc, clean, tmp_path):
-    _, want = clean
-    build = tmp_path / "build"  # one user's checkout: every bake of the staircase shares it
+
+
+def climb(lc, build: Path, steps: list[tuple[str, str]], want: dict) -> None:
+    """A staircase on a fresh account: a bake faulted at each of `steps` in turn, each the
+    next run of the one before, then a bake that must leave the clean bake's state."""
     moto_snapshots = fresh(lc)
     problems = []
-    for caller, operation in STAIRCASE:
+    for caller, operation in steps:
         step = f"{caller} {operation}"
         faults.arm(lc.endpoint, faults.Fault(operation, "error", caller=caller))
         failed = bake(lc, build, step)
         if faults.armed(lc.endpoint):
             faults.clear(lc.endpoint)
             problems.append(f"{step}: never called (the bake stopped before it: the one before was not finished): {failed.stdout[-1500:]}{failed.stderr[-3000:]}")
-        elif _failed_clearly(failed):
-            problems.append(f"{step}: {_failed_clearly(failed)}")
-    _finish(lc, build, moto_snapshots, want, problems, "the bake after the staircase")
-
-
-@pytest.mark.parametrize("caller, operation", AFTER_THE_AMI, ids=[o for _, o in AFTER_THE_AMI])
-def test_a_bake_failed_after_its_ami_is_made_is_finished_by_the_next_bake(lc, clean, tmp_path, caller, operation):
-    """Each on a fresh account: the AMI a faulted bake made is reused by the next one, so
-    no later Packer call of a staircase would be reached."""
-    _, want = clean
-    build = tmp_path / "build"
-    moto_snapshots = fresh(lc)
-    faults.arm(lc.endpoint, faults.Fault(operation, "error", caller=caller))
-    failed = bake(lc, build, f"{caller} {operation}")
-    assert faults.armed(lc.endpoint) == [], f"{operation} was never called: {failed.stdout}{failed.stderr}"
-    problems = [f"{caller} {operation}: {_failed_clearly(failed)}"] if _failed_clearly(failed) else []
-    _finish(lc, build, moto_snapshots, want, problems, f"the bake after {caller} {operation}")
+        elif failed_clearly(failed):
+            problems.append(f"{step}: {failed_clearly(failed)}")
+    finish(lc, build, moto_snapshots, want, problems, f"the bake after the staircase's last step ({steps[-1][1]})")
