@@ -513,7 +513,6 @@ def build_prepared(
 
     t = time.monotonic()
     from factory import packer_leftovers
-    from factory.errors import AwsError
 
     before = set(packer_leftovers.builders(ec2, p.image_hash))
     try:
@@ -534,15 +533,15 @@ def build_prepared(
         # remove what it left (packer_leftovers), and say so with its error.
         try:
             done = packer_leftovers.sweep(ec2, p.image_hash, before)
-        except AwsError as sweep_exc:
+        except FactoryError as sweep_exc:  # an AwsError, or a builder that would not terminate
             exc.message += f"; cleaning up after it failed too: {sweep_exc.message}"
-            raise
+            raise exc from None
         if done:
             exc.message += "; " + "; ".join(done)
         raise
     try:
         done = packer_leftovers.sweep(ec2, p.image_hash, before, keep_ami=out.ami_id)
-    except AwsError as exc:
+    except FactoryError as exc:
         raise FactoryError(f"Packer baked {out.ami_id}, but cleaning up after it failed: {exc.message}") from None
     if done:
         result.note = _join(result.note, "; ".join(done))

@@ -26,6 +26,7 @@ register step uses the region's default VPC and says so. The format, with defaul
       max_tiers: null                             # cap on storage tiers across all specs
     prune:
       keep: 3                                     # newest AMIs / launch template versions kept
+      builder_hours: 6                            # a builder older than this was left by a killed bake
 
 docs/register.md describes each setting. Errors name the file, the field and the fix.
 """
@@ -63,7 +64,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
     },
     "launch_template": {"boot_commands": "list of shell command lines"},
     "tiers": {"max_tiers": "integer >= 1, or null"},
-    "prune": {"keep": "integer >= 1"},
+    "prune": {"keep": "integer >= 1", "builder_hours": "number of hours >= 0"},
 }
 
 
@@ -121,6 +122,7 @@ class FactoryConfig:
     boot_commands: tuple[str, ...] = ()
     max_tiers: int | None = None
     prune_keep: int = 3
+    prune_builder_hours: float = 6.0
 
     @property
     def source(self) -> str:
@@ -212,6 +214,13 @@ def parse_config(data: Any, path: Path | None) -> FactoryConfig:
             return default
         return value
 
+    def opt_hours(section: str, name: str, default: float) -> float:
+        value = sections.get(section, {}).get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            bad(f"{section}.{name}", f"expected a {_SCHEMA[section][name]}, got {value!r}")
+            return default
+        return float(value)
+
     subnets = id_list("batch", "subnets", "subnet-")
     groups = id_list("batch", "security_groups", "sg-")
     if bool(subnets) != bool(groups):
@@ -254,6 +263,7 @@ def parse_config(data: Any, path: Path | None) -> FactoryConfig:
         boot_commands=tuple(commands),
         max_tiers=opt_int("tiers", "max_tiers", None, 1, True),
         prune_keep=opt_int("prune", "keep", 3, 1, False) or 3,
+        prune_builder_hours=opt_hours("prune", "builder_hours", 6.0),
     )
     if problems:
         raise ConfigError("\n".join(problems) + "\nSee docs/register.md, 'Config file'.")

@@ -150,6 +150,14 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
             _statement("FindLeakedVolumes", ["ec2:DescribeVolumes", "ec2:DescribeInstances"], _ANY),
             _statement("DeleteLeakedVolumes", ["ec2:DeleteVolume"], ["arn:aws:ec2:*:*:volume/*"],
                        {"StringEquals": {"aws:ResourceTag/factory:grow": "true"}}),
+            # Builders a killed bake left (factory.packer_leftovers.stray_builders): found by
+            # their content-hash tag, terminated by it; then what they left: Packer's
+            # temporary AMI (untagged, so IAM cannot tell it from another of the account's
+            # AMIs: the right bake's policy gives Packer) and its security group (untagged too).
+            _statement("FindStrayBuilders", ["ec2:DescribeInstances", "ec2:DescribeSnapshots", "ec2:DescribeSecurityGroups"], _ANY),
+            _statement("TerminateStrayBuilders", ["ec2:TerminateInstances"], ["arn:aws:ec2:*:*:instance/*"],
+                       {"Null": {"aws:ResourceTag/factory:image-hash": "false"}}),
+            _statement("RemoveWhatStrayBuildersLeft", ["ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:DeleteSecurityGroup"], _ANY),
         ]
     raise ValueError(f"no policy for {purpose!r}; one of {', '.join(PURPOSES)}")
 

@@ -197,25 +197,27 @@ def test_an_ami_that_cannot_be_tagged_is_removed_and_named(moto, moto_ec2):
 
 
 def test_what_packer_left_of_this_build_is_removed_and_nothing_else(moto, moto_ec2):
-    """packer_leftovers.sweep on moto: this build's stopped builder, its untagged copy (named
-    as the builder) and the snapshot of its deregistered temporary AMI go; a builder from
-    before, a finished AMI with the hash, and another bake's untagged AMI stay."""
+    """packer_leftovers.sweep on the local cloud's server: this build's stopped builder, its
+    untagged copy (named as the builder), the snapshot of its deregistered temporary AMI and
+    its security group (kept by AWS while the builder was stopped) go; a builder from before,
+    a finished AMI with the hash, and another bake's untagged AMI stay."""
     from factory import packer_leftovers
 
     ec2, make_ami = moto_ec2
     base = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-ecs-hvm-*-x86_64-ebs"]}])["Images"][0]["ImageId"]
     name = f"factory-{TASK}-20261130000000"
+    group = ec2.create_security_group(GroupName="packer_6b0dcbb0", Description="Temporary group for Packer")["GroupId"]
 
-    def builder(label: str) -> str:
+    def builder(label: str, groups: tuple[str, ...] = ()) -> str:
         tags = [{"Key": "factory:image-hash", "Value": "h"}, {"Key": "Name", "Value": label}]
-        return ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1,
+        return ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, SecurityGroupIds=list(groups),
                                  TagSpecifications=[{"ResourceType": "instance", "Tags": tags}])["Instances"][0]["InstanceId"]
 
     earlier = builder("factory-salmon-quant-20261129000000")  # another run's, still there
     before = set(packer_leftovers.builders(ec2, "h"))
     finished = make_ami({"factory:image-hash": "h"}, "finished")
     others = make_ami({}, "someone-else")
-    mine = builder(name)
+    mine = builder(name, (group,))
     ec2.stop_instances(InstanceIds=[mine])
     temporary = ec2.create_image(InstanceId=mine, Name="Da57uZL")["ImageId"]
     copy = ec2.copy_image(SourceImageId=temporary, SourceRegion="us-east-1", Name=name, Encrypted=True)["ImageId"]
@@ -225,11 +227,43 @@ def test_what_packer_left_of_this_build_is_removed_and_nothing_else(moto, moto_e
     done = packer_leftovers.sweep(ec2, "h", before)
     assert done == [f"terminated the builder {mine} Packer left stopped",
                     f"removed the AMI {copy} Packer left without its tags, with its snapshots",
-                    f"deleted the snapshot {orphan} Packer left"]
+                    f"deleted the snapshot {orphan} Packer left",
+                    f"deleted the security group {group} Packer made"]
     assert {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]} == {finished, others}
+    assert group not in {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
     states = {i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
     assert states[mine] == "terminated" and states[earlier] == "running"
     assert packer_leftovers.sweep(ec2, "h", before) == []  # nothing left to do
+
+
+def test_stray_builders_are_those_not_terminated_and_older_than_any_bake(moto_ec2):
+    """What `factory prune` takes for a killed bake's builder: tagged with a content hash,
+    pending to stopped, launched longer ago than `older_than`; oldest first."""
+    from datetime import timedelta
+
+    from factory import packer_leftovers
+
+    ec2, _ = moto_ec2
+    base = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-ecs-hvm-*-x86_64-ebs"]}])["Images"][0]["ImageId"]
+
+    def instance(tags: dict[str, str]) -> str:
+        spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}] if tags else []
+        return ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, TagSpecifications=spec)["Instances"][0]["InstanceId"]
+
+    running = instance({"factory:image-hash": "a", "factory:task": TASK})
+    stopped = instance({"factory:image-hash": "b", "factory:task": "star-align"})
+    ec2.stop_instances(InstanceIds=[stopped])
+    gone = instance({"factory:image-hash": "c"})
+    ec2.terminate_instances(InstanceIds=[gone])
+    instance({"factory:task": TASK})  # a Batch host of the task, not a builder
+    instance({})
+    launched = {i["InstanceId"]: i["LaunchTime"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    later = max(launched.values()) + timedelta(hours=7)
+    found = packer_leftovers.stray_builders(ec2, timedelta(hours=6), now=later)
+    assert sorted(b.instance_id for b in found) == sorted([running, stopped])
+    assert {b.instance_id: (b.state, b.digest, b.task) for b in found} == {running: ("running", "a", TASK), stopped: ("stopped", "b", "star-align")}
+    assert packer_leftovers.stray_builders(ec2, timedelta(hours=8), now=later) == []  # a bake may still run them
+    assert packer_leftovers.stray_builders(ec2, timedelta(hours=6)) == []  # launched just now
 
 
 def test_the_rendered_tags_carry_the_image_hash_and_the_hash_ignores_them(tmp_path):

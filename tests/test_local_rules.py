@@ -249,6 +249,30 @@ def test_deregister_with_its_snapshots_and_the_in_use_race_without(aws):
     assert code(exc.value) == "InvalidSnapshot.InUse"
 
 
+def test_a_security_group_an_instance_is_in_is_kept_until_the_instance_is_terminated(aws):
+    """A stopped builder still holds its security group (Packer's cleanup meets this when
+    its TerminateInstances failed); terminated, the group goes."""
+    ec2 = aws.ec2()
+    base = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    group = ec2.create_security_group(GroupName="packer_0e1f", Description="Temporary group for Packer")["GroupId"]
+    spare = ec2.create_security_group(GroupName="unused", Description="no instance in it")["GroupId"]
+    instance = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1, SecurityGroupIds=[group])["Instances"][0]["InstanceId"]
+    for stage in ("running", "stopped"):
+        with pytest.raises(ClientError) as exc:
+            ec2.delete_security_group(GroupId=group)
+        assert code(exc.value) == "DependencyViolation", stage
+        assert group in exc.value.response["Error"]["Message"]
+        ec2.stop_instances(InstanceIds=[instance])
+    with pytest.raises(ClientError) as exc:
+        ec2.delete_security_group(GroupName="packer_0e1f")  # by name, as in EC2-Classic days
+    assert code(exc.value) == "DependencyViolation"
+    ec2.delete_security_group(GroupId=spare)  # a group no instance is in goes at once
+    ec2.terminate_instances(InstanceIds=[instance])
+    ec2.delete_security_group(GroupId=group)
+    left = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+    assert group not in left and spare not in left
+
+
 # -- Pages -----------------------------------------------------------------------------
 
 
@@ -276,6 +300,18 @@ def test_ec2_pages_with_max_results_and_answers_whole_without(aws):
     assert len(page["LaunchTemplates"]) == 2 and page["NextToken"]
     pages = ec2.get_paginator("describe_launch_templates").paginate(PaginationConfig={"PageSize": 200})
     assert len([t for p in pages for t in p["LaunchTemplates"]]) == 20
+
+
+def test_describe_instances_refuses_max_results_beside_instance_ids(aws):
+    ec2 = aws.ec2()
+    base = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=base, MinCount=3, MaxCount=3)["Instances"]]
+    with pytest.raises(ClientError) as exc:
+        ec2.describe_instances(InstanceIds=ids, MaxResults=5)
+    assert code(exc.value) == "InvalidParameterCombination"
+    assert len(ec2.describe_instances(InstanceIds=ids)["Reservations"][0]["Instances"]) == 3  # without paging: all
+    pages = ec2.get_paginator("describe_instances").paginate(Filters=[{"Name": "instance-id", "Values": ids}], PaginationConfig={"PageSize": 5})
+    assert sorted(i["InstanceId"] for p in pages for r in p["Reservations"] for i in r["Instances"]) == sorted(ids)
 
 
 # -- Faults ----------------------------------------------------------------------------

@@ -482,6 +482,8 @@ def test_unmanaged_launch_template_with_our_name_is_not_taken_over(cloud, specs)
         ("batch:\n  subnet: [subnet-1]\n", "batch.subnet: unknown setting"),
         ("bacth: {}\n", "bacth: unknown section"),
         ("prune:\n  keep: 0\n", "prune.keep"),
+        ("prune:\n  builder_hours: -1\n", "prune.builder_hours: expected a number of hours >= 0, got -1"),
+        ("prune:\n  builder_hours: soon\n", "prune.builder_hours"),
         ("tiers:\n  max_tiers: many\n", "tiers.max_tiers"),
         ("batch: [1, 2]\n", "batch: must be a mapping"),
         ("batch:\n  subnets: [subnet-1\n", "not valid YAML (line"),
@@ -508,6 +510,9 @@ def test_config_defaults_and_missing_file(tmp_path):
     assert load_config(tmp_path / "empty.yaml").batch.instance_role == "ecsInstanceRole"  # an empty file is all defaults
     config = load_config(None, search_dir=tmp_path)
     assert config.path is None and config.batch.instance_role == "ecsInstanceRole" and config.batch.service_role is None
+    assert (config.prune_keep, config.prune_builder_hours) == (3, 6.0)
+    (tmp_path / "hours.yaml").write_text("prune:\n  builder_hours: 1.5\n")
+    assert load_config(tmp_path / "hours.yaml").prune_builder_hours == 1.5
     with pytest.raises(UsageError, match="not found"):
         load_config(tmp_path / "nope.yaml")
 

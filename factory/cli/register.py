@@ -3,7 +3,7 @@
     factory plan [TASK | --all]                         what register would do; changes nothing
     factory register [TASK | --all] [--ami AMI] [--dry-run] [--json]
     factory nextflow-config [TASK... | --all] [--out FILE]
-    factory prune [--keep N] [--apply]                  dry run unless --apply
+    factory prune [--keep N] [--builder-hours H] [--apply]  dry run unless --apply
 """
 
 from __future__ import annotations
@@ -171,13 +171,18 @@ def nextflow_config(
 def prune(
     keep: Optional[int] = typer.Option(None, "--keep", help="Newest AMIs per task and launch template versions kept (default: config prune.keep, 3)."),
     apply: bool = typer.Option(False, "--apply", help="Really delete (the default is a dry run)."),
+    builder_hours: Optional[float] = typer.Option(
+        None, "--builder-hours", min=0,
+        help="A builder launched longer ago than this was left by a killed bake and is removed (default: config prune.builder_hours, 6). "
+             "0 takes every builder, also one a bake runs now.",
+    ),
     dry_run: bool = typer.Option(True, "--dry-run/--no-dry-run", help="List only (default). --no-dry-run is the same as --apply."),
     specs_dir: Path = _SPECS,
     config: Optional[Path] = _CONFIG,
     cloud: str = _CLOUD,
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
-    """Retire tiers no spec uses; delete launch template versions and AMIs nothing uses any more."""
+    """Retire tiers no spec uses; delete launch template versions and AMIs nothing uses any more, volumes the grow agent leaked, builders a killed bake left."""
     from factory.cloud import Cloud
     from factory.config import load_config
     from factory.register import prune as prune_core
@@ -192,7 +197,11 @@ def prune(
     regions = sorted({s.region for s in specs})
     in_use = {t.name for t in tiers_for(specs, settings.max_tiers)[0]} if specs else set()
     where = Cloud.open(cloud)
-    results = [(region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs})) for region in regions]
+    hours = builder_hours if builder_hours is not None else settings.prune_builder_hours
+    results = [
+        (region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs}, builder_hours=hours))
+        for region in regions
+    ]
     failed = [c for _, r in results for c in r.failed]
     if json_output:
         print_json({region: r.to_json() for region, r in results})

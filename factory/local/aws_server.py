@@ -71,7 +71,7 @@ class Layer:
         try:
             page = paging.wanted_page(call, self.page_size)
         except paging.BadToken as exc:
-            code = "InvalidParameterValue" if call.protocol == "query" else "ClientException"
+            code = exc.code if call.protocol == "query" else "ClientException"
             status_line, headers, err = error_response(call, code, str(exc), 400)
             start_response(status_line, headers + [("Content-Length", str(len(err)))])
             return [err]

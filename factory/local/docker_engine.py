@@ -5,7 +5,9 @@ none (docs/local-cloud.md). `DockerEngine.ensure(state_dir)` uses the engine tha
 where the docker client looks by default; when none does, it starts Debian's `dockerd`
 with everything of its own under `state_dir` (data root, exec root, pid file, a unix
 socket), `--iptables=false --bridge=none` so it changes nothing in this machine's
-network, and stops it again in `stop()`, leaving no process and no file behind.
+network, and stops it again in `stop()`, leaving no process and no file behind. A unix
+socket's path holds at most 107 bytes: under a deeper `state_dir` (a test's tmp tree) the
+engine's sockets and exec root go in a short folder of their own under /run/factory-local.
 
     engine = DockerEngine.ensure(Path("/tmp/engine"))
     subprocess.run(["docker", "info"], env=engine.env())
@@ -24,6 +26,13 @@ from pathlib import Path
 
 from factory.errors import LocalCloudError
 from factory.local.procs import pid_alive
+
+# A unix socket's address holds at most 107 bytes of path (sun_path, 108 with its NUL);
+# longer socket paths are replaced by short ones under SOCKET_LINKS.
+UNIX_PATH_MAX = 107
+SOCKET_LINKS = Path("/run/factory-local")
+# The deepest socket dockerd's managed containerd makes under the exec root.
+_CONTAINERD_SOCKET = "containerd/containerd.sock.ttrpc"
 
 DOCKERD = "/usr/sbin/dockerd"
 DOCKERD_OPTS = ("--iptables=false", "--bridge=none", "--log-level=warn")
@@ -50,6 +59,7 @@ class DockerEngine:
     host: str | None  # None: the docker client's own default (DOCKER_HOST unset, default socket)
     state_dir: Path | None = None
     pid: int | None = None
+    runtime_dir: Path | None = None  # sockets and exec root, when state_dir is too deep for them
 
     @property
     def started(self) -> bool:
@@ -81,12 +91,19 @@ class DockerEngine:
         if state_dir.exists():
             shutil.rmtree(state_dir)
         state_dir.mkdir(parents=True)
-        sock = state_dir / "docker.sock"
-        engine = cls(host=f"unix://{sock}", state_dir=state_dir)
+        runtime = state_dir
+        if len(str(state_dir / "exec" / _CONTAINERD_SOCKET)) > UNIX_PATH_MAX:
+            import hashlib
+
+            runtime = SOCKET_LINKS / f"engine-{hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]}"
+            shutil.rmtree(runtime, ignore_errors=True)
+            runtime.mkdir(mode=0o700, parents=True)
+        sock = runtime / "docker.sock"
+        engine = cls(host=f"unix://{sock}", state_dir=state_dir, runtime_dir=runtime if runtime != state_dir else None)
         log = open(state_dir / "dockerd.log", "ab")
         try:
             proc = subprocess.Popen(
-                [DOCKERD, "--data-root", str(state_dir / "data"), "--exec-root", str(state_dir / "exec"),
+                [DOCKERD, "--data-root", str(state_dir / "data"), "--exec-root", str(runtime / "exec"),
                  "--pidfile", str(state_dir / "dockerd.pid"), "-H", engine.host, *DOCKERD_OPTS],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -132,9 +149,10 @@ class DockerEngine:
                 os.waitpid(pid, 0)
             except ChildProcessError:
                 pass
-        if self.state_dir is not None and self.state_dir.exists():
-            _unmount_under(self.state_dir)
-            shutil.rmtree(self.state_dir, ignore_errors=True)
+        for folder in (self.runtime_dir, self.state_dir):
+            if folder is not None and folder.exists():
+                _unmount_under(folder)
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _unmount_under(path: Path) -> None:

@@ -36,16 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import LocalCloudError
+from factory.local.docker_engine import SOCKET_LINKS, UNIX_PATH_MAX  # an engine socket too deep is reached through a short link
 from factory.local.procs import pid_alive
 
 AGENT_UNIT = "factory-grow-agent.service"
 GROW_CONFIG = "/etc/factory/grow.json"
 DEFAULT_ATTACH_DELAY = 2.0  # seconds: EBS attachments usually complete within a few seconds on AWS
 BOOT_TIMEOUT = 300.0
-# A unix socket's address holds at most 107 bytes of path (sun_path, 108 with its NUL); a
-# longer engine socket is reached through a short link made here.
-UNIX_PATH_MAX = 107
-SOCKET_LINKS = Path("/run/factory-local")
 
 
 @dataclass

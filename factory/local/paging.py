@@ -11,7 +11,10 @@ EC2's Describe calls page when `MaxResults` is given and otherwise answer everyt
   min(MaxResults, page_size), which AWS allows: "a call can return fewer results than
   the maximum even when more are available");
 - a token is tied to the request it continues: a token replayed with other filters is
-  refused, as AWS refuses it.
+  refused, as AWS refuses it;
+- DescribeInstances refuses `MaxResults` beside instance ids, as AWS does ("You cannot
+  specify this parameter and the instance IDs parameter in the same request", botocore's
+  EC2 model): a paged read of given instances must filter on `instance-id` instead.
 
 The full answer is asked of moto (paging parameters stripped, its own limit lifted) and
 sliced here, so moto's own truncation never shows.
@@ -55,7 +58,15 @@ MAX_KEYS = ("MaxResults", "maxResults")
 
 
 class BadToken(ValueError):
-    """A next token that this request did not get."""
+    """A paging request AWS refuses: a next token that this request did not get."""
+
+    code = "InvalidParameterValue"
+
+
+class MaxResultsWithIds(BadToken):
+    """`MaxResults` beside the ids DescribeInstances takes only without it."""
+
+    code = "InvalidParameterCombination"
 
 
 def wanted_page(call: Call, page_size: int) -> tuple[int, int] | None:
@@ -64,6 +75,8 @@ def wanted_page(call: Call, page_size: int) -> tuple[int, int] | None:
     if rule is None:
         return None
     given = next((call.params[k] for k in MAX_KEYS if call.params.get(k) not in (None, "")), None)
+    if given is not None and call.name == "ec2:DescribeInstances" and any(k.startswith("InstanceId.") for k in call.params):
+        raise MaxResultsWithIds("The parameter instancesSet cannot be used with the parameter maxResults")
     if given is None and not rule.always:
         return None
     size = min(int(given), page_size) if given is not None else page_size

@@ -9,7 +9,10 @@ kept version uses. Only resources tagged by factory are considered; every list i
 to its last page (a version pinned by an environment on page 2 is still pinned).
 
 Volumes the grow agent created but never attached (its instance died in between) are
-deleted too (factory.leaked_volumes). An AMI goes with its snapshots in one call (`DeregisterImage` with
+deleted too (factory.leaked_volumes), and so are builders a killed bake left running:
+instances tagged with an image's content hash launched more than `builder_hours` ago,
+with what they left (factory.packer_leftovers: temporary AMIs, snapshots, Packer's
+security group). An AMI goes with its snapshots in one call (`DeregisterImage` with
 `DeleteAssociatedSnapshots`): deleting the snapshots right after deregistering races
 (`InvalidSnapshot.InUse`). `DeleteLaunchTemplateVersions` answers 200 with a list of the
 versions it could not delete: those are reported as `failed`, never as deleted.
@@ -53,10 +56,12 @@ def prune(
     tiers_in_use: set[str] | None = None,
     waiter: Waiter | None = None,
     tasks_in_use: set[str] | None = None,
+    builder_hours: float = 6.0,
 ) -> PruneResult:
     """`dry_run` (the CLI's default) lists and deletes nothing. `tiers_in_use`: the tiers the
     specs make now (None: retire no tier); `tasks_in_use`: the specs' tasks (a retired tier's
-    task with no spec loses its `/factory/<task>/ami-id` parameter)."""
+    task with no spec loses its `/factory/<task>/ami-id` parameter); `builder_hours`: a
+    builder launched longer ago was left by a killed bake (no bake runs that long)."""
     if keep < 1:
         raise UsageError(f"--keep must be at least 1 (got {keep})")
     from factory.config import FactoryConfig
@@ -81,7 +86,31 @@ def prune(
         used_amis |= _prune_versions(ec2, lt, pinned, keep, dry_run, changes)
     _prune_amis(ec2, used_amis, keep, dry_run, changes)
     _prune_leaked_volumes(ec2, dry_run, changes)
+    _prune_stray_builders(ec2, builder_hours, dry_run, run.waiter, changes)
     return PruneResult(dry_run, keep, changes)
+
+
+def _prune_stray_builders(ec2: Any, hours: float, dry_run: bool, waiter: Waiter, changes: list[Change]) -> None:
+    """Builders a killed bake left running (factory.packer_leftovers.stray_builders)."""
+    from datetime import UTC, datetime, timedelta
+
+    from factory import packer_leftovers
+    from factory.errors import FactoryError
+
+    now = datetime.now(UTC)
+    for b in packer_leftovers.stray_builders(ec2, timedelta(hours=hours), now):
+        age = (now - b.launched).total_seconds() / 3600
+        why = (f"{b.state} builder of task {b.task or '?'} launched {age:.1f} h ago (longer than prune.builder_hours, {hours:g} h): "
+               f"the bake that launched it was killed; terminated with what it left (temporary AMIs, snapshots, Packer's security group)")
+        if dry_run:
+            changes.append(Change("builder", b.instance_id, "delete", why))
+            continue
+        try:
+            done = packer_leftovers.sweep_builders(ec2, [b], waiter=waiter)
+        except FactoryError as exc:
+            changes.append(Change("builder", b.instance_id, "failed", f"{why}: {exc.message}"))
+        else:
+            changes.append(Change("builder", b.instance_id, "delete", f"{why}: {'; '.join(done)}"))
 
 
 def _prune_leaked_volumes(ec2: Any, dry_run: bool, changes: list[Change]) -> None:

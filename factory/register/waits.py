@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from factory.aws import error_message
+from factory.aws import error_code, error_message
 from factory.errors import FactoryError
 
 T = TypeVar("T")
@@ -51,15 +51,16 @@ class Waiter:
             time.sleep(interval())
 
     def retry_while(self, transient: tuple[str, ...], call: Callable[[], T]) -> T:
-        """`call()`, again while AWS refuses it with a message containing one of `transient`."""
+        """`call()`, again while AWS refuses it with a message containing one of `transient`,
+        or with one of them as its error code."""
         deadline = time.monotonic() + self.timeout
         interval = self._intervals()
         while True:
             try:
                 return call()
             except ClientError as exc:
-                message = error_message(exc)
-                if not any(t in message for t in transient) or time.monotonic() > deadline:
+                message, code = error_message(exc), error_code(exc)
+                if not any(t in message or t == code for t in transient) or time.monotonic() > deadline:
                     raise
             time.sleep(interval())
 

@@ -7,6 +7,7 @@
 | `CreateTags`/`DeleteTags` on a launch template show in `DescribeLaunchTemplates` | keeps the tags it was created with | reads the tags as they are now |
 | `DeregisterImage` with `DeleteAssociatedSnapshots` deletes the AMI's snapshots and reports each | ignores the parameter | deletes them and answers `DeleteSnapshotResults` |
 | `CreateVolume` with a `ClientToken` it has seen answers the volume it made then; with other parameters, `IdempotentParameterMismatch` | ignores the token: every retry makes a new volume | answers the first call's volume, or the mismatch error |
+| `DeleteSecurityGroup` fails `DependencyViolation` while an instance that is not terminated (stopped included) is in the group | deletes it | refuses with `DependencyViolation` until every such instance is terminated |
 | `DeleteSnapshot` right after `DeregisterImage` can fail `InvalidSnapshot.InUse` for a while (now and then) | deletes at once | with `snapshot_release_delay` > 0 (off by default: Packer 1.6.6 relies on the race being rare), the snapshot stays in use that long |
 
 AWS sources: EC2 Developer Guide, "Ensuring idempotency in Amazon EC2 API requests"
@@ -14,7 +15,9 @@ AWS sources: EC2 Developer Guide, "Ensuring idempotency in Amazon EC2 API reques
 fail `IdempotentParameterMismatch`); botocore's EC2 model (`CreateVolumeRequest.ClientToken`,
 an idempotency token); EC2 API reference, DeleteLaunchTemplateVersions ("You can't delete the
 default version of a launch template"; the success and error sets), DeregisterImage
-(`DeleteAssociatedSnapshots`), and botocore's EC2 model for the response shapes.
+(`DeleteAssociatedSnapshots`), DeleteSecurityGroup ("If you attempt to delete a security
+group that is associated with an instance ... the operation fails with
+DependencyViolation"), and botocore's EC2 model for the response shapes.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ ENV_AMI_TREES = "FACTORY_LOCAL_AMI_TREES"
 
 def install(settings: Settings) -> None:
     from moto.core.responses import ActionResult
-    from moto.ec2.exceptions import EC2ClientError, InvalidLaunchTemplateVersionNotFound, InvalidSnapshotInUse
+    from moto.ec2.exceptions import DependencyViolationError, EC2ClientError, InvalidLaunchTemplateVersionNotFound, InvalidSnapshotInUse
     from moto.ec2.models import EC2Backend
     from moto.ec2.models.launch_templates import LaunchTemplate, LaunchTemplateVersion
     from moto.ec2.responses.amis import AmisResponse
@@ -134,6 +137,19 @@ def install(settings: Settings) -> None:
         return ActionResult(result)
 
     AmisResponse.deregister_image = deregister_image
+
+    # A security group an instance still uses (a stopped one too) cannot be deleted.
+    original_delete_security_group = EC2Backend.delete_security_group
+
+    def delete_security_group(self: Any, name: str | None = None, group_id: str | None = None) -> None:
+        group = self.get_security_group_by_name_or_id(group_id or name)
+        if group is not None:
+            users = [i for i in self.all_instances() if i.state != "terminated" and any(g.id == group.id for g in i.security_groups)]
+            if users:
+                raise DependencyViolationError(f"resource {group.id} has a dependent object")
+        return original_delete_security_group(self, name=name, group_id=group_id)
+
+    EC2Backend.delete_security_group = delete_security_group
 
     # CreateVolume's client token: a retried call (its first answer lost) gets the same volume.
     made_by_token: dict[tuple[str, str, str], tuple[str, tuple[Any, ...]]] = {}  # (account, region, token) -> (volume id, request)
