@@ -105,15 +105,16 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
     by_region: dict[str, list[Any]] = {}
     for name in wanted:
         by_region.setdefault(tier_of[name].region, []).append(tier_of[name])
+    builder_hours = getattr(config, "prune_builder_hours", 6.0)
     for region, region_targets in by_region.items():
         unique = list({t.tier: t for t in region_targets}.values())
-        for status in _region_status(region, unique, cloud):
+        for status in _region_status(region, unique, cloud, builder_hours):
             if status.task in wanted:
                 out[status.task] = status
     return StatusReport([out[n] for n in wanted])
 
 
-def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStatus]:
+def _region_status(region: str, targets: list[Any], cloud: Any, builder_hours: float = 6.0) -> list[TaskStatus]:
     from factory.bake import expected_image_hash
     from factory.register.parameter import held as parameter_held
     from factory.register.parameter import parameter_name
@@ -132,6 +133,7 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
     parameters = {t: values[parameter_name(t)] for t in tasks}
     recommended = _recommended_bases(values)
     fired = _grow_fired(ec2)
+    strays = _stray_builders(ec2, builder_hours)
     image_target = cloud.image_target(region)
     hashes: dict[str, str] = {}  # tiers of one family and base often have the same image: hash it once
 
@@ -202,9 +204,28 @@ def _region_status(region: str, targets: list[Any], cloud: Any) -> list[TaskStat
                     f"the grow agent added space on {len(row.grow_fired)} instance(s) ({', '.join(row.grow_fired[:3])}"
                     f"{', ...' if len(row.grow_fired) > 3 else ''}): the sizing is short for this task; measure more runs (`factory measure`)"
                 )
+            for b, hours in strays.get(row.task, []):
+                row.notes.append(
+                    f"builder {b.instance_id} ({b.state}, launched {hours:.1f} h ago) was left by a killed bake of {row.task} "
+                    f"and is still paid for: `factory prune --apply` removes it"
+                )
             if ami_in_use and row.parameter != ami_in_use:
                 row.notes.append(f"/factory/{row.task}/ami-id names {row.parameter or 'nothing'}, not {ami_in_use}: run `factory register {row.task}`")
         out.extend(rows)
+    return out
+
+
+def _stray_builders(ec2: Any, hours: float) -> dict[str, list[tuple[Any, float]]]:
+    """task -> (builder, hours since its launch) of the builders a killed bake left
+    (factory.packer_leftovers.stray_builders: older than prune.builder_hours)."""
+    from datetime import UTC, datetime, timedelta
+
+    from factory.packer_leftovers import stray_builders
+
+    now = datetime.now(UTC)
+    out: dict[str, list[tuple[Any, float]]] = {}
+    for b in stray_builders(ec2, timedelta(hours=hours), now):
+        out.setdefault(b.task, []).append((b, (now - b.launched).total_seconds() / 3600))
     return out
 
 

@@ -1,12 +1,14 @@
 """A bake killed outright (SIGKILL, a lost CI runner) leaves Packer's builder running: no
 cleanup of factory's or Packer's runs. The next bake cannot take that builder (another
 bake of the same image may be running it); `factory prune` does, once it is older than
-any bake runs (`prune.builder_hours`), with what it left. And the next bake works."""
+any bake runs (`prune.builder_hours`), with what it left; `factory status` says it is
+there. And the next bake works."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -50,6 +52,13 @@ def builders_pruned(lc, *args: str) -> list[dict]:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (region,) = json.loads(proc.stdout).values()
     return [c for c in region["changes"] if c["resource"] == "builder"]
+
+
+def status_notes(lc, *args: str) -> list[str]:
+    proc = factory(lc, "status", TASK, "--cloud", "local", "--json", *args)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = json.loads(proc.stdout)["tasks"]
+    return row["notes"]
 
 
 def descendants(pid: int) -> list[int]:
@@ -103,10 +112,18 @@ def test_a_killed_bakes_builder_is_removed_by_prune_and_the_next_bake_works(lc, 
     snapshots = [m["Ebs"]["SnapshotId"] for m in ec2.describe_images(ImageIds=[temporary])["Images"][0]["BlockDeviceMappings"] if "Ebs" in m]
     assert snapshots
 
+    # `factory status` says so, past prune.builder_hours (0 here), and not before (6 h).
+    config = tmp_path / "factory.yaml"
+    config.write_text("prune:\n  builder_hours: 0\n")
+    note = re.compile(rf"builder {builder_id} \(running, launched \d+\.\d h ago\) was left by a killed bake of {TASK} "
+                      r"and is still paid for: `factory prune --apply` removes it")
+    assert [n for n in status_notes(lc, "--config", str(config)) if note.fullmatch(n)]
+    assert not [n for n in status_notes(lc) if builder_id in n]
+
     assert builders_pruned(lc) == []  # 6 h by default: a bake may still run it
     (planned,) = builders_pruned(lc, "--builder-hours", "0")
     assert (planned["name"], planned["action"]) == (builder_id, "delete"), planned
-    assert f"running builder of task {TASK} launched 0.0 h ago" in planned["reason"], planned
+    assert re.search(rf"running builder of task {TASK} launched \d+\.\d h ago \(longer than prune.builder_hours, 0 h\)", planned["reason"]), planned
     assert state_of(ec2, builder_id) == "running"  # a dry run changes nothing
 
     (done,) = builders_pruned(lc, "--builder-hours", "0", "--apply")
