@@ -57,6 +57,9 @@ class Builder:
     launched: datetime
     packer_groups: tuple[str, ...]  # the ids of Packer's temporary security groups it is in
 
+    def hours_since_launch(self, now: datetime) -> float:
+        return (now - self.launched).total_seconds() / 3600
+
 
 def _builder(instance: dict[str, Any]) -> Builder:
     tags = resource_tags(instance)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from factory.aws import aws_errors
@@ -133,7 +134,8 @@ def _region_status(region: str, targets: list[Any], cloud: Any, builder_hours: f
     parameters = {t: values[parameter_name(t)] for t in tasks}
     recommended = _recommended_bases(values)
     fired = _grow_fired(ec2)
-    strays = _stray_builders(ec2, builder_hours)
+    now = datetime.now(UTC)
+    strays = _stray_builders(ec2, builder_hours, now)
     image_target = cloud.image_target(region)
     hashes: dict[str, str] = {}  # tiers of one family and base often have the same image: hash it once
 
@@ -204,10 +206,10 @@ def _region_status(region: str, targets: list[Any], cloud: Any, builder_hours: f
                     f"the grow agent added space on {len(row.grow_fired)} instance(s) ({', '.join(row.grow_fired[:3])}"
                     f"{', ...' if len(row.grow_fired) > 3 else ''}): the sizing is short for this task; measure more runs (`factory measure`)"
                 )
-            for b, hours in strays.get(row.task, []):
+            for b in strays.get(row.task, []):
                 row.notes.append(
-                    f"builder {b.instance_id} ({b.state}, launched {hours:.1f} h ago) was left by a killed bake of {row.task} "
-                    f"and is still paid for: `factory prune --apply` removes it"
+                    f"builder {b.instance_id} ({b.state}, launched {b.hours_since_launch(now):.1f} h ago) was left by a killed bake "
+                    f"of {row.task} and is still paid for: `factory prune --apply` removes it"
                 )
             if ami_in_use and row.parameter != ami_in_use:
                 row.notes.append(f"/factory/{row.task}/ami-id names {row.parameter or 'nothing'}, not {ami_in_use}: run `factory register {row.task}`")
@@ -215,17 +217,14 @@ def _region_status(region: str, targets: list[Any], cloud: Any, builder_hours: f
     return out
 
 
-def _stray_builders(ec2: Any, hours: float) -> dict[str, list[tuple[Any, float]]]:
-    """task -> (builder, hours since its launch) of the builders a killed bake left
-    (factory.packer_leftovers.stray_builders: older than prune.builder_hours)."""
-    from datetime import UTC, datetime, timedelta
-
+def _stray_builders(ec2: Any, hours: float, now: datetime) -> dict[str, list[Any]]:
+    """task -> the builders a killed bake left (factory.packer_leftovers.stray_builders:
+    older than prune.builder_hours)."""
     from factory.packer_leftovers import stray_builders
 
-    now = datetime.now(UTC)
-    out: dict[str, list[tuple[Any, float]]] = {}
+    out: dict[str, list[Any]] = {}
     for b in stray_builders(ec2, timedelta(hours=hours), now):
-        out.setdefault(b.task, []).append((b, (now - b.launched).total_seconds() / 3600))
+        out.setdefault(b.task, []).append(b)
     return out
 
 

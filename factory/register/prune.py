@@ -99,8 +99,7 @@ def _prune_stray_builders(ec2: Any, hours: float, dry_run: bool, waiter: Waiter,
 
     now = datetime.now(UTC)
     for b in packer_leftovers.stray_builders(ec2, timedelta(hours=hours), now):
-        age = (now - b.launched).total_seconds() / 3600
-        why = (f"{b.state} builder of task {b.task or '?'} launched {age:.1f} h ago (longer than prune.builder_hours, {hours:g} h): "
+        why = (f"{b.state} builder of task {b.task or '?'} launched {b.hours_since_launch(now):.1f} h ago (longer than prune.builder_hours, {hours:g} h): "
                f"the bake that launched it was killed; terminated with what it left (temporary AMIs, snapshots, Packer's security group)")
         if dry_run:
             changes.append(Change("builder", b.instance_id, "delete", why))
