@@ -97,8 +97,15 @@ needs_local_cloud = pytest.mark.skipif(
 TIMES: dict[str, float] = {}  # what each run took, printed at the module's end
 
 
-def local_cloud_for_module(tmp_path_factory) -> Iterator[local_cloud.LocalCloud]:
-    """The body of each module's `lc` fixture: one local cloud, its run times said at the end."""
+# Each module's marks, and its fixtures: a module takes `lc` and `clean` by assigning them
+# (`lc, clean = bake_crash.lc, bake_crash.clean`); pytest then gives it its own of each
+# (module scope), so the three modules run side by side, each on its own local cloud.
+MARKS = [pytest.mark.slow, needs_local_cloud]
+
+
+@pytest.fixture(scope="module")
+def lc(tmp_path_factory) -> Iterator[local_cloud.LocalCloud]:
+    """One local cloud for the module, its run times said at the end."""
     TIMES.clear()  # a worker may run more than one of the modules
     state = tmp_path_factory.mktemp("bakecrash") / ".factory"
     cloud = local_cloud.up(state, REGION, state_delay=0.2)
@@ -183,8 +190,9 @@ def settle() -> None:
     time.sleep(0.5)  # past the local cloud's state delay: DELETING resources are gone
 
 
-def clean_bake(lc, tmp_path_factory) -> tuple[list, dict]:
-    """The body of each module's `clean` fixture: a clean bake on a fresh account: its calls (caller, operation) and the state it leaves."""
+@pytest.fixture(scope="module")
+def clean(lc, tmp_path_factory) -> tuple[list, dict]:
+    """A clean bake on a fresh account: its calls (caller, operation) and the state it leaves."""
     moto_snapshots = fresh(lc)
     lc.moto.calls(clear=True)
     proc = bake(lc, tmp_path_factory.mktemp("clean") / "build", "clean bake")

@@ -9,17 +9,8 @@ from factory.local import faults
 from tests import bake_crash
 from tests.bake_crash import AFTER_THE_AMI
 
-pytestmark = [pytest.mark.slow, bake_crash.needs_local_cloud]
-
-
-@pytest.fixture(scope="module")
-def lc(tmp_path_factory):
-    yield from bake_crash.local_cloud_for_module(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def clean(lc, tmp_path_factory):
-    return bake_crash.clean_bake(lc, tmp_path_factory)
+pytestmark = bake_crash.MARKS
+lc, clean = bake_crash.lc, bake_crash.clean  # this module's own local cloud and clean bake
 
 
 @pytest.mark.parametrize("caller, operation", AFTER_THE_AMI, ids=[o for _, o in AFTER_THE_AMI])
