@@ -108,6 +108,23 @@ def test_update_stores_compute_resources_and_update_policy(aws):
     assert ce["updatePolicy"] == {"jobExecutionTimeoutMinutes": 2880, "terminateJobsOnUpdate": False}
 
 
+@pytest.mark.parametrize("default", ["default_arm64", "default_x86_64"])
+def test_batch_chooses_the_instance_types_for_default_arm64_and_default_x86_64(aws, default):
+    """ComputeResource.instanceTypes documents both; moto alone says "Instance type default_arm64 does not exist"."""
+    cr = compute_resources(aws)
+    cr.update(instanceTypes=[default], minvCpus=2)  # minvCpus > 0: instances are launched at once
+    aws.batch().create_compute_environment(computeEnvironmentName="env", type="MANAGED", state="ENABLED", computeResources=cr)
+    wait_status(aws, "env", "VALID")
+    ce = aws.batch().describe_compute_environments(computeEnvironments=["env"])["computeEnvironments"][0]
+    assert ce["computeResources"]["instanceTypes"] == [default]
+    family = {"default_arm64": "m6g.", "default_x86_64": "m6i."}[default]
+    launched = [i["InstanceType"] for r in aws.ec2().describe_instances()["Reservations"] for i in r["Instances"]]
+    assert launched and all(t.startswith(family) for t in launched)
+    cr["instanceTypes"] = ["default_riscv"]
+    with pytest.raises(ClientError, match="Instance type default_riscv does not exist"):
+        aws.batch().create_compute_environment(computeEnvironmentName="env2", type="MANAGED", state="ENABLED", computeResources=cr)
+
+
 def test_an_empty_key_pair_removes_it(aws):
     cr = compute_resources(aws)
     cr["ec2KeyPair"] = "mine"

@@ -7,8 +7,9 @@
 | infrastructure updates (anything but min/max/desired vCPUs) only with the service-linked role and BEST_FIT_PROGRESSIVE / SPOT_CAPACITY_OPTIMIZED / SPOT_PRICE_CAPACITY_OPTIMIZED | allows everything | refuses with a ClientException naming the fields |
 | environments and queues go CREATING/UPDATING/DELETING before VALID (or gone); no update while one is in progress; a describe right after an update may still show the old state | VALID at once, deleted at once | `state_delay` seconds in each transitional status, `stale_read` seconds of old reads after an update |
 | an environment is deleted only when DISABLED and in no queue; a queue only when DISABLED; a queue takes only VALID environments; right after a queue update the old relationship lingers | deletes anything at once, takes any environment | refuses each, with AWS's wording where known ("Cannot delete, found existing JobQueue relationship") |
+| `instanceTypes` takes `default_x86_64` and `default_arm64` (m6i/c6i/r6i/c7i and m6g/c6g/r6g/c7g families) beside `optimal` | "Instance type default_arm64 does not exist" | accepted, as the m6i and m6g families |
 
-AWS sources: Batch API reference (CreateComputeEnvironment `serviceRole`,
+AWS sources: Batch API reference (ComputeResource `instanceTypes`, CreateComputeEnvironment `serviceRole`,
 UpdateComputeEnvironment, DeleteComputeEnvironment, DeleteJobQueue, UpdatePolicy), the
 Batch user guide ("Using service-linked roles", "Perform infrastructure updates"), and
 terraform-provider-aws #46925/#46927 for the lingering queue relationship.
@@ -29,6 +30,8 @@ SLR_PATH = ":role/aws-service-role/batch.amazonaws.com/"
 SCALING_KEYS = {"minvCpus", "maxvCpus", "desiredvCpus"}
 IN_PLACE_STRATEGIES = ("BEST_FIT_PROGRESSIVE", "SPOT_CAPACITY_OPTIMIZED", "SPOT_PRICE_CAPACITY_OPTIMIZED")
 DEFAULT_UPDATE_POLICY = {"terminateJobsOnUpdate": False, "jobExecutionTimeoutMinutes": 30}
+# Batch's own choices of instance types (ComputeResource.instanceTypes), as a family moto knows.
+DEFAULT_INSTANCE_TYPES = {"default_x86_64": "m6i", "default_arm64": "m6g"}
 
 _lock = threading.RLock()
 
@@ -93,6 +96,23 @@ def install(settings: Settings) -> None:
         "create_compute_environment", "describe_compute_environments", "update_compute_environment",
         "delete_compute_environment", "create_job_queue", "describe_job_queues", "update_job_queue", "delete_job_queue",
     )}
+
+    validate_resources = backend._validate_compute_resources
+    min_instances = backend.find_min_instances_to_meet_vcpus
+
+    def as_families(instance_types: list[str]) -> list[str]:
+        return [DEFAULT_INSTANCE_TYPES.get(t, t) for t in instance_types]
+
+    def _validate_compute_resources(self: Any, cr: dict[str, Any]) -> None:
+        if isinstance(cr, dict) and isinstance(cr.get("instanceTypes"), list):
+            cr = dict(cr, instanceTypes=as_families(cr["instanceTypes"]))
+        validate_resources(self, cr)
+
+    def find_min_instances_to_meet_vcpus(instance_types: list[str], target: float) -> list[str]:
+        return min_instances(as_families(instance_types), target)
+
+    backend._validate_compute_resources = _validate_compute_resources
+    backend.find_min_instances_to_meet_vcpus = staticmethod(find_min_instances_to_meet_vcpus)
 
     def service_linked_role(self: Any) -> str:
         iam = self.iam_backend
