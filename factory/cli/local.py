@@ -170,3 +170,43 @@ def run(
         for line in report.lines():
             print(line)
     raise typer.Exit(report.exit_code)
+
+
+@local_app.command("submit")
+@handle_errors
+def submit_job(
+    queue: str = typer.Argument(..., help="The job queue, e.g. factory-salmon-quant (`factory register --cloud local` made it)."),
+    command: list[str] = typer.Argument(None, help="After `--`: the job's command, e.g. -- sleep 600."),
+    image: str = typer.Option(..., "--image", help="The container image, on the Docker engine the local cloud runs jobs on (no registry pull)."),
+    name: str = typer.Option("factory-local", "--name", help="The job's name."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job until it ends, print its output, exit 0 only if it SUCCEEDED."),
+    timeout: float = typer.Option(3600.0, "--timeout", min=1.0, help="With --wait: give up after this many seconds."),
+    region: str = typer.Option("us-east-1", "--region", help="The queue's region."),
+    state_dir: Path | None = _STATE,
+    json_out: bool = typer.Option(False, "--json", help="Print the job (DescribeJobs) as JSON."),
+) -> None:
+    """Submit one Batch job to a queue of the local cloud, as your pipeline would: it runs in a container on the local
+    Docker engine, through AWS's job states. Rehearse what a prune, replace or roll does to a running pipeline."""
+    import sys
+
+    from factory.local import cloud, submit
+
+    local = cloud.running(state_dir)
+    clients = local.setup_clients(region)  # the pipeline's calls, not factory's: marked factory-local in the call log
+    job_id = submit.submit(clients, queue, image, command or [], name=name)
+    if not wait:
+        if json_out:
+            print_json(submit.describe(clients, job_id))
+            return
+        print(f"submitted job {job_id} ({name}) to {queue}")
+        print(f"  follow it with  aws batch describe-jobs --jobs {job_id} --endpoint-url {local.endpoint}")
+        return
+    say = (lambda text: print(text, file=sys.stderr)) if json_out else print
+    job = submit.wait(clients, job_id, timeout=timeout, on_status=lambda j: say(f"job {job_id}: {j['status']}"))
+    for line in submit.log_lines(clients, job):
+        say(f"  | {line}")
+    if job.get("statusReason"):
+        say(f"  {job['statusReason']}")
+    if json_out:
+        print_json(job)
+    raise typer.Exit(0 if job["status"] == "SUCCEEDED" else 1)

@@ -7,6 +7,8 @@
 - paging (`factory.local.paging`): Describe calls answered a page at a time;
 - faults (`factory.local.faults`): the next N calls of an operation fail on demand;
 - publish-base (`factory.local.publish`): AWS releasing a new ECS-optimized AMI;
+- Batch jobs run as containers on the Docker engine DOCKER_HOST names in this process
+  (`factory.local.rules.batch_jobs`), removed when the server stops;
 - a call log: every AWS call's `service:Operation` (`GET /_factory/calls`, with who made
   each in `callers`), and, when
   `$FACTORY_LOCAL_CALL_LOG` names a file, one line per call appended to it: who called
@@ -24,6 +26,8 @@ import io
 import json
 import os
 import re
+import signal
+import sys
 import threading
 from typing import Any, Callable, Iterable
 
@@ -175,7 +179,8 @@ def make_app(state_delay: float, page_size: int, snapshot_release_delay: float =
 
     from factory.local import rules
 
-    rules.install(rules.Settings(state_delay=state_delay, stale_read=min(0.3, state_delay / 2), snapshot_release_delay=snapshot_release_delay))
+    rules.install(rules.Settings(state_delay=state_delay, stale_read=min(0.3, state_delay / 2),
+                                snapshot_release_delay=snapshot_release_delay, job_step=min(0.3, state_delay / 2)))
     return Layer(DomainDispatcherApplication(create_backend_app), page_size=page_size, call_log=os.environ.get(ENV_CALL_LOG) or None)
 
 
@@ -191,6 +196,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snapshot-release-delay", type=float, default=float(os.environ.get(ENV_SNAPSHOT_RELEASE_DELAY, "0")))
     args = parser.parse_args(argv)
     app = make_app(args.state_delay, args.page_size, args.snapshot_release_delay)
+    # SIGTERM (MotoServer.stop, `factory local down`) exits cleanly, so atexit removes the job containers
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
 
 

@@ -77,10 +77,12 @@ class MotoServer:
         page_size: int | None = None,
         snapshot_release_delay: float | None = None,
         ami_trees: Path | None = None,
+        docker_host: str | None = None,
     ) -> MotoServer:
         """Start the server. `state_delay` (seconds a Batch resource spends CREATING, UPDATING
         or DELETING) and `page_size` default to $FACTORY_LOCAL_STATE_DELAY /
-        $FACTORY_LOCAL_PAGE_SIZE, else 1 s and 2 items."""
+        $FACTORY_LOCAL_PAGE_SIZE, else 1 s and 2 items. Batch jobs run on the Docker engine
+        `docker_host` names (a DOCKER_HOST value), else on the one this process's DOCKER_HOST names."""
         require_local_extra()
         port = port or free_port()
         cmd = [sys.executable, "-m", "factory.local.aws_server", "-H", "127.0.0.1", "-p", str(port)]
@@ -95,6 +97,9 @@ class MotoServer:
         # into the temp folder, never into the user's working directory.
         workdir = log_path.parent if log_path else Path(tempfile.gettempdir())
         env = dict(os.environ, MOTO_RECORDER_FILEPATH=str(workdir / f"moto-recording-{port}"))
+        if docker_host is not None:
+            env["DOCKER_HOST"] = docker_host
+            env.pop("DOCKER_CONTEXT", None)
         if ami_trees is not None:  # DeregisterImage drops the AMI's tree there (factory.local.ami_trees)
             env["FACTORY_LOCAL_AMI_TREES"] = str(ami_trees)
         try:

@@ -19,6 +19,7 @@ class Settings:
     # after DeregisterImage only now and then (Packer 1.6.6 deletes its temporary snapshots that
     # way without a retry, and works on AWS), so it is off unless asked for.
     snapshot_release_delay: float = 0.0
+    job_step: float = 0.3  # seconds a Batch job spends at least in SUBMITTED, RUNNABLE and STARTING each
 
 
 def install(settings: Settings) -> None:

@@ -8,6 +8,7 @@
 | environments and queues go CREATING/UPDATING/DELETING before VALID (or gone); no update while one is in progress; a describe right after an update may still show the old state | VALID at once, deleted at once | `state_delay` seconds in each transitional status, `stale_read` seconds of old reads after an update |
 | an environment is deleted only when DISABLED and in no queue; a queue only when DISABLED; a queue takes only VALID environments; right after a queue update the old relationship lingers | deletes anything at once, takes any environment | refuses each, with AWS's wording where known ("Cannot delete, found existing JobQueue relationship") |
 | `instanceTypes` takes `default_x86_64` and `default_arm64` (m6i/c6i/r6i/c7i and m6g/c6g/r6g/c7g families) beside `optimal` | "Instance type default_arm64 does not exist" | accepted, as the m6i and m6g families |
+| jobs: SUBMITTED -> (PENDING) -> RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED/FAILED on an instance of the queue's environment, and what queue/environment changes do to them | its own runner (the docker SDK, a bridge network; no queue or environment rules) | ours on the server's Docker engine: `factory.local.rules.batch_jobs` |
 
 AWS sources: Batch API reference (ComputeResource `instanceTypes`, CreateComputeEnvironment `serviceRole`,
 UpdateComputeEnvironment, DeleteComputeEnvironment, DeleteJobQueue, UpdatePolicy), the
@@ -23,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from factory.local.rules import Settings
+from factory.local.rules import Settings, batch_jobs
 
 SLR_SERVICE = "batch.amazonaws.com"
 SLR_PATH = ":role/aws-service-role/batch.amazonaws.com/"
@@ -91,6 +92,7 @@ def install(settings: Settings) -> None:
     from moto.batch.exceptions import ClientException
 
     life = _Lifecycle(settings)
+    jobs = batch_jobs.install(settings, life.status)
     backend = models.BatchBackend
     original = {name: getattr(backend, name) for name in (
         "create_compute_environment", "describe_compute_environments", "update_compute_environment",
@@ -182,6 +184,8 @@ def install(settings: Settings) -> None:
                     env.compute_resources[key] = copy.deepcopy(value)
             if update_policy:
                 env.update_policy.update(update_policy)
+            if infra:
+                jobs.environment_updated(env, env.update_policy)
             life.start(env.arn, "UPDATING", stale_until=time.monotonic() + settings.stale_read, stale_view=before)
             return env.name, env.arn
 
@@ -197,7 +201,11 @@ def install(settings: Settings) -> None:
                 raise ClientException(f"Cannot delete compute environment {env.name}: its state is {env.state}; update it to DISABLED first")
             if any(env in q.environments for q in self._job_queues.values()) or life.lingering(env):
                 raise ClientException("Cannot delete, found existing JobQueue relationship")
-            life.start(env.arn, "DELETING", then=lambda: original["delete_compute_environment"](self, env.arn))
+            def gone() -> None:
+                jobs.environment_deleted(env)  # its instances are terminated, and the jobs on them
+                original["delete_compute_environment"](self, env.arn)
+
+            life.start(env.arn, "DELETING", then=gone)
 
     def check_order(self: Any, compute_env_order: list[dict[str, Any]] | None) -> None:
         for item in compute_env_order or []:
@@ -244,6 +252,7 @@ def install(settings: Settings) -> None:
                 raise ClientException(f"Cannot delete job queue {queue.name}: it is {life.busy(queue.arn)}")
             if queue.state != "DISABLED":
                 raise ClientException(f"Cannot delete job queue {queue.name}: its state is {queue.state}; update it to DISABLED first")
+            jobs.queue_deleted(queue)  # DeleteJobQueue: "all jobs in the queue are eventually terminated"
             life.start(queue.arn, "DELETING", then=lambda: original["delete_job_queue"](self, queue.arn))
 
     for fn in (create_compute_environment, describe_compute_environments, update_compute_environment, delete_compute_environment,
