@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from docker_fixtures import IMAGE, requires_docker
@@ -26,6 +28,7 @@ from factory.local.moto_server import MotoServer
 
 pytestmark = requires_docker
 REGION = "us-east-1"
+FACTORY = str(Path(sys.executable).with_name("factory"))
 
 
 @pytest.fixture(scope="module")
@@ -200,29 +203,82 @@ def test_terminate_fails_a_running_job_and_cancel_leaves_it(aws):
     assert (done["status"], done["statusReason"]) == ("FAILED", "rehearsal over")
 
 
-def test_factory_local_submit_runs_a_job_and_waits_for_it(aws, server, tmp_path, monkeypatch, cli):
-    """`factory local submit QUEUE --image IMAGE --wait -- CMD` against a running local cloud's state file."""
+def test_factory_local_submit_on_a_running_local_cloud_and_down_removes_the_jobs_left(docker_engine, tmp_path):
+    """`factory local up`, a queue, `factory local submit QUEUE --image IMAGE [--wait] -- CMD`, `factory local down`:
+    the commands a user runs, as processes, with the Docker engine DOCKER_HOST names."""
     from factory.local import cloud
 
-    make_queue(aws, "factory-demo")
-    monkeypatch.setattr(cloud, "running", lambda state_dir=None: _Running(server.endpoint))
-    ok = cli("local", "submit", "factory-demo", "--image", IMAGE, "--wait", "--", "sh", "-c", "echo done")
-    assert ok.exit_code == 0, ok.output
-    assert "SUBMITTED" in ok.output and "RUNNING" in ok.output and "SUCCEEDED" in ok.output and "done" in ok.output
-    failed = cli("local", "submit", "factory-demo", "--image", IMAGE, "--wait", "--json", "--", "sh", "-c", "exit 4")
-    assert failed.exit_code == 1
-    assert json.loads(failed.stdout)["status"] == "FAILED"
-    started = cli("local", "submit", "factory-demo", "--image", IMAGE, "--", "sleep", "30")
-    assert started.exit_code == 0 and "submitted job" in started.output
-    missing = cli("local", "submit", "no-such-queue", "--image", IMAGE, "--", "true")
-    assert missing.exit_code == 2 and "no job queue no-such-queue" in missing.output and "Traceback" not in missing.output
+    state = tmp_path / ".factory"
+    env = dict(docker_engine.env(), FACTORY_STATE_DIR=str(state))
+
+    def factory(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([FACTORY, *args], capture_output=True, text=True, env=env, timeout=180, check=False)
+
+    try:
+        up = factory("local", "up", "--state-delay", "0.4")
+        assert up.returncode == 0, up.stderr
+        clients = cloud.running(state).setup_clients("us-east-1")
+        make_queue(clients, "factory-demo")
+        ok = factory("local", "submit", "factory-demo", "--image", IMAGE, "--wait", "--", "sh", "-c", "echo done")
+        assert ok.returncode == 0, ok.stderr
+        assert [line.split(": ")[1] for line in ok.stdout.splitlines() if line.startswith("job ")] == [
+            "SUBMITTED", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED"]
+        assert "  | done" in ok.stdout
+        failed = factory("local", "submit", "factory-demo", "--image", IMAGE, "--wait", "--json", "--", "sh", "-c", "exit 4")
+        assert failed.returncode == 1
+        job = json.loads(failed.stdout)
+        assert (job["status"], job["container"]["exitCode"]) == ("FAILED", 4)
+        assert "Essential container in task exited" in failed.stderr
+        started = factory("local", "submit", "factory-demo", "--image", IMAGE, "--", "sleep", "60")
+        assert started.returncode == 0 and started.stdout.startswith("submitted job ")
+        job_id = started.stdout.split()[2]
+        assert submit.wait(clients, job_id, {"RUNNING"})["status"] == "RUNNING"
+        assert len(containers(docker_engine)) == 1
+        missing = factory("local", "submit", "no-such-queue", "--image", IMAGE, "--", "true")
+        assert missing.returncode == 2 and "no job queue no-such-queue" in missing.stderr and "Traceback" not in missing.stderr
+        no_command = factory("local", "submit", "factory-demo", "--image", IMAGE)
+        assert no_command.returncode == 2 and "give the job's command after `--`" in no_command.stderr
+    finally:
+        down = factory("local", "down")
+    assert down.returncode == 0, down.stderr
+    assert containers(docker_engine) == []  # the running job's container went with the local cloud
 
 
-class _Running:
-    """The running local cloud as `factory.local.cloud.running` answers it (its endpoint and clients)."""
+def test_deleting_an_environment_ends_the_jobs_still_running_on_its_instance(aws):
+    """DeleteComputeEnvironment: DISABLED and out of every queue first; its instances go, and the jobs on them."""
+    batch = aws.batch()
+    queue = make_queue(aws)
+    make_queue(aws, "other")
+    job = submit.submit(aws, queue, IMAGE, ["sleep", "60"])
+    instance = submit.wait(aws, job, {"RUNNING"})["container"]["containerInstanceArn"].rsplit("/", 1)[1]
+    other = batch.describe_compute_environments(computeEnvironments=["other-env"])["computeEnvironments"][0]["computeEnvironmentArn"]
+    batch.update_job_queue(jobQueue=queue, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": other}])
+    batch.update_compute_environment(computeEnvironment="q-env", state="DISABLED")
+    env_is = lambda: batch.describe_compute_environments(computeEnvironments=["q-env"])["computeEnvironments"][0]  # noqa: E731
+    wait_for(lambda: (env_is()["state"], env_is()["status"]) == ("DISABLED", "VALID"), "q-env DISABLED and VALID")
+    time.sleep(0.5)  # the queue's old relationship lingers while it is UPDATING
+    assert submit.describe(aws, job)["status"] == "RUNNING"  # out of the queue, disabled: still running
+    batch.delete_compute_environment(computeEnvironment="q-env")
+    done = submit.wait(aws, job, timeout=15)
+    assert (done["status"], done["statusReason"]) == ("FAILED", f"Host EC2 (instance {instance}) terminated.")
+    state = aws.ec2().describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state == "terminated"
 
-    def __init__(self, endpoint: str):
-        self.endpoint = endpoint
 
-    def clients(self, region: str) -> Clients:
-        return Clients(region, self.endpoint)
+@pytest.mark.parametrize("terminate", [True, False])
+def test_an_infrastructure_update_terminates_running_jobs_only_when_its_policy_says_so(aws, terminate):
+    """UpdatePolicy.terminateJobsOnUpdate; without it the job runs on (jobExecutionTimeoutMinutes, 30, is far off)."""
+    batch = aws.batch()
+    queue = make_queue(aws)
+    job = submit.submit(aws, queue, IMAGE, ["sleep", "2"])
+    submit.wait(aws, job, {"RUNNING"})
+    aws.ec2().create_launch_template_version(LaunchTemplateName="tpl", LaunchTemplateData={"ImageId": "ami-87654321"})
+    batch.update_compute_environment(
+        computeEnvironment="q-env", computeResources={"launchTemplate": {"launchTemplateName": "tpl", "version": "2"}},
+        updatePolicy={"terminateJobsOnUpdate": terminate},
+    )
+    done = submit.wait(aws, job, timeout=15)
+    if terminate:
+        assert done["status"] == "FAILED" and "terminateJobsOnUpdate" in done["statusReason"]
+    else:
+        assert done["status"] == "SUCCEEDED"

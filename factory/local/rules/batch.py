@@ -92,7 +92,11 @@ def install(settings: Settings) -> None:
     from moto.batch.exceptions import ClientException
 
     life = _Lifecycle(settings)
-    jobs = batch_jobs.install(settings, life.status)
+    def settle() -> None:
+        with _lock:
+            life.settle()
+
+    jobs = batch_jobs.install(settings, life.status, settle)
     backend = models.BatchBackend
     original = {name: getattr(backend, name) for name in (
         "create_compute_environment", "describe_compute_environments", "update_compute_environment",

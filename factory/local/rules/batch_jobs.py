@@ -53,9 +53,10 @@ class Stop(Exception):
 class Jobs:
     """The scheduler and the runner of the local cloud's Batch jobs (one per server)."""
 
-    def __init__(self, settings: Settings, env_status: Callable[[str], str]):
+    def __init__(self, settings: Settings, env_status: Callable[[str], str], settle: Callable[[], None]):
         self.settings = settings
         self.env_status = env_status  # a compute environment's status by ARN (CREATING, VALID, ...)
+        self.settle = settle  # ends the Batch transitions that are due (a deletion's effects with it)
         self.placed: dict[str, tuple[Any, Any, str | None]] = {}  # job id -> (job, environment, instance id)
         self.deadlines: dict[str, tuple[float, str]] = {}  # job id -> (when, why) it is terminated
         self.lock = threading.RLock()
@@ -139,6 +140,7 @@ class Jobs:
         while True:
             self._check(job)
             if time.monotonic() >= earliest:
+                self.settle()  # before our lock: settling may call back into it
                 with self.lock:
                     env = self._place(job)
                     if env is not None:
@@ -301,12 +303,12 @@ def _container_instance_arn(job: Any, env: Any, instance: str | None) -> str:
     return f"arn:aws:ecs:{backend.region_name}:{backend.account_id}:container-instance/{env.ecs_name or env.name}/{instance or 'none'}"
 
 
-def install(settings: Settings, env_status: Callable[[str], str]) -> Jobs:
+def install(settings: Settings, env_status: Callable[[str], str], settle: Callable[[], None]) -> Jobs:
     """Replace moto's job runner with ours; SubmitJob refuses a DISABLED queue; the describe's container keeps the exit code."""
     from moto.batch import models
     from moto.batch.exceptions import ClientException
 
-    jobs = Jobs(settings, env_status)
+    jobs = Jobs(settings, env_status, settle)
     models.Job.run = lambda job: jobs.run(job)
     submit = models.BatchBackend.submit_job
     describe = models.Job.describe
@@ -329,6 +331,17 @@ def install(settings: Settings, env_status: Callable[[str], str]) -> Jobs:
                 container["containerInstanceArn"] = job.latest_attempt["container"].get("containerInstanceArn")
         return out
 
+    def settled(name: str) -> Callable[..., Any]:
+        call = getattr(models.BatchBackend, name)
+
+        def answer(self: Any, *args: Any, **kwargs: Any) -> Any:
+            settle()  # the transitions that are due end before the jobs are read, as for describes of queues
+            return call(self, *args, **kwargs)
+
+        return answer
+
+    models.BatchBackend.describe_jobs = settled("describe_jobs")
+    models.BatchBackend.list_jobs = settled("list_jobs")
     models.BatchBackend.submit_job = submit_job
     models.Job.describe = describe_job
     atexit.register(jobs.shutdown)
