@@ -282,3 +282,44 @@ def test_an_infrastructure_update_terminates_running_jobs_only_when_its_policy_s
         assert done["status"] == "FAILED" and "terminateJobsOnUpdate" in done["statusReason"]
     else:
         assert done["status"] == "SUCCEEDED"
+
+
+def test_an_arm64_task_registers_with_default_arm64_and_its_queue_runs_a_job(aws, tmp_path):
+    """The arm64 chain on the local cloud: register (default_arm64, which moto alone refused) and a job on its queue."""
+    from factory.config import FactoryConfig
+    from factory.register import register_tasks
+    from factory.spec import load_spec
+
+    spec_path = tmp_path / "arm-task.yaml"
+    spec_path.write_text(
+        "name: arm-task\ndescription: an arm64 task\nimage: {architecture: arm64}\n"
+        "storage: {max_input_gib: 10, footprint: {index_gib: 1, scratch_gib: 1, output_gib: 1}}\n"
+    )
+    spec = load_spec(spec_path)
+    assert spec.batch.instance_types == ("default_arm64",)
+    ec2, iam = aws.ec2(), aws.client("iam")
+    iam.create_service_linked_role(AWSServiceName="batch.amazonaws.com")
+    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
+    iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
+    iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
+    # an arm64 AMI as `factory bake` leaves it: made from an instance of an arm64 base, tagged with the task
+    base = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "architecture", "Values": ["arm64"]}])["Images"][0]["ImageId"]
+    instance = ec2.run_instances(ImageId=base, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    ami = ec2.create_image(InstanceId=instance, Name="factory-arm-task-1")["ImageId"]
+    ec2.create_tags(Resources=[ami], Tags=[{"Key": "factory:task", "Value": "arm-task"}, {"Key": "factory:spec-hash", "Value": spec.spec_hash},
+                                          {"Key": "factory:image-hash", "Value": "test"}])
+    ec2.terminate_instances(InstanceIds=[instance])
+    assert ec2.describe_images(ImageIds=[ami])["Images"][0]["Architecture"] == "arm64"
+
+    result = register_tasks([spec], aws, config=FactoryConfig(), all_specs=[spec], poll=0.25)
+    tier = result.for_task("arm-task")
+    assert (tier.ami_id, tier.job_queue) == (ami, "factory-arm-task")
+    assert not any(c.action == "failed" for c in tier.changes)
+    ce = aws.batch().describe_compute_environments(computeEnvironments=["factory-arm-task"])["computeEnvironments"][0]
+    assert ce["computeResources"]["instanceTypes"] == ["default_arm64"] and ce["status"] == "VALID"
+    job = submit.submit(aws, "factory-arm-task", IMAGE, ["true"])
+    done = submit.wait(aws, job, timeout=30)
+    assert done["status"] == "SUCCEEDED"
+    host = done["container"]["containerInstanceArn"].rsplit("/", 1)[1]
+    launched = aws.ec2().describe_instances(InstanceIds=[host])["Reservations"][0]["Instances"][0]
+    assert launched["InstanceType"].startswith("m6g.") and launched["ImageId"] == ami  # Graviton, from the task's launch template
