@@ -124,6 +124,20 @@ def test_an_image_the_engine_lacks_fails_the_job_as_a_pull_error(aws):
     seen, done = statuses_until(aws, submit.submit(aws, queue, "factory-no-such-image:0", ["true"]))
     assert seen[-2:] == ["STARTING", "FAILED"]
     assert done["statusReason"].startswith("CannotPullContainerError:")
+    assert "startedAt" not in done  # it never started
+
+
+def test_no_docker_engine_fails_the_job_naming_the_fix(monkeypatch):
+    dead = MotoServer.start(state_delay=0.4, docker_host="unix:///run/factory-no-such-engine.sock")
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        clients = Clients(REGION, dead.endpoint)
+        done = submit.wait(clients, submit.submit(clients, make_queue(clients), IMAGE, ["true"]), timeout=30)
+    finally:
+        dead.stop()
+    assert done["status"] == "FAILED"
+    assert done["statusReason"].startswith("CannotStartContainerError: no Docker engine answers at unix:///run/factory-no-such-engine.sock")
 
 
 def test_a_disabled_environment_keeps_jobs_runnable_and_running_jobs_running(aws, docker_engine):

@@ -312,12 +312,19 @@ def install(settings: Settings, env_status: Callable[[str], str], settle: Callab
     models.Job.run = lambda job: jobs.run(job)
     submit = models.BatchBackend.submit_job
     describe = models.Job.describe
+    describe_short = models.Job.describe_short
 
     def submit_job(self: Any, job_name: str, job_def_id: str, job_queue: str, *args: Any, **kwargs: Any) -> Any:
         queue = self.get_job_queue(job_queue)
         if queue is not None and queue.state != "ENABLED":
             raise ClientException(f"Job queue {queue.name} is {queue.state}: it takes no new jobs (UpdateJobQueue state ENABLED)")
         return submit(self, job_name, job_def_id, job_queue, *args, **kwargs)
+
+    def describe_job_short(job: Any) -> dict[str, Any]:
+        out = describe_short(job)
+        if job.latest_attempt is None:
+            out.pop("startedAt", None)  # a job that never started has no startedAt (moto gives 1970)
+        return out
 
     def describe_job(job: Any) -> dict[str, Any]:
         out = describe(job)
@@ -344,5 +351,6 @@ def install(settings: Settings, env_status: Callable[[str], str], settle: Callab
     models.BatchBackend.list_jobs = settled("list_jobs")
     models.BatchBackend.submit_job = submit_job
     models.Job.describe = describe_job
+    models.Job.describe_short = describe_job_short
     atexit.register(jobs.shutdown)
     return jobs
