@@ -69,7 +69,7 @@ class Jobs:
                 job.terminate(f"Job queue {queue.name} deleted (DeleteJobQueue terminates every job in the queue)")
 
     def environment_deleted(self, env: Any) -> None:
-        for job, placed_env, instance in self._on(env):
+        for job, _, instance in self._on(env):
             job.terminate(f"Host EC2 (instance {instance}) terminated." if instance else f"Compute environment {env.name} deleted")
 
     def environment_updated(self, env: Any, policy: dict[str, Any]) -> None:
