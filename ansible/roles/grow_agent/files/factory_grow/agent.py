@@ -463,15 +463,15 @@ class Agent:
         reason = decide.trigger(s.free, s.total, rate, add_s, self.policy)
         if reason is None:
             return
+        attached, enis, limit = self.attachments()
+        if attached >= limit:
+            self._stop_at_limit(attached=attached, network_interfaces=enis, limit=limit)
+            return
         pool_gib = self.pool_gib()
         size = decide.step_gib(rate, add_s, pool_gib, self.policy)
         if size <= 0:
             self.stopped = "at-max"
             self.emit("at-max", pool_gib=pool_gib, max_gib=self.policy.max_gib, free_gib=round(s.free / decide.GIB, 2))
-            return
-        attached, enis, limit = self.attachments()
-        if attached >= limit:
-            self._stop_at_limit(attached=attached, network_interfaces=enis, limit=limit)
             return
         self.emit("trigger", reason=reason, free_gib=round(s.free / decide.GIB, 3), rate_mib_s=round(rate / 2**20, 1),
                   time_to_full_s=None if math.isinf(decide.time_to_full(s.free, rate)) else round(decide.time_to_full(s.free, rate), 1),
