@@ -117,3 +117,15 @@ def test_ebs_limit_shared_and_dedicated():
     assert ebs_limit(TypeSlots(max_ebs=26, limit_type="shared", nvme_disks=1), 1) == 26
     assert ebs_limit(TypeSlots(max_ebs=26, limit_type="shared", nvme_disks=1), 3) == 24
     assert ebs_limit(TypeSlots(max_ebs=32, limit_type="dedicated", nvme_disks=0), 3) == 32
+
+
+def test_the_role_ships_every_module_of_the_agent():
+    """The grow_agent role copies the package file by file: a module it leaves out (slots.py
+    was new) would make the agent fail to import on the image."""
+    import yaml
+
+    from tests.grow_fixtures import AGENT_FILES
+
+    tasks = yaml.safe_load((AGENT_FILES.parent / "tasks/install.yml").read_text())
+    shipped = next(set(t["loop"]) for t in tasks if "factory_grow/{{ item }}" in str(t.get("ansible.builtin.copy", {}).get("src", "")))
+    assert shipped == {p.name for p in (AGENT_FILES / "factory_grow").glob("*.py")}
