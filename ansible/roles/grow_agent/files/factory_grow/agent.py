@@ -271,6 +271,11 @@ class Agent:
 
     def _stop_at_limit(self, **why: Any) -> None:
         self.stopped = "attachment-limit"
+        if "limit" not in why:  # EC2 refused an attachment: say what the instance has
+            try:
+                why.update(zip(("attached", "network_interfaces", "limit"), self.attachments()))
+            except Exception as exc:  # the stop stands; the counts are for people
+                why["counts_error"] = f"{error_code(exc) or type(exc).__name__}: {exc}"
         self.emit("attachment-limit", **why)
 
     def _instance(self) -> dict[str, Any]:
