@@ -45,3 +45,25 @@ def test_the_next_attempt_after_a_volume_in_error_gets_a_new_volume(moto, monkey
     assert len(created) == 2 and created[1] != broken, events
     state = ec2.describe_volumes(VolumeIds=[created[1]])["Volumes"][0]
     assert state["State"] == "in-use" and state["Attachments"][0]["Device"] == "/dev/xvdf"
+
+
+def test_an_attachment_ec2_refuses_at_the_limit_stops_the_agent_and_deletes_the_volume(moto, monkeypatch, tmp_path):
+    """The agent's count can be behind EC2's (a network interface attached meanwhile; here a
+    configured attach_limit above the type's): EC2 refuses with AttachmentLimitExceeded, the
+    agent stops adding instead of retrying forever, and the volume it made (no data on it)
+    is deleted, not left behind."""
+    from tests.test_grow_slots import agent_for
+
+    agent, ec2, events = agent_for(moto, "d3en.12xlarge", monkeypatch, attach_limit=10, wait_seconds=1.0,
+                                   device_dirs=[str(tmp_path)], mountpoint=str(tmp_path))
+    for device in ("/dev/xvdf", "/dev/xvdg"):  # with the root volume: the 3 EBS volumes a d3en.12xlarge takes
+        vol = ec2.create_volume(AvailabilityZone=agent.me.zone, Size=1)["VolumeId"]
+        ec2.attach_volume(VolumeId=vol, InstanceId=agent.me.instance_id, Device=device)
+    assert agent.add(2, "floor") is False
+    assert agent.stopped == "attachment-limit"
+    made = next(kw["volume_id"] for e, kw in events if e == "volume-created")
+    stop = next(kw for e, kw in events if e == "attachment-limit")
+    assert stop["volume_id"] == made and "AttachmentLimitExceeded" in stop["error"] and stop["attached"] == 3
+    assert ("volume-deleted", made) in [(e, kw.get("volume_id")) for e, kw in events]
+    assert not [e for e, _ in events if e == "add-failed"]
+    assert made not in {v["VolumeId"] for v in ec2.describe_volumes()["Volumes"]}
