@@ -178,3 +178,90 @@ def test_a_waiting_volume_of_ours_is_used_before_a_new_one_is_made(instance):
     assert (first["event"], first["volume_id"]) == ("volume-reused", waiting), instance.events_file.read_text()
     assert len(instance.pool_devices()) == 1 + len(instance.grow_volumes())
 
+
+
+def _agent_calls(server, *ops: str) -> list[str]:
+    """The agent's own calls of `ops` in the local cloud's call log (the rig's are factory-local)."""
+    return [op for who, op in server.calls_by() if who != "factory-local" and op in ops]
+
+
+def test_at_the_attachment_limit_the_agent_stops_instead_of_retrying(moto, tmp_path):
+    """A d3en.12xlarge has 24 NVMe instance store disks: of its 28 shared slots, 3 are left
+    for EBS volumes. With the image's botocore (which predates MaximumEbsAttachments) the
+    agent still reads the limit, adds what fits and stops with `attachment-limit`: no
+    AttachVolume refused, no add retried forever."""
+    from factory.local.grow_rig import GrowRig
+    from tests.test_grow_slots import older_botocore_data
+
+    data = older_botocore_data(tmp_path / "botocore-data")
+    with GrowRig.start(moto.endpoint, tmp_path / "instance", data_gib=1, instance_type="d3en.12xlarge",
+                       settings={"step_seconds": 1, "min_step_gib": 1}, agent_env={"AWS_DATA_PATH": str(data)}) as rig:
+        room = 3 - len(rig.mapping())
+        assert room >= 1, rig.mapping()
+        moto.calls(clear=True)
+        rig.start_agent()
+        rig.wait_event("start")
+        writer = rig.writer(6 * 1024, 200)  # more than the data volume and what fits beside it
+        try:
+            stop = rig.wait_event("attachment-limit", timeout=120)
+            time.sleep(3)  # what would come next: another add, a retry
+        finally:
+            writer.kill()
+            writer.communicate()
+        events = rig.events()
+        assert (stop["attached"], stop["network_interfaces"], stop["limit"]) == (3, 1, 3), stop
+        assert len([e for e in events if e["event"] == "grown"]) == room
+        assert not [e for e in events if e["event"] in ("add-failed", "attach-limit-default")], rig.events_file.read_text()
+        assert len(_agent_calls(moto, "ec2:CreateVolume")) == len(_agent_calls(moto, "ec2:AttachVolume")) == room
+
+
+def test_a_volume_in_error_is_dropped_at_once_the_next_attempt_gets_a_new_one_and_waits_poll_gently(tmp_path):
+    """The local cloud keeps new volumes `creating` for 3 s (InvalidVolume.NotFound by id
+    for the first 1.5 s) and breaks the first CreateVolume: its volume ends in `error`.
+    The agent gives that volume up as soon as EC2 shows the state (and deletes it), asks
+    for a new one with a new client token, waits out NotFound, and polls EC2 about once a
+    second meanwhile; added volumes get device names from /dev/xvdf on."""
+    from factory.local.faults import Fault, arm
+    from factory.local.grow_rig import GrowRig
+    from factory.local.moto_server import MotoServer
+
+    server = MotoServer.start(volume_delay=3.0)
+    try:
+        arm(server.endpoint, Fault("ec2:CreateVolume", kind="broken"))
+        with GrowRig.start(server.endpoint, tmp_path / "instance", data_gib=2, settings={"add_seconds": 10.0}) as rig:
+            server.calls(clear=True)
+            rig.start_agent()
+            rig.wait_event("start")
+            result = rig.write(3 * 1024, 100)
+            events = rig.events()
+            assert result.returncode == 0, result.stderr + rig.events_file.read_text()
+            created = [e["volume_id"] for e in events if e["event"] == "volume-created"]
+            failed = [e for e in events if e["event"] == "add-failed"]
+            assert len(failed) == 1 and " is error" in failed[0]["error"], rig.events_file.read_text()
+            broken = created[0]
+            assert len(set(created)) == len(created) >= 2  # a new token: a new volume, not the broken one again
+            assert ("volume-deleted", broken) in [(e["event"], e.get("volume_id")) for e in events]
+            assert broken not in {v["VolumeId"] for v in rig.grow_volumes()}
+            assert [e for e in events if e["event"] == "volume-not-found-yet"]
+            assert len(instance_pool := rig.pool_devices()) == 1 + len(rig.grow_volumes()), instance_pool
+
+            def at(e: dict) -> float:
+                import datetime
+                return datetime.datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
+
+            first_add = next(e for e in events if e["event"] == "add")
+            assert at(failed[0]) - at(first_add) < 10  # given up on the state, not after wait_seconds (60)
+            # waiting, the agent asks EC2 about once a second: count its Describe calls over the adds
+            spans, start = 0.0, None
+            for e in events:
+                if e["event"] == "add":
+                    start = at(e)
+                elif e["event"] in ("grown", "add-failed") and start is not None:
+                    spans, start = spans + at(e) - start, None
+            adds = len([e for e in events if e["event"] == "add"])
+            describes = _agent_calls(server, "ec2:DescribeVolumes", "ec2:DescribeInstances")
+            assert len(describes) <= 1.25 * spans + 6 * adds + 2, (len(describes), spans, adds)
+            names = [e["device_name"] for e in events if e["event"] == "attach-requested"]
+            assert names and all("/dev/xvdf" <= n <= "/dev/xvdz" for n in names), names
+    finally:
+        server.stop()

@@ -79,7 +79,7 @@ def status(
 @handle_errors
 def fault(
     operation: str = typer.Argument(None, help="SERVICE:Operation, as IAM spells it, e.g. ec2:CreateLaunchTemplate or batch:UpdateComputeEnvironment."),
-    kind: str = typer.Option("error", "--kind", help="error (an AWS error, not retried) | throttle (the service's throttling error) | drop (connection closed)."),
+    kind: str = typer.Option("error", "--kind", help="error (an AWS error, not retried) | throttle (the service's throttling error) | drop (connection closed) | broken (ec2:CreateVolume: made, then in error)."),
     times: int = typer.Option(1, "--times", min=1, help="How many of the next calls fail."),
     code: str = typer.Option("", "--code", help="The AWS error code for --kind error (default InjectedFault)."),
     caller: str = typer.Option("", "--caller", help="Fail only this caller's calls, as the call log names it: packer, command:bake, ... (default: anyone's)."),

@@ -8,6 +8,7 @@ the running local cloud; the tests use the same control endpoint. Kinds:
 | `error` | an AWS error (HTTP 400, code `InjectedFault` unless `--code` says otherwise); the call is not made | not retried: the command fails |
 | `throttle` | the service's throttling error: EC2 `RequestLimitExceeded` (503), Batch `TooManyRequestsException` (429), SSM `ThrottlingException`, IAM `Throttling`; the call is not made | retried with backoff |
 | `drop` | the connection closes with no answer; the call is not made | retried (a connection error) |
+| `broken` | the call is made and answers as usual, but what it made fails later: a volume from `ec2:CreateVolume` goes to `error` instead of `available` | nothing to retry: the caller sees it in the state |
 
 `--caller packer` (or `command:bake`, ...) fails only the calls of that caller, as the call
 log names it (`aws_server.caller`): `ec2:CreateTags` is made by Packer (the AMI's tags) and
@@ -32,7 +33,12 @@ from factory.errors import LocalCloudError, UsageError
 from factory.local.operations import Call, error_response
 
 CONTROL_PATH = "/_factory/faults"
-KINDS = ("error", "throttle", "drop")
+KINDS = ("error", "throttle", "drop", "broken")
+BROKEN = ("ec2:CreateVolume",)  # what `broken` can break (factory.local.rules.ec2)
+# How the layer tells the rule that the call it lets through is to be broken: a request
+# header moto hands to the rule (X-Factory-Broken), set in the WSGI environ.
+BROKEN_HEADER = "X-Factory-Broken"
+BROKEN_HEADER_ENVIRON = "HTTP_X_FACTORY_BROKEN"
 THROTTLE = {  # service -> (code, HTTP status), as each service throttles
     "ec2": ("RequestLimitExceeded", 503),
     "batch": ("TooManyRequestsException", 429),
@@ -56,6 +62,8 @@ class Fault:
         self.operation = f"{service.lower()}:{op}"
         if self.kind not in KINDS:
             raise UsageError(f"fault kind {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.kind == "broken" and self.operation not in BROKEN:
+            raise UsageError(f"fault kind broken: only {', '.join(BROKEN)} makes something that can fail later")
         if int(self.times) < 1:
             raise UsageError(f"fault times {self.times}: arm at least one call")
         self.times = int(self.times)

@@ -78,6 +78,7 @@ class GrowRig:
     imds: Any
     namespace: subprocess.Popen | None = None  # holds the instance's mount namespace
     agent: subprocess.Popen | None = None
+    agent_env: dict[str, str] = field(default_factory=dict)  # more of the agent's environment (e.g. AWS_DATA_PATH)
     _events_offset: int = field(default=0, repr=False)
 
     @property
@@ -96,7 +97,7 @@ class GrowRig:
         from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, scrub_env
 
         return scrub_env(dict(os.environ, PYTHONPATH=str(agent_files()),
-                              AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY))
+                              AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY) | self.agent_env)
 
     @property
     def config(self) -> Path:
@@ -108,15 +109,19 @@ class GrowRig:
 
     @classmethod
     def start(cls, endpoint: str, workdir: Path, data_gib: int = 2, max_gib: int = 40, attach_delay: float = 0.5,
-              settings: dict[str, Any] | None = None, region: str = "us-east-1") -> GrowRig:
+              settings: dict[str, Any] | None = None, region: str = "us-east-1", instance_type: str = INSTANCE_TYPE,
+              agent_env: dict[str, str] | None = None) -> GrowRig:
         import boto3
+        from botocore.config import Config
 
         from factory.local.metadata import MetadataService
         from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
         from factory.local.volumes import AttachWatcher
 
         def client() -> Any:
-            return boto3.client("ec2", region_name=region, endpoint_url=endpoint,
+            # Marked factory-local in the call log: the rig and its watcher stand in for EC2 and
+            # the test, and only the agent's own calls are the instance role's.
+            return boto3.client("ec2", region_name=region, endpoint_url=endpoint, config=Config(user_agent_extra="factory-local"),
                                 aws_access_key_id=LOCAL_ACCESS_KEY, aws_secret_access_key=LOCAL_SECRET_KEY)
 
         workdir = Path(workdir)
@@ -125,7 +130,7 @@ class GrowRig:
         # Any of moto's built-in images will do: the first page is enough.
         ami = ec2.describe_images(Owners=["amazon"], MaxResults=5)["Images"][0]["ImageId"]
         inst = ec2.run_instances(
-            ImageId=ami, MinCount=1, MaxCount=1, InstanceType=INSTANCE_TYPE,
+            ImageId=ami, MinCount=1, MaxCount=1, InstanceType=instance_type,
             BlockDeviceMappings=[{"DeviceName": "/dev/xvdb", "Ebs": {"VolumeSize": data_gib, "VolumeType": "gp3",
                                                                      "Encrypted": True, "DeleteOnTermination": True}}],
             TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "factory:grow", "Value": "true"},
@@ -133,8 +138,9 @@ class GrowRig:
         )["Instances"][0]
         iid, zone = inst["InstanceId"], inst["Placement"]["AvailabilityZone"]
         watcher = AttachWatcher(client(), iid, workdir / "by-id", workdir / "volumes", delay=attach_delay).start()
-        imds = MetadataService.start(iid, zone, INSTANCE_TYPE)
-        rig = cls(endpoint=endpoint, workdir=workdir, ec2=ec2, instance_id=iid, zone=zone, watcher=watcher, imds=imds)
+        imds = MetadataService.start(iid, zone, instance_type)
+        rig = cls(endpoint=endpoint, workdir=workdir, ec2=ec2, instance_id=iid, zone=zone, watcher=watcher, imds=imds,
+                  agent_env=dict(agent_env or {}))
         rig.namespace = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "infinity"],
                                          start_new_session=True)
         own = os.readlink("/proc/self/ns/mnt")

@@ -78,6 +78,7 @@ class MotoServer:
         snapshot_release_delay: float | None = None,
         ami_trees: Path | None = None,
         docker_host: str | None = None,
+        volume_delay: float | None = None,
     ) -> MotoServer:
         """Start the server. `state_delay` (seconds a Batch resource spends CREATING, UPDATING
         or DELETING) and `page_size` default to $FACTORY_LOCAL_STATE_DELAY /
@@ -92,6 +93,8 @@ class MotoServer:
             cmd += ["--page-size", str(page_size)]
         if snapshot_release_delay is not None:
             cmd += ["--snapshot-release-delay", str(snapshot_release_delay)]
+        if volume_delay is not None:  # seconds a new EBS volume is `creating` (rules.Settings.volume_delay)
+            cmd += ["--volume-delay", str(volume_delay)]
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         # Anything moto writes (e.g. its request recorder's file) goes beside its log or
         # into the temp folder, never into the user's working directory.

@@ -20,11 +20,16 @@ class Settings:
     # way without a retry, and works on AWS), so it is off unless asked for.
     snapshot_release_delay: float = 0.0
     job_step: float = 0.3  # seconds a Batch job spends at least in SUBMITTED, RUNNABLE and STARTING each
+    # Seconds a new EBS volume is `creating` before it is `available`; in the first half of
+    # them DescribeVolumes by its id answers InvalidVolume.NotFound (eventual consistency).
+    # Off unless asked for: most callers of the local cloud attach a volume they just made.
+    volume_delay: float = 0.0
 
 
 def install(settings: Settings) -> None:
-    from factory.local.rules import batch, ec2, ssm
+    from factory.local.rules import batch, ebs, ec2, ssm
 
     batch.install(settings)
     ec2.install(settings)
+    ebs.install(settings)  # after ec2: it wraps ec2's CreateVolume (client tokens)
     ssm.install(settings)

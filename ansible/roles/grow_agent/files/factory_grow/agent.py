@@ -7,8 +7,12 @@ the order that never leaks a volume holding data:
 
 1. CreateVolume in the instance's zone, encrypted, tagged `factory:grow=true`,
    `factory:task`, `factory:instance` at creation (one call, so an untagged volume never
-   exists), with a ClientToken so a retried call cannot make a second volume;
-2. wait until it is `available`; AttachVolume to this instance at a free device name;
+   exists), with a ClientToken so a retried call cannot make a second volume (a new token
+   for each attempt: a failed volume is not answered again);
+2. wait until it is `available` (a volume in `error` or `deleted` fails the attempt at
+   once, and one in `error` is deleted; `InvalidVolume.NotFound` right after CreateVolume
+   is EC2's eventual consistency, waited out); AttachVolume to this instance at a free
+   device name from `/dev/xvdf` on (`xvdb`-`xvde` are EC2's instance store names);
 3. ModifyInstanceAttribute DeleteOnTermination=true, and read it back, BEFORE the volume
    holds any data (amazon-ebs-autoscale set it last, and leaked volumes);
 4. find the device by its volume id (/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol...
@@ -18,7 +22,11 @@ the order that never leaks a volume holding data:
 On start it adopts what an earlier run left: every volume tagged with this instance is
 finished from wherever it stopped (attached, kept, added), never created twice. Throttling,
 capacity and connection errors are retried with backoff; nothing it does stops a task.
-It stops adding at `max_gib` and at the instance type's attachment limit. Each event is
+It stops adding at `max_gib` and at the instance type's attachment limit (`slots`: EBS
+volumes, network interfaces and NVMe instance store share it on most Nitro types; an
+AttachVolume refused with `AttachmentLimitExceeded` stops it too). While it waits on
+EC2 it asks about once a second, with jitter (EC2 refills an account's bucket of
+Describe calls at 20 a second: many instances growing at once share it). Each event is
 one JSON line on stdout (the journal, under systemd).
 
 Standard library and botocore only (the image's Miniconda Python has botocore from the
@@ -36,12 +44,13 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from factory_grow import decide
+from factory_grow import decide, slots
 from factory_grow.pool import PoolError, choose
 
 GROW_TAG = "factory:grow"
@@ -57,12 +66,20 @@ RETRYABLE = {
     "RequestLimitExceeded", "Throttling", "ThrottlingException", "InsufficientVolumeCapacity",
     "ServiceUnavailable", "Unavailable", "InternalError", "InternalFailure", "IncorrectState",
 }
-# Device names for added volumes; the data volume is /dev/xvdb (factory/families.py).
-DEVICE_NAMES = tuple(f"/dev/xvd{c}" for c in "cdefghijklmnopqrstuvwxyz")
-# Nitro instances share 28 attachment slots between EBS volumes, network interfaces and
-# NVMe instance store (EC2 User Guide, "Instance volume limits"): one for the primary
-# network interface leaves 27 EBS volumes, root and data volume included.
-DEFAULT_ATTACH_LIMIT = 27
+# Device names for added volumes: /dev/xvdf on. EC2 recommends /dev/sd[f-p] (xvd[f-p]) for
+# EBS volumes; xvdb-xvde are the instance store names (EC2 User Guide, "Device names on
+# Linux instances"); the launch template's data volume is /dev/xvdb (factory/families.py).
+DEVICE_NAMES = tuple(f"/dev/xvd{c}" for c in "fghijklmnopqrstuvwxyz")
+# A volume in these states will never become available (EC2 User Guide, "Amazon EBS
+# volume lifecycle"): waiting on it is pointless.
+FAILED_STATES = ("error", "deleted")
+# Seconds between two polls of EC2 while waiting, before jitter (at most about one call a
+# second per wait), and between two looks for a device (a local file, no AWS call).
+POLL_SECONDS = 1.0
+DEVICE_POLL_SECONDS = 0.2
+# How long a volume CreateVolume just made may be unknown to DescribeVolumes (EC2 API
+# Reference, "Eventual consistency in the Amazon EC2 API").
+NOT_FOUND_SECONDS = 30.0
 
 
 @dataclass
@@ -76,7 +93,7 @@ class Config:
     ec2_endpoint: str | None = None
     device_dirs: list[str] = field(default_factory=lambda: ["/dev/disk/by-id"])
     pool_backend: str = "auto"
-    attach_limit: int | None = None  # None: DescribeInstanceTypes, else DEFAULT_ATTACH_LIMIT
+    attach_limit: int | None = None  # EBS volumes at most; None: from DescribeInstanceTypes (factory_grow.slots)
     add_seconds: float = 30.0
     margin: float = 2.0
     lag_seconds: float = 3.0
@@ -110,6 +127,10 @@ def emit_json(event: str, **fields_: Any) -> None:
 
 class GiveUp(Exception):
     """An add cannot go on now; the agent reports it and tries again later."""
+
+
+class AttachmentLimit(GiveUp):
+    """EC2 refused the attachment: the instance has no slot left (AttachmentLimitExceeded)."""
 
 
 def error_code(exc: BaseException) -> str:
@@ -147,7 +168,9 @@ class Agent:
         self.not_before = 0.0  # after a failed add: the next attempt waits until then
         self.failures = 0
         self.stop_event = threading.Event()
-        self._attach_limit: int | None = cfg.attach_limit
+        self._not_found_since: dict[str, float] = {}
+        self._type_slots: slots.TypeSlots | None = None
+        self._type_read = False
 
     # -- events and AWS calls -----------------------------------------------------------
 
@@ -178,11 +201,26 @@ class Agent:
                 raise GiveUp(f"stopped while retrying {op}")
         raise AssertionError("unreachable")
 
-    def _volume(self, volume_id: str) -> dict[str, Any]:
-        # One volume id: one volume, so one page is all there is.
-        return self.call("describe_volumes", VolumeIds=[volume_id])["Volumes"][0]
+    def _volume(self, volume_id: str) -> dict[str, Any] | None:
+        """The volume, or None while EC2 does not know it yet (InvalidVolume.NotFound right
+        after CreateVolume, for at most NOT_FOUND_SECONDS)."""
+        from botocore.exceptions import ClientError
 
-    def _wait(self, what: str, check: Callable[[], Any]) -> Any:
+        try:
+            # One volume id: one volume, so one page is all there is.
+            return self.call("describe_volumes", VolumeIds=[volume_id])["Volumes"][0]
+        except ClientError as exc:
+            if error_code(exc) != "InvalidVolume.NotFound":
+                raise
+        first = self._not_found_since.setdefault(volume_id, time.monotonic())
+        if time.monotonic() - first > NOT_FOUND_SECONDS:
+            raise GiveUp(f"volume {volume_id} is still not found {NOT_FOUND_SECONDS:g}s after it was made")
+        self.emit("volume-not-found-yet", volume_id=volume_id)
+        return None
+
+    def _wait(self, what: str, check: Callable[[], Any], every: float = POLL_SECONDS) -> Any:
+        """Call `check` until it answers, about every `every` seconds (with jitter, so the
+        instances of a queue do not poll EC2 in step)."""
         deadline = time.monotonic() + self.cfg.wait_seconds
         while True:
             got = check()
@@ -190,7 +228,7 @@ class Agent:
                 return got
             if time.monotonic() > deadline:
                 raise GiveUp(f"{what} did not happen within {self.cfg.wait_seconds:g}s")
-            if self.stop_event.wait(0.2):
+            if self.stop_event.wait(every * random.uniform(0.8, 1.2)):
                 raise GiveUp(f"stopped while waiting: {what}")
 
     # -- the pool -------------------------------------------------------------------------
@@ -199,18 +237,46 @@ class Agent:
         """The pool's size: the sum of its devices (the data volume and every added one)."""
         return int(round(sum(block_device_bytes(d) for d in self.pool.devices(self.cfg.mountpoint)) / decide.GIB))
 
-    def attach_limit(self) -> int:
-        if self._attach_limit is None:
-            limit = DEFAULT_ATTACH_LIMIT
+    def type_slots(self) -> slots.TypeSlots | None:
+        """The instance type's attachment slots, read once from DescribeInstanceTypes' raw
+        answer (the image's botocore parses neither MaximumEbsAttachments nor
+        AttachmentLimitType); None when it cannot be read (the shared rule is used)."""
+        if not self._type_read:
+            raw: dict[str, bytes] = {}
+
+            def keep(response_dict: dict[str, Any] | None = None, **_: Any) -> None:
+                if response_dict:
+                    raw["body"] = response_dict.get("body") or b""
+
+            event = "response-received.ec2.DescribeInstanceTypes"
+            self.ec2.meta.events.register(event, keep)
             try:
                 # One instance type asked for: one page.
-                types = self.call("describe_instance_types", InstanceTypes=[self.me.instance_type])["InstanceTypes"]
-                ebs = (types[0].get("EbsInfo") or {}) if types else {}
-                limit = int(ebs.get("MaximumEbsAttachments") or limit)
-            except Exception as exc:  # the default is a safe answer; say why it was used
-                self.emit("attach-limit-default", limit=limit, error=f"{type(exc).__name__}: {exc}")
-            self._attach_limit = limit
-        return self._attach_limit
+                self.call("describe_instance_types", InstanceTypes=[self.me.instance_type])
+                self._type_slots = slots.type_slots(raw.get("body", b""), self.me.instance_type)
+            except Exception as exc:  # the shared rule is a safe answer; say why it was used
+                self.emit("attach-limit-default", instance_type=self.me.instance_type, error=f"{type(exc).__name__}: {exc}")
+            finally:
+                self.ec2.meta.events.unregister(event, keep)
+            self._type_read = True
+        return self._type_slots
+
+    def attachments(self, instance: dict[str, Any] | None = None) -> tuple[int, int, int]:
+        """(EBS volumes attached, network interfaces attached, the most EBS volumes allowed now)."""
+        instance = instance or self._instance()
+        ebs = len(instance.get("BlockDeviceMappings", []))
+        enis = len(instance.get("NetworkInterfaces", [])) or 1
+        limit = self.cfg.attach_limit if self.cfg.attach_limit is not None else slots.ebs_limit(self.type_slots(), enis)
+        return ebs, enis, limit
+
+    def _stop_at_limit(self, **why: Any) -> None:
+        self.stopped = "attachment-limit"
+        if "limit" not in why:  # EC2 refused an attachment: say what the instance has
+            try:
+                why.update(zip(("attached", "network_interfaces", "limit"), self.attachments()))
+            except Exception as exc:  # the stop stands; the counts are for people
+                why["counts_error"] = f"{error_code(exc) or type(exc).__name__}: {exc}"
+        self.emit("attachment-limit", **why)
 
     def _instance(self) -> dict[str, Any]:
         # One instance id: one reservation and one instance, so one page is all there is.
@@ -236,6 +302,9 @@ class Agent:
             vid = vol["VolumeId"]
             try:
                 self._finish_add(vid, int(vol["Size"]))
+            except AttachmentLimit as exc:
+                self._stop_at_limit(volume_id=vid, error=str(exc))
+                continue
             except (GiveUp, PoolError) as exc:
                 self.emit("adopt-failed", volume_id=vid, error=str(exc))
                 continue
@@ -271,10 +340,16 @@ class Agent:
         """From a created volume to usable space, whatever step it had reached. Idempotent."""
         def ready() -> dict[str, Any] | None:
             v = self._volume(volume_id)
-            return v if v["State"] in ("available", "in-use") else None
+            if v is not None and v["State"] in FAILED_STATES:
+                self._drop_failed(volume_id, v["State"])
+            return v if v is not None and v["State"] in ("available", "in-use") else None
 
         def attached() -> dict[str, Any] | None:
             v = self._volume(volume_id)
+            if v is None:
+                return None
+            if v["State"] in FAILED_STATES:
+                raise GiveUp(f"volume {volume_id} is {v['State']}")
             mine = [a for a in v.get("Attachments", []) if a.get("InstanceId") == self.me.instance_id]
             return v if mine and mine[0].get("State") == "attached" else None
 
@@ -282,7 +357,7 @@ class Agent:
         attachment = next((a for a in vol.get("Attachments", []) if a.get("InstanceId") == self.me.instance_id), None)
         if vol["State"] == "available" and attachment is None:
             device_name = self._free_device_name()
-            self.call("attach_volume", VolumeId=volume_id, InstanceId=self.me.instance_id, Device=device_name)
+            self._attach(volume_id, device_name)
             self.emit("attach-requested", volume_id=volume_id, device_name=device_name)
         elif attachment is None:
             raise GiveUp(f"volume {volume_id} is attached to another instance")
@@ -296,16 +371,45 @@ class Agent:
                       BlockDeviceMappings=[{"DeviceName": device_name, "Ebs": {"VolumeId": volume_id, "DeleteOnTermination": True}}])
             self._wait(f"volume {volume_id} delete-on-termination", lambda: self._deleted_with_instance(volume_id))
         self.emit("delete-on-termination", volume_id=volume_id, device_name=device_name)
-        device = self._wait(f"the device of {volume_id}", lambda: self._find_device(volume_id, device_name))
+        device = self._wait(f"the device of {volume_id}", lambda: self._find_device(volume_id, device_name), every=DEVICE_POLL_SECONDS)
         self.pool.add(device, self.cfg.mountpoint)
         self.volumes[volume_id] = size_gib
         return device
 
+    def _attach(self, volume_id: str, device_name: str) -> None:
+        """AttachVolume; at the attachment limit the volume (which never held data) is
+        deleted and AttachmentLimit raised."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.call("attach_volume", VolumeId=volume_id, InstanceId=self.me.instance_id, Device=device_name)
+        except ClientError as exc:
+            if error_code(exc) != "AttachmentLimitExceeded":
+                raise
+            self._delete_unused(volume_id)
+            raise AttachmentLimit(f"EC2 refused to attach {volume_id}: {exc}") from None
+
+    def _delete_unused(self, volume_id: str) -> None:
+        """Delete a volume of ours that never joined the pool (it holds no data)."""
+        try:
+            self.call("delete_volume", VolumeId=volume_id)
+            self.emit("volume-deleted", volume_id=volume_id)
+        except Exception as exc:  # it stays tagged with this instance: the next start adopts it
+            self.emit("delete-failed", volume_id=volume_id, error=f"{error_code(exc) or type(exc).__name__}: {exc}")
+
+    def _drop_failed(self, volume_id: str, state: str) -> None:
+        """A volume that will never be available: fail the attempt now, not after wait_seconds
+        (a volume in `error` is deleted: it never held data)."""
+        if state == "error":
+            self._delete_unused(volume_id)
+        raise GiveUp(f"volume {volume_id} is {state}: EBS could not make it; the next attempt makes a new one")
+
     def add(self, size_gib: int, reason: str) -> bool:
         started = time.monotonic()
-        # The token names the add and its size: a retried call returns the same volume on AWS,
-        # and a later attempt with another size is a new request, not a mismatch.
-        token = f"factory-grow-{self.me.instance_id}-{len(self.volumes) + 1}-{size_gib}"
+        # A token per attempt: the retries of this CreateVolume call (an answer lost) return
+        # the same volume, and the next attempt after a failure asks for a new one (the same
+        # token would answer the failed volume again).
+        token = f"factory-grow-{uuid.uuid4()}"
         tags = [{"Key": GROW_TAG, "Value": "true"}, {"Key": TASK_TAG, "Value": self.cfg.task},
                 {"Key": INSTANCE_TAG, "Value": self.me.instance_id}, {"Key": "Name", "Value": f"factory-grow-{self.cfg.task}"}]
         self.emit("add", reason=reason, size_gib=size_gib, volume_type=self.cfg.volume_type)
@@ -322,6 +426,9 @@ class Agent:
                 volume_id = vol["VolumeId"]
                 self.emit("volume-created", volume_id=volume_id, size_gib=size_gib)
             device = self._finish_add(volume_id, size_gib)
+        except AttachmentLimit as exc:
+            self._stop_at_limit(volume_id=volume_id, error=str(exc))
+            return False
         except Exception as exc:  # never let an add kill the agent; report and back off
             self.failures += 1
             wait = min(self.cfg.backoff_max_seconds * 4, self.cfg.backoff_seconds * 2 ** self.failures)
@@ -361,16 +468,15 @@ class Agent:
         reason = decide.trigger(s.free, s.total, rate, add_s, self.policy)
         if reason is None:
             return
+        attached, enis, limit = self.attachments()
+        if attached >= limit:
+            self._stop_at_limit(attached=attached, network_interfaces=enis, limit=limit)
+            return
         pool_gib = self.pool_gib()
         size = decide.step_gib(rate, add_s, pool_gib, self.policy)
         if size <= 0:
             self.stopped = "at-max"
             self.emit("at-max", pool_gib=pool_gib, max_gib=self.policy.max_gib, free_gib=round(s.free / decide.GIB, 2))
-            return
-        attached = len(self._instance().get("BlockDeviceMappings", []))
-        if attached >= self.attach_limit():
-            self.stopped = "attachment-limit"
-            self.emit("attachment-limit", attached=attached, limit=self.attach_limit())
             return
         self.emit("trigger", reason=reason, free_gib=round(s.free / decide.GIB, 3), rate_mib_s=round(rate / 2**20, 1),
                   time_to_full_s=None if math.isinf(decide.time_to_full(s.free, rate)) else round(decide.time_to_full(s.free, rate), 1),
