@@ -103,6 +103,11 @@ class Cloud:
         from factory import render
 
         with self.local.builder() as (index, host):
+            family = rendered.variables.get("family")
+            if family:  # the builder is an instance of the family's AMI: only its packages' commands
+                from factory.local.family_root import look_like
+
+                look_like(host, family)
             target = self.local.build_target(region, index=index)
             yield Build(render.with_variables(rendered, {
                 "ssh_host": target.ssh_host, "ssh_port": int(target.ssh_port),
