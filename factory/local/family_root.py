@@ -32,6 +32,10 @@ REPOSITORY = "/etc/factory-buildhost/repository.json"  # inside the root: what t
 INSTALLED = "/var/lib/factory-buildhost/installed"  # inside the root: a file per package installed
 STAND_IN = "/usr/local/sbin"  # ahead of /usr/bin in PATH, as the family's package manager
 _COMMAND_DIRS = ("/usr/bin", "/usr/sbin", "/bin", "/sbin")
+# What a local bake's builder keeps although no family's AMI has it: a local instance
+# cannot make the LVM + XFS pool (no device-mapper here), so the grow pool it boots is
+# btrfs, from Debian's btrfs-progs. The grow_agent role still requires lvm2 and xfsprogs.
+LOCAL_POOL = ("btrfs-progs",)
 
 
 def debian_commands(package: str) -> list[str]:
