@@ -96,13 +96,20 @@ class Cloud:
         builder, one per build running at once (`LocalCloud.builder`): the variables file is
         pointed at the host lent (its SSH port, key pair and key, none of which shape the
         image), a new builder as on AWS: one no build has used, or relaunched with nothing an
-        earlier bake wrote (`BuildHost.relaunch`)."""
+        earlier bake wrote (`BuildHost.relaunch`), made to look like the family's AMI
+        (`family_root.look_like`: a command whose package the AMI lacks is not there until
+        a role installs the package)."""
         if self.kind != "local":
             yield Build(rendered)
             return
         from factory import render
 
         with self.local.builder() as (index, host):
+            family = rendered.variables.get("family")
+            if family:  # the builder is an instance of the family's AMI: only its packages' commands
+                from factory.local.family_root import LOCAL_POOL, look_like
+
+                look_like(host, family, keep=LOCAL_POOL)
             target = self.local.build_target(region, index=index)
             yield Build(render.with_variables(rendered, {
                 "ssh_host": target.ssh_host, "ssh_port": int(target.ssh_port),

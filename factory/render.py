@@ -327,6 +327,7 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
         "ansible_python_interpreter": target.python_interpreter or family.python_interpreter,
         "ansible_become": target.become if target.become is not None else user != "root",
         "docker_storage_driver": family.storage_driver,
+        "family": family.key,
         "volume_gib": int(sized_gib),
         "docker_basesize_gib": int(basesize_gib),
         "awscli_prefix": spec.awscli.prefix,

@@ -35,6 +35,7 @@ locals {
   ansible_vars = {
     ansible_python_interpreter          = var.ansible_python_interpreter
     factory_become                      = var.ansible_become
+    factory_family                      = var.family
     docker_storage_driver               = var.docker_storage_driver
     docker_storage_volume_gib           = var.volume_gib
     docker_storage_basesize_gib         = var.docker_basesize_gib

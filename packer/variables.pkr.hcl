@@ -155,6 +155,12 @@ variable "ansible_become" {
   description = "Run the roles with sudo (false when ssh_username is already root)."
 }
 
+variable "family" {
+  type        = string
+  default     = "al2023"
+  description = "The base AMI's family (al2023, al2, al1): its package manager and the packages the roles install."
+}
+
 variable "docker_storage_driver" {
   type        = string
   default     = "auto"

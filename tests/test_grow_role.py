@@ -25,6 +25,11 @@ def host(tmp_path_factory):
     mirror = Mirror.start(base / "mirror")
     h = start_host(base / "host", docker=False)
     try:
+        # An AL2023 builder as a local bake's (its dnf installs the role's lvm2 and
+        # xfsprogs; Debian's btrfs-progs kept for the btrfs pool this module makes).
+        from factory.local.family_root import LOCAL_POOL, look_like
+
+        look_like(h, "al2023", keep=LOCAL_POOL)
         yield h, mirror
     finally:
         h.stop(remove=True)

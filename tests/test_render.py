@@ -143,6 +143,7 @@ def test_rendered_values_parse_with_python_hcl2(tmp_path):
     assert vars_["builder_cidrs"] == [CALLER]
     assert vars_["awscli_prefix"] == spec.awscli.prefix
     assert vars_["docker_storage_driver"] == "overlay2"
+    assert vars_["family"] == spec.image.family == "al2023"  # the play's factory_family: its packages
     assert vars_["task_images"] == list(spec.nextflow.containers)
     assert vars_["tags"] == {
         "factory:task": "salmon-quant",
@@ -205,6 +206,7 @@ def test_al1_sizes_the_docker_device_and_basesize(tmp_path):
         {"device_name": "/dev/xvdcz", "volume_gib": 200},
     ]
     assert result.variables["docker_storage_driver"] == "devicemapper"
+    assert result.variables["family"] == "al1"
     assert result.variables["docker_basesize_gib"] == 150
 
 
