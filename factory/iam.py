@@ -42,6 +42,7 @@ IMPLIED = {
     "ec2:DeleteKeyPair": "on AWS Packer deletes its temporary key pair",
     "ec2:DescribeRegions": "on AWS Packer validates the region (skipped against the local cloud's endpoint)",
     "ec2:DescribeSubnets": "on AWS Packer reads builder.subnet's VPC for its security group (the local cloud's builder names no subnet)",
+    "ssm:DescribeParameters": "prune: DescribeImageReferences finds the parameters that name an AMI with the caller's ssm:DescribeParameters (register and status call it themselves)",
 }
 
 _ANY = ["*"]
@@ -146,6 +147,11 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
             _statement("DeleteFactoryLaunchTemplateVersions", ["ec2:DeleteLaunchTemplateVersions"], _LAUNCH_TEMPLATES, _MANAGED),
             _statement("DeleteFactoryImages", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], _ANY,
                        {"Null": {"aws:ResourceTag/factory:task": "false"}}),
+            # Before deregistering: does anything else use the AMI (instances, launch templates,
+            # parameters)? DescribeImageReferences takes no resource; EC2 looks with the caller's
+            # own Describe permissions (DescribeInstances, DescribeLaunchTemplates and -Versions
+            # are in Read and FindStrayBuilders; ssm:DescribeParameters: IMPLIED).
+            _statement("FindWhatUsesImages", ["ec2:DescribeImageReferences", "ssm:DescribeParameters"], _ANY),
             # storage.grow: volumes the agent made and never attached (factory.leaked_volumes).
             _statement("FindLeakedVolumes", ["ec2:DescribeVolumes", "ec2:DescribeInstances"], _ANY),
             _statement("DeleteLeakedVolumes", ["ec2:DeleteVolume"], ["arn:aws:ec2:*:*:volume/*"],
