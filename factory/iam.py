@@ -55,7 +55,6 @@ IMPLIED = {
     "ec2:CreateKeyPair": "on AWS Packer makes a temporary key pair (the local cloud's build host brings its own)",
     "ec2:DeleteKeyPair": "on AWS Packer deletes its temporary key pair",
     "ec2:DescribeRegions": "on AWS Packer validates the region (skipped against the local cloud's endpoint)",
-    "ec2:DescribeSubnets": "on AWS Packer reads builder.subnet's VPC for its security group (the local cloud's builder names no subnet)",
     "ssm:DescribeParameters": "prune: DescribeImageReferences finds the parameters that name an AMI with the caller's ssm:DescribeParameters (register and status call it themselves)",
 }
 
