@@ -123,3 +123,15 @@ def test_the_local_cloud_answers_describe_image_references_as_aws(ec2):
         ec2.describe_image_references(ImageIds=[ami] * 11, IncludeAllResourceTypes=True)
     with pytest.raises(ClientError, match="MissingParameter"):
         ec2.describe_image_references(ImageIds=[ami])
+
+
+def test_a_refused_deregistration_is_an_error_on_stderr(ec2, moto, cli):
+    from factory.local.faults import Fault, arm
+
+    old, newest = bake(ec2), bake(ec2)
+    arm(moto.endpoint, Fault("ec2:DeregisterImage", kind="error", code="InvalidParameterValue", times=1))
+    env = {"AWS_ENDPOINT_URL": moto.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "COLUMNS": "250"}
+    r = cli("prune", "--keep", "1", "--apply", "--specs-dir", SPECS, env=env)
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert f"could not delete ami {old}" in r.stderr and "InvalidParameterValue" in r.stderr and old not in r.stdout
+    assert newest not in r.stdout + r.stderr
