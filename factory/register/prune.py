@@ -4,8 +4,11 @@ A tier no spec uses any more (its `factory:tier` tag names none of the tiers the
 make now) loses its job queue (disabled, then deleted), its compute environments
 (disabled, then deleted once the queue has let them go) and its launch template. Then, for
 the tiers still in use, kept: each managed launch template's default version, every version a compute
-environment pins, and the newest `keep`; each task's newest `keep` AMIs and every AMI a
-kept version uses. Only resources tagged by factory are considered; every list is read
+environment pins, and the newest `keep`; each task's newest `keep` available AMIs (a
+pending one is never touched), every AMI a kept version uses, and every AMI anything else
+in the account uses (DescribeImageReferences: instances not terminated, launch templates,
+SSM parameters). An AMI AWS refuses to deregister is reported `failed` and the rest goes
+on. Only resources tagged by factory are considered; every list is read
 to its last page (a version pinned by an environment on page 2 is still pinned).
 
 Volumes the grow agent created but never attached (its instance died in between) are
