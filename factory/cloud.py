@@ -62,8 +62,9 @@ class Cloud:
     def target(self, region: str):
         """Where and on what Packer builds. On AWS: factory.yaml's `builder:` section (its
         instance types, subnet, SSH interface, public address, instance profile, KMS key).
-        On the local cloud: its build host, with the configured instance types (moto
-        launches whatever type it is given; the SSH and network settings do not apply)."""
+        On the local cloud: its build host, reached on loopback over SSH whatever
+        `ssh_interface` says; the rest reaches Packer as on AWS (moto launches whatever type
+        it is given, in the subnet, with the instance profile; the copy names the KMS key)."""
         from dataclasses import replace
 
         from factory import render
@@ -71,7 +72,7 @@ class Cloud:
 
         builder = load_config(self.config_path).builder
         if self.kind == "local":
-            return replace(self.local.build_target(region), instance_types=dict(builder.instance_types))
+            return replace(self.local.build_target(region), **_local_builder_settings(builder))
         return render.BuildTarget.aws(
             instance_types=dict(builder.instance_types),
             subnet_id=builder.subnet or "",
@@ -126,7 +127,11 @@ class Cloud:
         """The build target whose image-shaping settings a bake here uses, with no side
         effect (no key pair imported): what an AMI's image hash is checked against."""
         if self.kind == "local":
-            return self.local.build_target(region, import_key=False)
+            from dataclasses import replace
+
+            from factory.config import load_config
+
+            return replace(self.local.build_target(region, import_key=False), **_local_builder_settings(load_config(self.config_path).builder))
         return self.target(region)
 
     def register_config(self, path: Path | None = None):
@@ -160,3 +165,15 @@ class Cloud:
         from factory.local.cloud import running
 
         return cls("local", running())
+
+
+def _local_builder_settings(builder: Any) -> dict[str, Any]:
+    """factory.yaml's `builder:` on the local cloud: all but `ssh_interface` (its build host
+    is reached on loopback; a Session Manager session cannot run here)."""
+    return {
+        "instance_types": dict(builder.instance_types),
+        "subnet_id": builder.subnet or "",
+        "associate_public_ip": builder.public_ip if builder.subnet or not builder.public_ip else None,
+        "iam_instance_profile": builder.instance_profile or "",
+        "kms_key_id": builder.kms_key or "",
+    }

@@ -60,26 +60,41 @@ def launch_template_tags(spec: Any) -> list[dict[str, Any]]:
 def instance_policy(region: str | None = None, partition: str = "aws") -> dict[str, Any]:
     """The IAM policy the instance role needs for the grow agent, least privilege.
 
-    Scoped by tag wherever EC2 allows it (AWS Service Authorization Reference, "Actions,
+    Scoped wherever EC2 allows it (AWS Service Authorization Reference, "Actions,
     resources, and condition keys for Amazon EC2"; EC2 User Guide, "Grant permission to
-    tag Amazon EC2 resources during creation"):
+    tag Amazon EC2 resources during creation"; IAM User Guide, "Policy variables"):
 
     - `ec2:CreateVolume` only with the request tag `factory:grow=true`
       (`aws:RequestTag/${TagKey}`), and only encrypted (`ec2:Encrypted`);
     - `ec2:CreateTags` on volumes only inside the CreateVolume call (`ec2:CreateAction`),
       so existing volumes cannot be retagged into scope;
-    - `ec2:AttachVolume`, `ec2:ModifyInstanceAttribute` (delete-on-termination) and
-      `ec2:DeleteVolume` (a volume the agent made but could not attach) only on resources
-      tagged `factory:grow=true` (`aws:ResourceTag/${TagKey}`); the instance carries it
-      from its launch template (`launch_template_tags`);
-    - `ec2:CreateTags` on the instance only for the `factory:grow-fired` key (`aws:TagKeys`);
+    - `ec2:AttachVolume` only of volumes tagged `factory:grow=true`;
+    - on an instance (`ec2:AttachVolume`, `ec2:ModifyInstanceAttribute` for
+      delete-on-termination, `ec2:CreateTags` for the `factory:grow-fired` key only,
+      `aws:TagKeys`) only on the instance the call comes from: the role's credentials
+      carry `ec2:SourceInstanceARN`, which must name the instance acted on
+      (`.../instance/${ec2:InstanceID}`), and that instance must carry `factory:grow=true`
+      from its launch template (`launch_template_tags`). So one grow instance cannot
+      change another's attributes or attach volumes to it;
+    - no `ec2:DeleteVolume`: the agent never deletes (a volume it made and could not
+      attach is left for `factory prune`, whose caller's policy has it);
     - the Describe calls the agent waits and adopts with, which support no resource-level
       permissions (Resource `*`).
+
+    What stays wide, and why: every process on a grow instance that reaches IMDS gets
+    the role, job containers included (the launch template's hop limit of 2 lets
+    containers on Docker's bridge reach it), so a job can do on its own instance what the
+    agent does: create tagged encrypted volumes (CreateVolume names no instance, so it
+    cannot be tied to the caller) and attach them to its own instance. The local cloud
+    does not evaluate IAM: these conditions are checked against AWS's documented keys,
+    not exercised (tests/test_grow_spec.py, tests/test_grow_agent.py prove the actions).
     """
     where = region or "*"
     volumes = f"arn:{partition}:ec2:{where}:*:volume/*"
     instances = f"arn:{partition}:ec2:{where}:*:instance/*"
-    tagged = {"StringEquals": {f"aws:ResourceTag/{GROW_TAG}": "true"}}
+    tagged = {f"aws:ResourceTag/{GROW_TAG}": "true"}
+    # the instance acted on is the one the request comes from (policy variable ${ec2:InstanceID})
+    calling_instance = {"StringLike": {"ec2:SourceInstanceARN": f"arn:{partition}:ec2:{where}:*:instance/${{ec2:InstanceID}}"}}
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -101,27 +116,28 @@ def instance_policy(region: str | None = None, partition: str = "aws") -> dict[s
                 "Condition": {"StringEquals": {"ec2:CreateAction": "CreateVolume"}},
             },
             {
-                "Sid": "FactoryGrowAttachAndKeepOnlyGrowResources",
+                "Sid": "FactoryGrowAttachOnlyGrowVolumes",
+                "Effect": "Allow",
+                "Action": "ec2:AttachVolume",
+                "Resource": volumes,
+                "Condition": {"StringEquals": tagged},
+            },
+            {
+                "Sid": "FactoryGrowAttachAndKeepOnlyToTheCallingInstance",
                 "Effect": "Allow",
                 "Action": ["ec2:AttachVolume", "ec2:ModifyInstanceAttribute"],
-                "Resource": [volumes, instances],
-                "Condition": tagged,
+                "Resource": instances,
+                "Condition": {"StringEquals": tagged, **calling_instance},
             },
             {
-                "Sid": "FactoryGrowDeleteOwnUnattachedVolumes",
-                "Effect": "Allow",
-                "Action": "ec2:DeleteVolume",
-                "Resource": volumes,
-                "Condition": tagged,
-            },
-            {
-                "Sid": "FactoryGrowMarkTheInstance",
+                "Sid": "FactoryGrowMarkTheCallingInstance",
                 "Effect": "Allow",
                 "Action": "ec2:CreateTags",
                 "Resource": instances,
                 "Condition": {
-                    "StringEquals": {f"aws:ResourceTag/{GROW_TAG}": "true"},
+                    "StringEquals": tagged,
                     "ForAllValues:StringEquals": {"aws:TagKeys": [FIRED_TAG]},
+                    **calling_instance,
                 },
             },
             {

@@ -7,16 +7,30 @@ test suite records every AWS call at the local cloud's end of the wire, per comm
 (tests/test_zz_iam_policy.py): a call missing from the policy fails, and so does a
 policy action the suite never saw called.
 
-Scoping, where IAM allows it: Batch resources by name prefix (`factory-*`), launch
-templates by the `factory:managed` tag (their ARNs carry ids, not names), AMIs and
-snapshots being deleted by the `factory:task` tag. Describe/Get/List actions and Packer's
-builder actions take `*` (most EC2 Describe calls support no resource-level permission;
-Packer's documented minimal policy uses `*`).
+Scoping, where IAM can see it: Batch resources by name prefix (`factory-*`), launch
+templates by the `factory:managed` tag (their ARNs carry ids, not names), task parameters
+by path, builders (instances) by the `factory:image-hash` tag Packer gives them at launch,
+grow volumes by `factory:grow`. What is wide is said in `WIDE`, action by action, with
+why: Describe/Get/List calls take `*` (most EC2 Describe calls support no resource-level
+permission), and so do the calls on what Packer makes untagged (its temporary security
+group, key pair and unencrypted AMI with its snapshots) and on the AMI before Packer tags
+it. In particular no statement scopes DeregisterImage or DeleteSnapshot by the
+`factory:task` tag: Packer's temporary AMI (bake) and a killed bake's (prune) carry no
+tag, so both policies grant them on `*`, and a tag-scoped statement beside that would
+allow nothing more (tests/test_iam_policies.py refuses such dead scoping).
+
+`policy(purpose, builder)` adds what factory.yaml's `builder:` section needs when given:
+the named instance profile only, Session Manager's calls (`ssh_interface:
+session_manager`) and a customer-managed KMS key's (`kms_key`, factory.kms_policy). The
+local cloud cannot run a Session Manager session nor evaluate IAM: those additions are
+documented (Packer's source, AWS's guides), not proven by the suite.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from factory import kms_policy
 
 PURPOSES = ("bake", "register", "prune", "status", "rollback")
 
@@ -41,10 +55,37 @@ IMPLIED = {
     "ec2:CreateKeyPair": "on AWS Packer makes a temporary key pair (the local cloud's build host brings its own)",
     "ec2:DeleteKeyPair": "on AWS Packer deletes its temporary key pair",
     "ec2:DescribeRegions": "on AWS Packer validates the region (skipped against the local cloud's endpoint)",
-    "ec2:DescribeSubnets": "on AWS Packer reads builder.subnet's VPC for its security group (the local cloud's builder names no subnet)",
+    "ssm:DescribeParameters": "prune: DescribeImageReferences finds the parameters that name an AMI with the caller's ssm:DescribeParameters (register and status call it themselves)",
+}
+
+# Mutating actions a purpose grants on `*` with no condition, and why IAM cannot be told
+# more (tests/test_iam_policies.py checks this list against the policies).
+_PACKER_UNTAGGED = "Packer's temporary {} carries no tag and a random name: IAM cannot tell it from the account's others"
+WIDE: dict[str, dict[str, str]] = {
+    "bake": {
+        "ec2:RunInstances": "the builder is launched from the base AMI into a subnet with Packer's temporary security group and key pair; RunInstances authorizes each of them as a resource, none of them factory's",
+        "ec2:CreateTags": "Packer tags the builder at launch, and the AMI and its snapshots once made; factory tags the AMI with its manifest (none of them has a tag to match before)",
+        "ec2:CreateSecurityGroup": _PACKER_UNTAGGED.format("security group"),
+        "ec2:AuthorizeSecurityGroupIngress": _PACKER_UNTAGGED.format("security group"),
+        "ec2:DeleteSecurityGroup": _PACKER_UNTAGGED.format("security group"),
+        "ec2:CreateKeyPair": _PACKER_UNTAGGED.format("key pair"),
+        "ec2:DeleteKeyPair": _PACKER_UNTAGGED.format("key pair"),
+        "ec2:CreateImage": "the AMI does not exist yet, and Packer tags it only after the encrypted copy",
+        "ec2:CopyImage": "the encrypted copy is made from Packer's untagged temporary AMI",
+        "ec2:ModifyImageAttribute": "Packer sets the copy's attributes before it tags it",
+        "ec2:DeregisterImage": "Packer's temporary unencrypted AMI, and an AMI factory could not tag (bake.discard_image), carry no tag",
+        "ec2:DeleteSnapshot": "the snapshots of Packer's temporary AMI carry no tag",
+    },
+    "prune": {
+        "ec2:DeregisterImage": "a killed bake's temporary AMI carries no tag (factory.packer_leftovers); so every AMI prune deregisters, factory's own included, is allowed on `*`",
+        "ec2:DeleteSnapshot": "CreateImage's snapshots of a killed bake's builder carry no tag (found by their description)",
+        "ec2:DeleteSecurityGroup": _PACKER_UNTAGGED.format("security group (of a killed bake)"),
+    },
 }
 
 _ANY = ["*"]
+_BUILDERS = ["arn:aws:ec2:*:*:instance/*"]
+_BUILDER_TAGGED = {"Null": {"aws:ResourceTag/factory:image-hash": "false"}}  # Packer's run_tags, from launch
 _BATCH_OURS = ["arn:aws:batch:*:*:compute-environment/factory-*", "arn:aws:batch:*:*:job-queue/factory-*"]
 _LAUNCH_TEMPLATES = ["arn:aws:ec2:*:*:launch-template/*"]
 _MANAGED = {"StringEquals": {"aws:ResourceTag/factory:managed": "true"}}
@@ -59,9 +100,22 @@ def _statement(sid: str, actions: list[str], resources: list[str], condition: di
     return statement
 
 
-def _statements(purpose: str) -> list[dict[str, Any]]:
+def _session_manager_statements() -> list[dict[str, Any]]:
+    """`ssh_interface: session_manager`: Packer waits for the builder's status checks, then
+    opens a port-forwarding session to it and ends it (step_create_ssm_tunnel.go). Only to
+    builders (their `factory:image-hash` tag, `ssm:resourceTag`), only with AWS's port
+    forwarding document, only the caller's own sessions."""
+    return [
+        _statement("SessionManagerWaitForTheBuilder", ["ec2:DescribeInstanceStatus"], _ANY),
+        _statement("SessionManagerToBuilders", ["ssm:StartSession"], _BUILDERS, {"Null": {"ssm:resourceTag/factory:image-hash": "false"}}),
+        _statement("SessionManagerPortForwarding", ["ssm:StartSession"], ["arn:aws:ssm:*::document/AWS-StartPortForwardingSession"]),
+        _statement("SessionManagerEndOwnSessions", ["ssm:TerminateSession"], ["arn:aws:ssm:*:*:session/${aws:userid}-*"]),
+    ]
+
+
+def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
     if purpose == "bake":
-        return [
+        statements = [
             # The base AMI's SSM parameter, images by content hash, the builder type's memory.
             # (bake --all reads the base parameters of every spec at once: GetParameters)
             # ... and what a failed Packer call left (factory.packer_leftovers: builders by tag,
@@ -69,24 +123,35 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
             _statement("ReadBaseAndImages", ["ssm:GetParameter", "ssm:GetParameters", "ec2:DescribeImages", "ec2:DescribeInstanceTypes",
                                              "ec2:DescribeInstances", "ec2:DescribeSnapshots"], _ANY),
             # Packer's amazon-ebs builder, as factory configures it (SSH, a temporary security
-            # group, an encrypted EBS-backed AMI); Packer documents these with Resource *.
+            # group, an encrypted EBS-backed AMI); on what Packer makes untagged (WIDE says why).
             _statement(
                 "PackerAmazonEbs",
                 [
                     "ec2:AuthorizeSecurityGroupIngress", "ec2:CreateImage", "ec2:CreateKeyPair", "ec2:CreateSecurityGroup",
                     "ec2:CreateTags", "ec2:DeleteKeyPair", "ec2:DeleteSecurityGroup", "ec2:DescribeImages",
                     "ec2:DescribeInstances", "ec2:DescribeRegions", "ec2:DescribeSecurityGroups",
-                    "ec2:DescribeSubnets", "ec2:DescribeVolumes", "ec2:RunInstances", "ec2:StopInstances", "ec2:TerminateInstances",
-                    # encrypt_boot: the temporary AMI is copied encrypted, its attributes set, then it goes
+                    "ec2:DescribeSubnets", "ec2:DescribeVolumes", "ec2:RunInstances",
+                    # encrypt_boot: the temporary AMI is copied encrypted, its attributes set, then it
+                    # goes with its snapshots; an AMI factory could not tag goes the same way.
                     "ec2:CopyImage", "ec2:ModifyImageAttribute", "ec2:DeregisterImage", "ec2:DeleteSnapshot",
                 ],
                 _ANY,
             ),
+            # The builder is stopped (for CreateImage) and terminated only as what it is: an
+            # instance Packer launched with factory's content-hash tag (run_tags).
+            _statement("StopAndTerminateBuilders", ["ec2:StopInstances", "ec2:TerminateInstances"], _BUILDERS, _BUILDER_TAGGED),
             _statement("PassBuilderProfile", ["iam:PassRole"], ["arn:aws:iam::*:role/*"], {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}),
-            # An AMI that could not be tagged is removed with its snapshots (bake.discard_image).
-            _statement("DiscardUntaggedImage", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], _ANY,
-                       {"Null": {"aws:ResourceTag/factory:task": "false"}}),
         ]
+        # builder.instance_profile: Packer checks the profile exists (GetInstanceProfile)
+        # before it launches (step_iam_instance_profile.go, unless skip_profile_validation).
+        profile = "*" if builder is None else builder.instance_profile
+        if profile:
+            statements.append(_statement("ReadBuilderProfile", ["iam:GetInstanceProfile"], [f"arn:aws:iam::*:instance-profile/{profile}"]))
+        if builder is not None and builder.ssh_interface == "session_manager":
+            statements += _session_manager_statements()
+        if builder is not None and builder.kms_key:
+            statements += kms_policy.use_statements(builder.kms_key, "BuilderKmsKey")
+        return statements
     if purpose == "register":
         return [
             _statement(
@@ -144,8 +209,11 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
             _statement("RetireFactoryLaunchTemplates", ["ec2:DeleteLaunchTemplate"], _LAUNCH_TEMPLATES, _MANAGED),
             _statement("RetireTaskParameters", ["ssm:DeleteParameter"], _TASK_PARAMETERS),
             _statement("DeleteFactoryLaunchTemplateVersions", ["ec2:DeleteLaunchTemplateVersions"], _LAUNCH_TEMPLATES, _MANAGED),
-            _statement("DeleteFactoryImages", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], _ANY,
-                       {"Null": {"aws:ResourceTag/factory:task": "false"}}),
+            # Before deregistering: does anything else use the AMI (instances, launch templates,
+            # parameters)? DescribeImageReferences takes no resource; EC2 looks with the caller's
+            # own Describe permissions (DescribeInstances, DescribeLaunchTemplates and -Versions
+            # are in Read and FindStrayBuilders; ssm:DescribeParameters: IMPLIED).
+            _statement("FindWhatUsesImages", ["ec2:DescribeImageReferences", "ssm:DescribeParameters"], _ANY),
             # storage.grow: volumes the agent made and never attached (factory.leaked_volumes).
             _statement("FindLeakedVolumes", ["ec2:DescribeVolumes", "ec2:DescribeInstances"], _ANY),
             _statement("DeleteLeakedVolumes", ["ec2:DeleteVolume"], ["arn:aws:ec2:*:*:volume/*"],
@@ -155,20 +223,25 @@ def _statements(purpose: str) -> list[dict[str, Any]]:
             # temporary AMI (untagged, so IAM cannot tell it from another of the account's
             # AMIs: the right bake's policy gives Packer) and its security group (untagged too).
             _statement("FindStrayBuilders", ["ec2:DescribeInstances", "ec2:DescribeSnapshots", "ec2:DescribeSecurityGroups"], _ANY),
-            _statement("TerminateStrayBuilders", ["ec2:TerminateInstances"], ["arn:aws:ec2:*:*:instance/*"],
-                       {"Null": {"aws:ResourceTag/factory:image-hash": "false"}}),
-            _statement("RemoveWhatStrayBuildersLeft", ["ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:DeleteSecurityGroup"], _ANY),
+            _statement("TerminateStrayBuilders", ["ec2:TerminateInstances"], _BUILDERS, _BUILDER_TAGGED),
+            # Old AMIs with their snapshots (DeregisterImage with DeleteAssociatedSnapshots), and
+            # what a stray builder left. No `factory:task` scoping: a killed bake's temporary AMI
+            # is untagged, so this must be `*`, and a tag-scoped statement beside it would be dead.
+            _statement("DeregisterImagesAndRemoveWhatStrayBuildersLeft", ["ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:DeleteSecurityGroup"], _ANY),
         ]
     raise ValueError(f"no policy for {purpose!r}; one of {', '.join(PURPOSES)}")
 
 
-def policy(purpose: str) -> dict[str, Any]:
-    """The policy document for one purpose (bake, register, prune, status, rollback)."""
-    return {"Version": "2012-10-17", "Statement": _statements(purpose)}
+def policy(purpose: str, builder: Any = None) -> dict[str, Any]:
+    """The policy document for one purpose (bake, register, prune, status, rollback).
+    `builder` (factory.config.BuilderConfig): fit the bake policy to factory.yaml's
+    `builder:` (its instance profile, Session Manager, KMS key); None: every builder
+    the suite proves, without Session Manager or a KMS key."""
+    return {"Version": "2012-10-17", "Statement": _statements(purpose, builder)}
 
 
-def actions(purpose: str) -> set[str]:
-    return {a for s in _statements(purpose) for a in s["Action"]}
+def actions(purpose: str, builder: Any = None) -> set[str]:
+    return {a for s in _statements(purpose, builder) for a in s["Action"]}
 
 
 def needed_by(command: str) -> set[str]:

@@ -154,8 +154,16 @@ def test_instance_policy_is_scoped_by_tag(moto):
     assert create["Condition"]["StringEquals"] == {"aws:RequestTag/factory:grow": "true"}
     assert create["Condition"]["Bool"] == {"ec2:Encrypted": "true"}
     assert by_sid["FactoryGrowTagVolumesOnlyAtCreation"]["Condition"] == {"StringEquals": {"ec2:CreateAction": "CreateVolume"}}
-    for sid in ("FactoryGrowAttachAndKeepOnlyGrowResources", "FactoryGrowDeleteOwnUnattachedVolumes", "FactoryGrowMarkTheInstance"):
+    for sid in ("FactoryGrowAttachOnlyGrowVolumes", "FactoryGrowAttachAndKeepOnlyToTheCallingInstance", "FactoryGrowMarkTheCallingInstance"):
         assert by_sid[sid]["Condition"]["StringEquals"] == {"aws:ResourceTag/factory:grow": "true"}
+    # an instance is changed only by itself: every statement on instances names the caller
+    on_instances = [s for s in policy["Statement"] if any(":instance/" in r for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"]))]
+    assert {s["Sid"] for s in on_instances} == {"FactoryGrowAttachAndKeepOnlyToTheCallingInstance", "FactoryGrowMarkTheCallingInstance"}
+    for s in on_instances:
+        assert s["Condition"]["StringLike"] == {"ec2:SourceInstanceARN": "arn:aws:ec2:eu-west-2:*:instance/${ec2:InstanceID}"}, s
+        assert not any(":volume/" in r for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"]))
+    # the agent never deletes a volume (prune does, with its caller's policy)
+    assert not [s for s in policy["Statement"] if "ec2:DeleteVolume" in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])]
     # only the Describe calls, which have no resource-level permissions, are unscoped
     assert [s["Sid"] for s in policy["Statement"] if s["Resource"] == "*"] == ["FactoryGrowDescribe"]
     assert all(":eu-west-2:" in r for s in policy["Statement"] if s["Resource"] != "*"

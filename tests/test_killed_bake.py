@@ -82,7 +82,7 @@ def state_of(ec2, instance_id: str) -> str:
     return ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
 
 
-def test_a_killed_bakes_builder_is_removed_by_prune_and_the_next_bake_works(lc, tmp_path):
+def test_a_killed_bakes_builder_is_removed_by_prune_and_the_next_bake_works(lc, tmp_path, request):
     ec2 = lc.clients(REGION).ec2()
     build = tmp_path / "build"
     log = build / TASK / "packer.log"
@@ -136,7 +136,53 @@ def test_a_killed_bakes_builder_is_removed_by_prune_and_the_next_bake_works(lc, 
     assert group not in {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
     assert builders_pruned(lc, "--builder-hours", "0") == []
 
-    # The next bake, in the same checkout, on the build host the killed one held.
-    again = factory(lc, "bake", TASK, "--cloud", "local", "--build-dir", str(build), "--json")
+    # The next bake, in the same checkout, on the build host the killed one held; with every
+    # `builder:` option set, so the IAM proof (tests/test_zz_iam_policy.py) sees the calls
+    # Packer makes for them (the instance profile's GetInstanceProfile, the subnet's VPC).
+    config = every_builder_option(lc, tmp_path)
+    calls_before = len(call_log(request).read_text().splitlines())
+    again = factory(lc, "bake", TASK, "--cloud", "local", "--build-dir", str(build), "--config", str(config), "--json")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert json.loads(again.stdout)["status"] == "baked"
+    result = json.loads(again.stdout)
+    assert result["status"] == "baked"
+    (launched,) = [i for r in ec2.describe_instances(Filters=[{"Name": "tag:factory:image-hash", "Values": [result["image_hash"]]}])["Reservations"]
+                   for i in r["Instances"] if i["InstanceId"] != builder_id]
+    assert launched["InstanceType"] == "t3.large" and launched["SubnetId"] == config_subnet(config)
+    rendered = (build / TASK / "factory.auto.pkrvars.hcl").read_text()
+    assert re.search(rf'kms_key_id += "{config_key(config)}"', rendered) and re.search(r'iam_instance_profile += "factory-builder"', rendered), rendered
+    packer_calls = {line.split("\t", 1)[1] for line in call_log(request).read_text().splitlines()[calls_before:] if line.startswith("packer\t")}
+    assert {"iam:GetInstanceProfile", "ec2:DescribeSubnets", "ec2:RunInstances", "ec2:CopyImage"} <= packer_calls, packer_calls
+
+
+def call_log(request) -> Path:
+    return request.config.factory_call_log
+
+
+def every_builder_option(lc, tmp_path: Path) -> Path:
+    """factory.yaml with every `builder:` option, its subnet, instance profile and KMS key
+    made in the local cloud first (as a user's account has them)."""
+    aws = lc.clients(REGION)
+    subnet = aws.ec2().describe_subnets()["Subnets"][0]["SubnetId"]
+    iam = aws.client("iam")
+    iam.create_role(RoleName="factory-builder", AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]}))
+    iam.create_instance_profile(InstanceProfileName="factory-builder")
+    iam.add_role_to_instance_profile(InstanceProfileName="factory-builder", RoleName="factory-builder")
+    key = aws.client("kms").create_key(Description="factory AMIs")["KeyMetadata"]["Arn"]
+    config = tmp_path / "every-builder-option.yaml"
+    config.write_text("builder:\n"
+                      "  instance_types: {x86_64: t3.large, arm64: t4g.large}\n"
+                      f"  subnet: {subnet}\n"
+                      "  ssh_interface: session_manager\n"  # not on the local cloud: its build host is reached on loopback
+                      "  public_ip: false\n"
+                      "  instance_profile: factory-builder\n"
+                      f"  kms_key: {key}\n")
+    return config
+
+
+def config_subnet(config: Path) -> str:
+    return re.search(r"subnet: (\S+)", config.read_text())[1]
+
+
+def config_key(config: Path) -> str:
+    return re.search(r"kms_key: (\S+)", config.read_text())[1]

@@ -211,7 +211,10 @@ def prune(
             if not r.changes:
                 console.print(f"{region}: nothing to prune (keeping the newest {keep})", highlight=False, markup=False)
             for c in r.changes:
-                verb = "would delete" if r.dry_run else ("could not delete" if c.action == "failed" else "deleted")
+                if c.action == "failed":  # an error: on stderr, and prune went on with the rest
+                    err(f"{region}: could not delete {c.resource} {c.name}: {c.reason}")
+                    continue
+                verb = "kept" if c.action == "unchanged" else "would delete" if r.dry_run else "deleted"
                 console.print(f"{region}: {verb} {c.resource} {c.name}: {c.reason}", highlight=False, markup=False)
         if not really and any(r.changes for _, r in results):
             console.print("dry run: pass --apply to delete", highlight=False, markup=False)

@@ -4,8 +4,11 @@ A tier no spec uses any more (its `factory:tier` tag names none of the tiers the
 make now) loses its job queue (disabled, then deleted), its compute environments
 (disabled, then deleted once the queue has let them go) and its launch template. Then, for
 the tiers still in use, kept: each managed launch template's default version, every version a compute
-environment pins, and the newest `keep`; each task's newest `keep` AMIs and every AMI a
-kept version uses. Only resources tagged by factory are considered; every list is read
+environment pins, and the newest `keep`; each task's newest `keep` available AMIs (a
+pending one is never touched), every AMI a kept version uses, and every AMI anything else
+in the account uses (DescribeImageReferences: instances not terminated, launch templates,
+SSM parameters). An AMI AWS refuses to deregister is reported `failed` and the rest goes
+on. Only resources tagged by factory are considered; every list is read
 to its last page (a version pinned by an environment on page 2 is still pinned).
 
 Volumes the grow agent created but never attached (its instance died in between) are
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from factory.aws import Clients, aws_errors
-from factory.errors import UsageError
+from factory.errors import AwsError, UsageError
 from factory.register import compute_environment, job_queue
 from factory.register.names import TAG_MANAGED, TAG_TASK, TAG_TIER, tag_dict, tasks_from_tags
 from factory.register.reads import compute_environments, job_queues, paged
@@ -218,25 +221,64 @@ def _prune_versions(ec2: Any, lt: dict[str, Any], pinned: dict[str, set[str]], k
 
 
 def _prune_amis(ec2: Any, used_amis: set[str], keep: int, dry_run: bool, changes: list[Change]) -> None:
+    """Each task's AMIs beyond its newest `keep` available ones, unless a kept launch
+    template version uses one, or anything else in the account does (DescribeImageReferences:
+    an instance not terminated, another launch template, an SSM parameter). A pending AMI (a
+    bake is making it) is never touched and, like a failed or disabled one, never counts
+    towards `keep`. One AMI AWS refuses to deregister (deregistration protection, say) is
+    reported as failed and the rest go on."""
     with aws_errors("listing factory's AMIs"):
         images = list(paged(ec2, "describe_images", "Images", Owners=["self"], Filters=[{"Name": "tag-key", "Values": [TAG_TASK]}]))
     by_task: dict[str, list[dict[str, Any]]] = {}
     for image in images:
         by_task.setdefault(tag_dict(image.get("Tags")).get(TAG_TASK, "?"), []).append(image)
+    doomed: list[tuple[str, dict[str, Any]]] = []
     for task, group in sorted(by_task.items()):
         group.sort(key=lambda i: (i.get("CreationDate", ""), i["ImageId"]), reverse=True)
-        for image in group[keep:]:
-            ami = image["ImageId"]
-            if ami in used_amis:
-                continue
-            reason = f"task {task}, {image.get('CreationDate', '?')}: older than the newest {keep} and in no kept launch template version"
-            if dry_run:
-                changes.append(Change("ami", ami, "delete", reason + ", with its snapshots"))
-                continue
+        kept = {i["ImageId"] for i in [i for i in group if i.get("State") == "available"][:keep]}
+        doomed += [(task, i) for i in group if i["ImageId"] not in kept | used_amis and i.get("State") != "pending"]
+    referenced = _image_references(ec2, [i["ImageId"] for _, i in doomed])
+    for task, image in doomed:
+        ami = image["ImageId"]
+        if ami in referenced:
+            changes.append(Change("ami", ami, "unchanged", f"task {task}: older than the newest {keep} available, but still used by {', '.join(referenced[ami])}"))
+            continue
+        state = image.get("State", "?")
+        reason = (f"task {task}, {image.get('CreationDate', '?')}" + (f", {state}" if state != "available" else "")
+                  + f": not among the newest {keep} available and used by no kept launch template version or anything else")
+        if dry_run:
+            changes.append(Change("ami", ami, "delete", reason + ", with its snapshots"))
+            continue
+        try:
             with aws_errors(f"deregistering AMI {ami}"):
                 answer = ec2.deregister_image(ImageId=ami, DeleteAssociatedSnapshots=True)
-            kept = [r["SnapshotId"] for r in answer.get("DeleteSnapshotResults") or [] if r.get("ReturnCode") != "success"]
-            gone = [r["SnapshotId"] for r in answer.get("DeleteSnapshotResults") or [] if r.get("ReturnCode") == "success"]
-            changes.append(Change("ami", ami, "delete", reason + (f", snapshots {', '.join(gone)}" if gone else "")))
-            if kept:
-                changes.append(Change("snapshot", ", ".join(kept), "failed", f"AWS kept the snapshots of {ami} (DeleteSnapshotResults); delete them by hand"))
+        except AwsError as exc:
+            changes.append(Change("ami", ami, "failed", f"{reason}; AWS refused: {exc.message}"))
+            continue
+        kept_snaps = [r["SnapshotId"] for r in answer.get("DeleteSnapshotResults") or [] if r.get("ReturnCode") != "success"]
+        gone = [r["SnapshotId"] for r in answer.get("DeleteSnapshotResults") or [] if r.get("ReturnCode") == "success"]
+        changes.append(Change("ami", ami, "delete", reason + (f", snapshots {', '.join(gone)}" if gone else "")))
+        if kept_snaps:
+            changes.append(Change("snapshot", ", ".join(kept_snaps), "failed", f"AWS kept the snapshots of {ami} (DeleteSnapshotResults); delete them by hand"))
+
+
+# What else may use an AMI (DescribeImageReferences). Instances in any state but terminated;
+# launch templates at AWS's default depth (the newest 10 versions); parameters' current values.
+_REFERENCE_TYPES = [
+    {"ResourceType": "ec2:Instance",
+     "ResourceTypeOptions": [{"OptionName": "state-name", "OptionValues": ["pending", "running", "shutting-down", "stopping", "stopped"]}]},
+    {"ResourceType": "ec2:LaunchTemplate"},
+    {"ResourceType": "ssm:Parameter"},
+]
+IMAGES_PER_REFERENCE_CHECK = 10  # DescribeImageReferences ImageId.N: at most 10
+
+
+def _image_references(ec2: Any, ami_ids: list[str]) -> dict[str, list[str]]:
+    """AMI id -> the ARNs of what uses it, asked of EC2 ten AMIs at a time."""
+    found: dict[str, list[str]] = {}
+    for i in range(0, len(ami_ids), IMAGES_PER_REFERENCE_CHECK):
+        chunk = ami_ids[i : i + IMAGES_PER_REFERENCE_CHECK]
+        with aws_errors("asking EC2 what still uses the AMIs prune would deregister (DescribeImageReferences)"):
+            for ref in paged(ec2, "describe_image_references", "ImageReferences", ImageIds=chunk, ResourceTypes=_REFERENCE_TYPES):
+                found.setdefault(ref["ImageId"], []).append(ref.get("Arn") or ref.get("ResourceType", "?"))
+    return found

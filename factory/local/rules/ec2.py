@@ -9,6 +9,7 @@
 | `CreateVolume` with a `ClientToken` it has seen answers the volume it made then; with other parameters, `IdempotentParameterMismatch` | ignores the token: every retry makes a new volume | answers the first call's volume, or the mismatch error |
 | `DeleteSecurityGroup` fails `DependencyViolation` while an instance that is not terminated (stopped included) is in the group | deletes it | refuses with `DependencyViolation` until every such instance is terminated |
 | `DeleteSnapshot` right after `DeregisterImage` can fail `InvalidSnapshot.InUse` for a while (now and then) | deletes at once | with `snapshot_release_delay` > 0 (off by default: Packer 1.6.6 relies on the race being rare), the snapshot stays in use that long |
+| `DescribeImageReferences` lists the account's instances, launch templates (the newest `version-depth` versions, 10 by default) and SSM parameters that name each of at most 10 AMIs | not implemented (HTTP 500) | answers from moto's instances (the `state-name` option's states, all by default), launch template versions and parameters' current values, as `ImageReferences`; more than 10 AMIs is `InvalidParameterValue` |
 
 AWS sources: EC2 Developer Guide, "Ensuring idempotency in Amazon EC2 API requests"
 (a retry with the same client token completes without doing it again; other parameters
@@ -17,7 +18,10 @@ an idempotency token); EC2 API reference, DeleteLaunchTemplateVersions ("You can
 default version of a launch template"; the success and error sets), DeregisterImage
 (`DeleteAssociatedSnapshots`), DeleteSecurityGroup ("If you attempt to delete a security
 group that is associated with an instance ... the operation fails with
-DependencyViolation"), and botocore's EC2 model for the response shapes.
+DependencyViolation"), DescribeImageReferences (`ImageId.N`: at most 10; the
+`ResourceTypeOption` names `state-name` and `version-depth`, default all states and 10
+versions) with the User Guide's "Identify your resources referencing specified AMIs", and
+botocore's EC2 model for the response shapes.
 """
 
 from __future__ import annotations
@@ -174,6 +178,61 @@ def install(settings: Settings) -> None:
         return result
 
     ElasticBlockStore.create_volume = create_volume
+
+    AmisResponse.describe_image_references = _describe_image_references
+
+
+IMAGE_REFERENCE_TYPES = ("ec2:Instance", "ec2:LaunchTemplate", "ssm:Parameter", "imagebuilder:ImageRecipe", "imagebuilder:ContainerRecipe")
+MAX_IMAGE_REFERENCE_IDS = 10  # DescribeImageReferences ImageId.N
+DEFAULT_VERSION_DEPTH = 10
+
+
+def _describe_image_references(self: Any) -> Any:
+    """Which of the account's instances, launch templates and parameters name the AMIs."""
+    from moto.core.responses import ActionResult
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ssm.models import ssm_backends
+
+    ami_ids = list(self._get_param("ImageIds") or [])
+    include_all = str(self._get_param("IncludeAllResourceTypes", False)).lower() == "true"
+    asked = self._get_param("ResourceTypes") or []
+    self.error_on_dryrun()
+    if not ami_ids or len(ami_ids) > MAX_IMAGE_REFERENCE_IDS:
+        raise EC2ClientError("InvalidParameterValue", f"ImageId: give 1 to {MAX_IMAGE_REFERENCE_IDS} image ids, not {len(ami_ids)}")
+    if not include_all and not asked:
+        raise EC2ClientError("MissingParameter", "Either IncludeAllResourceTypes or ResourceTypes must be specified.")
+    options: dict[str, dict[str, list[str]]] = {kind: {} for kind in IMAGE_REFERENCE_TYPES} if include_all else {}
+    for item in asked:
+        kind = item.get("ResourceType", "")
+        if kind not in IMAGE_REFERENCE_TYPES:
+            raise EC2ClientError("InvalidParameterValue", f"ResourceType {kind!r}: one of {', '.join(IMAGE_REFERENCE_TYPES)}")
+        chosen = options.setdefault(kind, {})
+        for opt in item.get("ResourceTypeOptions") or item.get("ResourceTypeOption") or []:
+            chosen[opt.get("OptionName", "")] = [str(v) for v in (opt.get("OptionValues") or opt.get("OptionValue") or [])]
+    wanted = set(ami_ids)
+    account, region = self.current_account, self.region
+    found: list[dict[str, str]] = []
+    if "ec2:Instance" in options:
+        states = set(options["ec2:Instance"].get("state-name") or [])
+        for instance in self.ec2_backend.all_instances():
+            if instance.image_id in wanted and (not states or instance.state in states):
+                found.append({"ImageId": instance.image_id, "ResourceType": "ec2:Instance",
+                              "Arn": f"arn:aws:ec2:{region}:{account}:instance/{instance.id}"})
+    if "ec2:LaunchTemplate" in options:
+        depth = int((options["ec2:LaunchTemplate"].get("version-depth") or [DEFAULT_VERSION_DEPTH])[0])
+        for template in self.ec2_backend.launch_templates.values():
+            newest = sorted(template.versions, key=lambda v: v.number, reverse=True)[:depth]
+            for ami in sorted({v.data.get("ImageId") for v in newest} & wanted):
+                found.append({"ImageId": ami, "ResourceType": "ec2:LaunchTemplate",
+                              "Arn": f"arn:aws:ec2:{region}:{account}:launch-template/{template.id}"})
+    if "ssm:Parameter" in options:
+        parameters = ssm_backends[account][region]._parameters
+        for name in list(parameters):
+            versions = parameters.get(name) or []
+            if versions and versions[-1].value in wanted:
+                found.append({"ImageId": versions[-1].value, "ResourceType": "ssm:Parameter",
+                              "Arn": f"arn:aws:ssm:{region}:{account}:parameter/{name.lstrip('/')}"})
+    return ActionResult({"ImageReferences": found})
 
 
 def _drop_tree(ami_id: str) -> None:
