@@ -274,6 +274,12 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     if not re.fullmatch(r"[0-9a-f]{64}", sha or ""):
         raise UsageError(f"the Miniconda installer for {url} needs its sha256 (64 hex digits), not {sha!r}")
 
+    if target.ssh_interface == "session_manager" and not family.ssm_agent:
+        raise FactoryError(
+            f"{spec.path}: image.base: {family.label} ships no SSM agent, so builder.ssh_interface: session_manager "
+            "(factory.yaml) could never reach its builder. Bake this task with ssh_interface public_ip or private_ip, "
+            "or move it to image.base: ecs-al2023"
+        )
     user = target.ssh_username or family.ssh_user
     cidrs = list(target.builder_cidrs)
     if not cidrs:
