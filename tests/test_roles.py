@@ -310,3 +310,54 @@ def test_the_bake_play_ends_generalized(cloud, tmp_path):
     assert again.returncode == 0, show(again)
     assert gone("/etc/ssh/ssh_host_*") and host.run("cat", "/etc/machine-id").stdout == ""
     host.boot()  # leave the host usable
+
+
+@requires_buildhost
+def test_generalize_removes_the_builders_logs_leases_temporary_files_and_caches(cloud, tmp_path):
+    """Issue 22 §9: what amazon-ecs-ami's cleanup removes and generalize did not: the
+    login log with Packer's address, the system and audit logs, the login records (emptied
+    in place), DHCP leases, /tmp and /var/tmp, dnf/yum caches and history, the SSM agent's
+    logs, rsyslog's journal position, /etc/hostname. A second run on a host that has none
+    of them (a fresh instance of the AMI) passes too."""
+    host, _, _ = cloud
+    host.boot()
+    planted = {
+        "/var/log/secure": "sshd[812]: Accepted publickey for ec2-user from 203.0.113.7 port 50022",
+        "/var/log/secure-20261201": "sshd[3]: Accepted publickey for ec2-user from 203.0.113.7",
+        "/var/log/messages": "builder messages", "/var/log/cron": "cron", "/var/log/boot.log": "boot",
+        "/var/log/audit/audit.log": "type=USER_LOGIN addr=203.0.113.7",
+        "/var/lib/dhclient/dhclient--eth0.lease": "lease { fixed-address 10.0.0.12; }",
+        "/var/lib/dhcp/dhclient.eth0.leases": "lease { fixed-address 10.0.0.12; }",
+        "/tmp/packer-shell-1234": "uploaded by Packer", "/tmp/ansible-work/x": "x",
+        "/var/tmp/factory-upload": "y", "/var/tmp/.hidden": "z",
+        "/var/cache/dnf/amazonlinux-abc/repodata/primary.xml.gz": "cache",
+        "/var/cache/yum/x86_64/2/timedhosts": "cache",
+        "/var/lib/dnf/history.sqlite": "history", "/var/lib/yum/history/2026-12-01/1": "history",
+        "/var/log/amazon/ssm/amazon-ssm-agent.log": "session i-0abc started by arn:aws:sts::123:assumed-role",
+        "/var/lib/rsyslog/imjournal.state": "cursor",
+        "/etc/hostname": "ip-10-0-0-12.ec2.internal",
+    }
+    for path, text in planted.items():
+        host.run("sh", "-c", f"mkdir -p \"$(dirname {path})\" && printf '%s' \"$1\" > {path}", "-", text)
+    host.run("sh", "-c", "printf 'login record' > /var/log/wtmp && chmod 0664 /var/log/wtmp && "
+                         "printf 'failed' > /var/log/btmp && chmod 0600 /var/log/btmp")
+    keep = {"/var/log/docker.log", "/var/lib/factory"}  # not the instance's: left as they are
+    host.run("sh", "-c", "mkdir -p /var/lib/factory && echo '{}' > /var/lib/factory/kept.json")
+    play = role_playbook(tmp_path, "generalize")
+    ev = {"ansible_python_interpreter": host.python_interpreter}
+    first = run_playbook(host, play, ev, tmp_path)
+    assert first.returncode == 0, show(first)
+    left = [p for p in planted if host.run("test", "-e", p, check=False).returncode == 0]
+    assert left == [], left
+    for d in ("/tmp", "/var/tmp", "/var/cache/dnf", "/var/log/amazon/ssm", "/var/log/audit"):
+        assert host.run("sh", "-c", f"ls -A {d} 2>/dev/null", check=False).stdout.strip() == "", d
+    assert host.run("test", "-d", "/tmp", check=False).returncode == 0  # emptied, not removed
+    # the login records are emptied in place, their modes kept
+    assert host.run("stat", "-c", "%s %a", "/var/log/wtmp", "/var/log/btmp").stdout.split("\n")[:2] == ["0 664", "0 600"]
+    assert host.run("cat", "/var/lib/factory/kept.json").stdout.strip() == "{}" and keep
+    # a fresh instance with none of these files: nothing to remove, and no failure
+    host.boot()
+    host.run("sh", "-c", "rm -rf /var/log/wtmp /var/log/btmp /var/log/lastlog /var/log/audit /var/lib/dhclient")
+    again = run_playbook(host, play, ev, tmp_path)
+    assert again.returncode == 0, show(again)
+    host.boot()  # leave the host usable
