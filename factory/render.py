@@ -247,6 +247,14 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     """Every template variable's value for one task (the generated file's content)."""
     family = spec.image.family_info
     arch = spec.image.architecture
+    if family.docker_device and spec.image.volume == "launch-template":
+        raise FactoryError(
+            f"{spec.path}: image.volume: launch-template cannot size {family.label}: the base AMI's cloud-init runs "
+            f"docker-storage-setup at the builder's first boot, which makes Docker's {family.base_docker_gib} GiB thin pool "
+            f"on {family.docker_device}, and the AMI keeps that pool, so a larger {family.docker_device} from the launch "
+            "template would never be used. Set image.volume: ami (the AMI carries the pool at the task's size), or move "
+            "the task to image.base: ecs-al2023"
+        )
     volume_gib, basesize_gib = _sizes(plan)
     root_gib = max(family.base_root_gib, int(getattr(plan, "ami_min_gib", 0) or 0)
                    if not family.docker_device else 0)

@@ -519,3 +519,22 @@ def test_cli_render_builds_with_the_builder_section(cli, tmp_path, monkeypatch):
     bad = cli("render", "salmon-quant", "--out", tmp_path / "c", "--base-ami", BASE_AMI, "--specs-dir", SPECS)
     assert bad.exit_code == 1 and "builder.subnet: ssh_interface session_manager needs a subnet" in bad.stderr
     assert "Traceback" not in bad.stderr and not (tmp_path / "c").exists()
+
+
+def test_the_legacy_ami_is_refused_in_launch_template_volume_mode(tmp_path):
+    """Issue 22 §8: AL1's thin pool is made at the builder's first boot at the base's
+    22 GiB and kept in the AMI, so a larger /dev/xvdcz from the launch template would never
+    be used: the render refuses (and writes no folder); image.volume: ami renders the pool's
+    device at the task's size."""
+    from factory.errors import FactoryError
+
+    spec = find_spec("star-align", SPECS)
+    al1 = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base="ecs-al1", family="al1"))
+    assert al1.image.volume == "launch-template"  # the default
+    with pytest.raises(FactoryError, match=r"image.volume: launch-template cannot size .*22 GiB thin pool on /dev/xvdcz.*image.volume: ami"):
+        render(al1, size_task(al1), BASE_AMI, tmp_path / "lt", packer_version=(1, 6, 6))
+    assert not (tmp_path / "lt").exists()
+    baked = dataclasses.replace(al1, image=dataclasses.replace(al1.image, volume="ami"))
+    result = render(baked, size_task(baked), BASE_AMI, tmp_path / "ami", packer_version=(1, 6, 6))
+    devices = {d["device_name"]: d["volume_gib"] for d in load_hcl(result.variables_file)["block_devices"]}
+    assert devices["/dev/xvdcz"] == size_task(baked).volume_gib > 22
