@@ -283,13 +283,15 @@ def prepare(
     plan = size_task(spec)
     steps["size"] = time.monotonic() - t
 
+    target = target or cloud.target(spec.region)
+    check_session_manager_plugin(target, cloud.config_source())
+
     t = time.monotonic()
     say("resolving the base AMI")
     clients = cloud.clients(spec.region)
     base_ami = _base_ami(spec, clients, reads)
     if spec.image.pinned_ami:
         check_pinned_ami(spec, clients.ec2(), base_ami)
-    target = target or cloud.target(spec.region)
     out_dir = Path(build_root) / spec.name
     say("rendering the Packer folder")
     # Rendering replaces the folder: keep the record of the last real build (its log and
@@ -351,6 +353,31 @@ def check_builder_memory(ec2: Any, instance_type: str, architecture: str, source
             f"the ECS agent and a conda-forge solve, which needs at least {BUILDER_MIN_MEMORY_MIB // 1024} GiB "
             f"(conda is OOM-killed on 1 GiB): pick {BUILDER_INSTANCE_TYPE[architecture]} or larger"
         )
+
+
+SESSION_MANAGER_PLUGIN = "session-manager-plugin"
+SESSION_MANAGER_PLUGIN_DOCS = (
+    "https://docs.aws.amazon.com/systems-manager/latest/userguide/session-manager-working-with-install-plugin.html"
+)
+
+
+def check_session_manager_plugin(target: Any, source: str, env: dict[str, str] | None = None) -> None:
+    """With `ssh_interface: session_manager`, Packer opens its SSH tunnel through AWS's
+    session-manager-plugin on this machine: refuse before any instance starts when the
+    PATH Packer runs with has none (Packer would only fail after launching the builder)."""
+    import shutil
+
+    from factory import packer
+
+    if getattr(target, "ssh_interface", "") != "session_manager":
+        return
+    if shutil.which(SESSION_MANAGER_PLUGIN, path=packer.run_environment(env).get("PATH", "")):
+        return
+    raise FactoryError(
+        f"{source}: builder.ssh_interface: session_manager needs AWS's {SESSION_MANAGER_PLUGIN} where factory "
+        f"runs, and none is on PATH: install it ({SESSION_MANAGER_PLUGIN_DOCS}) or use ssh_interface public_ip "
+        "or private_ip"
+    )
 
 
 def check_pinned_ami(spec: Any, ec2: Any, ami: str) -> None:

@@ -77,8 +77,9 @@ class Cloud:
             instance_types=dict(builder.instance_types),
             subnet_id=builder.subnet or "",
             ssh_interface=builder.ssh_interface,
-            # The default VPC gives a public address by itself; say it only where it differs.
-            associate_public_ip=builder.public_ip if (builder.subnet or not builder.public_ip) else None,
+            # The default VPC gives a public address by itself, and a subnet keeps its own
+            # setting unless factory.yaml says otherwise (public_ip, or ssh_interface public_ip).
+            associate_public_ip=builder.public_ip if builder.subnet else None,
             iam_instance_profile=builder.instance_profile or "",
             kms_key_id=builder.kms_key or "",
         )

@@ -17,7 +17,7 @@ register step uses the region's default VPC and says so. The format, with defaul
       instance_types: {x86_64: t3.medium, arm64: t4g.medium}   # at least 4 GiB of memory
       subnet: null                                # default: the first of batch.subnets, else the default VPC
       ssh_interface: public_ip                    # public_ip | private_ip | session_manager
-      public_ip: null                             # true | false; null: true with public_ip, else false
+      public_ip: null                             # true | false; null: true with public_ip, else the subnet's own setting
       instance_profile: null                      # instance profile name; session_manager needs one
       kms_key: null                               # KMS key (id, ARN or alias/...) for the AMI; null: the account's EBS default
     launch_template:
@@ -109,7 +109,7 @@ class BuilderConfig:
     subnet: str | None = None  # None: the first of batch.subnets, else the default VPC
     subnet_source: str = "default VPC"  # says where `subnet` came from
     ssh_interface: str = "public_ip"
-    public_ip: bool = True
+    public_ip: bool | None = True  # None: the subnet's own setting (private_ip, session_manager)
     instance_profile: str | None = None
     kms_key: str | None = None
 
@@ -312,9 +312,16 @@ def _builder(section: dict[str, Any], batch: BatchConfig, bad) -> BuilderConfig:
     if public_ip is not None and not isinstance(public_ip, bool):
         bad("builder.public_ip", f"expected true, false or null, got {public_ip!r}")
         public_ip = None
-    if public_ip is None:
-        public_ip = interface == "public_ip"
-    if interface == "public_ip" and not public_ip:
+    if public_ip is None and interface == "public_ip":
+        public_ip = True
+    if interface != "public_ip" and source == "default VPC":
+        # The default VPC's subnets have no NAT: a builder there without a public address
+        # never reaches Systems Manager (its agent never connects) nor the installers.
+        bad("builder.subnet", f"ssh_interface {interface} needs a subnet (builder.subnet or batch.subnets): without one "
+            "the builder starts in the default VPC with no public address and no way out. Name a subnet whose route "
+            "table reaches a NAT gateway (or has VPC endpoints for ssm, ssmmessages and ec2messages) and that allows "
+            "egress on 443 to the Miniconda and conda-forge installers and to ECR; or use ssh_interface: public_ip")
+    if interface == "public_ip" and public_ip is False:
         bad("builder.public_ip", "false, but ssh_interface is public_ip: Packer could not reach the builder; "
             "use ssh_interface: private_ip (from inside the VPC) or session_manager")
     profile = opt_str("instance_profile")

@@ -29,6 +29,7 @@ class Family:
     ansible_core_below: tuple[int, int] | None
     base_docker_gib: int | None = None  # its separate Docker volume (AL1), else None
     data_device: str | None = None  # Docker's own data volume with `storage.grow` (None: the family cannot grow)
+    ssm_agent: bool = True  # the base AMI runs the SSM agent (Session Manager can reach the builder)
 
     def ssm_parameter(self, architecture: str) -> str | None:
         return self.ssm_arm64 if architecture == "arm64" else self.ssm_x86_64
@@ -97,6 +98,8 @@ FAMILIES: dict[str, Family] = {
         python_label="Python 2.7",
         ansible_core_below=(2, 17),
         base_docker_gib=22,
+        # The legacy AMI ships no amazon-ssm-agent: Session Manager cannot reach its builder.
+        ssm_agent=False,
     ),
 }
 

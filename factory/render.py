@@ -247,6 +247,14 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     """Every template variable's value for one task (the generated file's content)."""
     family = spec.image.family_info
     arch = spec.image.architecture
+    if family.docker_device and spec.image.volume == "launch-template":
+        raise FactoryError(
+            f"{spec.path}: image.volume: launch-template cannot size {family.label}: the base AMI's cloud-init runs "
+            f"docker-storage-setup at the builder's first boot, which makes Docker's {family.base_docker_gib} GiB thin pool "
+            f"on {family.docker_device}, and the AMI keeps that pool, so a larger {family.docker_device} from the launch "
+            "template would never be used. Set image.volume: ami (the AMI carries the pool at the task's size), or move "
+            "the task to image.base: ecs-al2023"
+        )
     volume_gib, basesize_gib = _sizes(plan)
     root_gib = max(family.base_root_gib, int(getattr(plan, "ami_min_gib", 0) or 0)
                    if not family.docker_device else 0)
@@ -274,6 +282,12 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     if not re.fullmatch(r"[0-9a-f]{64}", sha or ""):
         raise UsageError(f"the Miniconda installer for {url} needs its sha256 (64 hex digits), not {sha!r}")
 
+    if target.ssh_interface == "session_manager" and not family.ssm_agent:
+        raise FactoryError(
+            f"{spec.path}: image.base: {family.label} ships no SSM agent, so builder.ssh_interface: session_manager "
+            "(factory.yaml) could never reach its builder. Bake this task with ssh_interface public_ip or private_ip, "
+            "or move it to image.base: ecs-al2023"
+        )
     user = target.ssh_username or family.ssh_user
     cidrs = list(target.builder_cidrs)
     if not cidrs:

@@ -853,6 +853,7 @@ def test_each_family_renders_its_own_python(tmp_path):
     target = render.BuildTarget.aws(builder_cidrs=("203.0.113.7/32",))
     got = {}
     for family in ("al2023", "al2", "al1"):
-        s = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base=f"ecs-{family}", family=family))
+        volume = "ami" if family == "al1" else spec.image.volume  # al1 bakes only its volume into the AMI
+        s = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base=f"ecs-{family}", family=family, volume=volume))
         got[family] = render.variables_for(s, size_task(s), "ami-0123456789abcdef0", target)["ansible_python_interpreter"]
     assert got == {"al2023": "/usr/bin/python3", "al2": "/usr/bin/python3", "al1": "/usr/bin/python2.7"}

@@ -368,7 +368,8 @@ def test_a_private_builder_through_session_manager_renders_and_validates(tmp_pat
     v = load_hcl(result.variables_file)
     assert v["instance_type"] == "m6i.large" and v["subnet_id"] == "subnet-0private"
     assert v["ssh_interface"] == "session_manager" and v["iam_instance_profile"] == "factory-builder"
-    assert v["associate_public_ip"] == "false" and v["kms_key_id"] == "alias/factory-amis"
+    # the subnet's own setting (a private subnet gives no public address; one that does is the user's choice)
+    assert v["associate_public_ip"] == "" and v["kms_key_id"] == "alias/factory-amis"
     assert v["builder_cidrs"] == ["127.0.0.1/32"]
     src = load_hcl(result.out_dir / "factory.pkr.hcl")["source"][0]["amazon-ebs"]["factory"]
     assert "associate_public_ip_address" in src and src["kms_key_id"] == "${var.kms_key_id}"
@@ -380,6 +381,9 @@ def test_a_private_builder_through_session_manager_renders_and_validates(tmp_pat
     ("builder:\n  ssh_interface: session_manager\n", "builder.instance_profile: ssh_interface session_manager needs an instance profile"),
     ("builder:\n  public_ip: false\n", "builder.public_ip: false, but ssh_interface is public_ip"),
     ("builder:\n  ssh_interface: ssm\n", "builder.ssh_interface: expected one of public_ip, private_ip, session_manager"),
+    ("builder:\n  ssh_interface: session_manager\n  instance_profile: factory-builder\n",
+     "builder.subnet: ssh_interface session_manager needs a subnet (builder.subnet or batch.subnets)"),
+    ("builder:\n  ssh_interface: private_ip\n", "builder.subnet: ssh_interface private_ip needs a subnet"),
     ("builder:\n  subnet: private-a\n", "builder.subnet: 'private-a' is not a subnet-... id"),
     ("builder:\n  instance_types: {x86: t3.large}\n", "builder.instance_types.x86: unknown architecture"),
     ("builder:\n  instance_types: t3.large\n", "builder.instance_types: expected a mapping of architecture"),
@@ -424,4 +428,115 @@ def test_a_private_ip_builder_needs_the_range_factory_connects_from(tmp_path, mo
         render_mod.variables_for(spec, size_task(spec), BASE_AMI, target)
     monkeypatch.setenv(render_mod.CALLER_CIDR_ENV, "10.20.0.0/16")
     v = render_mod.variables_for(spec, size_task(spec), BASE_AMI, target)
-    assert v["builder_cidrs"] == ["10.20.0.0/16"] and v["associate_public_ip"] == "false"
+    assert v["builder_cidrs"] == ["10.20.0.0/16"] and v["associate_public_ip"] == ""
+
+
+def test_a_private_builder_keeps_its_subnets_public_address_setting_unless_told(tmp_path, monkeypatch):
+    """Issue 22 §6: over private_ip or session_manager the subnet decides about a public
+    address (null), unless factory.yaml says; ssh_interface public_ip asks for one."""
+    spec = find_spec("salmon-quant", SPECS)
+    monkeypatch.setenv(render_mod.CALLER_CIDR_ENV, "10.20.0.0/16")
+    base = "batch:\n  subnets: [subnet-0nat]\n  security_groups: [sg-0ccc]\nbuilder:\n  instance_profile: factory-builder\n"
+    for interface, public_ip, want in [
+        ("session_manager", None, ""), ("private_ip", None, ""), ("session_manager", True, "true"),
+        ("private_ip", False, "false"), ("public_ip", None, "true"),
+    ]:
+        text = base + f"  ssh_interface: {interface}\n" + ("" if public_ip is None else f"  public_ip: {str(public_ip).lower()}\n")
+        v = render_mod.variables_for(spec, size_task(spec), BASE_AMI, _aws_target(tmp_path, text))
+        assert (v["subnet_id"], v["associate_public_ip"]) == ("subnet-0nat", want), (interface, public_ip)
+
+
+def test_a_builder_subnet_refusal_says_what_the_subnet_needs(tmp_path):
+    from factory.config import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        _aws_target(tmp_path, "builder:\n  ssh_interface: session_manager\n  instance_profile: factory-builder\n")
+    text = exc.value.message
+    assert "NAT gateway" in text and "ssm, ssmmessages and ec2messages" in text and "egress" in text
+
+
+def test_session_manager_is_refused_for_the_legacy_ami_without_an_ssm_agent(tmp_path):
+    """Issue 22 §7: the AL1 AMI has no SSM agent, so Session Manager could never connect."""
+    from factory.errors import FactoryError
+
+    target = _aws_target(tmp_path, "builder:\n  subnet: subnet-0nat\n  ssh_interface: session_manager\n"
+                                   "  instance_profile: factory-builder\n")
+    spec = find_spec("salmon-quant", SPECS)
+    al1 = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base="ecs-al1", family="al1", volume="ami"))
+    with pytest.raises(FactoryError, match=r"image.base: ECS-optimized Amazon Linux \(legacy.*ships no SSM agent.*session_manager"):
+        render_mod.variables_for(al1, size_task(al1), BASE_AMI, target)
+    assert render_mod.variables_for(spec, size_task(spec), BASE_AMI, target)["ssh_interface"] == "session_manager"
+
+
+def test_bake_wants_the_session_manager_plugin_before_any_instance_starts(tmp_path, monkeypatch):
+    """Issue 22 §7: without session-manager-plugin on PATH, prepare stops before it asks
+    AWS anything (no base AMI lookup, no render); with one, the check passes."""
+    from factory import bake
+    from factory.cloud import Cloud
+    from factory.errors import FactoryError
+
+    config = tmp_path / "factory.yaml"
+    config.write_text("builder:\n  subnet: subnet-0nat\n  ssh_interface: session_manager\n  instance_profile: factory-builder\n")
+    cloud = Cloud("aws", config_path=config)
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    spec = find_spec("salmon-quant", SPECS)
+    with pytest.raises(FactoryError, match=r"builder.ssh_interface: session_manager needs AWS's session-manager-plugin"):
+        bake.prepare(spec, cloud, tmp_path / "build")
+    assert not (tmp_path / "build").exists()  # stopped before the render
+    plugin = empty / "session-manager-plugin"
+    plugin.write_text("#!/bin/sh\n")
+    plugin.chmod(0o755)
+    bake.check_session_manager_plugin(cloud.target("us-east-1"), str(config))
+
+
+def test_cli_render_builds_with_the_builder_section(cli, tmp_path, monkeypatch):
+    """Issue 22 §11: `factory render` writes what `factory bake` would build: factory.yaml's
+    builder (from --config, or ./factory.yaml), not the default builder."""
+    monkeypatch.setenv(render_mod.CALLER_CIDR_ENV, "10.20.0.0/16")
+    config = tmp_path / "settings.yaml"
+    config.write_text("builder:\n  instance_types: {x86_64: m6i.large}\n  subnet: subnet-0nat\n"
+                      "  ssh_interface: private_ip\n  instance_profile: factory-builder\n  kms_key: alias/amis\n")
+    r = cli("render", "salmon-quant", "--out", tmp_path / "a", "--base-ami", BASE_AMI, "--specs-dir", SPECS, "--config", config)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    v = load_hcl(tmp_path / "a" / render_mod.VARIABLES_FILE)
+    assert (v["instance_type"], v["subnet_id"], v["ssh_interface"], v["iam_instance_profile"], v["kms_key_id"]) == (
+        "m6i.large", "subnet-0nat", "private_ip", "factory-builder", "alias/amis")
+    # the same as the target a bake uses
+    from factory.cloud import Cloud
+
+    spec = find_spec("salmon-quant", SPECS)
+    want = render_mod.variables_for(spec, size_task(spec), BASE_AMI, Cloud("aws", config_path=config).target(spec.region))
+    builder_keys = ("instance_type", "subnet_id", "ssh_interface", "associate_public_ip", "iam_instance_profile",
+                    "kms_key_id", "builder_cidrs")
+    assert {k: v[k] for k in builder_keys} == {k: want[k] for k in builder_keys}
+    # ./factory.yaml when no --config, as bake reads it
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "factory.yaml").write_text(config.read_text())
+    r = cli("render", "salmon-quant", "--out", tmp_path / "b", "--base-ami", BASE_AMI, "--specs-dir", SPECS)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert load_hcl(tmp_path / "b" / render_mod.VARIABLES_FILE)["subnet_id"] == "subnet-0nat"
+    (tmp_path / "factory.yaml").write_text("builder:\n  ssh_interface: session_manager\n")
+    bad = cli("render", "salmon-quant", "--out", tmp_path / "c", "--base-ami", BASE_AMI, "--specs-dir", SPECS)
+    assert bad.exit_code == 1 and "builder.subnet: ssh_interface session_manager needs a subnet" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "c").exists()
+
+
+def test_the_legacy_ami_is_refused_in_launch_template_volume_mode(tmp_path):
+    """Issue 22 §8: AL1's thin pool is made at the builder's first boot at the base's
+    22 GiB and kept in the AMI, so a larger /dev/xvdcz from the launch template would never
+    be used: the render refuses (and writes no folder); image.volume: ami renders the pool's
+    device at the task's size."""
+    from factory.errors import FactoryError
+
+    spec = find_spec("star-align", SPECS)
+    al1 = dataclasses.replace(spec, image=dataclasses.replace(spec.image, base="ecs-al1", family="al1"))
+    assert al1.image.volume == "launch-template"  # the default
+    with pytest.raises(FactoryError, match=r"image.volume: launch-template cannot size .*22 GiB thin pool on /dev/xvdcz.*image.volume: ami"):
+        render(al1, size_task(al1), BASE_AMI, tmp_path / "lt", packer_version=(1, 6, 6))
+    assert not (tmp_path / "lt").exists()
+    baked = dataclasses.replace(al1, image=dataclasses.replace(al1.image, volume="ami"))
+    result = render(baked, size_task(baked), BASE_AMI, tmp_path / "ami", packer_version=(1, 6, 6))
+    devices = {d["device_name"]: d["volume_gib"] for d in load_hcl(result.variables_file)["block_devices"]}
+    assert devices["/dev/xvdcz"] == size_task(baked).volume_gib > 22

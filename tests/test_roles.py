@@ -310,3 +310,178 @@ def test_the_bake_play_ends_generalized(cloud, tmp_path):
     assert again.returncode == 0, show(again)
     assert gone("/etc/ssh/ssh_host_*") and host.run("cat", "/etc/machine-id").stdout == ""
     host.boot()  # leave the host usable
+
+
+@requires_buildhost
+def test_generalize_removes_the_builders_logs_leases_temporary_files_and_caches(cloud, tmp_path):
+    """Issue 22 §9: what amazon-ecs-ami's cleanup removes and generalize did not: the
+    login log with Packer's address, the system and audit logs, the login records (emptied
+    in place), DHCP leases, /tmp and /var/tmp, dnf/yum caches and history, the SSM agent's
+    logs, rsyslog's journal position, /etc/hostname. A second run on a host that has none
+    of them (a fresh instance of the AMI) passes too."""
+    host, _, _ = cloud
+    host.boot()
+    planted = {
+        "/var/log/secure": "sshd[812]: Accepted publickey for ec2-user from 203.0.113.7 port 50022",
+        "/var/log/secure-20261201": "sshd[3]: Accepted publickey for ec2-user from 203.0.113.7",
+        "/var/log/messages": "builder messages", "/var/log/cron": "cron", "/var/log/boot.log": "boot",
+        "/var/log/audit/audit.log": "type=USER_LOGIN addr=203.0.113.7",
+        "/var/lib/dhclient/dhclient--eth0.lease": "lease { fixed-address 10.0.0.12; }",
+        "/var/lib/dhcp/dhclient.eth0.leases": "lease { fixed-address 10.0.0.12; }",
+        "/tmp/packer-shell-1234": "uploaded by Packer", "/tmp/ansible-work/x": "x",
+        "/var/tmp/factory-upload": "y", "/var/tmp/.hidden": "z",
+        "/var/cache/dnf/amazonlinux-abc/repodata/primary.xml.gz": "cache",
+        "/var/cache/yum/x86_64/2/timedhosts": "cache",
+        "/var/lib/dnf/history.sqlite": "history", "/var/lib/yum/history/2026-12-01/1": "history",
+        "/var/log/amazon/ssm/amazon-ssm-agent.log": "session i-0abc started by arn:aws:sts::123:assumed-role",
+        "/var/lib/rsyslog/imjournal.state": "cursor",
+        "/etc/hostname": "ip-10-0-0-12.ec2.internal",
+    }
+    for path, text in planted.items():
+        host.run("sh", "-c", f"mkdir -p \"$(dirname {path})\" && printf '%s' \"$1\" > {path}", "-", text)
+    host.run("sh", "-c", "printf 'login record' > /var/log/wtmp && chmod 0664 /var/log/wtmp && "
+                         "printf 'failed' > /var/log/btmp && chmod 0600 /var/log/btmp")
+    keep = {"/var/log/docker.log", "/var/lib/factory"}  # not the instance's: left as they are
+    host.run("sh", "-c", "mkdir -p /var/lib/factory && echo '{}' > /var/lib/factory/kept.json")
+    play = role_playbook(tmp_path, "generalize")
+    ev = {"ansible_python_interpreter": host.python_interpreter}
+    first = run_playbook(host, play, ev, tmp_path)
+    assert first.returncode == 0, show(first)
+    left = [p for p in planted if host.run("test", "-e", p, check=False).returncode == 0]
+    assert left == [], left
+    for d in ("/tmp", "/var/tmp", "/var/cache/dnf", "/var/log/amazon/ssm", "/var/log/audit"):
+        assert host.run("sh", "-c", f"ls -A {d} 2>/dev/null", check=False).stdout.strip() == "", d
+    assert host.run("test", "-d", "/tmp", check=False).returncode == 0  # emptied, not removed
+    # the login records are emptied in place, their modes kept
+    assert host.run("stat", "-c", "%s %a", "/var/log/wtmp", "/var/log/btmp").stdout.split("\n")[:2] == ["0 664", "0 600"]
+    assert host.run("cat", "/var/lib/factory/kept.json").stdout.strip() == "{}" and keep
+    # a fresh instance with none of these files: nothing to remove, and no failure
+    host.boot()
+    host.run("sh", "-c", "rm -rf /var/log/wtmp /var/log/btmp /var/log/lastlog /var/log/audit /var/lib/dhclient")
+    again = run_playbook(host, play, ev, tmp_path)
+    assert again.returncode == 0, show(again)
+    host.boot()  # leave the host usable
+
+
+class _Registry:
+    """A registry on loopback speaking the part of the distribution API `docker pull`
+    reads first (Docker uses plain HTTP for a 127.0.0.0/8 registry): a private
+    repository (401 UNAUTHORIZED), a missing one (404 MANIFEST_UNKNOWN), and one whose
+    manifest list has no variant for this machine (only linux/s390x)."""
+
+    def __init__(self):
+        import hashlib
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        listing = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+                              "manifests": [{"mediaType": "application/vnd.docker.distribution.manifest.v2+json", "size": 7,
+                                             "digest": "sha256:" + "0" * 64,
+                                             "platform": {"architecture": "s390x", "os": "linux"}}]}).encode()
+        routes = {
+            "/v2/": (200, "application/json", b"{}"),
+            "/v2/private/tool/manifests/1": (401, "application/json", json.dumps(
+                {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]}).encode()),
+            "/v2/missing/tool/manifests/1": (404, "application/json", json.dumps(
+                {"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}).encode()),
+            "/v2/otherarch/tool/manifests/1": (200, "application/vnd.docker.distribution.manifest.list.v2+json", listing),
+        }
+        # Docker reads the tag's digest (HEAD), then the list by that digest.
+        by_digest = f"/v2/otherarch/tool/manifests/sha256:{hashlib.sha256(listing).hexdigest()}"
+        routes[by_digest] = routes["/v2/otherarch/tool/manifests/1"]
+        self.requests: list[str] = []
+        registry = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def answer(self, body: bool) -> None:
+                registry.requests.append(f"{self.command} {self.path}")
+                status, kind, data = routes.get(self.path, (404, "application/json", b'{"errors":[{"code":"NAME_UNKNOWN"}]}'))
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Docker-Distribution-API-Version", "registry/2.0")
+                self.send_header("Docker-Content-Digest", "sha256:" + hashlib.sha256(data).hexdigest())
+                self.end_headers()
+                if body:
+                    self.wfile.write(data)
+
+            def do_GET(self):
+                self.answer(True)
+
+            def do_HEAD(self):
+                self.answer(False)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _image_archive(tag: str, architecture: str) -> str:
+    """A `docker save` archive (base64) of an image with one empty layer, built for `architecture`."""
+    import base64
+    import hashlib
+    import io
+    import tarfile
+
+    def tar(files: dict[str, bytes]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+        return buf.getvalue()
+
+    layer = tar({})
+    config = json.dumps({"architecture": architecture, "os": "linux", "config": {},
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": ["layer/layer.tar"]}]).encode()
+    return base64.b64encode(tar({"layer/layer.tar": layer, config_name: config, "manifest.json": manifest})).decode()
+
+
+@requires_buildhost
+def test_a_task_image_that_cannot_be_pulled_is_told_apart_from_the_c_library_check(cloud, tmp_path):
+    """Issue 22 §10: the bake check pulls the task images first and says why a pull failed
+    (the registry wants credentials, the image is not there, no variant for this
+    architecture, an image on the builder built for another one), never "C library"; an
+    ECR image is pulled after logging in with the task's AWS CLI (here there is none, so
+    the login fails and says so); Docker keeps no image the check pulled."""
+    host, _, _ = cloud
+    registry = _Registry()
+    try:
+        host.run("sh", "-c", "base64 -d > /root/s390x.tar && docker load -i /root/s390x.tar && rm /root/s390x.tar",
+                 input=_image_archive("factory-test-s390x:1", "s390x"))
+        assert host.run("docker", "image", "inspect", "--format", "{{.Os}}/{{.Architecture}}",
+                        "factory-test-s390x:1").stdout.strip() == "linux/s390x"
+        images = [f"{registry.host}/private/tool:1", f"{registry.host}/missing/tool:1", f"{registry.host}/otherarch/tool:1",
+                  "123456789012.dkr.ecr.us-east-1.amazonaws.com/tool:1", "factory-test-s390x:1"]
+        report = tmp_path / "report.json"
+        play = run_playbook(host, role_playbook(tmp_path, "bake_check"), {
+            "bake_check_prefix": "/opt/nothing-here", "bake_check_min_gib": 1, "bake_check_report_dest": str(report),
+            "bake_check_task_images": images, "ansible_python_interpreter": host.python_interpreter}, tmp_path)
+    finally:
+        registry.stop()
+    assert play.returncode != 0
+    text = " ".join(play.stdout.split())
+    assert "does not run in the task image" not in text and "glibc" not in text, show(play)
+    got = {t["image"]: t for t in json.loads(report.read_text())["task_images"]}
+    assert {i: (got[i]["pulled"], got[i].get("pull_problem")) for i in images} == {
+        images[0]: (False, "credentials"), images[1]: (False, "not_found"), images[2]: (False, "architecture"),
+        images[3]: (False, "credentials"), images[4]: (False, "architecture")}, registry.requests
+    assert "ECR login" in got[images[3]]["said"] and "image platform linux/s390x" in got[images[4]]["said"]
+    assert f"The task image {images[0]} cannot run on the builder: not pulled (credentials): the registry refused" in text
+    assert "ecr:GetAuthorizationToken" in text and "check the name in nextflow.containers" in text
+    assert any(r.startswith("GET /v2/private/tool/manifests/1") or r.startswith("HEAD /v2/private/tool/manifests/1")
+               for r in registry.requests), registry.requests
+    # nothing pulled stays; the image the builder had stays; no ECR login left behind
+    assert host.run("docker", "images", "-q", "factory-test-s390x:1").stdout.strip()
+    assert host.run("sh", "-c", "cat /root/.docker/config.json 2>/dev/null", check=False).stdout.count("amazonaws") == 0
+    host.run("docker", "rmi", "factory-test-s390x:1")

@@ -20,10 +20,17 @@ def render(
         None, "--base-ami", help="Use this base AMI instead of reading the ECS-optimized SSM parameter."
     ),
     specs_dir: Path = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Where the task specs live."),
-    cloud: str = typer.Option("aws", "--cloud", help="Where the base AMI is looked up: aws (your account) or local (`factory local up`)."),
+    cloud: str = typer.Option("aws", "--cloud", help="Where the bake would run: aws (your account) or local (`factory local up`)."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="Settings file (default: ./factory.yaml when present): its builder section, as `factory bake` uses it."),
 ) -> None:
-    """Write the Packer template, Ansible roles and variables for a task into one folder."""
+    """Write the Packer template, Ansible roles and variables for a task into one folder:
+    the folder `factory bake` would build, with factory.yaml's builder settings."""
+    from dataclasses import replace
+
     from factory import render as render_mod
+    from factory.cloud import Cloud
+    from factory.config import load_config
     from factory.errors import UsageError
     from factory.sizing import size_task
     from factory.spec import find_spec
@@ -32,9 +39,10 @@ def render(
     plan = size_task(spec)
     if base_ami is not None and not base_ami.startswith("ami-"):
         raise UsageError(f"--base-ami: {base_ami!r} is not an AMI id (ami-...)")
+    load_config(config)  # a wrong settings file stops here, as in `factory bake`
+    where = Cloud.open(cloud)
+    where = replace(where, config_path=config)
     if base_ami is None:
-        from factory.cloud import Cloud
-
-        base_ami = render_mod.resolve_base_ami(spec, Cloud.open(cloud).clients(spec.region))
-    result = render_mod.render(spec, plan, base_ami, out or Path("build") / spec.name)
+        base_ami = render_mod.resolve_base_ami(spec, where.clients(spec.region))
+    result = render_mod.render(spec, plan, base_ami, out or Path("build") / spec.name, target=where.target(spec.region))
     print(result.summary())
