@@ -153,7 +153,7 @@ def role_installs(role: str, family: str) -> set[str]:
 
 
 def test_each_family_has_its_package_list_with_sources():
-    for key, fam in FAMILIES.items():
+    for key in FAMILIES:
         packages = family_packages(key)
         assert packages.sources and all(isinstance(s, str) and s for s in packages.sources), key
         assert packages.package_manager in ("dnf", "yum"), key

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from factory.errors import LocalCloudError
