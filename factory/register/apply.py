@@ -9,15 +9,16 @@ the details.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from factory.aws import Clients
 from factory.config import FactoryConfig
 from factory.errors import FactoryError, UsageError
-from factory.register import ami, compute_environment, job_queue, launch_template, parameter
+from factory.register import ami, compute_environment, fanout, job_queue, launch_template, parameter
 from factory.register.network import resolve_network, resolve_role
 from factory.register.region_reads import RegionReads
-from factory.register.results import RegisterResult, TierResult
+from factory.register.results import Change, RegisterResult, TierResult
 from factory.register.run import Run
 from factory.register.targets import TierTarget, targets_for
 from factory.register.waits import Waiter
@@ -50,15 +51,19 @@ def register_targets(
     regions: dict[str, compute_environment.Region] = {}
     regional = {clients.region: clients}
     reads: dict[str, RegionReads] = {}
-    results: list[TierResult] = []
-    for target in targets:
+    tiers: list[_Tier] = []
+    for target in targets:  # reads and decisions, tier by tier: no call here waits for AWS
         # Tiers in another region get their own clients, at the caller's endpoint.
         cl = regional.setdefault(target.region, Clients(region=target.region, endpoint_url=clients.endpoint_url))
         if target.region not in regions:
             # Each read once per region for every tier (not a round per tier): the parameters
-            # of every task of the region's tiers in one batch, the rest on first use.
+            # of every task of the region's tiers in one batch, the rest now, before the tiers
+            # are handled side by side.
             reads[target.region] = RegionReads(cl)
             reads[target.region].parameters(parameter.parameter_name(t) for x in targets if x.region == target.region for t in x.tasks)
+            reads[target.region].prime()
+            for service in ("ec2", "batch", "ssm"):
+                cl.client(service)  # made here, once: threads share clients, never make them
             regions[target.region] = compute_environment.Region(
                 clients=cl,
                 network=resolve_network(cl, target.region, config),
@@ -67,8 +72,6 @@ def register_targets(
                 spot_fleet_role=resolve_role(cl, config.batch.spot_fleet_role, "role", "batch.spot_fleet_role"),
                 compute_environments=reads[target.region].compute_environments(),
             )
-        region = regions[target.region]
-        ec2, batch = cl.ec2(), cl.batch()
         here = reads[target.region]
         if hold is None:
             given, keep, hold_notes = _hold(here, target, overrides.get(target.ami_task), yield_to_hold)
@@ -77,33 +80,94 @@ def register_targets(
         ami_id, ami_source, notes = ami.resolve(cl, target, {**overrides, target.ami_task: given} if given else overrides, image_target, reads=here)
         if keep:
             ami_source = f"held by `factory rollback` ({parameter.parameter_name(target.ami_task)})"
-        notes = hold_notes + notes
-        changes: list = []
-        data = launch_template.launch_template_data(target, ami_id, config.boot_commands)
-        lt = launch_template.reconcile(run, ec2, target, data, changes, reads=here)
-        queue = job_queue.find(batch, target.name, here.queues())
-        ce_name, ce_arn, olds = compute_environment.reconcile(run, batch, target, region, lt, queue, changes)
-        job_queue.reconcile(run, batch, target, queue, ce_name, ce_arn, changes)
-        compute_environment.retire(run, batch, olds, f"replaced; no longer behind {target.name}", changes)
-        description = hold or (here.descriptions().get(parameter.parameter_name(target.ami_task)) if keep else None)
-        parameter.reconcile(run, cl.ssm(), target, ami_id, changes, reads=here, description=description)  # last: it names what the tier now runs
-        results.append(
-            TierResult(
-                tier=target.tier,
-                tasks=target.tasks,
-                region=target.region,
-                ami_id=ami_id,
-                ami_source=ami_source,
-                volume_gib=target.volume_gib,
-                launch_template=lt,
-                compute_environment=ce_name,
-                job_queue=target.name,
-                network=region.network,
-                changes=changes,
-                notes=notes,
-            )
+        tiers.append(_Tier(target, cl, regions[target.region], here, ami_id, ami_source, hold_notes + notes, keep))
+
+    # Each step for every tier side by side (fanout), each wait one loop for all tiers:
+    # launch templates; environments, waited for together; queues, waited for together;
+    # then what replacements left behind, and the parameters last (they name what a tier runs).
+    def templates(t: _Tier) -> None:
+        data = launch_template.launch_template_data(t.target, t.ami_id, config.boot_commands)
+        t.lt = launch_template.reconcile(run, t.clients.ec2(), t.target, data, t.changes, reads=t.reads)
+
+    def environments(t: _Tier) -> None:
+        queue = job_queue.find(t.clients.batch(), t.target.name, t.reads.queues())
+        t.queue = queue
+        t.ce = compute_environment.reconcile(run, t.clients.batch(), t.target, t.region, t.lt, queue, t.changes)
+
+    def queues(t: _Tier) -> None:
+        assert t.ce is not None
+        t.queue_pending = job_queue.reconcile(run, t.clients.batch(), t.target, t.queue, t.ce.name, t.ce.arn, t.changes)
+
+    def leftovers(t: _Tier) -> None:
+        assert t.ce is not None
+        compute_environment.retire(run, t.clients.batch(), t.ce.olds, f"replaced; no longer behind {t.target.name}", t.changes)
+
+    def parameters(t: _Tier) -> None:
+        assert t.ce is not None
+        if t.ce.deferred:  # the environment still runs the old launch template version
+            for task in t.target.tasks:
+                t.changes.append(Change("ssm-parameter", parameter.parameter_name(task), "deferred", f"not pointed at {t.ami_id}: compute environment {t.ce.name} has not taken it yet"))
+            return
+        description = hold or (t.reads.descriptions().get(parameter.parameter_name(t.target.ami_task)) if t.keep else None)
+        parameter.reconcile(run, t.clients.ssm(), t.target, t.ami_id, t.changes, reads=t.reads, description=description)
+
+    fanout.each(tiers, templates)
+    fanout.each(tiers, environments)
+    _wait_per_region(tiers, lambda batch, ts: compute_environment.wait_all(run, batch, [t.ce.pending for t in ts if t.ce and t.ce.pending]))
+    for t in tiers:
+        if t.ce is not None and t.ce.pending is not None and t.ce.pending.rolling:
+            t.notes.append(f"compute environment {t.ce.name}: {compute_environment.rolling_text(t.ce.pending.policy or {})}; "
+                           "it shows UPDATING until they are gone, and its new instances come from the new launch template version")
+    fanout.each(tiers, queues)
+    _wait_per_region(tiers, lambda batch, ts: job_queue.wait_all(run, batch, [t.queue_pending for t in ts if t.queue_pending]))
+    fanout.each(tiers, leftovers)
+    fanout.each(tiers, parameters)
+    results = [
+        TierResult(
+            tier=t.target.tier,
+            tasks=t.target.tasks,
+            region=t.target.region,
+            ami_id=t.ami_id,
+            ami_source=t.ami_source,
+            volume_gib=t.target.volume_gib,
+            launch_template=t.lt,
+            compute_environment=t.ce.name if t.ce else "",
+            job_queue=t.target.name,
+            network=t.region.network,
+            changes=t.changes,
+            notes=t.notes,
         )
+        for t in tiers
+    ]
     return RegisterResult(results, dry_run, config.source)
+
+
+@dataclass
+class _Tier:
+    """One tier as a run carries it from step to step."""
+
+    target: TierTarget
+    clients: Clients
+    region: compute_environment.Region
+    reads: RegionReads
+    ami_id: str
+    ami_source: str
+    notes: list[str]
+    keep: bool  # a rollback's hold keeps the tier's AMI
+    changes: list[Change] = field(default_factory=list)
+    lt: dict[str, Any] = field(default_factory=dict)
+    queue: dict[str, Any] | None = None
+    ce: compute_environment.Outcome | None = None
+    queue_pending: job_queue.Pending | None = None
+
+
+def _wait_per_region(tiers: Sequence[_Tier], wait: Callable[[Any, list[_Tier]], None]) -> None:
+    """`wait(batch client, the region's tiers)` once per region."""
+    by_region: dict[str, list[_Tier]] = {}
+    for t in tiers:
+        by_region.setdefault(t.target.region, []).append(t)
+    for ts in by_region.values():
+        wait(ts[0].clients.batch(), ts)
 
 
 def _hold(reads: RegionReads, target: TierTarget, given: str | None, yield_to_hold: Collection[str]) -> tuple[str | None, bool, list[str]]:
