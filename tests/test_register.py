@@ -40,6 +40,11 @@ READ_PREFIXES = ("Describe", "List", "Get")
 @pytest.fixture
 def cloud(moto, monkeypatch):
     """A clean moto with what real AWS accounts have: an instance profile and Batch's service-linked role."""
+    return open_account(moto, monkeypatch)
+
+
+def open_account(moto, monkeypatch) -> Cloud:
+    """`moto` (a MotoServer) reset to what real AWS accounts have (the `cloud` fixture)."""
     moto.reset()
     for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(var, raising=False)

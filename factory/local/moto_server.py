@@ -77,6 +77,7 @@ class MotoServer:
         page_size: int | None = None,
         snapshot_release_delay: float | None = None,
         ami_trees: Path | None = None,
+        rolling_delay: float | None = None,
     ) -> MotoServer:
         """Start the server. `state_delay` (seconds a Batch resource spends CREATING, UPDATING
         or DELETING) and `page_size` default to $FACTORY_LOCAL_STATE_DELAY /
@@ -90,6 +91,8 @@ class MotoServer:
             cmd += ["--page-size", str(page_size)]
         if snapshot_release_delay is not None:
             cmd += ["--snapshot-release-delay", str(snapshot_release_delay)]
+        if rolling_delay is not None:  # seconds an infrastructure update stays UPDATING (rules.Settings.rolling_delay)
+            cmd += ["--rolling-delay", str(rolling_delay)]
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         # Anything moto writes (e.g. its request recorder's file) goes beside its log or
         # into the temp folder, never into the user's working directory.

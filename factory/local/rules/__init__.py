@@ -14,6 +14,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Settings:
     state_delay: float = 1.0  # seconds a Batch resource spends CREATING/UPDATING/DELETING
+    # Seconds an infrastructure update (new launch template, instance types, ...: anything but
+    # vCPUs) keeps an environment UPDATING while AWS replaces its instances; the old ones may
+    # run jobs for the update policy's whole timeout. None: state_delay.
+    rolling_delay: float | None = None
     stale_read: float = 0.3  # seconds after an update during which a describe still shows the old state
     # Seconds a deregistered AMI's snapshots stay "in use". AWS refuses DeleteSnapshot right
     # after DeregisterImage only now and then (Packer 1.6.6 deletes its temporary snapshots that
