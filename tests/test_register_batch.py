@@ -10,10 +10,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 
+from factory.errors import FactoryError
 from factory.local.moto_server import MotoServer
 from factory.register import register_tasks
 from tests.test_register import Calls, bake_all, cloud, open_account, run, specs  # noqa: F401  (cloud, specs: fixtures)
@@ -143,5 +145,53 @@ def test_side_by_side_calls_overlap_on_the_wire(cloud, specs):
         batch.meta.events.unregister("after-call.batch.CreateComputeEnvironment", after)
     assert in_flight["most"] >= 2
 
+
+# ---------------------------------------------------------------------------------------
+# §17: Batch's fixed quotas
+
+
+def _fill(cloud, environments: int) -> None:
+    """Compute environments that are not factory's (unmanaged ones: nothing to launch)."""
+    for i in range(environments):
+        cloud.batch.create_compute_environment(computeEnvironmentName=f"others-{i:02d}", type="UNMANAGED", serviceRole=cloud.slr)
+
+
+def test_the_local_cloud_keeps_batchs_fixed_quotas(cloud):
+    from botocore.exceptions import ClientError
+
+    _fill(cloud, 50)
+    with pytest.raises(ClientError, match=r"50 compute environments .*the most AWS Batch allows \(50, a quota that cannot be increased\)"):
+        cloud.batch.create_compute_environment(computeEnvironmentName="one-too-many", type="UNMANAGED", serviceRole=cloud.slr)
+    time.sleep(0.5)  # the environments are VALID (a queue takes only those)
+    order = [{"order": i + 1, "computeEnvironment": f"others-{i:02d}"} for i in range(4)]
+    with pytest.raises(ClientError, match=r"at most 3 compute environments \(computeEnvironmentOrder has 4\)"):
+        cloud.batch.create_job_queue(jobQueueName="wide", state="ENABLED", priority=1, computeEnvironmentOrder=order)
+    for i in range(50):
+        cloud.batch.create_job_queue(jobQueueName=f"q-{i:02d}", state="ENABLED", priority=1, computeEnvironmentOrder=order[:1])
+    with pytest.raises(ClientError, match=r"50 job queues .*the most AWS Batch allows"):
+        cloud.batch.create_job_queue(jobQueueName="q-50", state="ENABLED", priority=1, computeEnvironmentOrder=order[:1])
+
+
+def test_register_counts_what_the_account_has_and_refuses_before_creating_anything(cloud, specs):
+    """48 job queues of others leave room for two tiers; the specs make three. Today's
+    register created until the 51st queue was refused, half way through."""
+    bake_all(cloud, specs)
+    _fill(cloud, 1)
+    time.sleep(0.5)  # VALID: a queue takes only those
+    for i in range(48):
+        cloud.batch.create_job_queue(jobQueueName=f"others-{i:02d}", state="ENABLED", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "others-00"}])
+    with Calls(cloud.clients, services=("ec2", "batch", "ssm")) as calls:
+        with pytest.raises(FactoryError) as refused:
+            run(cloud, specs)
+    message = str(refused.value)
+    assert "us-east-1: the account can hold 2 tiers" in message and "1 environment and 48 queues" in message, message
+    assert "these specs use 3" in message and "max_tiers: 2" in message
+    assert calls.mutating == []  # refused before anything was created
+
+    # The fix it names: a cap in factory.yaml (every command reads it).
+    result = run(cloud, specs, config=dataclasses.replace(cloud.config(), max_tiers=2))
+    assert len(result.tiers) == 2
+    assert any("the account can hold 2 tiers" in n and "these specs use 2" in n for n in result.notes)
+    assert len(cloud.queues()) == 50 and len(cloud.ces()) == 3
 
 _ = register_tasks  # the entry point these tests drive (through tests.test_register.run)

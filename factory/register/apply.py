@@ -15,7 +15,7 @@ from typing import Any
 from factory.aws import Clients
 from factory.config import FactoryConfig
 from factory.errors import FactoryError, UsageError
-from factory.register import ami, compute_environment, fanout, job_queue, launch_template, parameter
+from factory.register import ami, capacity, compute_environment, fanout, job_queue, launch_template, parameter
 from factory.register.network import resolve_network, resolve_role
 from factory.register.region_reads import RegionReads
 from factory.register.results import Change, RegisterResult, TierResult
@@ -37,20 +37,22 @@ def register_targets(
     image_target: Any = None,
     hold: str | None = None,
     yield_to_hold: Collection[str] = (),
+    reads: Mapping[str, RegionReads] | None = None,
 ) -> RegisterResult:
     """Plan (dry_run) or apply the launch template, compute environment and queue of each tier.
 
     `image_target` is the cloud's render.BuildTarget (Cloud.image_target), against which an
     AMI's image hash is checked (default: AWS's). `hold` is the parameter description a
-    rollback writes (parameter.hold_description). A tier whose largest task a rollback holds
+    rollback writes (parameter.hold_description). `reads` are regions already read (by
+    register_tasks, for their capacity). A tier whose largest task a rollback holds
     stays on that AMI unless one is given for it, and a given one of a task in
     `yield_to_hold` (an AMI a bake reused, not made) does not end the hold either."""
     config = config or FactoryConfig()
     run = Run(config, dry_run, Waiter(wait_timeout, poll), progress or (lambda _msg: None))
     overrides = dict(ami_overrides or {})
     regions: dict[str, compute_environment.Region] = {}
-    regional = {clients.region: clients}
-    reads: dict[str, RegionReads] = {}
+    reads = dict(reads or {})
+    regional = {clients.region: clients, **{r: x.clients for r, x in reads.items()}}
     tiers: list[_Tier] = []
     for target in targets:  # reads and decisions, tier by tier: no call here waits for AWS
         # Tiers in another region get their own clients, at the caller's endpoint.
@@ -59,7 +61,7 @@ def register_targets(
             # Each read once per region for every tier (not a round per tier): the parameters
             # of every task of the region's tiers in one batch, the rest now, before the tiers
             # are handled side by side.
-            reads[target.region] = RegionReads(cl)
+            reads.setdefault(target.region, RegionReads(cl))
             reads[target.region].parameters(parameter.parameter_name(t) for x in targets if x.region == target.region for t in x.tasks)
             reads[target.region].prime()
             for service in ("ec2", "batch", "ssm"):
@@ -222,6 +224,17 @@ def register_tasks(
     if all_specs is None:
         all_specs = _sibling_specs(specs)
     tiers, _ = tiers_for(all_specs, config.max_tiers)
+    # The account's room under Batch's fixed quotas, region by region (register.capacity):
+    # read once, and the same reads serve the register itself.
+    reads: dict[str, RegionReads] = {}
+    capacities = []
+    for region in sorted({t.group_dict.get("region") or clients.region for t in tiers}):
+        cl = clients if region == clients.region else Clients(region=region, endpoint_url=clients.endpoint_url)
+        reads[region] = RegionReads(cl)
+        in_region = [t for t in tiers if (t.group_dict.get("region") or clients.region) == region]
+        room = capacity.of(reads[region], region, {t.name for t in in_region})
+        capacity.check(room, len(in_region))
+        capacities.append(room.text(len(in_region)))
     pool = {s.name: s for s in all_specs}
     pool.update({s.name: s for s in specs})
     wanted = {s.name for s in specs}
@@ -231,10 +244,12 @@ def register_tasks(
         raise FactoryError(f"task(s) {', '.join(sorted(uncovered))} are in no tier; run `factory size --all` to see the tiers")
     members = [pool[n] for t in chosen for n in t.tasks if n in pool]
     targets = targets_for(members, chosen)
-    return register_targets(
+    result = register_targets(
         targets, clients, ami_overrides, dry_run, config=config, wait_timeout=wait_timeout, poll=poll, progress=progress,
-        image_target=image_target, yield_to_hold=yield_to_hold,
+        image_target=image_target, yield_to_hold=yield_to_hold, reads=reads,
     )
+    result.notes.extend(capacities)
+    return result
 
 
 def _sibling_specs(specs: Sequence[Any]) -> list[Any]:

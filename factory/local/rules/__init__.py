@@ -26,8 +26,9 @@ class Settings:
 
 
 def install(settings: Settings) -> None:
-    from factory.local.rules import batch, ec2, ssm
+    from factory.local.rules import batch, batch_quotas, ec2, ssm
 
     batch.install(settings)
+    batch_quotas.install(settings)  # around batch's methods
     ec2.install(settings)
     ssm.install(settings)
