@@ -18,9 +18,22 @@ import pytest
 from factory.errors import FactoryError
 from factory.local.moto_server import MotoServer
 from factory.register import register_tasks
-from tests.test_register import Calls, bake_all, cloud, open_account, run, specs  # noqa: F401  (cloud, specs: fixtures)
+from factory.spec import load_specs
+from tests.conftest import SPECS
+from tests.test_register import Calls, bake_all, open_account, run
 
 ROLLING = 600.0  # seconds the roll's UPDATING lasts: far longer than any wait of the test
+
+
+@pytest.fixture
+def cloud(moto, monkeypatch):
+    """test_register's clean account, on this module's server."""
+    return open_account(moto, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return load_specs([SPECS])
 
 
 @pytest.fixture
