@@ -17,7 +17,7 @@ the groups by a second, knapsack-style DP over each group's cost curve.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from factory.errors import UsageError
 
@@ -92,12 +92,20 @@ def optimal_partition(sizes: Sequence[int], k: int) -> tuple[int, list[tuple[int
     n = len(sizes)
     if n == 0:
         return 0, []
+    k = max(1, min(k, n))
+    best, choice = _tables(sizes, k)
+    return int(best[k][n][0]), _runs(choice, k, n)
+
+
+def _tables(sizes: Sequence[int], k: int) -> tuple[list[list[tuple[float, int]]], list[list[int]]]:
+    """The dynamic programme of optimal_partition for every number of runs up to k at once:
+    best[t][j] = (cost, runs used) for the first j sizes in at most t runs, and the choice
+    that got there. Row t does not depend on k, so one table answers every t <= k."""
+    n = len(sizes)
     if any(sizes[i] > sizes[i + 1] for i in range(n - 1)):
         raise ValueError("sizes must be sorted ascending")
-    k = max(1, min(k, n))
     inf = float("inf")
-    # best[t][j]: (cost, tiers used) for the first j sizes in at most t runs.
-    best = [[(inf, 0)] * (n + 1) for _ in range(k + 1)]
+    best: list[list[tuple[float, int]]] = [[(inf, 0)] * (n + 1) for _ in range(k + 1)]
     choice = [[0] * (n + 1) for _ in range(k + 1)]
     for t in range(k + 1):
         best[t][0] = (0, 0)
@@ -114,8 +122,12 @@ def optimal_partition(sizes: Sequence[int], k: int) -> tuple[int, list[tuple[int
                     cand, arg = c, i
             best[t][j] = cand
             choice[t][j] = arg
+    return best, choice
+
+
+def _runs(choice: list[list[int]], t: int, n: int) -> list[tuple[int, int]]:
     runs: list[tuple[int, int]] = []
-    t, j = k, n
+    j = n
     while j > 0:
         i = choice[t][j]
         if i == -1:
@@ -124,13 +136,18 @@ def optimal_partition(sizes: Sequence[int], k: int) -> tuple[int, list[tuple[int
         runs.append((i, j))
         j, t = i, t - 1
     runs.reverse()
-    return int(best[k][n][0]), runs
+    return runs
 
 
 def _group_curve(sizes: Sequence[int]) -> list[tuple[int, list[tuple[int, int]]]]:
-    """cost and runs for each number of tiers 1..distinct sizes (index 0 = 1 tier)."""
+    """cost and runs for each number of tiers 1..distinct sizes (index 0 = 1 tier), from one
+    table (_tables): O(n^3) for n sizes, where a table per number of tiers was O(n^4)."""
     distinct = len(set(sizes))
-    return [optimal_partition(sizes, k) for k in range(1, distinct + 1)]
+    n = len(sizes)
+    if n == 0:
+        return []
+    best, choice = _tables(sizes, distinct)
+    return [(int(best[t][n][0]), _runs(choice, t, n)) for t in range(1, distinct + 1)]
 
 
 def _share_cap(curves: list[list[tuple[int, Any]]], cap: int) -> list[int]:
@@ -161,13 +178,26 @@ def _share_cap(curves: list[list[tuple[int, Any]]], cap: int) -> list[int]:
 
 CAP_SOURCES = "set by --max-tiers, else by tiers.max_tiers in factory.yaml"
 
+# AWS Batch allows 50 compute environments and 50 job queues per region, and these quotas
+# cannot be raised (Batch User Guide, "AWS Batch service quotas"). A tier is one of each, and
+# a blue/green replacement (register.compute_environment) needs a second environment while
+# the queue moves: so a region holds at most 49 tiers, fewer when the account has other
+# environments or queues there (register.capacity counts them).
+BATCH_ENVIRONMENTS_PER_REGION = 50
+BATCH_QUEUES_PER_REGION = 50
+REPLACEMENT_ROOM = 1
+REGION_TIERS = min(BATCH_ENVIRONMENTS_PER_REGION - REPLACEMENT_ROOM, BATCH_QUEUES_PER_REGION)
 
-def choose_tiers(specs_and_plans: Iterable[tuple[Any, Any]], max_tiers: int | None = None) -> list[Tier]:
+
+def choose_tiers(specs_and_plans: Iterable[tuple[Any, Any]], max_tiers: int | None = None, room: Mapping[str, int] | None = None) -> list[Tier]:
     """Optimal storage tiers for (TaskSpec, SizingPlan) pairs.
 
-    max_tiers=None: no cap, so every distinct volume in a group is its own tier (nothing is
-    over-provisioned). With a cap N, at most N tiers in all, each group at least one; the
-    total provisioned GiB (sum over tasks of their tier's volume) is minimal.
+    max_tiers=None: no cap of the user's, so every distinct volume in a group is its own
+    tier (nothing is over-provisioned), as far as AWS Batch's quotas allow. With a cap N, at
+    most N tiers in all, each group at least one; the total provisioned GiB (sum over tasks
+    of their tier's volume) is minimal. `room` is how many tiers each region can hold
+    (register.capacity counts the account's; default REGION_TIERS, what an empty account
+    holds): no region gets more.
     """
     pairs = list(specs_and_plans)
     if not pairs:
@@ -192,10 +222,7 @@ def choose_tiers(specs_and_plans: Iterable[tuple[Any, Any]], max_tiers: int | No
             )
     members = {k: sorted(groups[k]) for k in keys}
     curves = [_group_curve([v for v, _ in members[k]]) for k in keys]
-    if max_tiers is None:
-        alloc = [len(c) for c in curves]
-    else:
-        alloc = _share_cap(curves, max_tiers)
+    alloc = _allocate(keys, curves, max_tiers, room or {})
 
     raw: list[tuple[int, tuple, tuple[str, ...], str]] = []
     for key, curve, k in zip(keys, curves, alloc):
@@ -212,6 +239,44 @@ def choose_tiers(specs_and_plans: Iterable[tuple[Any, Any]], max_tiers: int | No
     return [Tier(name=largest, volume_gib=vol, tasks=tasks, group=key, largest_task=largest) for vol, key, tasks, largest in raw]
 
 
+def _allocate(keys: Sequence[tuple], curves: list[list[tuple[int, Any]]], max_tiers: int | None, room: Mapping[str, int]) -> list[int]:
+    """Tiers per group: within each region's room, and within max_tiers in all."""
+    regions = sorted({dict(k).get("region") or "" for k in keys})
+    in_region = {r: [i for i, k in enumerate(keys) if (dict(k).get("region") or "") == r] for r in regions}
+    space = {r: int(room.get(r, REGION_TIERS)) for r in regions}
+    for r in regions:
+        if len(in_region[r]) > space[r]:
+            raise UsageError(
+                f"region {r} has room for {space[r]} tier{'s' if space[r] != 1 else ''} (AWS Batch: {BATCH_ENVIRONMENTS_PER_REGION} compute environments "
+                f"and {BATCH_QUEUES_PER_REGION} job queues per region, a fixed quota; one environment kept for a blue/green replacement; "
+                f"less what the account already has there), fewer than its {len(in_region[r])} tier groups. Fix: delete compute environments "
+                "or job queues the account no longer needs there, or make the specs' settings match so tasks can share tiers"
+            )
+
+    def per_region(caps: Mapping[str, int]) -> list[int]:
+        out = [0] * len(keys)
+        for r in regions:
+            idx = in_region[r]
+            if sum(len(curves[i]) for i in idx) <= caps[r]:  # every distinct size its own tier fits
+                share = [len(curves[i]) for i in idx]
+            else:
+                share = _share_cap([curves[i] for i in idx], caps[r])
+            for i, k in zip(idx, share):
+                out[i] = k
+        return out
+
+    caps = {r: space[r] if max_tiers is None else min(space[r], max_tiers) for r in regions}
+    if max_tiers is None or sum(caps.values()) <= max_tiers:
+        return per_region(caps)  # each region's best within its room: together within the cap too
+    overall = _share_cap(curves, max_tiers)
+    used = {r: sum(overall[i] for i in in_region[r]) for r in regions}
+    if all(used[r] <= space[r] for r in regions):
+        return overall
+    # Both bind (several regions, a cap and a full account): each region within its room and
+    # its share of the cap. Within both limits; not always the least GiB.
+    return per_region({r: min(used[r], space[r]) for r in regions})
+
+
 def provisioned_gib(tiers: Sequence[Tier]) -> int:
     """Sum over tasks of their tier's volume: what the tiers provision, one instance per task."""
     return sum(t.volume_gib * len(t.tasks) for t in tiers)
@@ -224,7 +289,9 @@ def tier_of(task: str, tiers: Sequence[Tier]) -> Tier:
     raise KeyError(task)
 
 
-def tiers_for(specs: Sequence[Any], max_tiers: int | None = None, **size_options: Any) -> tuple[list[Tier], list[tuple[Any, Any]]]:
+def tiers_for(
+    specs: Sequence[Any], max_tiers: int | None = None, room: Mapping[str, int] | None = None, **size_options: Any
+) -> tuple[list[Tier], list[tuple[Any, Any]]]:
     """Size every spec and choose the tiers over them: (tiers, [(spec, plan), ...]).
 
     The one way the CLI and the register step get tiers, so `size --all`, `size TASK`,
@@ -234,4 +301,4 @@ def tiers_for(specs: Sequence[Any], max_tiers: int | None = None, **size_options
     from factory.sizing import size_specs
 
     pairs = size_specs(specs, **size_options)
-    return choose_tiers(pairs, max_tiers=max_tiers), pairs
+    return choose_tiers(pairs, max_tiers=max_tiers, room=room), pairs

@@ -40,6 +40,11 @@ READ_PREFIXES = ("Describe", "List", "Get")
 @pytest.fixture
 def cloud(moto, monkeypatch):
     """A clean moto with what real AWS accounts have: an instance profile and Batch's service-linked role."""
+    return open_account(moto, monkeypatch)
+
+
+def open_account(moto, monkeypatch) -> Cloud:
+    """`moto` (a MotoServer) reset to what real AWS accounts have (the `cloud` fixture)."""
     moto.reset()
     for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(var, raising=False)
@@ -371,12 +376,13 @@ def test_failure_before_the_queue_is_repaired_not_duplicated(cloud, specs):
             run(cloud, specs)
     finally:
         batch.meta.events.unregister("before-call.batch.CreateJobQueue", boom)
-    assert len(cloud.ces()) == 1 and cloud.queues() == {}  # the first tier got its LT and CE only
+    # Environments are made for every tier before any queue: all three got theirs.
+    assert len(cloud.ces()) == 3 and cloud.queues() == {}
 
     with Calls(cloud.clients) as calls:
         result = run(cloud, specs)
-    assert calls.mutating.count("CreateLaunchTemplate") == 2
-    assert calls.mutating.count("CreateComputeEnvironment") == 2
+    assert calls.mutating.count("CreateLaunchTemplate") == 0
+    assert calls.mutating.count("CreateComputeEnvironment") == 0
     assert calls.mutating.count("CreateJobQueue") == 3
     assert len(cloud.ces()) == 3 and len(cloud.queues()) == 3
     for t in result.tiers:

@@ -141,3 +141,30 @@ def test_a_chosen_tier_carries_what_register_reads_and_is_frozen():
     assert isinstance(t, Tier) and dict(t.group)["region"] == "us-east-1"
     with pytest.raises(dataclasses.FrozenInstanceError):
         t.volume_gib = 1  # type: ignore[misc]
+
+
+def test_a_region_gets_at_most_what_batch_quotas_leave_room_for():
+    """AWS Batch: 50 compute environments and 50 job queues per region, fixed; one
+    environment is kept for a blue/green replacement. 100 distinct sizes gave 100 tiers."""
+    from factory.tiers import REGION_TIERS
+
+    pairs = [(spec(f"t{i:03d}"), plan(10 + i)) for i in range(100)]
+    tiers = choose_tiers(pairs)
+    assert REGION_TIERS == 49 and len(tiers) == 49
+    assert sorted(n for t in tiers for n in t.tasks) == sorted(s.name for s, _ in pairs)
+    # Another region's room is its own; a fuller account gives fewer.
+    other = [(spec(f"o{i:03d}", region="eu-west-1"), plan(10 + i)) for i in range(60)]
+    tiers = choose_tiers(pairs + other, room={"us-east-1": 10})
+    by_region = {}
+    for t in tiers:
+        by_region[t.group_dict["region"]] = by_region.get(t.group_dict["region"], 0) + 1
+    assert by_region == {"us-east-1": 10, "eu-west-1": 49}
+    # With a cap of the user's as well, the smaller of the two binds.
+    assert len(choose_tiers(pairs, 5, room={"us-east-1": 10})) == 5
+    assert len(choose_tiers(pairs, 30, room={"us-east-1": 10})) == 10
+
+
+def test_a_region_without_room_for_its_groups_is_refused_with_the_fix():
+    pairs = [(spec("a"), plan(10)), (spec("b", arch="arm64"), plan(20))]
+    with pytest.raises(UsageError, match=r"region us-east-1 has room for 1 tier .*fewer than its 2 tier groups. Fix: delete"):
+        choose_tiers(pairs, room={"us-east-1": 1})

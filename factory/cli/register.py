@@ -78,6 +78,8 @@ def _print_result(result, title: str) -> None:
         )
         for note in tier.notes:
             console.print(f"  note: {note}", highlight=False, markup=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
     networks = {t.network.source for t in result.tiers}
     for source in sorted(networks):
         console.print(f"subnets and security groups: {source}", highlight=False, markup=False)

@@ -9,15 +9,16 @@ the details.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from factory.aws import Clients
 from factory.config import FactoryConfig
 from factory.errors import FactoryError, UsageError
-from factory.register import ami, compute_environment, job_queue, launch_template, parameter
+from factory.register import ami, capacity, compute_environment, fanout, job_queue, launch_template, parameter
 from factory.register.network import resolve_network, resolve_role
 from factory.register.region_reads import RegionReads
-from factory.register.results import RegisterResult, TierResult
+from factory.register.results import Change, RegisterResult, TierResult
 from factory.register.run import Run
 from factory.register.targets import TierTarget, targets_for
 from factory.register.waits import Waiter
@@ -36,29 +37,35 @@ def register_targets(
     image_target: Any = None,
     hold: str | None = None,
     yield_to_hold: Collection[str] = (),
+    reads: Mapping[str, RegionReads] | None = None,
 ) -> RegisterResult:
     """Plan (dry_run) or apply the launch template, compute environment and queue of each tier.
 
     `image_target` is the cloud's render.BuildTarget (Cloud.image_target), against which an
     AMI's image hash is checked (default: AWS's). `hold` is the parameter description a
-    rollback writes (parameter.hold_description). A tier whose largest task a rollback holds
+    rollback writes (parameter.hold_description). `reads` are regions already read (by
+    register_tasks, for their capacity). A tier whose largest task a rollback holds
     stays on that AMI unless one is given for it, and a given one of a task in
     `yield_to_hold` (an AMI a bake reused, not made) does not end the hold either."""
     config = config or FactoryConfig()
     run = Run(config, dry_run, Waiter(wait_timeout, poll), progress or (lambda _msg: None))
     overrides = dict(ami_overrides or {})
     regions: dict[str, compute_environment.Region] = {}
-    regional = {clients.region: clients}
-    reads: dict[str, RegionReads] = {}
-    results: list[TierResult] = []
-    for target in targets:
+    reads = dict(reads or {})
+    regional = {clients.region: clients, **{r: x.clients for r, x in reads.items()}}
+    tiers: list[_Tier] = []
+    for target in targets:  # reads and decisions, tier by tier: no call here waits for AWS
         # Tiers in another region get their own clients, at the caller's endpoint.
         cl = regional.setdefault(target.region, Clients(region=target.region, endpoint_url=clients.endpoint_url))
         if target.region not in regions:
             # Each read once per region for every tier (not a round per tier): the parameters
-            # of every task of the region's tiers in one batch, the rest on first use.
-            reads[target.region] = RegionReads(cl)
+            # of every task of the region's tiers in one batch, the rest now, before the tiers
+            # are handled side by side.
+            reads.setdefault(target.region, RegionReads(cl))
             reads[target.region].parameters(parameter.parameter_name(t) for x in targets if x.region == target.region for t in x.tasks)
+            reads[target.region].prime()
+            for service in ("ec2", "batch", "ssm"):
+                cl.client(service)  # made here, once: threads share clients, never make them
             regions[target.region] = compute_environment.Region(
                 clients=cl,
                 network=resolve_network(cl, target.region, config),
@@ -67,8 +74,6 @@ def register_targets(
                 spot_fleet_role=resolve_role(cl, config.batch.spot_fleet_role, "role", "batch.spot_fleet_role"),
                 compute_environments=reads[target.region].compute_environments(),
             )
-        region = regions[target.region]
-        ec2, batch = cl.ec2(), cl.batch()
         here = reads[target.region]
         if hold is None:
             given, keep, hold_notes = _hold(here, target, overrides.get(target.ami_task), yield_to_hold)
@@ -77,33 +82,94 @@ def register_targets(
         ami_id, ami_source, notes = ami.resolve(cl, target, {**overrides, target.ami_task: given} if given else overrides, image_target, reads=here)
         if keep:
             ami_source = f"held by `factory rollback` ({parameter.parameter_name(target.ami_task)})"
-        notes = hold_notes + notes
-        changes: list = []
-        data = launch_template.launch_template_data(target, ami_id, config.boot_commands)
-        lt = launch_template.reconcile(run, ec2, target, data, changes, reads=here)
-        queue = job_queue.find(batch, target.name, here.queues())
-        ce_name, ce_arn, olds = compute_environment.reconcile(run, batch, target, region, lt, queue, changes)
-        job_queue.reconcile(run, batch, target, queue, ce_name, ce_arn, changes)
-        compute_environment.retire(run, batch, olds, f"replaced; no longer behind {target.name}", changes)
-        description = hold or (here.descriptions().get(parameter.parameter_name(target.ami_task)) if keep else None)
-        parameter.reconcile(run, cl.ssm(), target, ami_id, changes, reads=here, description=description)  # last: it names what the tier now runs
-        results.append(
-            TierResult(
-                tier=target.tier,
-                tasks=target.tasks,
-                region=target.region,
-                ami_id=ami_id,
-                ami_source=ami_source,
-                volume_gib=target.volume_gib,
-                launch_template=lt,
-                compute_environment=ce_name,
-                job_queue=target.name,
-                network=region.network,
-                changes=changes,
-                notes=notes,
-            )
+        tiers.append(_Tier(target, cl, regions[target.region], here, ami_id, ami_source, hold_notes + notes, keep))
+
+    # Each step for every tier side by side (fanout), each wait one loop for all tiers:
+    # launch templates; environments, waited for together; queues, waited for together;
+    # then what replacements left behind, and the parameters last (they name what a tier runs).
+    def templates(t: _Tier) -> None:
+        data = launch_template.launch_template_data(t.target, t.ami_id, config.boot_commands)
+        t.lt = launch_template.reconcile(run, t.clients.ec2(), t.target, data, t.changes, reads=t.reads)
+
+    def environments(t: _Tier) -> None:
+        queue = job_queue.find(t.clients.batch(), t.target.name, t.reads.queues())
+        t.queue = queue
+        t.ce = compute_environment.reconcile(run, t.clients.batch(), t.target, t.region, t.lt, queue, t.changes)
+
+    def queues(t: _Tier) -> None:
+        assert t.ce is not None
+        t.queue_pending = job_queue.reconcile(run, t.clients.batch(), t.target, t.queue, t.ce.name, t.ce.arn, t.changes)
+
+    def leftovers(t: _Tier) -> None:
+        assert t.ce is not None
+        compute_environment.retire(run, t.clients.batch(), t.ce.olds, f"replaced; no longer behind {t.target.name}", t.changes)
+
+    def parameters(t: _Tier) -> None:
+        assert t.ce is not None
+        if t.ce.deferred:  # the environment still runs the old launch template version
+            for task in t.target.tasks:
+                t.changes.append(Change("ssm-parameter", parameter.parameter_name(task), "deferred", f"not pointed at {t.ami_id}: compute environment {t.ce.name} has not taken it yet"))
+            return
+        description = hold or (t.reads.descriptions().get(parameter.parameter_name(t.target.ami_task)) if t.keep else None)
+        parameter.reconcile(run, t.clients.ssm(), t.target, t.ami_id, t.changes, reads=t.reads, description=description)
+
+    fanout.each(tiers, templates)
+    fanout.each(tiers, environments)
+    _wait_per_region(tiers, lambda batch, ts: compute_environment.wait_all(run, batch, [t.ce.pending for t in ts if t.ce and t.ce.pending]))
+    for t in tiers:
+        if t.ce is not None and t.ce.pending is not None and t.ce.pending.rolling:
+            t.notes.append(f"compute environment {t.ce.name}: {compute_environment.rolling_text(t.ce.pending.policy or {})}; "
+                           "it shows UPDATING until they are gone, and its new instances come from the new launch template version")
+    fanout.each(tiers, queues)
+    _wait_per_region(tiers, lambda batch, ts: job_queue.wait_all(run, batch, [t.queue_pending for t in ts if t.queue_pending]))
+    fanout.each(tiers, leftovers)
+    fanout.each(tiers, parameters)
+    results = [
+        TierResult(
+            tier=t.target.tier,
+            tasks=t.target.tasks,
+            region=t.target.region,
+            ami_id=t.ami_id,
+            ami_source=t.ami_source,
+            volume_gib=t.target.volume_gib,
+            launch_template=t.lt,
+            compute_environment=t.ce.name if t.ce else "",
+            job_queue=t.target.name,
+            network=t.region.network,
+            changes=t.changes,
+            notes=t.notes,
         )
+        for t in tiers
+    ]
     return RegisterResult(results, dry_run, config.source)
+
+
+@dataclass
+class _Tier:
+    """One tier as a run carries it from step to step."""
+
+    target: TierTarget
+    clients: Clients
+    region: compute_environment.Region
+    reads: RegionReads
+    ami_id: str
+    ami_source: str
+    notes: list[str]
+    keep: bool  # a rollback's hold keeps the tier's AMI
+    changes: list[Change] = field(default_factory=list)
+    lt: dict[str, Any] = field(default_factory=dict)
+    queue: dict[str, Any] | None = None
+    ce: compute_environment.Outcome | None = None
+    queue_pending: job_queue.Pending | None = None
+
+
+def _wait_per_region(tiers: Sequence[_Tier], wait: Callable[[Any, list[_Tier]], None]) -> None:
+    """`wait(batch client, the region's tiers)` once per region."""
+    by_region: dict[str, list[_Tier]] = {}
+    for t in tiers:
+        by_region.setdefault(t.target.region, []).append(t)
+    for ts in by_region.values():
+        wait(ts[0].clients.batch(), ts)
 
 
 def _hold(reads: RegionReads, target: TierTarget, given: str | None, yield_to_hold: Collection[str]) -> tuple[str | None, bool, list[str]]:
@@ -158,6 +224,17 @@ def register_tasks(
     if all_specs is None:
         all_specs = _sibling_specs(specs)
     tiers, _ = tiers_for(all_specs, config.max_tiers)
+    # The account's room under Batch's fixed quotas, region by region (register.capacity):
+    # read once, and the same reads serve the register itself.
+    reads: dict[str, RegionReads] = {}
+    capacities = []
+    for region in sorted({t.group_dict.get("region") or clients.region for t in tiers}):
+        cl = clients if region == clients.region else Clients(region=region, endpoint_url=clients.endpoint_url)
+        reads[region] = RegionReads(cl)
+        in_region = [t for t in tiers if (t.group_dict.get("region") or clients.region) == region]
+        room = capacity.of(reads[region], region, {t.name for t in in_region})
+        capacity.check(room, len(in_region))
+        capacities.append(room.text(len(in_region)))
     pool = {s.name: s for s in all_specs}
     pool.update({s.name: s for s in specs})
     wanted = {s.name for s in specs}
@@ -167,10 +244,12 @@ def register_tasks(
         raise FactoryError(f"task(s) {', '.join(sorted(uncovered))} are in no tier; run `factory size --all` to see the tiers")
     members = [pool[n] for t in chosen for n in t.tasks if n in pool]
     targets = targets_for(members, chosen)
-    return register_targets(
+    result = register_targets(
         targets, clients, ami_overrides, dry_run, config=config, wait_timeout=wait_timeout, poll=poll, progress=progress,
-        image_target=image_target, yield_to_hold=yield_to_hold,
+        image_target=image_target, yield_to_hold=yield_to_hold, reads=reads,
     )
+    result.notes.extend(capacities)
+    return result
 
 
 def _sibling_specs(specs: Sequence[Any]) -> list[Any]:

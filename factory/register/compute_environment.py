@@ -69,6 +69,29 @@ class Region:
     compute_environments: list[dict[str, Any]]  # listed once per region (tiers never share one)
 
 
+@dataclass
+class Pending:
+    """A change sent to an environment that register waits for (with the others: wait_all)."""
+
+    name: str
+    want: Mapping[str, Any] | None  # the computeResources the describe must show
+    lt: dict[str, Any] | None
+    policy: Mapping[str, Any] | None = None  # an infrastructure update's updatePolicy
+    state: str = "ENABLED"
+    rolling: bool = False  # settled as UPDATING: the new settings shown, old instances draining
+
+
+@dataclass
+class Outcome:
+    """What reconcile decided for a tier's environment."""
+
+    name: str
+    arn: str | None
+    olds: list[dict[str, Any]]  # environments to retire once the queue has moved
+    pending: Pending | None = None  # what to wait for (None: nothing was sent)
+    deferred: bool = False  # an update was due but not sent: the environment is still UPDATING
+
+
 def desired(run: Run, target: TierTarget, region: Region, lt_name: str, lt_version: int) -> dict[str, Any]:
     b = target.batch
     spot = b.provisioning == "spot"
@@ -157,8 +180,9 @@ def _settings_hash(cr: Mapping[str, Any], service_role: str | None) -> str:
 
 def reconcile(
     run: Run, batch: Any, target: TierTarget, region: Region, lt: dict[str, Any], queue: dict[str, Any] | None, changes: list[Change]
-) -> tuple[str, str | None, list[dict[str, Any]]]:
-    """Returns (name, arn, old environments to retire once the queue has moved)."""
+) -> Outcome:
+    """Sends what the tier's environment needs and returns at once: the caller waits for
+    every tier's `pending` together (wait_all)."""
     base = target.name
     want = desired(run, target, region, lt["name"], lt["version"])
     policy = run.config.batch.update_policy
@@ -191,8 +215,8 @@ def reconcile(
     current = pick()
     if current is None:
         changes.append(Change("compute-environment", base, "create", f"new: {want['type']} {want['allocationStrategy']}, {want['minvCpus']}-{want['maxvCpus']} vCPUs, launch template {lt['name']} v{lt['version']}"))
-        arn = _create(run, batch, base, want, target.tags, region)
-        return base, arn, []
+        arn, pending = _create(run, batch, base, want, target.tags, region)
+        return Outcome(base, arn, [], pending)
 
     name, arn = current["computeEnvironmentName"], current["computeEnvironmentArn"]
     have = current.get("computeResources", {})
@@ -220,18 +244,38 @@ def reconcile(
         reason = "; ".join(diffs.values()) or "service role"
         changes.append(Change("compute-environment", new_name, "replace", f"replaces {name} ({reason}): {'; '.join(blockers)}"))
         existing = by_name.get(new_name)
+        pending: Pending | None = None
         if existing is not None and existing.get("status") not in ("DELETING", "DELETED"):
             new_arn = existing["computeEnvironmentArn"]
             if not run.dry_run:  # left by an interrupted run: a queue takes it only once VALID
-                wait_until_settled(run, batch, new_name, want, lt)
+                pending = Pending(new_name, want, lt)
         else:
-            new_arn = _create(run, batch, new_name, want, target.tags, region)
-        return new_name, new_arn, [c for c in ours if c["computeEnvironmentName"] != new_name]
+            new_arn, pending = _create(run, batch, new_name, want, target.tags, region)
+        return Outcome(new_name, new_arn, [c for c in ours if c["computeEnvironmentName"] != new_name], pending)
 
     updates = update_values(diffs, want)
     if current.get("state") != "ENABLED":
         diffs["state"] = f"state {current.get('state')} -> ENABLED"
-    if diffs:
+    pending = None
+    deferred = False
+    if current.get("status") == "CREATING" and not run.dry_run:  # an interrupted run's: AWS takes no update before it is VALID
+        wait_until_settled(run, batch, name, None, None, state=str(current.get("state") or "ENABLED"))
+    busy = "UPDATING" if current.get("status") == "UPDATING" else None
+    if busy and not diffs:
+        # An earlier infrastructure update is still replacing instances; the describe shows
+        # its settings, which are what this run wants: nothing to send.
+        changes.append(Change("compute-environment", name, "unchanged", f"{busy}: {rolling_text(_policy_of(current))}; settings match (launch template v{lt['version']})"))
+    elif busy:
+        # AWS takes no update while an environment is CREATING or UPDATING (the local cloud
+        # refuses it the same way); an infrastructure update stays UPDATING until the old
+        # instances are gone, up to the update policy's timeout. So nothing is sent now.
+        deferred = True
+        changes.append(Change(
+            "compute-environment", name, "deferred",
+            f"not sent: {name} is {busy} ({rolling_text(_policy_of(current))}) and AWS takes no update until it is VALID; "
+            f"wanted: {'; '.join(diffs.values())}. Run `factory register` again once it is VALID",
+        ))
+    elif diffs:
         # The update policy rides with each infrastructure update (CreateComputeEnvironment
         # takes none), so the update that rolls the image is the one it governs.
         kind = f"infrastructure update (running jobs get {_policy_text(policy)})" if infra else "scaling update"
@@ -245,11 +289,18 @@ def reconcile(
                 kw["updatePolicy"] = policy
             with aws_errors(f"updating compute environment {name}"):
                 batch.update_compute_environment(**kw)
-            wait_until_settled(run, batch, name, want, lt, policy if infra else None)
+            pending = Pending(name, want, lt, policy if infra else None)
     else:
         changes.append(Change("compute-environment", name, "unchanged", f"launch template v{lt['version']}, settings match"))
     run.sync_batch_tags(batch, "compute-environment", name, arn, current.get("tags"), target.tags, changes)
-    return name, arn, retire
+    return Outcome(name, arn, retire, pending, deferred)
+
+
+def rolling_text(policy: Mapping[str, Any]) -> str:
+    """What an infrastructure update in progress means for the old instances."""
+    if policy.get("terminateJobsOnUpdate"):
+        return "rolling: old instances are replaced, their jobs terminated"
+    return f"rolling: old instances drain for up to {int(policy.get('jobExecutionTimeoutMinutes', 30))} min"
 
 
 def _policy_of(ce: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,9 +314,10 @@ def _policy_text(policy: Mapping[str, Any]) -> str:
     return f"{policy['jobExecutionTimeoutMinutes']} min to finish"
 
 
-def _create(run: Run, batch: Any, name: str, cr: dict[str, Any], tags: dict[str, str], region: Region) -> str | None:
+def _create(run: Run, batch: Any, name: str, cr: dict[str, Any], tags: dict[str, str], region: Region) -> tuple[str | None, Pending | None]:
+    """Sends CreateComputeEnvironment; (arn, what to wait for)."""
     if run.dry_run:
-        return None
+        return None, None
     run.progress(f"creating compute environment {name}")
     kw: dict[str, Any] = {"computeEnvironmentName": name, "type": "MANAGED", "state": "ENABLED", "computeResources": cr, "tags": tags}
     if region.service_role:
@@ -279,32 +331,69 @@ def _create(run: Run, batch: Any, name: str, cr: dict[str, Any], tags: dict[str,
                     f"creating compute environment {name}: this endpoint needs a service role: set batch.service_role in factory.yaml"
                 ) from None
             raise
-    wait_until_settled(run, batch, name, cr, None)
-    return arn
+    return arn, Pending(name, cr, None)
 
 
 def wait_until_settled(
     run: Run, batch: Any, name: str, want: Mapping[str, Any] | None, lt: dict[str, Any] | None, policy: Mapping[str, Any] | None = None, state: str = "ENABLED"
-) -> None:
+) -> Pending:
     """Until the environment exists, is VALID, in `state`, and shows what was asked (`want`,
     `policy`): a describe right after a change may still show the old settings as VALID."""
+    pending = Pending(name, want, lt, policy, state)
+    wait_all(run, batch, [pending])
+    return pending
 
-    def check() -> tuple[bool, str]:
-        found = compute_environments(batch, [name])
-        standing = batch_standing("compute environment", name, found, state, "; fix it in the Batch console or its settings")
-        if standing is not None:
-            return False, standing
-        ce = found[0]
-        if want is not None:
-            lt_ref = lt or {"name": (want.get("launchTemplate") or {}).get("launchTemplateName"), "id": None}
-            pending = differences(ce.get("computeResources") or {}, want, lt_ref)
-            if pending:
-                return False, "VALID with the old settings (" + "; ".join(pending.values()) + ")"
-        if policy is not None and _policy_of(ce) != dict(policy):
-            return False, "VALID with the old update policy"
-        return True, "VALID"
 
-    run.waiter.until(f"compute environment {name}", check)
+DESCRIBE_NAMES = 100  # DescribeComputeEnvironments takes at most 100 names (Batch API reference)
+
+
+def wait_all(run: Run, batch: Any, pendings: list[Pending]) -> None:
+    """One wait for every environment in `pendings`: each round is one describe of those
+    not settled yet (standing says when one is)."""
+    if not pendings:
+        return
+    by_name = {p.name: p for p in pendings}
+
+    def check(names: list[str]) -> dict[str, tuple[bool, str]]:
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(names), DESCRIBE_NAMES):
+            for ce in compute_environments(batch, names[i : i + DESCRIBE_NAMES]):
+                found[ce["computeEnvironmentName"]] = ce
+        return {n: standing(by_name[n], found.get(n)) for n in names}
+
+    what = f"compute environment {pendings[0].name}" if len(by_name) == 1 else f"{len(by_name)} compute environments"
+    run.waiter.until_all(what, list(by_name), check)
+
+
+def standing(pending: Pending, ce: Mapping[str, Any] | None) -> tuple[bool, str]:
+    """(settled, where it stands) for one environment's describe (None: not visible yet).
+
+    An infrastructure update (`policy` given) has settled once the describe shows its
+    settings and policy, even while the environment is UPDATING: AWS keeps it UPDATING while
+    it replaces instances, and the old ones may run jobs for the policy's whole timeout
+    (factory's default: two days). Waiting for VALID would time out; `rolling` says so."""
+    if ce is not None and ce.get("status") == "UPDATING" and pending.policy is not None and ce.get("state") == pending.state:
+        if not _unseen(pending, ce) and _policy_of(ce) == dict(pending.policy):
+            pending.rolling = True
+            return True, "UPDATING (rolling)"
+    where = batch_standing("compute environment", pending.name, [ce] if ce else [], pending.state, "; fix it in the Batch console or its settings")
+    if where is not None:
+        return False, where
+    assert ce is not None
+    unseen = _unseen(pending, ce)
+    if unseen:
+        return False, "VALID with the old settings (" + "; ".join(unseen.values()) + ")"
+    if pending.policy is not None and _policy_of(ce) != dict(pending.policy):
+        return False, "VALID with the old update policy"
+    return True, "VALID"
+
+
+def _unseen(pending: Pending, ce: Mapping[str, Any]) -> dict[str, str]:
+    """The asked-for settings a describe does not show yet."""
+    if pending.want is None:
+        return {}
+    lt_ref = pending.lt or {"name": (pending.want.get("launchTemplate") or {}).get("launchTemplateName"), "id": None}
+    return differences(ce.get("computeResources") or {}, pending.want, lt_ref)
 
 
 def retire(run: Run, batch: Any, olds: list[dict[str, Any]], why: str, changes: list[Change]) -> None:

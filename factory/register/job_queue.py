@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from factory.aws import aws_errors
@@ -30,7 +31,18 @@ def _order_names(queue: dict[str, Any]) -> list[str]:
     return [o["computeEnvironment"].split("/")[-1] for o in sorted(queue.get("computeEnvironmentOrder", []), key=lambda o: o["order"])]
 
 
-def reconcile(run: Run, batch: Any, target: TierTarget, queue: dict[str, Any] | None, ce_name: str, ce_arn: str | None, changes: list[Change]) -> None:
+@dataclass(frozen=True)
+class Pending:
+    """A change sent to a queue that register waits for (with the others: wait_all)."""
+
+    name: str
+    ce_name: str | None  # the one environment the queue must be in front of
+    priority: int | None
+    state: str = "ENABLED"
+
+
+def reconcile(run: Run, batch: Any, target: TierTarget, queue: dict[str, Any] | None, ce_name: str, ce_arn: str | None, changes: list[Change]) -> Pending | None:
+    """Sends what the tier's queue needs and returns at once: what to wait for, if anything."""
     name = target.name
     priority = run.config.batch.queue_priority
     order = [{"order": 1, "computeEnvironment": ce_arn or ce_name}]
@@ -40,8 +52,8 @@ def reconcile(run: Run, batch: Any, target: TierTarget, queue: dict[str, Any] | 
             run.progress(f"creating job queue {name}")
             with aws_errors(f"creating job queue {name}"):
                 batch.create_job_queue(jobQueueName=name, state="ENABLED", priority=priority, computeEnvironmentOrder=order, tags=target.tags)
-            wait_until_settled(run, batch, name, ce_name, priority)
-        return
+            return Pending(name, ce_name, priority)
+        return None
     diffs = []
     if _order_names(queue) != [ce_name]:
         diffs.append(f"compute environment {', '.join(_order_names(queue)) or 'none'} -> {ce_name}")
@@ -49,31 +61,52 @@ def reconcile(run: Run, batch: Any, target: TierTarget, queue: dict[str, Any] | 
         diffs.append(f"state {queue.get('state')} -> ENABLED")
     if int(queue.get("priority", priority)) != priority:
         diffs.append(f"priority {queue.get('priority')} -> {priority}")
+    pending = None
     if diffs:
         changes.append(Change("job-queue", name, "update", "; ".join(diffs)))
         if not run.dry_run:
             with aws_errors(f"updating job queue {name}"):
                 batch.update_job_queue(jobQueue=name, state="ENABLED", priority=priority, computeEnvironmentOrder=order)
-            wait_until_settled(run, batch, name, ce_name, priority)
+            pending = Pending(name, ce_name, priority)
     else:
         changes.append(Change("job-queue", name, "unchanged", f"in front of {ce_name}"))
     run.sync_batch_tags(batch, "job-queue", name, queue["jobQueueArn"], queue.get("tags"), target.tags, changes)
+    return pending
 
 
 def wait_until_settled(run: Run, batch: Any, name: str, ce_name: str | None, priority: int | None, state: str = "ENABLED") -> None:
     """Until the queue exists, is VALID, in `state`, and in front of `ce_name` (a missing
     queue is not ready: right after CreateJobQueue a describe may not show it yet)."""
+    wait_all(run, batch, [Pending(name, ce_name, priority, state)])
 
-    def check() -> tuple[bool, str]:
-        found = job_queues(batch, [name])
-        standing = batch_standing("job queue", name, found, state)
-        if standing is not None:
-            return False, standing
-        queue = found[0]
-        if ce_name is not None and _order_names(queue) != [ce_name]:
-            return False, f"VALID, still in front of {', '.join(_order_names(queue)) or 'nothing'}"
-        if priority is not None and int(queue.get("priority", priority)) != priority:
-            return False, "VALID with the old priority"
-        return True, "VALID"
 
-    run.waiter.until(f"job queue {name}", check)
+DESCRIBE_NAMES = 100  # DescribeJobQueues takes at most 100 names (Batch API reference)
+
+
+def wait_all(run: Run, batch: Any, pendings: list[Pending]) -> None:
+    """One wait for every queue in `pendings`: each round is one describe of those not settled yet."""
+    if not pendings:
+        return
+    by_name = {p.name: p for p in pendings}
+
+    def check(names: list[str]) -> dict[str, tuple[bool, str]]:
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(names), DESCRIBE_NAMES):
+            for q in job_queues(batch, names[i : i + DESCRIBE_NAMES]):
+                found[q["jobQueueName"]] = q
+        return {n: _standing(by_name[n], found.get(n)) for n in names}
+
+    what = f"job queue {pendings[0].name}" if len(by_name) == 1 else f"{len(by_name)} job queues"
+    run.waiter.until_all(what, list(by_name), check)
+
+
+def _standing(pending: Pending, queue: dict[str, Any] | None) -> tuple[bool, str]:
+    where = batch_standing("job queue", pending.name, [queue] if queue else [], pending.state)
+    if where is not None:
+        return False, where
+    assert queue is not None
+    if pending.ce_name is not None and _order_names(queue) != [pending.ce_name]:
+        return False, f"VALID, still in front of {', '.join(_order_names(queue)) or 'nothing'}"
+    if pending.priority is not None and int(queue.get("priority", pending.priority)) != pending.priority:
+        return False, "VALID with the old priority"
+    return True, "VALID"

@@ -107,12 +107,8 @@ class RegionReads:
     def version(self, template_id: str, number: int) -> dict[str, Any] | None:
         """One version of a launch template (its LaunchTemplateVersion: data, number, ...);
         the default and latest of every template come from one read, another by number."""
-        if self._versions is None:
-            self._versions = {}
-            if self.launch_templates():
-                with aws_errors("reading the launch templates' default and latest versions"):
-                    for v in paged(self.clients.ec2(), "describe_launch_template_versions", "LaunchTemplateVersions", Versions=["$Default", "$Latest"]):
-                        self._versions[(v["LaunchTemplateId"], int(v["VersionNumber"]))] = v
+        self._default_and_latest()
+        assert self._versions is not None
         key = (template_id, int(number))
         if key not in self._versions:
             from botocore.exceptions import ClientError
@@ -130,6 +126,24 @@ class RegionReads:
                     found = []
             self._versions[key] = found[0] if found else None
         return self._versions[key]
+
+    def _default_and_latest(self) -> None:
+        if self._versions is None:
+            versions: dict[tuple[str, int], dict[str, Any] | None] = {}
+            if self.launch_templates():
+                with aws_errors("reading the launch templates' default and latest versions"):
+                    for v in paged(self.clients.ec2(), "describe_launch_template_versions", "LaunchTemplateVersions", Versions=["$Default", "$Latest"]):
+                        versions[(v["LaunchTemplateId"], int(v["VersionNumber"]))] = v
+            self._versions = versions
+
+    def prime(self) -> None:
+        """Make the whole-region reads now, before tiers are handled side by side
+        (apply.register_targets): threads then only answer from memory, never read twice."""
+        self.images()
+        self.launch_templates()
+        self._default_and_latest()
+        self.compute_environments()
+        self.queues()
 
     # -- Batch ----------------------------------------------------------------------------
 

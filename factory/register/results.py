@@ -79,6 +79,7 @@ class RegisterResult:
     tiers: list[TierResult]
     dry_run: bool
     config_source: str
+    notes: list[str] = field(default_factory=list)  # about the run as a whole (the account's capacity)
 
     @property
     def changed(self) -> bool:
@@ -96,5 +97,6 @@ class RegisterResult:
             "config": self.config_source,
             "status": "changed" if self.changed else "unchanged",
             "tiers": [t.to_json() for t in self.tiers],
+            "notes": list(self.notes),
             "tasks": {task: t.task_json() for t in self.tiers for task in t.tasks},
         }

@@ -50,6 +50,23 @@ class Waiter:
                 raise FactoryError(f"{what}: still {standing} after {self.timeout:.0f}s; {hint}")
             time.sleep(interval())
 
+    def until_all(self, what: str, names: list[str], check: Callable[[list[str]], dict[str, tuple[bool, str]]], hint: str = "run `factory register` again later") -> None:
+        """One wait for many resources of one kind: `check(pending names)` reads them all in
+        one describe (name -> (done, where it stands)) and is asked again, about those not
+        done yet, until none is left; a FactoryError on timeout naming those still pending."""
+        pending = list(dict.fromkeys(names))
+        deadline = time.monotonic() + self.timeout
+        interval = self._intervals()
+        while pending:
+            answers = check(pending)
+            pending = [n for n in pending if not answers[n][0]]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                stuck = "; ".join(f"{n} still {answers[n][1]}" for n in pending)
+                raise FactoryError(f"{what}: {stuck} after {self.timeout:.0f}s; {hint}")
+            time.sleep(interval())
+
     def retry_while(self, transient: tuple[str, ...], call: Callable[[], T]) -> T:
         """`call()`, again while AWS refuses it with a message containing one of `transient`,
         or with one of them as its error code."""

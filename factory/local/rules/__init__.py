@@ -14,6 +14,10 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Settings:
     state_delay: float = 1.0  # seconds a Batch resource spends CREATING/UPDATING/DELETING
+    # Seconds an infrastructure update (new launch template, instance types, ...: anything but
+    # vCPUs) keeps an environment UPDATING while AWS replaces its instances; the old ones may
+    # run jobs for the update policy's whole timeout. None: state_delay.
+    rolling_delay: float | None = None
     stale_read: float = 0.3  # seconds after an update during which a describe still shows the old state
     # Seconds a deregistered AMI's snapshots stay "in use". AWS refuses DeleteSnapshot right
     # after DeregisterImage only now and then (Packer 1.6.6 deletes its temporary snapshots that
@@ -27,9 +31,10 @@ class Settings:
 
 
 def install(settings: Settings) -> None:
-    from factory.local.rules import batch, ebs, ec2, ssm
+    from factory.local.rules import batch, batch_quotas, ebs, ec2, ssm
 
     batch.install(settings)
+    batch_quotas.install(settings)  # around batch's methods
     ec2.install(settings)
     ebs.install(settings)  # after ec2: it wraps ec2's CreateVolume (client tokens)
     ssm.install(settings)

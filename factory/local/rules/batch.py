@@ -54,8 +54,8 @@ class _Lifecycle:
         self.settings = settings
         self.by_arn: dict[str, _Transition] = {}
 
-    def start(self, arn: str, status: str, **kw: Any) -> None:
-        self.by_arn[arn] = _Transition(status, time.monotonic() + self.settings.state_delay, **kw)
+    def start(self, arn: str, status: str, delay: float | None = None, **kw: Any) -> None:
+        self.by_arn[arn] = _Transition(status, time.monotonic() + (self.settings.state_delay if delay is None else delay), **kw)
 
     def settle(self) -> None:
         now = time.monotonic()
@@ -190,7 +190,8 @@ def install(settings: Settings) -> None:
                 env.update_policy.update(update_policy)
             if infra:
                 jobs.environment_updated(env, env.update_policy)
-            life.start(env.arn, "UPDATING", stale_until=time.monotonic() + settings.stale_read, stale_view=before)
+            rolling = settings.rolling_delay if infra and settings.rolling_delay is not None else None  # instances replaced: UPDATING until the old are gone
+            life.start(env.arn, "UPDATING", rolling, stale_until=time.monotonic() + settings.stale_read, stale_view=before)
             return env.name, env.arn
 
     def delete_compute_environment(self, compute_environment_name):
