@@ -84,7 +84,7 @@ def register_targets(
         queue = job_queue.find(batch, target.name, here.queues())
         ce_name, ce_arn, olds = compute_environment.reconcile(run, batch, target, region, lt, queue, changes)
         job_queue.reconcile(run, batch, target, queue, ce_name, ce_arn, changes)
-        compute_environment.retire(run, batch, olds, f"replaced; no longer behind {target.name}", changes)
+        compute_environment.retire(run, batch, olds, f"replaced; no longer behind {target.name}", changes, queues=(target.name,))
         description = hold or (here.descriptions().get(parameter.parameter_name(target.ami_task)) if keep else None)
         parameter.reconcile(run, cl.ssm(), target, ami_id, changes, reads=here, description=description)  # last: it names what the tier now runs
         results.append(
