@@ -160,6 +160,9 @@ def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
                     "ec2:DescribeImages", "ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeVpcs",
                     "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "batch:DescribeComputeEnvironments", "batch:DescribeJobQueues",
                     "iam:GetInstanceProfile", "iam:GetRole",
+                    # the jobs that may still run on a replaced environment (factory.register.live_jobs);
+                    # ListJobs takes no resource (Batch's service authorization reference)
+                    "batch:ListJobs",
                 ],
                 _ANY,
             ),
@@ -201,8 +204,9 @@ def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
         return [_statement("ReadAmiHistory", ["ssm:GetParameterHistory"], _TASK_PARAMETERS)]
     if purpose == "prune":
         return [
+            # ListJobs: a retired tier's queue with jobs is drained, not deleted (factory.register.live_jobs)
             _statement("Read", ["ec2:DescribeLaunchTemplates", "ec2:DescribeLaunchTemplateVersions", "ec2:DescribeImages",
-                                "batch:DescribeComputeEnvironments", "batch:DescribeJobQueues"], _ANY),
+                                "batch:DescribeComputeEnvironments", "batch:DescribeJobQueues", "batch:ListJobs"], _ANY),
             # A tier no spec uses: its queue and environments disabled, then deleted; its template.
             _statement("RetireFactoryBatchResources", ["batch:UpdateJobQueue", "batch:DeleteJobQueue", "batch:UpdateComputeEnvironment",
                                                        "batch:DeleteComputeEnvironment"], _BATCH_OURS),

@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from factory.aws import aws_errors
-from factory.register.names import TAG_BASE_AMI, TAG_IMAGE_HASH, TAG_SPEC_HASH, TAG_TASK, tag_dict
+from factory.register.names import TAG_BASE_AMI, TAG_IMAGE_HASH, TAG_MANAGED, TAG_SPEC_HASH, TAG_TASK, TAG_TIER, tag_dict
 
 
 @dataclass
@@ -83,13 +83,14 @@ class TaskStatus:
 @dataclass
 class StatusReport:
     tasks: list[TaskStatus]
+    draining: list[str] = field(default_factory=list)  # retired queues and environments still held by jobs
 
     @property
     def stale(self) -> list[TaskStatus]:
         return [t for t in self.tasks if t.stale]
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": not self.stale, "stale": [t.task for t in self.stale], "tasks": [t.to_json() for t in self.tasks]}
+        return {"ok": not self.stale, "stale": [t.task for t in self.stale], "tasks": [t.to_json() for t in self.tasks], "draining": self.draining}
 
 
 def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, config: Any = None) -> StatusReport:
@@ -107,15 +108,20 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
     for name in wanted:
         by_region.setdefault(tier_of[name].region, []).append(tier_of[name])
     builder_hours = getattr(config, "prune_builder_hours", 6.0)
+    draining: list[str] = []
     for region, region_targets in by_region.items():
         unique = list({t.tier: t for t in region_targets}.values())
-        for status in _region_status(region, unique, cloud, builder_hours):
+        statuses, held = _region_status(region, unique, cloud, builder_hours, in_use=set(targets))
+        draining += held
+        for status in statuses:
             if status.task in wanted:
                 out[status.task] = status
-    return StatusReport([out[n] for n in wanted])
+    return StatusReport([out[n] for n in wanted], draining)
 
 
-def _region_status(region: str, targets: list[Any], cloud: Any, builder_hours: float = 6.0) -> list[TaskStatus]:
+def _region_status(
+    region: str, targets: list[Any], cloud: Any, builder_hours: float = 6.0, in_use: set[str] | None = None
+) -> tuple[list[TaskStatus], list[str]]:
     from factory.bake import expected_image_hash
     from factory.register.parameter import held as parameter_held
     from factory.register.parameter import parameter_name
@@ -214,7 +220,26 @@ def _region_status(region: str, targets: list[Any], cloud: Any, builder_hours: f
             if ami_in_use and row.parameter != ami_in_use:
                 row.notes.append(f"/factory/{row.task}/ami-id names {row.parameter or 'nothing'}, not {ami_in_use}: run `factory register {row.task}`")
         out.extend(rows)
-    return out
+    return out, _draining(region, ces.values(), queues.values(), in_use or set())
+
+
+def _draining(region: str, ces: Any, queues: Any, in_use: set[str]) -> list[str]:
+    """What register or prune left disabled because jobs may still run on it
+    (factory.register.live_jobs): environments marked retired, queues of tiers no spec uses."""
+    from factory.register.live_jobs import TAG_RETIRED
+
+    out = []
+    for q in queues:
+        tags = q.get("tags") or {}
+        if tags.get(TAG_MANAGED) == "true" and tags.get(TAG_TIER) not in in_use and q.get("state") == "DISABLED":
+            out.append(f"{region}: job queue {q['jobQueueName']} (tier {tags.get(TAG_TIER)}, used by no spec) is disabled and draining: "
+                       "`factory prune --apply` deletes it once its jobs have ended")
+    for c in ces:
+        tags = c.get("tags") or {}
+        if tags.get(TAG_MANAGED) == "true" and tags.get(TAG_RETIRED) and c.get("status") not in ("DELETING", "DELETED"):
+            out.append(f"{region}: compute environment {c['computeEnvironmentName']} (tier {tags.get(TAG_TIER)}, retired {tags[TAG_RETIRED]}) is "
+                       f"{c.get('state', '?')} and draining: the next `factory register` (or prune) deletes it once the jobs that may run on it have ended")
+    return sorted(out)
 
 
 def _stray_builders(ec2: Any, hours: float, now: datetime) -> dict[str, list[Any]]:

@@ -66,7 +66,7 @@ def _print_result(result, title: str) -> None:
     table = Table(title=title, title_justify="left")
     for col in ("tier", "resource", "name", "action", "reason"):
         table.add_column(col, overflow="fold")
-    styles = {"create": "green", "update": "yellow", "replace": "magenta", "delete": "red", "unchanged": "dim"}
+    styles = {"create": "green", "update": "yellow", "replace": "magenta", "delete": "red", "drain": "cyan", "unchanged": "dim"}
     for tier in result.tiers:
         for i, c in enumerate(tier.changes):
             table.add_row(tier.tier if i == 0 else "", c.resource, c.name, f"[{styles.get(c.action, '')}]{c.action}[/]", c.reason)
@@ -179,6 +179,11 @@ def prune(
              "0 takes every builder, also one a bake runs now.",
     ),
     dry_run: bool = typer.Option(True, "--dry-run/--no-dry-run", help="List only (default). --no-dry-run is the same as --apply."),
+    force: bool = typer.Option(
+        False, "--force",
+        help="Retire a tier whose queue still has jobs now: AWS terminates them (named in the output). "
+             "Without it such a queue is disabled and deleted by a later prune once its jobs have ended.",
+    ),
     specs_dir: Path = _SPECS,
     config: Optional[Path] = _CONFIG,
     cloud: str = _CLOUD,
@@ -201,7 +206,7 @@ def prune(
     where = Cloud.open(cloud)
     hours = builder_hours if builder_hours is not None else settings.prune_builder_hours
     results = [
-        (region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs}, builder_hours=hours))
+        (region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs}, builder_hours=hours, force=force))
         for region in regions
     ]
     failed = [c for _, r in results for c in r.failed]
@@ -216,7 +221,10 @@ def prune(
                 if c.action == "failed":  # an error: on stderr, and prune went on with the rest
                     err(f"{region}: could not delete {c.resource} {c.name}: {c.reason}")
                     continue
-                verb = "kept" if c.action == "unchanged" else "would delete" if r.dry_run else "deleted"
+                if c.action == "drain":
+                    verb = "would keep, draining," if r.dry_run else "draining"
+                else:
+                    verb = "kept" if c.action == "unchanged" else "would delete" if r.dry_run else "deleted"
                 console.print(f"{region}: {verb} {c.resource} {c.name}: {c.reason}", highlight=False, markup=False)
         if not really and any(r.changes for _, r in results):
             console.print("dry run: pass --apply to delete", highlight=False, markup=False)

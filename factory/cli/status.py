@@ -93,6 +93,8 @@ def _print_report(report) -> None:
             console.print(f"{t.task}: stale: {reason}", highlight=False, markup=False)
         for note in t.notes:
             console.print(f"{t.task}: note: {note}", highlight=False, markup=False)
+    for line in report.draining:
+        console.print(f"draining: {line}", highlight=False, markup=False)
     stale = report.stale
     console.print(f"stale: {', '.join(t.task for t in stale)}" if stale else "every task is current", highlight=False, markup=False)
 

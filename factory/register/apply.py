@@ -102,7 +102,7 @@ def register_targets(
 
     def leftovers(t: _Tier) -> None:
         assert t.ce is not None
-        compute_environment.retire(run, t.clients.batch(), t.ce.olds, f"replaced; no longer behind {t.target.name}", t.changes)
+        compute_environment.retire(run, t.clients.batch(), t.ce.olds, f"replaced; no longer behind {t.target.name}", t.changes, queues=(t.target.name,))
 
     def parameters(t: _Tier) -> None:
         assert t.ce is not None

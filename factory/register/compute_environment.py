@@ -396,11 +396,36 @@ def _unseen(pending: Pending, ce: Mapping[str, Any]) -> dict[str, str]:
     return differences(ce.get("computeResources") or {}, pending.want, lt_ref)
 
 
-def retire(run: Run, batch: Any, olds: list[dict[str, Any]], why: str, changes: list[Change]) -> None:
-    """Disable, then delete, compute environments a replacement (or a retired tier) left behind."""
+def retire(
+    run: Run, batch: Any, olds: list[dict[str, Any]], why: str, changes: list[Change], queues: tuple[str, ...] = (), force: bool = False
+) -> None:
+    """Disable, then delete, compute environments a replacement (or a retired tier) left
+    behind; one that jobs of `queues` may still run on (factory.register.live_jobs) is left
+    disabled and out of every queue, and deleted by a later run once they have ended.
+    `force` deletes it anyway, saying which jobs that terminates."""
+    from factory.register import live_jobs
+
     for ce in olds:
         name = ce["computeEnvironmentName"]
-        changes.append(Change("compute-environment", name, "delete", why))
+        tags = ce.get("tags") or {}
+        retired_ms = live_jobs.tag_ms(tags.get(live_jobs.TAG_RETIRED))
+        if queues and retired_ms is None and not run.dry_run:
+            stamp = live_jobs.now_tag()
+            with aws_errors(f"marking compute environment {name} retired"):
+                batch.tag_resource(resourceArn=ce["computeEnvironmentArn"], tags={live_jobs.TAG_RETIRED: stamp})
+            retired_ms = live_jobs.tag_ms(stamp)
+        holders = live_jobs.placed_before(batch, list(queues), retired_ms)
+        if holders and not force:
+            changes.append(Change(
+                "compute-environment", name, "drain",
+                f"{why}; {live_jobs.named(holders)} may still run on it, so it is disabled and out of every queue "
+                "(no new jobs), and the next `factory register` deletes it once they have ended",
+            ))
+            if not run.dry_run and ce.get("state") != "DISABLED":
+                with aws_errors(f"disabling compute environment {name}"):
+                    batch.update_compute_environment(computeEnvironment=name, state="DISABLED")
+            continue
+        changes.append(Change("compute-environment", name, "delete", why + (f"; --force: terminates {live_jobs.named(holders)}" if holders else "")))
         if run.dry_run:
             continue
         run.progress(f"retiring compute environment {name}")

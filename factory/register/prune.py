@@ -60,11 +60,13 @@ def prune(
     waiter: Waiter | None = None,
     tasks_in_use: set[str] | None = None,
     builder_hours: float = 6.0,
+    force: bool = False,
 ) -> PruneResult:
     """`dry_run` (the CLI's default) lists and deletes nothing. `tiers_in_use`: the tiers the
     specs make now (None: retire no tier); `tasks_in_use`: the specs' tasks (a retired tier's
     task with no spec loses its `/factory/<task>/ami-id` parameter); `builder_hours`: a
-    builder launched longer ago was left by a killed bake (no bake runs that long)."""
+    builder launched longer ago was left by a killed bake (no bake runs that long); `force`:
+    retire a tier whose queue still has jobs (AWS terminates them) instead of draining it."""
     if keep < 1:
         raise UsageError(f"--keep must be at least 1 (got {keep})")
     from factory.config import FactoryConfig
@@ -75,7 +77,7 @@ def prune(
     with aws_errors("listing factory's launch templates"):
         lts = list(paged(ec2, "describe_launch_templates", "LaunchTemplates", Filters=[{"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]}]))
     if tiers_in_use is not None:
-        lts, retired_tasks = _retire_tiers(run, ec2, batch, lts, tiers_in_use, changes)
+        lts, retired_tasks = _retire_tiers(run, ec2, batch, lts, tiers_in_use, changes, force)
         if tasks_in_use is not None:
             _retire_parameters(clients.ssm(), retired_tasks - tasks_in_use, dry_run, changes)
     pinned: dict[str, set[str]] = {}
@@ -138,21 +140,49 @@ def _managed(tags: dict[str, str] | None) -> bool:
 
 
 def _retire_tiers(
-    run: Run, ec2: Any, batch: Any, lts: list[dict[str, Any]], in_use: set[str], changes: list[Change]
+    run: Run, ec2: Any, batch: Any, lts: list[dict[str, Any]], in_use: set[str], changes: list[Change], force: bool = False
 ) -> tuple[list[dict[str, Any]], set[str]]:
     """Queue, environments and launch template of every managed tier no spec uses; returns
-    the launch templates that stay and the retired tiers' tasks."""
+    the launch templates that stay and the retired tiers' tasks. A queue that still has jobs
+    (factory.register.live_jobs) is only disabled: its tier waits, whole, for a later prune
+    (its launch template stays, so do the AMIs it names: the queue's RUNNABLE jobs may still
+    start instances). `force` deletes it anyway, saying which jobs that terminates."""
+    from factory.register import live_jobs
+
     queues = [q for q in job_queues(batch) if _managed(q.get("tags")) and q.get("status") != "DELETING"]
     envs = [c for c in compute_environments(batch) if _managed(c.get("tags")) and c.get("status") != "DELETING"]
     retired = sorted({(r.get("tags") or {}).get(TAG_TIER, "") for r in queues + envs} | {tag_dict(lt.get("Tags")).get(TAG_TIER, "") for lt in lts})
     retired = [t for t in retired if t and t not in in_use]
     retired_tasks: set[str] = set()
+    gone: list[str] = []
     for tier in retired:
         why = f"tier {tier} is used by no spec any more"
-        for q in (q for q in queues if q["tags"].get(TAG_TIER) == tier):
+        tier_queues = [q for q in queues if q["tags"].get(TAG_TIER) == tier]
+        held = {q["jobQueueName"]: live_jobs.live_jobs(batch, q["jobQueueName"]) for q in tier_queues}
+        if any(held.values()) and not force:
+            for q in tier_queues:
+                name = q["jobQueueName"]
+                jobs = held[name]
+                if not jobs:
+                    continue
+                changes.append(Change(
+                    "job-queue", name, "drain",
+                    f"{why}, but {live_jobs.named(jobs)} still need it: disabled (no new jobs), deleted with its tier by a later prune once "
+                    "they have ended (--force deletes it now, and AWS terminates them)",
+                ))
+                if not run.dry_run and q.get("state") != "DISABLED":
+                    with aws_errors(f"disabling job queue {name}"):
+                        batch.update_job_queue(jobQueue=name, state="DISABLED")
+            continue
+        gone.append(tier)
+        for q in tier_queues:
             retired_tasks |= set(tasks_from_tags(q["tags"]))
             name = q["jobQueueName"]
-            changes.append(Change("job-queue", name, "delete", f"{why} (tasks {', '.join(tasks_from_tags(q['tags'])) or '?'})"))
+            jobs = held[name]
+            changes.append(Change(
+                "job-queue", name, "delete",
+                f"{why} (tasks {', '.join(tasks_from_tags(q['tags'])) or '?'})" + (f"; --force: AWS terminates {live_jobs.named(jobs)}" if jobs else ""),
+            ))
             if run.dry_run:
                 continue
             if q.get("state") != "DISABLED":
@@ -161,14 +191,15 @@ def _retire_tiers(
             job_queue.wait_until_settled(run, batch, name, None, None, state="DISABLED")
             with aws_errors(f"deleting job queue {name}"):
                 batch.delete_job_queue(jobQueue=name)
-        compute_environment.retire(run, batch, [c for c in envs if c["tags"].get(TAG_TIER) == tier], f"no queue ({why})", changes)
+        # The queue is gone (or never was): no job can reach these environments any more.
+        compute_environment.retire(run, batch, [c for c in envs if c["tags"].get(TAG_TIER) == tier], f"no queue ({why})", changes, force=force)
         for lt in (lt for lt in lts if tag_dict(lt.get("Tags")).get(TAG_TIER) == tier):
             name = lt["LaunchTemplateName"]
             changes.append(Change("launch-template", name, "delete", f"{why}, with all its versions"))
             if not run.dry_run:
                 with aws_errors(f"deleting launch template {name}"):
                     ec2.delete_launch_template(LaunchTemplateId=lt["LaunchTemplateId"])
-    return [lt for lt in lts if tag_dict(lt.get("Tags")).get(TAG_TIER) not in retired], retired_tasks
+    return [lt for lt in lts if tag_dict(lt.get("Tags")).get(TAG_TIER) not in gone], retired_tasks
 
 
 def _retire_parameters(ssm: Any, gone: set[str], dry_run: bool, changes: list[Change]) -> None:
