@@ -73,6 +73,14 @@ def end(cloud: Cloud, job: str) -> None:
     assert submit.wait(cloud.clients, job, timeout=60)["status"] == "FAILED"
 
 
+def draining(cloud: Cloud, specs) -> list[str]:
+    """What `factory status` lists as draining (StatusReport.draining)."""
+    from factory.cloud import Cloud as Where
+    from factory.status import task_status
+
+    return task_status(specs, specs, Where("aws", _clients={REGION: cloud.clients})).draining
+
+
 def retire_plan(specs):
     kept = [s for s in specs if s.name != TASK]
     return {t.name for t in tiers_for(kept, None)[0]}, {s.name for s in kept}
@@ -97,6 +105,8 @@ def test_prune_drains_a_retired_tier_whose_queue_runs_a_job_and_retires_it_once_
     assert cloud.ec2.describe_launch_templates(Filters=[{"Name": "launch-template-name", "Values": [name]}])["LaunchTemplates"]
     assert cloud.clients.ssm().get_parameter(Name=f"/factory/{TASK}/ami-id")["Parameter"]["Value"]
     assert status_of(cloud, job) == "RUNNING"  # ... and the job runs on
+    kept = [s for s in specs if s.name != TASK]
+    assert [line for line in draining(cloud, kept) if f"job queue {name} " in line and "draining" in line]
 
     end(cloud, job)
     result = prune(cloud.clients, keep=3, dry_run=False, tiers_in_use=in_use, waiter=Waiter(60, 0.05), tasks_in_use=tasks)
@@ -137,6 +147,7 @@ def test_a_replaced_environment_stays_disabled_and_detached_while_a_job_runs_on_
     assert old["state"] == "DISABLED" and old["status"] == "VALID" and TAG_RETIRED in old["tags"]
     assert [o["computeEnvironment"] for o in cloud.queues()[name]["computeEnvironmentOrder"]] == [cloud.ces()[tr.compute_environment]["computeEnvironmentArn"]]
     assert status_of(cloud, job) == "RUNNING"
+    assert [line for line in draining(cloud, specs) if f"compute environment {name} " in line and "DISABLED" in line]
     # A job submitted now runs on the new environment only, so it does not hold the old one.
     later = running_job(cloud, name, name="next-step")
 
@@ -145,5 +156,7 @@ def test_a_replaced_environment_stays_disabled_and_detached_while_a_job_runs_on_
     end(cloud, job)
     done = run(cloud, specs, ami_overrides={TASK: new_ami})
     assert [c.action for c in done.for_task(TASK).changes if c.name == name and c.resource == "compute-environment"] == ["delete"]
+    time.sleep(1.5)  # past the local cloud's DELETING
+    assert draining(cloud, specs) == []
     assert status_of(cloud, later) == "RUNNING"
     end(cloud, later)
