@@ -60,23 +60,26 @@ def repo_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
-def install(bin_dir: Path, state_dir: Path, *, seen_state_dir: str | None = None, python: str = sys.executable) -> dict[str, str]:
+def install(bin_dir: Path, state_dir: Path, *, seen_bin_dir: str | None = None, seen_state_dir: str | None = None,
+            python: str = sys.executable) -> dict[str, str]:
     """Write the double's commands into `bin_dir` (one small script each) and return the
-    environment additions that put them first on PATH. `seen_state_dir`: the state folder
-    as the commands will see it (inside a local instance's root), when not `state_dir`."""
+    environment additions that put them first on PATH. `seen_bin_dir`, `seen_state_dir`:
+    both folders as the commands will see them (inside a local instance's root), when not
+    where they are written."""
     bin_dir, state_dir = Path(bin_dir), Path(state_dir)
     bin_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
     state = seen_state_dir or str(state_dir)
+    seen_bin = seen_bin_dir or str(bin_dir)
     for name in COMMANDS:
         script = bin_dir / name
         script.write_text(
             "#!/bin/sh\n"
             "# factory's LVM double (factory/local/lvm_double): lvm2 without device-mapper\n"
-            f"{STATE_ENV}={state} {BIN_ENV}={bin_dir} PYTHONPATH={repo_root()} exec {python} -m factory.local.lvm_double.lvm {name} \"$@\"\n"
+            f"{STATE_ENV}={state} {BIN_ENV}={seen_bin} PYTHONPATH={repo_root()} exec {python} -m factory.local.lvm_double.lvm {name} \"$@\"\n"
         )
         script.chmod(0o755)
-    return {"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
+    return {"PATH": f"{seen_bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}
 
 
 def release(state_dir: Path) -> list[str]:
