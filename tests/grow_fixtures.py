@@ -80,20 +80,21 @@ def lvm_commands(directory: Path) -> Iterator[str | None]:
     or None for real lvm2; afterwards the pool's volume group goes and nothing stays attached."""
     from factory.local import lvm_double
 
-    if lvm_double.device_mapper_missing() is None:
+    with lvm_double.exclusive():  # one pool named `factory` in this machine's /dev at a time
+        if lvm_double.device_mapper_missing() is None:
+            try:
+                yield None
+            finally:
+                subprocess.run(["vgremove", "-ff", "-y", "factory"], capture_output=True)
+            return
+        state = directory / "lvm-double"
+        saved = os.environ.get("PATH", "")
+        os.environ.update(lvm_double.install(directory / "lvm-bin", state))
         try:
-            yield None
+            yield str(state)
         finally:
-            subprocess.run(["vgremove", "-ff", "-y", "factory"], capture_output=True)
-        return
-    state = directory / "lvm-double"
-    saved = os.environ.get("PATH", "")
-    os.environ.update(lvm_double.install(directory / "lvm-bin", state))
-    try:
-        yield str(state)
-    finally:
-        os.environ["PATH"] = saved
-        lvm_double.release(state)
+            os.environ["PATH"] = saved
+            lvm_double.release(state)
 
 
 def _lvm_xfs_missing() -> str | None:

@@ -20,8 +20,9 @@ def double(tmp_path):
     from factory.local import lvm_double
 
     env = dict(os.environ) | lvm_double.install(tmp_path / "bin", tmp_path / "state")
-    yield lambda *argv: subprocess.run(list(argv), capture_output=True, text=True, env=env)
-    lvm_double.release(tmp_path / "state")
+    with lvm_double.exclusive():
+        yield lambda *argv: subprocess.run(list(argv), capture_output=True, text=True, env=env)
+        lvm_double.release(tmp_path / "state")
 
 
 def real_lvm(device: str, *argv: str) -> subprocess.CompletedProcess:

@@ -104,3 +104,23 @@ def release(state_dir: Path) -> list[str]:
                 os.unlink(link)
     path.write_text(json.dumps(state, indent=1))
     return problems
+
+
+LOCK_FILE = "/run/lock/factory-lvm-pool.lock"
+
+
+class exclusive:
+    """Holds the machine-wide lock for a pool named `factory` in this machine's /dev (its
+    /dev/factory/docker link, or real lvm2's volume group of that name): tests and rigs on
+    this machine's own /dev take turns. A local instance has a /dev of its own and needs none."""
+
+    def __enter__(self) -> exclusive:
+        import fcntl
+
+        os.makedirs(os.path.dirname(LOCK_FILE), exist_ok=True)
+        self._f = open(LOCK_FILE, "w")
+        fcntl.flock(self._f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
