@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 
-import pytest
-
 from tests.grow_fixtures import loop_device, requires_loop, requires_lvm_xfs, unmounting
 
 GIB = 1024**3

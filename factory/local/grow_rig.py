@@ -119,7 +119,6 @@ class GrowRig:
         import boto3
 
         from factory.local import lvm_double
-
         from factory.local.metadata import MetadataService
         from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
         from factory.local.volumes import AttachWatcher
