@@ -264,8 +264,8 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
 
 def held_bytes(top: str) -> int:
     """Bytes allocated to everything under `top` on `top`'s own filesystem (a container's
-    overlay mounted inside is not walked twice), hard links once; entries that vanish
-    while the walk runs are skipped."""
+    overlay mounted inside is not walked twice), a file at most its size (in 4 KiB blocks),
+    hard links once; entries that vanish while the walk runs are skipped."""
     import stat
 
     try:
@@ -291,7 +291,13 @@ def held_bytes(top: str) -> int:
                     if (st.st_ino) in seen:
                         continue
                     seen.add(st.st_ino)
-                total += st.st_blocks * 512
+                held = st.st_blocks * 512
+                if stat.S_ISREG(st.st_mode):
+                    # Not XFS's speculative preallocation past the end of a file being
+                    # written (as much again as the file, freed at close, and given back
+                    # before a write would fail for lack of space): not space the task needs.
+                    held = min(held, -(-st.st_size // 4096) * 4096)
+                total += held
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(e.path)
     return total
