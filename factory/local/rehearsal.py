@@ -217,7 +217,8 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
         return held_bytes(data_root)
 
     # Usable at start: what Docker holds already and what it may still write.
-    capacity = held_bytes(data_root) + os.statvfs(data_root).f_bavail * os.statvfs(data_root).f_frsize
+    st = os.statvfs(data_root)
+    capacity = held_bytes(data_root) + st.f_bavail * st.f_frsize
     say(f"loading {image} into the instance's Docker (docker save | docker load)")
     _load_image(image, env)
     prefix = spec.awscli.prefix
