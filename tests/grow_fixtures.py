@@ -71,3 +71,38 @@ def unmounting(mountpoint: Path) -> Iterator[Path]:
             if subprocess.run(["umount", str(mountpoint)], capture_output=True).returncode != 0:
                 subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
 
+
+
+@contextlib.contextmanager
+def lvm_commands(directory: Path) -> Iterator[str | None]:
+    """lvm2 as the pool finds it on PATH: real lvm2 where device-mapper works, else factory's
+    LVM double (factory/local/lvm_double) first on PATH. Yields the double's state folder,
+    or None for real lvm2; afterwards the pool's volume group goes and nothing stays attached."""
+    from factory.local import lvm_double
+
+    with lvm_double.exclusive():  # one pool named `factory` in this machine's /dev at a time
+        if lvm_double.device_mapper_missing() is None:
+            try:
+                yield None
+            finally:
+                subprocess.run(["vgremove", "-ff", "-y", "factory"], capture_output=True)
+            return
+        state = directory / "lvm-double"
+        saved = os.environ.get("PATH", "")
+        os.environ.update(lvm_double.install(directory / "lvm-bin", state))
+        try:
+            yield str(state)
+        finally:
+            os.environ["PATH"] = saved
+            lvm_double.release(state)
+
+
+def _lvm_xfs_missing() -> str | None:
+    if _loop_missing():
+        return _loop_missing()
+    if not (shutil.which("pvcreate") and shutil.which("mkfs.xfs") and shutil.which("xfs_growfs")):
+        return "lvm2 and xfsprogs are not installed (make system-deps)"
+    return None
+
+
+requires_lvm_xfs = pytest.mark.skipif(_lvm_xfs_missing() is not None, reason=_lvm_xfs_missing() or "")

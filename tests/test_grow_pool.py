@@ -1,5 +1,6 @@
-"""The grow agent's pool on real loop devices: btrfs for real; LVM + XFS where
-device-mapper exists (the skip says so plainly where it does not)."""
+"""The grow agent's pool on real loop devices: btrfs for real; LVM + XFS (the backend AWS
+instances get) with real XFS, and real lvm2 where device-mapper exists, else factory's LVM
+double (factory/local/lvm_double) standing in for lvm2's commands."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.grow_fixtures import AGENT_FILES, loop_device, requires_btrfs, requires_device_mapper, unmounting
+from tests.grow_fixtures import AGENT_FILES, loop_device, lvm_commands, requires_btrfs, requires_lvm_xfs, unmounting
 
 GIB = 1024**3
 
@@ -111,12 +112,47 @@ def test_the_boot_command_prints_one_json_line(tmp_path):
         assert json.loads(p.stdout) == [os.path.realpath(a)]
 
 
-@requires_device_mapper
+@requires_lvm_xfs
 def test_lvm_xfs_pool_grows_online(tmp_path):
+    """The pool AWS instances run: mkfs.xfs with the pool's options and label on the logical
+    volume (an XFS label holds at most 12 characters), grown online by xfs_growfs."""
+    from factory_grow.pool import LABEL, LvmXfsPool
+
+    with lvm_commands(tmp_path):
+        check_pool_grows(LvmXfsPool(), tmp_path, "xfs")
+        label = subprocess.run(["blkid", "-p", "-o", "value", "-s", "LABEL", LvmXfsPool.lv_path], capture_output=True, text=True)
+        assert label.stdout.strip() == LABEL
+
+
+@requires_lvm_xfs
+def test_lvm_xfs_pool_remounts_after_a_restart(tmp_path):
+    """At the next boot the volume group is activated and the XFS mounted again, not re-made."""
     from factory_grow.pool import LvmXfsPool
 
-    check_pool_grows(LvmXfsPool(), tmp_path, "xfs")
-    subprocess.run(["vgremove", "-ff", "-y", "factory"], capture_output=True)
+    pool, mnt = LvmXfsPool(), tmp_path / "data-root"
+    with lvm_commands(tmp_path), loop_device(tmp_path, "a", 512) as a, loop_device(tmp_path, "b", 512) as b, unmounting(mnt):
+        pool.ensure(a, str(mnt))
+        (mnt / "kept").write_text("yes")
+        pool.add(b, str(mnt))
+        size = total_bytes(mnt)
+        subprocess.run(["umount", str(mnt)], check=True)
+        subprocess.run(["vgchange", "-an", "factory"], check=True, capture_output=True)
+        assert pool.ensure(a, str(mnt)) is False
+        assert (mnt / "kept").read_text() == "yes" and total_bytes(mnt) == size
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+@requires_lvm_xfs
+def test_the_lvm_boot_command_prints_one_json_line(tmp_path):
+    mnt = tmp_path / "data-root"
+    with lvm_commands(tmp_path), loop_device(tmp_path, "a", 512) as a, unmounting(mnt):
+        env = dict(os.environ, PYTHONPATH=str(AGENT_FILES))
+        p = subprocess.run([sys.executable, "-m", "factory_grow.pool", "ensure", a, str(mnt), "--backend", "lvm-xfs"],
+                           capture_output=True, text=True, env=env)
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert json.loads(p.stdout) == {"event": "pool-ready", "backend": "lvm-xfs", "device": a, "made": True}
+        assert open("/proc/self/mounts").read().count(f" {mnt} xfs ") == 1
+        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_auto_prefers_btrfs_where_it_exists():

@@ -1,7 +1,8 @@
 """Grow benchmark: how fast the net adds space, and the fastest writer it survives.
 
 On the local cloud (moto over HTTP, loop devices for attachments after `--attach-delay`
-seconds, a btrfs pool, the real agent process), two measurements:
+seconds, the LVM + XFS pool AWS instances run (or `--pool btrfs`), the real agent
+process), two measurements:
 
 1. **Add time**: from the agent's trigger to usable space (its `trigger` and `grown`
    events), over the adds a steady writer causes; the agent's own `seconds` (create to
@@ -12,8 +13,9 @@ seconds, a btrfs pool, the real agent process), two measurements:
    rate in `--rates` is run once; a rate survives when the writer finishes.
    The model says a burst survives when rate <= free / add time.
 
-Writes bench/results/grow.{json,md}. Needs root, loop devices and btrfs-progs (skips,
-saying so, without them). The figures are this machine's (a shared disk, sparse loop
+Writes bench/results/grow.{json,md}. Needs root, loop devices, and lvm2 with xfsprogs
+(lvm2's commands come from factory's LVM double where this kernel has no device-mapper)
+or, for `--pool btrfs`, btrfs-progs (skips, saying so, without them). The figures are this machine's (a shared disk, sparse loop
 files): the add time on AWS is CreateVolume + AttachVolume, see docs/sizing.md.
 
 Run: .venv/bin/python bench/grow/run.py   (or `make bench`)
@@ -39,10 +41,11 @@ RESULTS = REPO / "bench" / "results"
 MIB = 1024**2
 
 
-def missing() -> str | None:
+def missing(pool: str) -> str | None:
     if os.geteuid() != 0:
         return "needs root (loop devices, mounts)"
-    for tool in ("losetup", "mkfs.btrfs", "btrfs"):
+    tools = ("mkfs.btrfs", "btrfs") if pool == "btrfs" else ("pvcreate", "mkfs.xfs", "xfs_growfs")
+    for tool in ("losetup", *tools):
         if not shutil.which(tool):
             return f"needs {tool} (make system-deps)"
     return None
@@ -52,10 +55,10 @@ def stamp(e: dict) -> float:
     return datetime.datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
 
 
-def add_times(endpoint: str, work: Path, attach_delay: float) -> dict:
+def add_times(endpoint: str, work: Path, attach_delay: float, pool: str) -> dict:
     from factory.local.grow_rig import GrowRig
 
-    with GrowRig.start(endpoint, work / "adds", data_gib=2, attach_delay=attach_delay,
+    with GrowRig.start(endpoint, work / "adds", data_gib=2, attach_delay=attach_delay, pool=pool,
                        settings={"min_step_gib": 1, "step_seconds": 5}) as rig:
         rig.start_agent()
         rig.wait_event("start")
@@ -74,10 +77,10 @@ def add_times(endpoint: str, work: Path, attach_delay: float) -> dict:
     }
 
 
-def burst(endpoint: str, work: Path, attach_delay: float, free_mib: int, rate: float, add_seconds: float) -> dict:
+def burst(endpoint: str, work: Path, attach_delay: float, free_mib: int, rate: float, add_seconds: float, pool: str) -> dict:
     from factory.local.grow_rig import GrowRig
 
-    with GrowRig.start(endpoint, work / f"burst-{int(rate)}", data_gib=2, attach_delay=attach_delay,
+    with GrowRig.start(endpoint, work / f"burst-{int(rate)}", data_gib=2, attach_delay=attach_delay, pool=pool,
                        settings={"floor_gib": 0, "floor_fraction": 0, "add_seconds": add_seconds, "min_step_gib": 4}) as rig:
         fill = rig.free_bytes() - free_mib * MIB
         rig.run("fallocate", "-l", str(fill), str(rig.mountpoint / "filled.bin"))
@@ -97,8 +100,9 @@ def main() -> int:
     ap.add_argument("--free-mib", type=int, default=768, help="free space when the burst starts")
     ap.add_argument("--rates", default="50,100,200,400", help="MiB/s, comma-separated")
     ap.add_argument("--repeats", type=int, default=2, help="runs per rate (this machine's disk is shared: runs vary)")
+    ap.add_argument("--pool", choices=["lvm-xfs", "btrfs"], default="lvm-xfs", help="the pool's backend (AWS instances run lvm-xfs)")
     args = ap.parse_args()
-    why = missing()
+    why = missing(args.pool)
     if why:
         print(f"bench/grow: skipped: {why}")
         return 0
@@ -108,9 +112,9 @@ def main() -> int:
     server = MotoServer.start()
     work = Path(tempfile.mkdtemp(prefix="factory-bench-grow-"))
     try:
-        adds = add_times(server.endpoint, work, args.attach_delay)
+        adds = add_times(server.endpoint, work, args.attach_delay, args.pool)
         plan_s = max(adds["max_trigger_to_usable_s"] or 2.0, 2.0)
-        bursts = [burst(server.endpoint, work, args.attach_delay, args.free_mib, float(r), plan_s)
+        bursts = [burst(server.endpoint, work, args.attach_delay, args.free_mib, float(r), plan_s, args.pool)
                   for r in args.rates.split(",") for _ in range(args.repeats)]
     finally:
         server.stop()
@@ -121,6 +125,7 @@ def main() -> int:
     survived = [r for r in rates if all(b["survived"] for b in bursts if b["rate_mib_s"] == r)]
     result = {
         "attach_delay_s": args.attach_delay,
+        "pool": args.pool,
         "add": adds,
         "burst": {"free_mib": args.free_mib, "runs": bursts, "fastest_survived_mib_s": max(survived) if survived else None,
                   "model_mib_s": round(args.free_mib / plan_s, 1)},
@@ -130,7 +135,7 @@ def main() -> int:
     lines = [
         "# Grow benchmark (local cloud)",
         "",
-        f"Attach delay {args.attach_delay:g} s. Adds: {adds['adds']}, trigger to usable space "
+        f"Pool {args.pool}. Attach delay {args.attach_delay:g} s. Adds: {adds['adds']}, trigger to usable space "
         f"median {adds['median_trigger_to_usable_s']} s, max {adds['max_trigger_to_usable_s']} s "
         f"(agent's create-to-usable: {adds['agent_add_s']}).",
         "",

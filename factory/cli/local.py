@@ -145,6 +145,7 @@ def run(
     inputs: list[Path] = typer.Option([], "--input", help="A file or folder staged into the task's working directory (repeatable)."),
     index: list[Path] = typer.Option([], "--index", help="An index file or folder staged beside the inputs (repeatable)."),
     no_grow: bool = typer.Option(False, "--no-grow", help="Run without the grow agent: the sizing alone."),
+    pool: str = typer.Option("lvm-xfs", "--pool", help="The grow pool the instance runs: lvm-xfs (what AWS instances run) or btrfs."),
     attach_delay: float = typer.Option(None, "--attach-delay", min=0.0, help="Seconds an EBS attachment takes to give the instance a device (default 2)."),
     specs_dir: Path = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Folder holding the task specs."),
     state_dir: Path | None = _STATE,
@@ -156,14 +157,18 @@ def run(
     with the command that bakes it."""
     import sys
 
+    from factory.errors import UsageError
     from factory.local import cloud, rehearsal
+    from factory.local.instance_pool import POOLS
     from factory.spec import find_spec
 
+    if pool not in POOLS:
+        raise UsageError(f"--pool {pool}: expected one of {', '.join(POOLS)}")
     spec = find_spec(task, specs_dir)
     local = cloud.running(state_dir)
     out = sys.stderr if json_out else sys.stdout
     report = rehearsal.rehearse(local, spec, image, command or [], inputs=inputs, index=index, grow=not no_grow,
-                                attach_delay=attach_delay, out=out, say=lambda text: print(f"factory: {text}", file=sys.stderr))
+                                attach_delay=attach_delay, pool=pool, out=out, say=lambda text: print(f"factory: {text}", file=sys.stderr))
     if json_out:
         print_json(report.to_json())
     else:

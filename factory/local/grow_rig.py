@@ -3,8 +3,10 @@
 An instance launched in moto the way a growing launch template makes it (a data volume
 at /dev/xvdb, encrypted, deleted with the instance, tagged `factory:grow`), its volumes
 on loop devices (the attach watcher), a local IMDSv2 endpoint, the data volume made a
-btrfs pool at a data root (what the image's boot unit does), and the real agent process
-(`python -m factory_grow.agent`) pointed at all of them.
+pool at a data root (what the image's boot unit does): LVM + XFS by default, the pool AWS
+instances run (real XFS; lvm2's commands from factory's LVM double where this kernel has
+no device-mapper, factory/local/lvm_double), or btrfs (`pool="btrfs"`); and the real
+agent process (`python -m factory_grow.agent`) pointed at all of them.
 
     with GrowRig.start(endpoint, workdir, data_gib=2, settings={...}) as rig:
         rig.start_agent(); rig.wait_event("start")
@@ -76,6 +78,9 @@ class GrowRig:
     zone: str
     watcher: Any
     imds: Any
+    pool: str = "lvm-xfs"  # the pool's backend: "lvm-xfs" (as on AWS) or "btrfs"
+    lvm_double: Path | None = None  # the LVM double's state folder when it stands in for lvm2
+    lock: Any = None  # factory.local.lvm_double.exclusive while an LVM pool named `factory` is in this machine's /dev
     namespace: subprocess.Popen | None = None  # holds the instance's mount namespace
     agent: subprocess.Popen | None = None
     agent_env: dict[str, str] = field(default_factory=dict)  # more of the agent's environment (e.g. AWS_DATA_PATH)
@@ -96,8 +101,10 @@ class GrowRig:
     def _env(self) -> dict[str, str]:
         from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, scrub_env
 
-        return scrub_env(dict(os.environ, PYTHONPATH=str(agent_files()),
-                              AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY) | self.agent_env)
+        env = dict(os.environ, PYTHONPATH=str(agent_files()), AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY)
+        if self.lvm_double is not None:
+            env["PATH"] = f"{self.workdir / 'lvm-bin'}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        return scrub_env(env) | self.agent_env
 
     @property
     def config(self) -> Path:
@@ -110,10 +117,11 @@ class GrowRig:
     @classmethod
     def start(cls, endpoint: str, workdir: Path, data_gib: int = 2, max_gib: int = 40, attach_delay: float = 0.5,
               settings: dict[str, Any] | None = None, region: str = "us-east-1", instance_type: str = INSTANCE_TYPE,
-              agent_env: dict[str, str] | None = None) -> GrowRig:
+              agent_env: dict[str, str] | None = None, pool: str = "lvm-xfs") -> GrowRig:
         import boto3
         from botocore.config import Config
 
+        from factory.local import lvm_double
         from factory.local.metadata import MetadataService
         from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
         from factory.local.volumes import AttachWatcher
@@ -140,7 +148,12 @@ class GrowRig:
         watcher = AttachWatcher(client(), iid, workdir / "by-id", workdir / "volumes", delay=attach_delay).start()
         imds = MetadataService.start(iid, zone, instance_type)
         rig = cls(endpoint=endpoint, workdir=workdir, ec2=ec2, instance_id=iid, zone=zone, watcher=watcher, imds=imds,
-                  agent_env=dict(agent_env or {}))
+                  agent_env=dict(agent_env or {}), pool=pool)
+        if pool == "lvm-xfs":
+            rig.lock = lvm_double.exclusive().__enter__()
+            if lvm_double.device_mapper_missing():
+                lvm_double.install(workdir / "lvm-bin", workdir / "lvm-double")
+                rig.lvm_double = workdir / "lvm-double"
         rig.namespace = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "infinity"],
                                          start_new_session=True)
         own = os.readlink("/proc/self/ns/mnt")
@@ -150,13 +163,13 @@ class GrowRig:
         rig.config.write_text(json.dumps({
             "task": TASK, "max_gib": max_gib, "mountpoint": str(rig.mountpoint), "interval": 1.0,
             "imds_endpoint": imds.endpoint, "ec2_endpoint": endpoint, "device_dirs": [str(workdir / "by-id")],
-            "pool_backend": "btrfs", "add_seconds": 2.0, "margin": 2.0, "floor_fraction": 0.05, "floor_gib": 0.3,
+            "pool_backend": pool, "add_seconds": 2.0, "margin": 2.0, "floor_fraction": 0.05, "floor_gib": 0.3,
             "min_step_gib": 2, "step_seconds": 10, "wait_seconds": 60, "backoff_seconds": 0.2,
         } | (settings or {})))
         data_volume = next(m["Ebs"]["VolumeId"] for m in inst["BlockDeviceMappings"] if m["DeviceName"] == "/dev/xvdb")
         try:
             made = subprocess.run(rig._python("-m", "factory_grow.pool", "ensure", watcher.device_of(data_volume),
-                                              str(rig.mountpoint), "--backend", "btrfs"),
+                                              str(rig.mountpoint), "--backend", pool),
                                   capture_output=True, text=True, env=rig._env(), timeout=120)
             if made.returncode != 0:
                 raise RuntimeError(f"the pool did not come up: {made.stdout}{made.stderr}")
@@ -225,7 +238,7 @@ class GrowRig:
         return {m["Ebs"]["VolumeId"]: m for m in inst.get("BlockDeviceMappings", [])}
 
     def pool_devices(self) -> list[str]:
-        out = subprocess.run(self._python("-m", "factory_grow.pool", "devices", str(self.mountpoint), "--backend", "btrfs"),
+        out = subprocess.run(self._python("-m", "factory_grow.pool", "devices", str(self.mountpoint), "--backend", self.pool),
                              capture_output=True, text=True, env=self._env(), timeout=60, check=True).stdout
         return json.loads(out)
 
@@ -255,11 +268,20 @@ class GrowRig:
             pass  # already gone
 
     def close(self) -> None:
+        from factory.local import lvm_double
+
         self.stop_agent(signal.SIGKILL)
         self.unmount()
+        if self.lvm_double is not None:
+            lvm_double.release(self.lvm_double)
+        elif self.pool == "lvm-xfs":
+            subprocess.run(["vgremove", "-ff", "-y", "factory"], capture_output=True)  # real lvm2's volume group
         self.terminate()
         self.watcher.stop()
         self.imds.stop()
+        if self.lock is not None:
+            self.lock.__exit__(None, None, None)
+            self.lock = None
 
     def __enter__(self) -> GrowRig:
         return self

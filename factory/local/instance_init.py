@@ -153,6 +153,9 @@ class Init:
         self.sh("mount", "--bind", self.cfg["by_id_dir"], f"{r}/dev/disk/by-id")
         os.makedirs(f"{r}/run/factory-engine", exist_ok=True)
         self.sh("mount", "--bind", self.cfg["engine_dir"], f"{r}/run/factory-engine")
+        if self.cfg.get("lvm_double"):  # factory's LVM double keeps its state here (factory.local.instance_pool)
+            os.makedirs(f"{r}/run/factory-lvm-double", exist_ok=True)
+            self.sh("mount", "--bind", self.cfg["lvm_double"], f"{r}/run/factory-lvm-double")
         log("root mounted")
 
     def sync_devices(self) -> None:

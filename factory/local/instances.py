@@ -89,6 +89,7 @@ class LocalInstance:
     launch_volumes: list[str] = field(default_factory=list)
     terminated: bool = False
     root_volume: RootVolume | None = None  # set when Docker's data root went on the root volume (see RootVolume)
+    lvm_double: Path | None = None  # the LVM double's state folder, where it stands in for lvm2 (instance_pool)
 
     # -- where things are ---------------------------------------------------------------
 
@@ -125,6 +126,13 @@ class LocalInstance:
         """`path` in the instance's root, seen from this process (through the init's /proc root)."""
         return f"/proc/{self.init_pid}/root{self.root}/{path.lstrip('/')}"
 
+    @property
+    def pool(self) -> str | None:
+        """The grow pool's backend that ran ("lvm-xfs", "btrfs"), from its boot unit's journal; None without one."""
+        from factory.local.instance_pool import POOL_UNIT, backend_that_ran
+
+        return backend_that_ran(self.journal(POOL_UNIT))
+
     def journal(self, unit: str) -> str:
         try:
             return (self.journal_dir / f"{unit}.log").read_text(errors="replace")
@@ -136,11 +144,14 @@ class LocalInstance:
     @classmethod
     def launch(cls, ec2: Any, endpoint: str, template: LaunchTemplate, instance_type: str, workdir: Path, tree: Path, *,
                grow: bool = True, attach_delay: float = DEFAULT_ATTACH_DELAY, unit_env: dict[str, str] | None = None,
-               role: str | None = None, root_volume: RootVolume | None = None) -> LocalInstance:
+               role: str | None = None, root_volume: RootVolume | None = None, pool: str = "lvm-xfs") -> LocalInstance:
         """Launch and boot; a LocalCloudError (with the init's journal) when it does not come up.
 
-        `root_volume`: where Docker's data root goes when no boot unit mounts a volume there."""
+        `root_volume`: where Docker's data root goes when no boot unit mounts a volume there.
+        `pool`: the grow pool the image's `auto` finds, "lvm-xfs" as on AWS or "btrfs"
+        (factory.local.instance_pool)."""
         from factory.aws import aws_errors
+        from factory.local import instance_pool
         from factory.local.metadata import MetadataService
         from factory.local.volumes import ROOT_DEVICES, AttachWatcher
 
@@ -170,6 +181,7 @@ class LocalInstance:
                 instance.socket_link.unlink(missing_ok=True)
                 instance.socket_link.symlink_to(instance.engine_socket)
             _copy_tree(tree, workdir / "upper")
+            instance.lvm_double = instance_pool.arrange(pool, workdir / "upper", workdir / "lvm-double")
             # The root volume is the overlay root; its loop device only when Docker's data goes on it.
             skip = tuple(d for d in ROOT_DEVICES if root_volume is None or d != root_volume.device)
             instance.watcher = AttachWatcher(ec2, iid, workdir / "by-id", workdir / "volumes", delay=attach_delay,
@@ -203,6 +215,7 @@ class LocalInstance:
             "by_id_dir": str(self.workdir / "by-id"), "names_dir": str(self.workdir / "names"),
             "engine_dir": str(self.workdir / "engine"), "journal_dir": str(self.journal_dir),
             "ready": str(self.workdir / "ready"), "failed": str(self.workdir / "failed"),
+            "lvm_double": str(self.lvm_double) if self.lvm_double else None,
             "cgroup_parent": self.cgroup_parent, "masked": [] if grow else [AGENT_UNIT], "unit_env": unit_env,
         }
         (self.workdir / "init.json").write_text(json.dumps(cfg, indent=2))
@@ -271,6 +284,9 @@ class LocalInstance:
             except subprocess.TimeoutExpired:
                 problems.append(f"the instance's namespace holder {self.proc.pid} did not exit")
         _remove_cgroups(self.cgroup_parent)
+        from factory.local.instance_pool import release
+
+        problems += release(self.lvm_double)  # the instance's mounts went with its namespace
         try:
             self.ec2.terminate_instances(InstanceIds=[self.instance_id])
         except ClientError as exc:

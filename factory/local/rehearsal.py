@@ -58,6 +58,7 @@ class RunReport:
     grown_gib: float
     volumes_added: int
     instance_id: str
+    pool: str | None = None  # the grow pool's backend that ran ("lvm-xfs", "btrfs"); None without storage.grow
     out_of_space: bool = False
     no_net: str = ""  # why no grow agent ran: "--no-grow", or "no storage.grow"; "" when it did
     volumes: list[dict[str, Any]] = field(default_factory=list)  # what the agent added, as moto had them before termination
@@ -73,6 +74,7 @@ class RunReport:
             "grown_gib": self.grown_gib,
             "volumes_added": self.volumes_added,
             "instance_id": self.instance_id,
+            "pool": self.pool,
         }
 
     def lines(self) -> list[str]:
@@ -89,6 +91,7 @@ class RunReport:
             f"  capacity      {self.capacity_gib:g} GiB usable at start",
             f"  peak          {self.peak_gib:g} GiB held on Docker's storage",
             f"  grown         +{self.grown_gib:g} GiB in {self.volumes_added} volume(s)" + (f" ({self.no_net})" if self.no_net else ""),
+            f"  pool          {self.pool or 'none: Docker on the root volume'}",
         ]
 
 
@@ -126,8 +129,10 @@ def check_paths(paths: Sequence[Path], option: str) -> None:
 
 
 def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, inputs: Sequence[Path] = (), index: Sequence[Path] = (),
-             grow: bool = True, attach_delay: float | None = None, out: Any = None, say: Any = None) -> RunReport:
-    """Launch, run, sample, terminate. `out` gets the command's output; `say` progress lines."""
+             grow: bool = True, attach_delay: float | None = None, out: Any = None, say: Any = None,
+             pool: str = "lvm-xfs") -> RunReport:
+    """Launch, run, sample, terminate. `out` gets the command's output; `say` progress lines.
+    `pool`: the grow pool the instance runs, "lvm-xfs" as on AWS or "btrfs" (factory.local.instance_pool)."""
     from factory.local import agent_journal
     from factory.local.ami_trees import AmiTrees
     from factory.local.cloud import INSTANCE_ROLE
@@ -168,12 +173,13 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
     try:
         instance = LocalInstance.launch(ec2, local.endpoint, template, instance_type, local.state_dir / "instances", tree, grow=grow,
                                         attach_delay=DEFAULT_ATTACH_DELAY if attach_delay is None else attach_delay,
-                                        role=INSTANCE_ROLE, root_volume=root_volume)
+                                        role=INSTANCE_ROLE, root_volume=root_volume, pool=pool)
         if not has_net:
             say(f"{instance.instance_id} booted: Docker on the root volume {family.root_device} (no storage.grow: no pool, no grow agent)")
         else:
-            say(f"{instance.instance_id} booted: pool, Docker" + (", grow agent" if grow else " (no grow agent: --no-grow)"))
+            say(f"{instance.instance_id} booted: pool ({instance.pool}), Docker" + (", grow agent" if grow else " (no grow agent: --no-grow)"))
         report = _run(instance, spec, image, command, inputs, index, out, say, containers)
+        report.pool = instance.pool if has_net else None
         report.no_net = "no storage.grow" if not has_net else ("" if grow else "--no-grow")
         if not report.no_net:
             for line in agent_journal.summary(instance.journal(AGENT_UNIT)):
@@ -200,16 +206,19 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
     data_root = instance.inside(DOCKER_DATA_ROOT)
 
     least_free = [float("inf")]
-    # On the root volume, the OS's share is not Docker's: neither capacity nor held.
-    shared = instance.root_volume.shared_bytes if instance.root_volume else 0
 
+    # What Docker holds: the bytes allocated to the files under its data root, on its own
+    # filesystem. Not the filesystem's used blocks: those count its own log and metadata
+    # (XFS's, about 0.25 GiB of a 30 GiB root), the OS's share beside Docker on the root
+    # volume, and on btrfs lag behind and jump with chunk allocation.
     def used() -> int:
         st = os.statvfs(data_root)
         least_free[0] = min(least_free[0], st.f_bavail * st.f_frsize)
-        return max(0, (st.f_blocks - st.f_bfree) * st.f_frsize - shared)
+        return held_bytes(data_root)
 
+    # Usable at start: what Docker holds already and what it may still write.
     st = os.statvfs(data_root)
-    capacity = (st.f_blocks - st.f_bfree + st.f_bavail) * st.f_frsize - shared
+    capacity = held_bytes(data_root) + st.f_bavail * st.f_frsize
     say(f"loading {image} into the instance's Docker (docker save | docker load)")
     _load_image(image, env)
     prefix = spec.awscli.prefix
@@ -233,6 +242,7 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
             out.write(line)
             out.flush()
         proc.wait()
+        sampler.sample()  # what the task left at its end counts too
     waited = subprocess.run(["docker", "inspect", "--format", "{{.State.ExitCode}}", cid], capture_output=True, text=True, env=env)
     exit_code = int(waited.stdout.strip()) if waited.returncode == 0 and waited.stdout.strip().lstrip("-").isdigit() else proc.returncode
     volumes = _added_volumes(instance)
@@ -251,6 +261,47 @@ def _run(instance: Any, spec: Any, image: str, command: Sequence[str], inputs: S
         out_of_space=out_of_space,
         volumes=volumes,
     )
+
+
+def held_bytes(top: str) -> int:
+    """Bytes allocated to everything under `top` on `top`'s own filesystem (a container's
+    overlay mounted inside is not walked twice), a file at most its size (in 4 KiB blocks),
+    hard links once; entries that vanish while the walk runs are skipped."""
+    import stat
+
+    try:
+        dev = os.lstat(top).st_dev
+    except FileNotFoundError:
+        return 0
+    total, seen, stack = 0, set(), [top]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = os.scandir(d)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        with entries:
+            for e in entries:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if st.st_dev != dev:
+                    continue
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                    if (st.st_ino) in seen:
+                        continue
+                    seen.add(st.st_ino)
+                held = st.st_blocks * 512
+                if stat.S_ISREG(st.st_mode):
+                    # Not XFS's speculative preallocation past the end of a file being
+                    # written (as much again as the file, freed at close, and given back
+                    # before a write would fail for lack of space): not space the task needs.
+                    held = min(held, -(-st.st_size // 4096) * 4096)
+                total += held
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(e.path)
+    return total
 
 
 def _root_share_bytes(tree: Path) -> int:

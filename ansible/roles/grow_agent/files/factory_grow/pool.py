@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-LABEL = "factory-docker"
+LABEL = "factory-pool"  # an XFS label holds at most 12 characters (mkfs.xfs -L)
 COMMIT_SECONDS = 1
 VG = "factory"
 LV = "docker"
