@@ -122,7 +122,7 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
 def _region_status(
     region: str, targets: list[Any], cloud: Any, builder_hours: float = 6.0, in_use: set[str] | None = None
 ) -> tuple[list[TaskStatus], list[str]]:
-    from factory.bake import expected_image_hash
+    from factory.image_identity import expected_image_hash
     from factory.register.parameter import held as parameter_held
     from factory.register.parameter import parameter_name
     from factory.register.region_reads import RegionReads

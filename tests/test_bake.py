@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from factory import bake, render
+from factory import bake, image_identity, render
 from factory.local import cloud as local_cloud
 from tests.conftest import REPO
 
@@ -55,7 +55,7 @@ VARS = {
 
 def _hash(content: Path, base: str = "ami-1", **changes) -> str:
     files = render.content_files(content / "packer", content / "ansible")
-    return bake.image_hash(base, files, {**VARS, **changes})
+    return image_identity.image_hash(base, files, {**VARS, **changes})
 
 
 def test_hash_is_stable_and_skips_caches(content):
@@ -283,7 +283,7 @@ def test_the_rendered_tags_carry_the_image_hash_and_the_hash_ignores_them(tmp_pa
     written_tags = {k.strip('"'): v.strip('"') for k, v in written["tags"].items()}
     assert written_tags == {"factory:task": TASK, "factory:image-hash": "h" * 64}
     assert tagged.variables["tags"] == written_tags and rr.variables["tags"] == VARS["tags"]
-    assert bake.image_variables(tagged.variables) == bake.image_variables(rr.variables)
+    assert image_identity.image_variables(tagged.variables) == image_identity.image_variables(rr.variables)
 
 
 # -- the CLI's input checks (no cloud needed) ----------------------------------------

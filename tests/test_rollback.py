@@ -13,10 +13,10 @@ import time
 import pytest
 
 from factory.aws import Clients
-from factory.bake import expected_image_hash
 from factory.cloud import Cloud
 from factory.config import FactoryConfig
 from factory.errors import FactoryError
+from factory.image_identity import expected_image_hash
 from factory.local import faults
 from factory.local.moto_server import MotoServer
 from factory.register import register_tasks

@@ -5,7 +5,7 @@ a task registered on today's base is current; AWS releases a new ECS-optimized A
 (`factory local publish-base`) and the task is stale; a real bake (Packer, Ansible, the
 build host) makes it current again, its parameter moving on; a rollback moves it back.
 One real bake: the first AMI is made as a bake leaves it, tagged with the hash a bake
-would give it (factory.bake.expected_image_hash).
+would give it (factory.image_identity.expected_image_hash).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from factory.bake import expected_image_hash
 from factory.cloud import Cloud
+from factory.image_identity import expected_image_hash
 from factory.local import cloud as local_cloud
 from factory.local.publish import publish_base
 from factory.register.parameter import history

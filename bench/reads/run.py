@@ -55,8 +55,8 @@ def write_specs(folder: Path, n: int) -> list[str]:
 
 def baked_like_factory(lc, specs) -> dict[str, str]:
     """task -> an AMI tagged as a bake tags it, one per distinct image (as bake_all shares them)."""
-    from factory.bake import IMAGE_HASH_TAG, expected_image_hash
     from factory.cloud import Cloud
+    from factory.image_identity import IMAGE_HASH_TAG, expected_image_hash
     from factory.render import resolve_base_ami
 
     clients = lc.clients(REGION)

@@ -124,7 +124,7 @@ def content_changed(image: Mapping[str, Any], target: TierTarget, image_target: 
     same base: the spec's image settings, the template or the roles changed. Compared by
     image hash, not spec hash: a new volume size in launch-template mode changes the spec
     but not the image (a new base is `factory status`'s business)."""
-    from factory.bake import expected_image_hash
+    from factory.image_identity import expected_image_hash
 
     tags = tag_dict(image.get("Tags"))
     if target.ami_spec is None or not tags.get(TAG_IMAGE_HASH) or not tags.get(TAG_BASE_AMI):

@@ -28,7 +28,7 @@ class TierTarget:
     # volume tags the grow agent's IAM policy is scoped to (factory.grow); None without grow.
     grow_volume: dict[str, Any] | None = None
     grow_tags: tuple[dict[str, Any], ...] = ()
-    ami_spec: Any = None  # the ami_task's TaskSpec: what its image should hash to now (factory.bake.expected_image_hash)
+    ami_spec: Any = None  # the ami_task's TaskSpec: what its image should hash to now (factory.image_identity.expected_image_hash)
 
     @property
     def name(self) -> str:
