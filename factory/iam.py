@@ -73,7 +73,7 @@ WIDE: dict[str, dict[str, str]] = {
         "ec2:CreateImage": "the AMI does not exist yet, and Packer tags it only after the encrypted copy",
         "ec2:CopyImage": "the encrypted copy is made from Packer's untagged temporary AMI",
         "ec2:ModifyImageAttribute": "Packer sets the copy's attributes before it tags it",
-        "ec2:DeregisterImage": "Packer's temporary unencrypted AMI, and an AMI factory could not tag (bake.discard_image), carry no tag",
+        "ec2:DeregisterImage": "Packer's temporary unencrypted AMI, and an AMI factory could not tag (bake.images.discard_image), carry no tag",
         "ec2:DeleteSnapshot": "the snapshots of Packer's temporary AMI carry no tag",
     },
     "prune": {

@@ -79,7 +79,7 @@ def task_status(spec: Any, all_specs: list[Any], clients: Any, build_root: Path,
         # that task's name: found through the content hash of this task's fetched manifest.
         own = image_manifest.find(build_root, spec.name)
         if own is not None and own[1].get("image_hash"):
-            from factory.bake import find_image
+            from factory.bake.images import find_image
 
             image = find_image(clients.ec2(), own[1]["image_hash"])
             shared_from = tag_dict(image.get("Tags")).get("factory:task") if image else None

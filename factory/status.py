@@ -7,7 +7,7 @@ spec or the image content changed since the bake, the pinned launch template ver
 the queue's state and the task's `/factory/<task>/ami-id` parameter.
 
 A task is **stale** when a bake would make another AMI: it has no registered AMI, AWS
-recommends a newer base, or the image content changed (factory.bake's image hash, taken
+recommends a newer base, or the image content changed (factory.image_identity's image hash, taken
 now over the AMI's own base, differs from the one the AMI carries). A spec change that
 leaves the image alone (a new volume size in launch-template mode) is not staleness: a
 register applies it, and the status says so.

@@ -18,7 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from factory import bake, image_identity, render
+from factory import image_identity, render
+from factory.bake import bake_task
+from factory.bake.checks import ansible_playbook_version, check_ansible_can_manage
+from factory.bake.images import ensure_tagged, find_image
+from factory.bake.many import REGISTER_FAILED
+from factory.cloud import Cloud
 from factory.local import cloud as local_cloud
 from tests.conftest import REPO
 
@@ -151,14 +156,14 @@ def test_an_ami_born_with_its_tags_is_not_tagged_again(moto_ec2):
     ec2, make_ami = moto_ec2
     ami = make_ami(WANTED, "born-tagged")
     ops = _operations(ec2)
-    assert bake.ensure_tagged(ec2, ami, WANTED) is None
+    assert ensure_tagged(ec2, ami, WANTED) is None
     assert ops == ["DescribeImages"]
 
 
 def test_missing_tags_are_added_to_the_ami_and_its_snapshots(moto_ec2):
     ec2, make_ami = moto_ec2
     ami = make_ami({"factory:task": TASK}, "half-tagged")
-    assert "added missing tags" in bake.ensure_tagged(ec2, ami, WANTED)
+    assert "added missing tags" in ensure_tagged(ec2, ami, WANTED)
     image = ec2.describe_images(ImageIds=[ami])["Images"][0]
     assert {t["Key"]: t["Value"] for t in image["Tags"]} == WANTED
     snapshots = [b["Ebs"]["SnapshotId"] for b in image["BlockDeviceMappings"] if "Ebs" in b]
@@ -175,8 +180,8 @@ def test_find_image_takes_the_newest_available_ami_with_the_hash(moto_ec2):
     older = make_ami(WANTED, "older")
     _time.sleep(1.1)  # CreationDate has one-second resolution
     newer = make_ami(WANTED, "newer")
-    assert bake.find_image(ec2, WANTED["factory:image-hash"])["ImageId"] == newer != older
-    assert bake.find_image(ec2, "z" * 64) is None
+    assert find_image(ec2, WANTED["factory:image-hash"])["ImageId"] == newer != older
+    assert find_image(ec2, "z" * 64) is None
 
 
 def test_an_ami_that_cannot_be_tagged_is_removed_and_named(moto, moto_ec2):
@@ -188,7 +193,7 @@ def test_an_ami_that_cannot_be_tagged_is_removed_and_named(moto, moto_ec2):
     snapshots = [b["Ebs"]["SnapshotId"] for b in ec2.describe_images(ImageIds=[ami])["Images"][0]["BlockDeviceMappings"]]
     faults.arm(moto.endpoint, faults.Fault("ec2:CreateTags", "error", code="UnauthorizedOperation"))
     with pytest.raises(FactoryError) as exc:
-        bake.ensure_tagged(ec2, ami, WANTED)
+        ensure_tagged(ec2, ami, WANTED)
     assert "tagging " + ami in exc.value.message and "UnauthorizedOperation" in exc.value.message
     assert f"deregistered {ami} and its snapshots {snapshots[0]}" in exc.value.message
     assert ec2.describe_images(Owners=["self"], Filters=[{"Name": "image-id", "Values": [ami]}])["Images"] == []
@@ -692,7 +697,7 @@ def test_a_registration_failure_shared_by_every_task_is_said_once(cloud_env, fir
     assert long == [], long
     summary = json.loads((cloud_env["build"] / "bake-summary.json").read_text())
     assert len(summary["shared_errors"]) == 1 and reason in summary["shared_errors"][0]
-    assert [r["error"] for r in summary["results"]] == [bake.REGISTER_FAILED] * 2
+    assert [r["error"] for r in summary["results"]] == [REGISTER_FAILED] * 2
 
 
 @needs_local_cloud
@@ -713,7 +718,7 @@ def test_a_failed_container_check_fails_the_bake_and_keeps_no_ami(cloud_env, fir
     ec2 = ec2_of(cloud_env)
     images_before = {i["ImageId"] for i in ec2.describe_images(Owners=["self"])["Images"]}
     with pytest.raises(PackerError) as exc:
-        bake.bake_task(spec, target=target, force=True, cloud=bake.Cloud("local", lc),
+        bake_task(spec, target=target, force=True, cloud=Cloud("local", lc),
                        build_root=cloud_env["build"] / "check-fails")
     msg = exc.value.message
     assert "Ansible failed at task [bake_check : Fail the bake when a check failed]" in msg
@@ -810,13 +815,13 @@ def test_the_gate_reads_the_ansible_playbook_packer_runs():
     from factory.errors import FactoryError
 
     venv = Path(sys.executable).parent
-    binary, version = bake.ansible_playbook_version(_path_with(venv))
+    binary, version = ansible_playbook_version(_path_with(venv))
     assert binary == str(venv / "ansible-playbook") and version >= (2, 18), "assumes the project's own ansible-core"
-    bake.check_ansible_can_manage("al2023", _path_with(venv))
+    check_ansible_can_manage("al2023", _path_with(venv))
     with pytest.raises(FactoryError, match=r"cannot manage ecs-al2: its Python 3.7 \(/usr/bin/python3\).*ansible-core<2\.18"):
-        bake.check_ansible_can_manage("al2", _path_with(venv))
+        check_ansible_can_manage("al2", _path_with(venv))
     with pytest.raises(FactoryError, match=r"cannot manage ecs-al1: its Python 2.7 \(/usr/bin/python2.7\).*ansible-core<2\.17"):
-        bake.check_ansible_can_manage("al1", _path_with(venv))
+        check_ansible_can_manage("al1", _path_with(venv))
 
 
 @pytest.fixture(scope="session")
@@ -837,10 +842,10 @@ def test_ansible_core_2_17_on_packers_path_may_bake_al2_but_not_al1(ansible_core
     from factory.errors import FactoryError
 
     env = _path_with(ansible_core_2_17)
-    assert bake.ansible_playbook_version(env) == (str(ansible_core_2_17 / "ansible-playbook"), (2, 17))
-    bake.check_ansible_can_manage("al2", env)
+    assert ansible_playbook_version(env) == (str(ansible_core_2_17 / "ansible-playbook"), (2, 17))
+    check_ansible_can_manage("al2", env)
     with pytest.raises(FactoryError, match=r"ansible-core 2.17, which cannot manage ecs-al1"):
-        bake.check_ansible_can_manage("al1", env)
+        check_ansible_can_manage("al1", env)
 
 
 def test_each_family_renders_its_own_python(tmp_path):

@@ -121,7 +121,8 @@ def test_a_rollback_holds_until_an_ami_is_given_or_a_bake_makes_a_new_image(lc, 
     """After `factory rollback`, a plain register and a bake that only reuses an AMI keep the
     task on the rolled-back AMI, and say why; an AMI given with --ami, or one a bake made,
     rolls it forward and says so."""
-    from factory.bake import BakeResult, register_results
+    from factory.bake import BakeResult
+    from factory.bake.registration import register_results
     from factory.register.parameter import history, parameter_name
     from factory.rollback import rollback
 

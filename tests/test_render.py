@@ -471,7 +471,8 @@ def test_session_manager_is_refused_for_the_legacy_ami_without_an_ssm_agent(tmp_
 def test_bake_wants_the_session_manager_plugin_before_any_instance_starts(tmp_path, monkeypatch):
     """Issue 22 §7: without session-manager-plugin on PATH, prepare stops before it asks
     AWS anything (no base AMI lookup, no render); with one, the check passes."""
-    from factory import bake
+    from factory.bake.build import prepare
+    from factory.bake.checks import check_session_manager_plugin
     from factory.cloud import Cloud
     from factory.errors import FactoryError
 
@@ -483,12 +484,12 @@ def test_bake_wants_the_session_manager_plugin_before_any_instance_starts(tmp_pa
     monkeypatch.setenv("PATH", str(empty))
     spec = find_spec("salmon-quant", SPECS)
     with pytest.raises(FactoryError, match=r"builder.ssh_interface: session_manager needs AWS's session-manager-plugin"):
-        bake.prepare(spec, cloud, tmp_path / "build")
+        prepare(spec, cloud, tmp_path / "build")
     assert not (tmp_path / "build").exists()  # stopped before the render
     plugin = empty / "session-manager-plugin"
     plugin.write_text("#!/bin/sh\n")
     plugin.chmod(0o755)
-    bake.check_session_manager_plugin(cloud.target("us-east-1"), str(config))
+    check_session_manager_plugin(cloud.target("us-east-1"), str(config))
 
 
 def test_cli_render_builds_with_the_builder_section(cli, tmp_path, monkeypatch):

@@ -22,7 +22,8 @@ sys.path.insert(0, str(REPO))
 
 
 def main() -> int:
-    from factory import bake
+    from factory.bake import bake_task
+    from factory.cloud import Cloud
     from factory.local import cloud as local_cloud
     from factory.spec import find_spec, validate_paths
 
@@ -47,11 +48,11 @@ def main() -> int:
             return 1
         spec = find_spec(task, REPO / "specs")
         lc = timed("cloud up", lambda: local_cloud.up(state_dir, spec.region))
-        where = bake.Cloud("local", lc)
+        where = Cloud("local", lc)
         import os
 
         os.environ.update(lc.env(spec.region))
-        first = bake.bake_task(spec, force=True, cloud=where, build_root=build_root)
+        first = bake_task(spec, force=True, cloud=where, build_root=build_root)
         for key, label in (
             ("size", "size"), ("render", "render (+ base AMI from SSM)"), ("packer_validate", "packer validate"),
             ("packer_build", "packer build (ansible + container check)"), ("tag", "tag AMI"), ("register", "register"),
@@ -61,7 +62,7 @@ def main() -> int:
         notes["ami_id"] = first.ami_id
         notes["registered"] = first.registered
         notes["note"] = first.note
-        second = timed("second bake (reused, no Packer)", lambda: bake.bake_task(spec, cloud=where, build_root=build_root))
+        second = timed("second bake (reused, no Packer)", lambda: bake_task(spec, cloud=where, build_root=build_root))
         notes["second_bake_status"] = second.status
     finally:
         if lc is not None:

@@ -40,7 +40,8 @@ def bake(
         None, "--config", help="Settings file (default: ./factory.yaml when present): builder and register settings; see docs/register.md."),
 ) -> None:
     """Bake a task's AMI with Packer and Ansible (reusing an identical one), then register it."""
-    from factory import bake as core
+    from factory.bake import bake_all, bake_task
+    from factory.bake.summary import summary_json, write_summary
     from factory.spec import find_spec, load_specs
 
     if cloud not in CLOUDS:
@@ -63,21 +64,21 @@ def bake(
     load_config(config)  # a wrong settings file stops here, before any cloud starts
     with _the_cloud(cloud, specs[0].region, config) as where, board:
         if all_tasks:
-            results = core.bake_all(
+            results = bake_all(
                 specs, where, force=force, jobs=jobs, build_root=build_dir,
                 register=not no_register, on_step=board.step, timeout=timeout,
             )
         else:
-            results = [core.bake_task(
+            results = [bake_task(
                 specs[0], force=force, cloud=where, build_root=build_dir,
                 register=not no_register, on_step=board.step, timeout=timeout,
             )]
 
     failed = [r for r in results if r.status == "failed"]
     if all_tasks:
-        summary = core.write_summary(results, build_dir / "bake-summary.json")
+        summary = write_summary(results, build_dir / "bake-summary.json")
         if json_out:
-            print_json(core.summary_json(results))
+            print_json(summary_json(results))
         else:
             _print_table(results)
             print(f"summary: {summary}")
@@ -136,7 +137,7 @@ def _print_table(results) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from factory.bake import shared_errors
+    from factory.bake.summary import shared_errors
 
     console = Console(highlight=False)
     table = Table(title="bake summary", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, show_edge=False)
