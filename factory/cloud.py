@@ -26,15 +26,15 @@ class Build:
     cloud, the build host standing in for its builder."""
 
     rendered: Any  # render.RenderResult
-    host: Any = None  # factory.local.buildhost.BuildHost; None on AWS
+    host: Any = None  # factory.local.builder.buildhost.BuildHost; None on AWS
     state_dir: Path | None = None  # the local cloud's
 
     def keep_image(self, ami_id: str) -> None:
         """Just after Packer made `ami_id`. On AWS, nothing: the AMI's snapshots are its disk.
         On the local cloud, the build host's tree is kept as that AMI's disk, for
-        `factory local run` to boot (factory.local.ami_trees)."""
+        `factory local run` to boot (factory.local.builder.ami_trees)."""
         if self.host is not None:
-            from factory.local.ami_trees import AmiTrees
+            from factory.local.builder.ami_trees import AmiTrees
 
             AmiTrees(self.state_dir).keep(ami_id, self.host.upper_dir)
 
@@ -109,7 +109,7 @@ class Cloud:
         with self.local.builder() as (index, host):
             family = rendered.variables.get("family")
             if family:  # the builder is an instance of the family's AMI: only its packages' commands
-                from factory.local.family_root import LOCAL_POOL, look_like
+                from factory.local.builder.family_root import LOCAL_POOL, look_like
 
                 look_like(host, family, keep=LOCAL_POOL)
             target = self.local.build_target(region, index=index)
@@ -150,7 +150,7 @@ class Cloud:
         `factory iam-policy`, can tell them from other callers."""
         env = dict(os.environ, AWS_EXECUTION_ENV=PACKER_EXECUTION_ENV)
         if self.kind == "local":
-            from factory.local.moto_server import scrub_env
+            from factory.local.aws.moto_server import scrub_env
 
             env = scrub_env(env)
             env.update(self.local.env(region))

@@ -2,7 +2,7 @@
 the bake's roles, the grow agent and its boot units run on the instance.
 
 The data is `schemas/family-packages.yaml` (each family's list with its sources); this
-module reads it once. The local build host (factory.local.buildhost) uses it to look like
+module reads it once. The local build host (factory.local.builder.buildhost) uses it to look like
 the family's AMI (a command whose package the AMI lacks is not there until a role installs
 the package), and tests/test_family_packages.py checks every role against it.
 

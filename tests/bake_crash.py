@@ -50,7 +50,7 @@ from pathlib import Path
 import pytest
 
 from factory.local import cloud as local_cloud
-from factory.local import faults
+from factory.local.aws import faults
 from tests.conftest import REPO
 
 FACTORY = str(Path(sys.executable).with_name("factory"))

@@ -32,7 +32,7 @@ requires_buildhost = pytest.mark.skipif(_missing() is not None, reason=_missing(
 
 
 def start_host(state_dir: Path, docker: bool = True):
-    from factory.local.buildhost import BuildHost
+    from factory.local.builder.buildhost import BuildHost
 
     return BuildHost.start(state_dir, docker=docker)
 

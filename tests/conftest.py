@@ -105,7 +105,7 @@ def cli():
 @pytest.fixture(scope="module")
 def moto():
     """moto's server on a free loopback port, one per test module; tests talk to it over HTTP."""
-    from factory.local.moto_server import MotoServer
+    from factory.local.aws.moto_server import MotoServer
 
     server = MotoServer.start()
     yield server

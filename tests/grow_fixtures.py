@@ -76,9 +76,9 @@ def unmounting(mountpoint: Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def lvm_commands(directory: Path) -> Iterator[str | None]:
     """lvm2 as the pool finds it on PATH: real lvm2 where device-mapper works, else factory's
-    LVM double (factory/local/lvm_double) first on PATH. Yields the double's state folder,
+    LVM double (factory/local/instance/lvm_double) first on PATH. Yields the double's state folder,
     or None for real lvm2; afterwards the pool's volume group goes and nothing stays attached."""
-    from factory.local import lvm_double
+    from factory.local.instance import lvm_double
 
     with lvm_double.exclusive():  # one pool named `factory` in this machine's /dev at a time
         if lvm_double.device_mapper_missing() is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from contextlib import redirect_stdout
 
-from factory.local.agent_journal import summary
+from factory.local.instance.agent_journal import summary
 from factory_grow.agent import emit_json
 
 

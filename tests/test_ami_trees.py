@@ -1,4 +1,4 @@
-"""The local cloud keeps each bake's tree per AMI id and drops it with the AMI (factory.local.ami_trees)."""
+"""The local cloud keeps each bake's tree per AMI id and drops it with the AMI (factory.local.builder.ami_trees)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """moto's server told where the trees live (as `factory local up` tells it: its state folder)."""
-    from factory.local.moto_server import MotoServer
+    from factory.local.aws.moto_server import MotoServer
 
     state = tmp_path_factory.mktemp("ami-trees")
     server = MotoServer.start(log_path=state / "moto.log", ami_trees=state)
@@ -22,7 +22,7 @@ def server(tmp_path_factory):
 def server_and_ec2(server):
     import boto3
 
-    from factory.local.ami_trees import AmiTrees
+    from factory.local.builder.ami_trees import AmiTrees
 
     server, state = server
     try:
@@ -50,7 +50,7 @@ def _upper(tmp_path, name: str):
 
 
 def test_a_tree_is_kept_per_ami_and_goes_when_its_ami_is_deregistered(server_and_ec2, tmp_path):
-    from factory.local.ami_trees import AmiTrees
+    from factory.local.builder.ami_trees import AmiTrees
 
     state, ec2 = server_and_ec2
     trees = AmiTrees(state)
@@ -70,7 +70,7 @@ def test_a_tree_is_kept_per_ami_and_goes_when_its_ami_is_deregistered(server_and
 
 
 def test_prune_drops_trees_whose_ami_moto_no_longer_has(server_and_ec2, tmp_path):
-    from factory.local.ami_trees import AmiTrees
+    from factory.local.builder.ami_trees import AmiTrees
 
     state, ec2 = server_and_ec2
     trees = AmiTrees(state)

@@ -186,7 +186,7 @@ def test_find_image_takes_the_newest_available_ami_with_the_hash(moto_ec2):
 
 def test_an_ami_that_cannot_be_tagged_is_removed_and_named(moto, moto_ec2):
     from factory.errors import FactoryError
-    from factory.local import faults
+    from factory.local.aws import faults
 
     ec2, make_ami = moto_ec2
     ami = make_ami({"factory:task": TASK}, "untaggable")

@@ -20,7 +20,7 @@ import pytest
 from docker_fixtures import IMAGE, requires_docker
 
 from factory.local import cloud as local_cloud
-from factory.local import submit
+from factory.local.aws import submit
 from tests.conftest import SPECS
 
 pytestmark = [

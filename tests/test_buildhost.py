@@ -137,7 +137,7 @@ def test_stop_leaves_no_process_mount_or_cgroup(tmp_path):
 
 
 def test_mirror_serves_the_standin_with_its_sha256(tmp_path):
-    from factory.local.mirror import Mirror, standin_installer
+    from factory.local.builder.mirror import Mirror, standin_installer
 
     m = Mirror.start(tmp_path / "mirror")
     try:
@@ -152,7 +152,7 @@ def test_mirror_serves_the_standin_with_its_sha256(tmp_path):
 
 @requires_buildhost
 def test_standin_installer_behaves_like_miniconda(tmp_path):
-    from factory.local.mirror import standin_installer
+    from factory.local.builder.mirror import standin_installer
 
     inst = standin_installer()
     no_batch = subprocess.run(["sh", str(inst), "-p", str(tmp_path / "p")], capture_output=True, text=True)
@@ -181,7 +181,7 @@ def test_standin_installer_behaves_like_miniconda(tmp_path):
 def test_standin_conda_installs_the_pinned_awscli(tmp_path):
     """`conda install awscli=X` (or ==X) installs exactly that release; `aws` is a Python
     script run by the prefix's own python, working with an empty environment."""
-    from factory.local.mirror import standin_installer
+    from factory.local.builder.mirror import standin_installer
 
     prefix = tmp_path / "mc"
     ok = subprocess.run(["sh", str(standin_installer()), "-b", "-p", str(prefix)], capture_output=True, text=True, timeout=300)

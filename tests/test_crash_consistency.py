@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from factory.aws import Clients
-from factory.local import faults
-from factory.local.moto_server import MotoServer
+from factory.local.aws import faults
+from factory.local.aws.moto_server import MotoServer
 from tests.conftest import SPECS
 
 REGION = "us-east-1"

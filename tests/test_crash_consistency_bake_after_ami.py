@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from factory.local import faults
+from factory.local.aws import faults
 from tests import bake_crash
 from tests.bake_crash import AFTER_THE_AMI
 

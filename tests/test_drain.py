@@ -16,8 +16,8 @@ import pytest
 from docker_fixtures import IMAGE, requires_docker
 
 from factory.aws import Clients
-from factory.local import submit
-from factory.local.moto_server import MotoServer
+from factory.local.aws import submit
+from factory.local.aws.moto_server import MotoServer
 from factory.register import prune
 from factory.register.live_jobs import TAG_RETIRED
 from factory.register.waits import Waiter

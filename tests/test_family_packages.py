@@ -213,7 +213,7 @@ VENV_PYTHON = str(Path(__import__("sys").executable))  # has botocore; seen insi
 
 @pytest.fixture(scope="module")
 def al2023_host(tmp_path_factory):
-    from factory.local.family_root import LOCAL_POOL, look_like
+    from factory.local.builder.family_root import LOCAL_POOL, look_like
 
     h = start_host(tmp_path_factory.mktemp("al2023-host"), docker=False)
     try:

@@ -6,13 +6,13 @@ the failed volume is still there to be answered)."""
 
 from __future__ import annotations
 
-from factory.local.faults import Fault, arm, clear
+from factory.local.aws.faults import Fault, arm, clear
 
 
 def test_the_next_attempt_after_a_volume_in_error_gets_a_new_volume(moto, monkeypatch, tmp_path):
     import boto3
 
-    from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
+    from factory.local.aws.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
     from factory_grow.agent import Agent, Config, make_ec2
     from factory_grow.imds import Identity
     from factory_grow.pool import BtrfsPool

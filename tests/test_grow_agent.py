@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from factory.local.grow_rig import TASK
+from factory.local.instance.grow_rig import TASK
 from tests.grow_fixtures import requires_btrfs, requires_lvm_xfs
 
 pytestmark = [pytest.mark.slow, requires_lvm_xfs]
@@ -23,7 +23,7 @@ def instance(request, moto, tmp_path):
     volume at /dev/xvdb, tagged factory:grow), its volumes on loop devices, its data
     volume made an LVM + XFS pool at the data root (the boot unit's job); see GrowRig.
     Parametrized with `pool` by a test that runs on both backends."""
-    from factory.local.grow_rig import GrowRig
+    from factory.local.instance.grow_rig import GrowRig
 
     pool = getattr(request, "param", "lvm-xfs")
     if pool == "btrfs" and requires_btrfs.args[0]:
@@ -155,7 +155,7 @@ def test_an_agent_killed_mid_add_is_finished_by_the_next_one(instance):
 def test_throttled_create_and_dropped_attach_are_retried_and_the_task_still_fits(instance):
     """The local cloud's faults: CreateVolume throttled twice (RequestLimitExceeded), the
     AttachVolume connection dropped once; the agent backs off, retries and the writer fits."""
-    from factory.local.faults import Fault, arm, armed
+    from factory.local.aws.faults import Fault, arm, armed
 
     arm(instance.endpoint, Fault("ec2:CreateVolume", kind="throttle", times=2))
     arm(instance.endpoint, Fault("ec2:AttachVolume", kind="drop", times=1))
@@ -199,7 +199,7 @@ def test_at_the_attachment_limit_the_agent_stops_instead_of_retrying(moto, tmp_p
     for EBS volumes. With the image's botocore (which predates MaximumEbsAttachments) the
     agent still reads the limit, adds what fits and stops with `attachment-limit`: no
     AttachVolume refused, no add retried forever."""
-    from factory.local.grow_rig import GrowRig
+    from factory.local.instance.grow_rig import GrowRig
     from tests.test_grow_slots import older_botocore_data
 
     data = older_botocore_data(tmp_path / "botocore-data")
@@ -230,9 +230,9 @@ def test_a_volume_in_error_is_dropped_at_once_the_next_attempt_gets_a_new_one_an
     The agent gives that volume up as soon as EC2 shows the state (and deletes it), asks
     for a new one with a new client token, waits out NotFound, and polls EC2 about once a
     second meanwhile; added volumes get device names from /dev/xvdf on."""
-    from factory.local.faults import Fault, arm
-    from factory.local.grow_rig import GrowRig
-    from factory.local.moto_server import MotoServer
+    from factory.local.aws.faults import Fault, arm
+    from factory.local.aws.moto_server import MotoServer
+    from factory.local.instance.grow_rig import GrowRig
 
     server = MotoServer.start(volume_delay=3.0)
     try:

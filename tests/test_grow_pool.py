@@ -1,6 +1,6 @@
 """The grow agent's pool on real loop devices: btrfs for real; LVM + XFS (the backend AWS
 instances get) with real XFS, and real lvm2 where device-mapper exists, else factory's LVM
-double (factory/local/lvm_double) standing in for lvm2's commands."""
+double (factory/local/instance/lvm_double) standing in for lvm2's commands."""
 
 from __future__ import annotations
 

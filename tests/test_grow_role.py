@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slow, requires_buildhost, requires_btrfs]
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory):
-    from factory.local.mirror import Mirror
+    from factory.local.builder.mirror import Mirror
 
     base = tmp_path_factory.mktemp("grow-role")
     mirror = Mirror.start(base / "mirror")
@@ -27,7 +27,7 @@ def host(tmp_path_factory):
     try:
         # An AL2023 builder as a local bake's (its dnf installs the role's lvm2 and
         # xfsprogs; Debian's btrfs-progs kept for the btrfs pool this module makes).
-        from factory.local.family_root import LOCAL_POOL, look_like
+        from factory.local.builder.family_root import LOCAL_POOL, look_like
 
         look_like(h, "al2023", keep=LOCAL_POOL)
         yield h, mirror

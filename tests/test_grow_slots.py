@@ -41,7 +41,7 @@ def agent_for(moto, instance_type: str, monkeypatch, **settings):
     """The real agent's EC2 client and identity for a new instance of `instance_type` on the local cloud."""
     import boto3
 
-    from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
+    from factory.local.aws.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
     from factory_grow.agent import Agent, Config, make_ec2
     from factory_grow.imds import Identity
     from factory_grow.pool import BtrfsPool

@@ -1,5 +1,5 @@
-"""Which pool a local instance runs (factory/local/instance_pool.py), and what the rehearsal
-reports as held (factory/local/rehearsal.py `held_bytes`), on real mounts."""
+"""Which pool a local instance runs (factory/local/instance/instance_pool.py), and what the rehearsal
+reports as held (factory/local/instance/rehearsal.py `held_bytes`), on real mounts."""
 
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ def in_instance_root(upper, tmp_path, script: str) -> str:
 def test_the_lvm_xfs_instance_has_no_btrfs_progs_and_its_auto_picks_lvm_xfs(tmp_path):
     """As on Amazon Linux 2023: the image's `auto` finds no btrfs-progs, so the pool is LVM +
     XFS; where device-mapper is missing, lvm2's commands on the units' PATH are the double's."""
-    from factory.local import instance_pool, lvm_double
+    from factory.local.instance import instance_pool, lvm_double
 
     upper = tmp_path / "upper"
     upper.mkdir()
     state = instance_pool.arrange("lvm-xfs", upper, tmp_path / "lvm-double")
-    agent = instance_pool.__file__.replace("factory/local/instance_pool.py", "ansible/roles/grow_agent/files")
+    agent = instance_pool.__file__.replace("factory/local/instance/instance_pool.py", "ansible/roles/grow_agent/files")
     out = in_instance_root(upper, tmp_path, "command -v mkfs.btrfs btrfs; command -v lvcreate; "
                            f"PYTHONPATH={agent} python3 -c \"from factory_grow.pool import choose; print(choose().name)\"")
     lines = out.split()
@@ -43,14 +43,14 @@ def test_the_lvm_xfs_instance_has_no_btrfs_progs_and_its_auto_picks_lvm_xfs(tmp_
     assert lines[-1] == "lvm-xfs"
     if lvm_double.device_mapper_missing():
         assert state == tmp_path / "lvm-double" and lines[0] == "/usr/local/sbin/lvcreate"
-        assert "factory.local.lvm_double.lvm lvcreate" in (upper / "usr/local/sbin/lvcreate").read_text()
+        assert "factory.local.instance.lvm_double.lvm lvcreate" in (upper / "usr/local/sbin/lvcreate").read_text()
     else:
         assert state is None and lines[0] != "/usr/local/sbin/lvcreate"
 
 
 @requires_loop
 def test_the_btrfs_instance_keeps_btrfs_progs(tmp_path):
-    from factory.local import instance_pool
+    from factory.local.instance import instance_pool
 
     upper = tmp_path / "upper"
     upper.mkdir()
@@ -59,7 +59,7 @@ def test_the_btrfs_instance_keeps_btrfs_progs(tmp_path):
 
 
 def test_the_backend_that_ran_is_the_pool_units_own_word():
-    from factory.local.instance_pool import backend_that_ran
+    from factory.local.instance.instance_pool import backend_that_ran
 
     journal = "starting\n" + json.dumps({"event": "pool-ready", "backend": "lvm-xfs", "device": "/dev/xvdb", "made": True}) + "\n"
     assert backend_that_ran(journal) == "lvm-xfs"
@@ -71,7 +71,7 @@ def test_the_backend_that_ran_is_the_pool_units_own_word():
 def test_held_bytes_are_the_files_not_the_filesystems_own_blocks(tmp_path):
     """A 1 GiB file on a fresh XFS reads 1 GiB held, though the filesystem's used blocks
     count its log and metadata too; a filesystem mounted inside is not walked."""
-    from factory.local.rehearsal import held_bytes
+    from factory.local.instance.rehearsal import held_bytes
 
     mnt, inner = tmp_path / "mnt", tmp_path / "mnt" / "inner"
     with loop_device(tmp_path, "xfs", 8192) as dev, unmounting(mnt), unmounting(inner):
@@ -95,7 +95,7 @@ def test_held_bytes_are_the_files_not_the_filesystems_own_blocks(tmp_path):
 def test_held_bytes_leave_out_xfs_preallocation_past_a_file_being_written(tmp_path):
     """XFS reserves as much again past the end of a file being written (freed at close, and
     given back before a write would fail): a 300 MiB file still open reads 300 MiB held."""
-    from factory.local.rehearsal import held_bytes
+    from factory.local.instance.rehearsal import held_bytes
 
     mnt = tmp_path / "mnt"
     with loop_device(tmp_path, "xfs", 8192) as dev, unmounting(mnt):

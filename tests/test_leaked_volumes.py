@@ -53,7 +53,7 @@ def test_only_available_agent_volumes_of_gone_instances_are_leaked(ec2):
 
 def test_a_failed_delete_is_reported_and_the_rest_go_on(ec2, moto):
     from factory.leaked_volumes import delete_leaked, find_leaked
-    from factory.local.faults import Fault, arm
+    from factory.local.aws.faults import Fault, arm
 
     gone = launch(ec2)
     vols = [agent_volume(ec2, gone) for _ in range(2)]

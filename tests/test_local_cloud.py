@@ -245,7 +245,7 @@ def test_the_users_session_token_and_profile_never_reach_moto(monkeypatch, tmp_p
     """Packer's environment on the local cloud carries moto's dummy keys and none of the
     user's session token or profile; on real AWS they stay (they are the credentials)."""
     from factory.cloud import Cloud
-    from factory.local.moto_server import LOCAL_ACCESS_KEY, MotoServer
+    from factory.local.aws.moto_server import LOCAL_ACCESS_KEY, MotoServer
 
     for name, value in USER_CREDENTIALS.items():
         monkeypatch.setenv(name, value)

@@ -1,4 +1,4 @@
-"""The local cloud's EBS rules (factory/local/rules/ebs.py, docs/local-cloud.md): volume
+"""The local cloud's EBS rules (factory/local/aws/rules/ebs.py, docs/local-cloud.md): volume
 states and eventual consistency, a volume that ends in `error`, and the attachment limit
 EBS volumes share with network interfaces and NVMe instance store. Real boto3 over HTTP
 to the real server; each rule both ways."""
@@ -11,8 +11,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from factory.aws import Clients
-from factory.local import faults
-from factory.local.moto_server import MotoServer
+from factory.local.aws import faults
+from factory.local.aws.moto_server import MotoServer
 
 REGION = "us-east-1"
 VOLUME_DELAY = 2.0

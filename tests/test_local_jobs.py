@@ -5,7 +5,7 @@ with boto3; each job is the busybox image (tests/docker_fixtures.py) running a s
 command. docs/local-cloud.md, "Batch jobs", has the rules these check and their sources.
 
 For tests of other areas that need a live job (prune, replace, roll while a job runs):
-`factory.local.submit.submit(clients, queue, IMAGE, ["sleep", "30"])`, then
+`factory.local.aws.submit.submit(clients, queue, IMAGE, ["sleep", "30"])`, then
 `submit.wait(clients, job, {"RUNNING"})`, with a server started with
 `MotoServer.start(docker_host=docker_engine.host)`.
 """
@@ -23,8 +23,8 @@ from docker_fixtures import IMAGE, requires_docker
 
 from factory.aws import Clients
 from factory.errors import AwsError
-from factory.local import submit
-from factory.local.moto_server import MotoServer
+from factory.local.aws import submit
+from factory.local.aws.moto_server import MotoServer
 
 pytestmark = requires_docker
 REGION = "us-east-1"

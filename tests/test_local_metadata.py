@@ -10,7 +10,7 @@ import pytest
 
 
 def test_imdsv2_only_and_the_agent_reads_its_identity():
-    from factory.local.metadata import MetadataService
+    from factory.local.instance.metadata import MetadataService
     from factory_grow.imds import Identity, Imds
 
     with MetadataService.start("i-0123456789abcdef0", "eu-west-2b", "m6i.xlarge") as imds:
@@ -33,7 +33,7 @@ def test_the_sdk_finds_the_instance_roles_credentials_at_the_local_imds(monkeypa
     local endpoint; without a role there are none to find."""
     import botocore.session
 
-    from factory.local.metadata import MetadataService
+    from factory.local.instance.metadata import MetadataService
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
                 "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_EC2_METADATA_DISABLED"):

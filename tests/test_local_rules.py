@@ -1,6 +1,6 @@
 """The local cloud's own layer around moto: AWS's rules, pages and faults (docs/local-cloud.md).
 
-Each test talks to the real server (`factory.local.aws_server`, started by MotoServer) over
+Each test talks to the real server (`factory.local.aws.aws_server`, started by MotoServer) over
 HTTP with boto3, as factory and Packer do. Each rule is checked both ways: what AWS
 refuses is refused, what AWS allows still works.
 """
@@ -13,8 +13,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from factory.aws import Clients
-from factory.local import faults
-from factory.local.moto_server import MotoServer
+from factory.local.aws import faults
+from factory.local.aws.moto_server import MotoServer
 
 REGION = "us-east-1"
 

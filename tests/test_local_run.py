@@ -171,7 +171,7 @@ def test_an_image_missing_from_the_users_engine_is_refused(rehearsed):
 def test_a_fast_writer_grows_the_disk_and_fits(rehearsed, docker_env, tmp_path):
     """Past its starting capacity at a few hundred MiB/s: the agent adds encrypted volumes,
     tagged with the task and the instance, and they go with the instance."""
-    from factory.local import rehearsal
+    from factory.local.instance import rehearsal
     from factory.spec import find_spec
 
     (tmp_path / "reads.fq").write_text("@r1\nACGT\n+\nIIII\n")
@@ -224,7 +224,7 @@ def test_without_the_net_the_same_writer_runs_out_of_space(rehearsed):
 
 
 def test_faults_on_volume_create_and_attach_are_retried_and_it_still_fits(rehearsed):
-    from factory.local import faults
+    from factory.local.aws import faults
 
     endpoint = rehearsed["cloud"].endpoint
     for armed in (["ec2:CreateVolume", "--kind", "throttle", "--times", "2"], ["ec2:AttachVolume", "--kind", "drop"]):
@@ -252,7 +252,7 @@ def test_faults_on_volume_create_and_attach_are_retried_and_it_still_fits(rehear
 
 
 def test_a_task_without_grow_runs_on_its_root_volume_less_what_the_os_and_the_image_take(rehearsed, root_task):
-    from factory.local.rehearsal import find_launch_template
+    from factory.local.instance.rehearsal import find_launch_template
     from factory.sizing import BASE_ROOT_USED_GIB
 
     writer = "dd if=/dev/zero of=f bs=1M count=300 conv=fsync status=none && echo wrote 300 MiB"
@@ -290,7 +290,7 @@ def test_a_legacy_devicemapper_task_is_refused_naming_what_is_rehearsed(rehearse
 def test_ctrl_c_and_sigterm_both_end_the_run_as_an_interruption():
     """Both go through one handler (so the Ctrl-C test below covers SIGTERM's path), installed
     even when SIGINT was ignored at start (a shell's background job), and put back after."""
-    from factory.local.rehearsal import _terminate_on_signals
+    from factory.local.instance.rehearsal import _terminate_on_signals
 
     before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,4 +1,4 @@
-"""factory's LVM double (factory/local/lvm_double) against lvm2: the sizes real lvm2 gives
+"""factory's LVM double (factory/local/instance/lvm_double) against lvm2: the sizes real lvm2 gives
 (its pvcreate, vgcreate and vgs work without device-mapper), the refusals lvm2 makes, and
 a logical volume that is a real block device of the LV's size, grown online."""
 
@@ -17,7 +17,7 @@ MIB = 1024**2
 @pytest.fixture
 def double(tmp_path):
     """Runs one of the double's commands: CompletedProcess (text)."""
-    from factory.local import lvm_double
+    from factory.local.instance import lvm_double
 
     env = dict(os.environ) | lvm_double.install(tmp_path / "bin", tmp_path / "state")
     with lvm_double.exclusive():

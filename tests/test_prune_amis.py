@@ -56,7 +56,7 @@ def images(ec2) -> set[str]:
 def test_a_refused_deregistration_is_reported_and_prune_goes_on(ec2, moto, prune):
     """AWS refuses DeregisterImage for an AMI with deregistration protection: that AMI is
     reported failed (exit 1), the other AMIs and a leaked grow volume are still removed."""
-    from factory.local.faults import Fault, arm
+    from factory.local.aws.faults import Fault, arm
 
     old = [bake(ec2) for _ in range(3)]
     newest = bake(ec2)
@@ -126,7 +126,7 @@ def test_the_local_cloud_answers_describe_image_references_as_aws(ec2):
 
 
 def test_a_refused_deregistration_is_an_error_on_stderr(ec2, moto, cli):
-    from factory.local.faults import Fault, arm
+    from factory.local.aws.faults import Fault, arm
 
     old, newest = bake(ec2), bake(ec2)
     arm(moto.endpoint, Fault("ec2:DeregisterImage", kind="error", code="InvalidParameterValue", times=1))

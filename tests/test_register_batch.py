@@ -16,7 +16,7 @@ import time
 import pytest
 
 from factory.errors import FactoryError
-from factory.local.moto_server import MotoServer
+from factory.local.aws.moto_server import MotoServer
 from factory.register import register_tasks
 from factory.spec import load_specs
 from tests.conftest import SPECS

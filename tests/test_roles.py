@@ -21,7 +21,7 @@ AWSCLI_VERSION = "1.32.27"  # the role's pinned miniconda_awscli_awscli_version
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory):
-    from factory.local.mirror import Mirror
+    from factory.local.builder.mirror import Mirror
 
     base = tmp_path_factory.mktemp("roles")
     mirror = Mirror.start(base / "mirror")
@@ -245,7 +245,7 @@ def failed_bake_check(host, tmp_path, prefix: str) -> dict:
 def test_bake_check_fails_when_the_cli_is_missing(cloud, tmp_path):
     """A prefix with Miniconda's python but no AWS CLI: the space is measured (by that
     python, in the empty image with the host's C library), the CLI check fails the play."""
-    from factory.local.mirror import standin_installer
+    from factory.local.builder.mirror import standin_installer
 
     host, _, _ = cloud
     # Copied in, not run from the checkout: the build host has its own /tmp, and a clone

@@ -17,8 +17,8 @@ from factory.cloud import Cloud
 from factory.config import FactoryConfig
 from factory.errors import FactoryError
 from factory.image_identity import expected_image_hash
-from factory.local import faults
-from factory.local.moto_server import MotoServer
+from factory.local.aws import faults
+from factory.local.aws.moto_server import MotoServer
 from factory.register import register_tasks
 from factory.register.parameter import history, parameter_name
 from factory.rollback import rollback

@@ -23,7 +23,7 @@ import pytest
 from factory.cloud import Cloud
 from factory.image_identity import expected_image_hash
 from factory.local import cloud as local_cloud
-from factory.local.publish import publish_base
+from factory.local.aws.publish import publish_base
 from factory.register.parameter import history
 from factory.render import resolve_base_ami
 from factory.spec import load_spec

@@ -56,7 +56,7 @@ def stamp(e: dict) -> float:
 
 
 def add_times(endpoint: str, work: Path, attach_delay: float, pool: str) -> dict:
-    from factory.local.grow_rig import GrowRig
+    from factory.local.instance.grow_rig import GrowRig
 
     with GrowRig.start(endpoint, work / "adds", data_gib=2, attach_delay=attach_delay, pool=pool,
                        settings={"min_step_gib": 1, "step_seconds": 5}) as rig:
@@ -78,7 +78,7 @@ def add_times(endpoint: str, work: Path, attach_delay: float, pool: str) -> dict
 
 
 def burst(endpoint: str, work: Path, attach_delay: float, free_mib: int, rate: float, add_seconds: float, pool: str) -> dict:
-    from factory.local.grow_rig import GrowRig
+    from factory.local.instance.grow_rig import GrowRig
 
     with GrowRig.start(endpoint, work / f"burst-{int(rate)}", data_gib=2, attach_delay=attach_delay, pool=pool,
                        settings={"floor_gib": 0, "floor_fraction": 0, "add_seconds": add_seconds, "min_step_gib": 4}) as rig:
@@ -107,7 +107,7 @@ def main() -> int:
         print(f"bench/grow: skipped: {why}")
         return 0
 
-    from factory.local.moto_server import MotoServer
+    from factory.local.aws.moto_server import MotoServer
 
     server = MotoServer.start()
     work = Path(tempfile.mkdtemp(prefix="factory-bench-grow-"))

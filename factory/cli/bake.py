@@ -102,7 +102,7 @@ def _the_cloud(kind: str, region: str, config: Path | None = None):
         yield Cloud("aws", config_path=config)
         return
     from factory.local import cloud as local_cloud
-    from factory.local.moto_server import CREDENTIALS_NOT_FOR_MOTO
+    from factory.local.aws.moto_server import CREDENTIALS_NOT_FOR_MOTO
 
     with local_cloud.using_local_cloud(region=region) as (lc, started):
         if started:

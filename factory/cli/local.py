@@ -88,7 +88,8 @@ def fault(
 ) -> None:
     """Make the next N calls of an operation fail on the running local cloud, as AWS fails."""
     from factory.errors import UsageError
-    from factory.local import cloud, faults
+    from factory.local import cloud
+    from factory.local.aws import faults
 
     endpoint = cloud.running(state_dir).endpoint
     if clear:
@@ -113,7 +114,8 @@ def publish_base(
     json_out: bool = typer.Option(False, "--json", help="Print what was published as JSON."),
 ) -> None:
     """Play AWS releasing a new ECS-optimized AMI: register one and move the recommended SSM parameter to it."""
-    from factory.local import cloud, publish
+    from factory.local import cloud
+    from factory.local.aws import publish
 
     done = publish.publish_base(cloud.running(state_dir).endpoint, family, arch, region)
     if json_out:
@@ -158,8 +160,9 @@ def run(
     import sys
 
     from factory.errors import UsageError
-    from factory.local import cloud, rehearsal
-    from factory.local.instance_pool import POOLS
+    from factory.local import cloud
+    from factory.local.instance import rehearsal
+    from factory.local.instance.instance_pool import POOLS
     from factory.spec import find_spec
 
     if pool not in POOLS:
@@ -194,7 +197,8 @@ def submit_job(
     Docker engine, through AWS's job states. Rehearse what a prune, replace or roll does to a running pipeline."""
     import sys
 
-    from factory.local import cloud, submit
+    from factory.local import cloud
+    from factory.local.aws import submit
 
     local = cloud.running(state_dir)
     clients = local.setup_clients(region)  # the pipeline's calls, not factory's: marked factory-local in the call log

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.errors import LocalCloudError
-from factory.local.moto_server import (
+from factory.local.aws.moto_server import (
     LOCAL_ACCESS_KEY,
     LOCAL_SECRET_KEY,
     MotoServer,
@@ -74,8 +74,8 @@ class LocalCloud:
     state_dir: Path
     region: str
     moto: MotoServer
-    host: Any  # factory.local.buildhost.BuildHost
-    mirror: Any  # factory.local.mirror.Mirror
+    host: Any  # factory.local.builder.buildhost.BuildHost
+    mirror: Any  # factory.local.builder.mirror.Mirror
     started_at: str
     extra_hosts: list[Any] = field(default_factory=list)  # build hosts 1.. of parallel bakes
     _clients: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -169,7 +169,7 @@ class LocalCloud:
     def ensure_build_hosts(self, count: int) -> None:
         """At least `count` build hosts running (one per parallel bake); the new ones are
         recorded in the state file, so `down()` stops them."""
-        from factory.local.buildhost import BuildHost
+        from factory.local.builder.buildhost import BuildHost
 
         with _locked(self.state_dir):
             for n, host in enumerate(self.extra_hosts[:max(0, count - 1)], start=1):
@@ -325,7 +325,7 @@ class LocalCloud:
 
 def up(state_dir: Path | None = None, region: str = DEFAULT_REGION, state_delay: float | None = None, page_size: int | None = None) -> LocalCloud:
     """Start the local cloud. A LocalCloudError when one already runs from `state_dir`.
-    `state_delay` and `page_size` tune the AWS rules (factory.local.aws_server)."""
+    `state_delay` and `page_size` tune the AWS rules (factory.local.aws.aws_server)."""
     state_dir = Path(state_dir or default_state_dir()).absolute()
     state_dir.mkdir(parents=True, exist_ok=True)
     with _locked(state_dir):
@@ -401,8 +401,8 @@ def _locked(state_dir: Path) -> Iterator[None]:
 
 
 def _start(state_dir: Path, region: str, state_delay: float | None = None, page_size: int | None = None) -> LocalCloud:
-    from factory.local.buildhost import BuildHost
-    from factory.local.mirror import Mirror
+    from factory.local.builder.buildhost import BuildHost
+    from factory.local.builder.mirror import Mirror
 
     moto = host = mirror = None
     try:
@@ -437,8 +437,8 @@ def _load(state_dir: Path) -> LocalCloud | None:
     f = state_dir / STATE_FILE
     if not f.exists():
         return None
-    from factory.local.buildhost import BuildHost
-    from factory.local.mirror import Mirror
+    from factory.local.builder.buildhost import BuildHost
+    from factory.local.builder.mirror import Mirror
 
     try:
         data = json.loads(f.read_text())
@@ -478,7 +478,7 @@ def _stop(cloud: LocalCloud) -> None:
     (cloud.state_dir / "moto.log").unlink(missing_ok=True)
     import shutil
 
-    from factory.local.ami_trees import AmiTrees
+    from factory.local.builder.ami_trees import AmiTrees
 
     shutil.rmtree(AmiTrees(cloud.state_dir).root, ignore_errors=True)  # moto's AMIs went with it
     leftovers = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()

@@ -33,7 +33,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from factory.local.rules import Settings
+from factory.local.aws.rules import Settings
 
 CONTAINER_PREFIX = "factory-batch-"
 LABEL = "factory.local.batch-job"

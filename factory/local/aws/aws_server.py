@@ -1,14 +1,14 @@
 """The local cloud's AWS endpoint: moto's server with our layer around it.
 
-`python -m factory.local.aws_server -p PORT` serves, on loopback, moto's WSGI app with:
+`python -m factory.local.aws.aws_server -p PORT` serves, on loopback, moto's WSGI app with:
 
-- `factory.local.rules`: AWS's rules taught to moto's backends (Batch states and update
+- `factory.local.aws.rules`: AWS's rules taught to moto's backends (Batch states and update
   rules, EC2 launch template versions), installed in this process before the first request;
-- paging (`factory.local.paging`): Describe calls answered a page at a time;
-- faults (`factory.local.faults`): the next N calls of an operation fail on demand;
-- publish-base (`factory.local.publish`): AWS releasing a new ECS-optimized AMI;
+- paging (`factory.local.aws.paging`): Describe calls answered a page at a time;
+- faults (`factory.local.aws.faults`): the next N calls of an operation fail on demand;
+- publish-base (`factory.local.aws.publish`): AWS releasing a new ECS-optimized AMI;
 - Batch jobs run as containers on the Docker engine DOCKER_HOST names in this process
-  (`factory.local.rules.batch_jobs`), removed when the server stops;
+  (`factory.local.aws.rules.batch_jobs`), removed when the server stops;
 - a call log: every AWS call's `service:Operation` (`GET /_factory/calls`, with who made
   each in `callers`), and, when
   `$FACTORY_LOCAL_CALL_LOG` names a file, one line per call appended to it: who called
@@ -31,8 +31,8 @@ import sys
 import threading
 from typing import Any, Callable, Iterable
 
-from factory.local import faults, paging, publish
-from factory.local.operations import Call, error_response, identify
+from factory.local.aws import faults, paging, publish
+from factory.local.aws.operations import Call, error_response, identify
 
 CALLS_PATH = "/_factory/calls"
 ENV_STATE_DELAY = "FACTORY_LOCAL_STATE_DELAY"
@@ -182,7 +182,7 @@ def make_app(state_delay: float, page_size: int, snapshot_release_delay: float =
              rolling_delay: float | None = None) -> Layer:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    from factory.local import rules
+    from factory.local.aws import rules
 
     rules.install(rules.Settings(state_delay=state_delay, stale_read=min(0.3, state_delay / 2), snapshot_release_delay=snapshot_release_delay,
                                  volume_delay=volume_delay, job_step=min(0.3, state_delay / 2), rolling_delay=rolling_delay))

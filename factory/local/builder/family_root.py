@@ -101,7 +101,7 @@ def _q(path: str) -> str:
 # root's (Debian's) python3.
 _STAND_IN = r'''#!/usr/bin/python3
 """Stand-in for the family's package manager on factory's local build host
-(factory/local/family_root.py): installs only the packages its repository offers."""
+(factory/local/builder/family_root.py): installs only the packages its repository offers."""
 import json, os, shutil, subprocess, sys
 
 repo = json.load(open("/etc/factory-buildhost/repository.json"))

@@ -7,12 +7,12 @@ EC2's part, done here on this machine:
   since moto leaves them out and EC2 applies them);
 - each EBS volume attached to the instance (those of the mappings at launch, and any the
   grow agent attaches later) becomes a sparse file of the volume's size on a loop device,
-  after an attach delay (factory.local.volumes.AttachWatcher);
+  after an attach delay (factory.local.instance.volumes.AttachWatcher);
 - an IMDSv2 endpoint answering the instance's id, type and zone and its instance role's
-  credentials (factory.local.metadata);
-- the instance itself: the AMI's own file tree (factory.local.ami_trees) as its root, in
+  credentials (factory.local.instance.metadata);
+- the instance itself: the AMI's own file tree (factory.local.builder.ami_trees) as its root, in
   mount and PID namespaces of its own, its boot units run by a small init
-  (factory.local.instance_init): the grow pool, Docker on its data root, the grow agent;
+  (factory.local.instance.instance_init): the grow pool, Docker on its data root, the grow agent;
 - TerminateInstances: the init stops Docker and the units, the namespaces end, moto deletes
   the volumes whose DeleteOnTermination says so, the loop devices and their files go.
 
@@ -129,7 +129,7 @@ class LocalInstance:
     @property
     def pool(self) -> str | None:
         """The grow pool's backend that ran ("lvm-xfs", "btrfs"), from its boot unit's journal; None without one."""
-        from factory.local.instance_pool import POOL_UNIT, backend_that_ran
+        from factory.local.instance.instance_pool import POOL_UNIT, backend_that_ran
 
         return backend_that_ran(self.journal(POOL_UNIT))
 
@@ -149,11 +149,11 @@ class LocalInstance:
 
         `root_volume`: where Docker's data root goes when no boot unit mounts a volume there.
         `pool`: the grow pool the image's `auto` finds, "lvm-xfs" as on AWS or "btrfs"
-        (factory.local.instance_pool)."""
+        (factory.local.instance.instance_pool)."""
         from factory.aws import aws_errors
-        from factory.local import instance_pool
-        from factory.local.metadata import MetadataService
-        from factory.local.volumes import ROOT_DEVICES, AttachWatcher
+        from factory.local.instance import instance_pool
+        from factory.local.instance.metadata import MetadataService
+        from factory.local.instance.volumes import ROOT_DEVICES, AttachWatcher
 
         if os.geteuid() != 0:
             raise LocalCloudError("a local instance needs root (mount namespaces, loop devices, dockerd)")
@@ -223,9 +223,9 @@ class LocalInstance:
         try:
             self.proc = subprocess.Popen(
                 ["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
-                 sys.executable, "-m", "factory.local.instance_init", str(self.workdir / "init.json")],
+                 sys.executable, "-m", "factory.local.instance.instance_init", str(self.workdir / "init.json")],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])),
+                env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3])),
             )
         finally:
             log.close()
@@ -258,7 +258,7 @@ class LocalInstance:
         """End the instance as EC2 does; returns what could not be cleaned (empty when all went)."""
         from botocore.exceptions import ClientError
 
-        from factory.local.buildhost import _remove_cgroups
+        from factory.local.builder.buildhost import _remove_cgroups
 
         problems: list[str] = []
         if self.terminated:
@@ -284,7 +284,7 @@ class LocalInstance:
             except subprocess.TimeoutExpired:
                 problems.append(f"the instance's namespace holder {self.proc.pid} did not exit")
         _remove_cgroups(self.cgroup_parent)
-        from factory.local.instance_pool import release
+        from factory.local.instance.instance_pool import release
 
         problems += release(self.lvm_double)  # the instance's mounts went with its namespace
         try:

@@ -8,7 +8,7 @@
 | environments and queues go CREATING/UPDATING/DELETING before VALID (or gone); no update while one is in progress; a describe right after an update may still show the old state | VALID at once, deleted at once | `state_delay` seconds in each transitional status, `stale_read` seconds of old reads after an update |
 | an environment is deleted only when DISABLED and in no queue; a queue only when DISABLED; a queue takes only VALID environments; right after a queue update the old relationship lingers | deletes anything at once, takes any environment | refuses each, with AWS's wording where known ("Cannot delete, found existing JobQueue relationship") |
 | `instanceTypes` takes `default_x86_64` and `default_arm64` (m6i/c6i/r6i/c7i and m6g/c6g/r6g/c7g families) beside `optimal` | "Instance type default_arm64 does not exist" | accepted, as the m6i and m6g families |
-| jobs: SUBMITTED -> (PENDING) -> RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED/FAILED on an instance of the queue's environment, and what queue/environment changes do to them | its own runner (the docker SDK, a bridge network; no queue or environment rules) | ours on the server's Docker engine: `factory.local.rules.batch_jobs` |
+| jobs: SUBMITTED -> (PENDING) -> RUNNABLE -> STARTING -> RUNNING -> SUCCEEDED/FAILED on an instance of the queue's environment, and what queue/environment changes do to them | its own runner (the docker SDK, a bridge network; no queue or environment rules) | ours on the server's Docker engine: `factory.local.aws.rules.batch_jobs` |
 
 AWS sources: Batch API reference (ComputeResource `instanceTypes`, CreateComputeEnvironment `serviceRole`,
 UpdateComputeEnvironment, DeleteComputeEnvironment, DeleteJobQueue, UpdatePolicy), the
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from factory.local.rules import Settings, batch_jobs
+from factory.local.aws.rules import Settings, batch_jobs
 
 SLR_SERVICE = "batch.amazonaws.com"
 SLR_PATH = ":role/aws-service-role/batch.amazonaws.com/"

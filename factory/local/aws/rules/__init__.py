@@ -2,7 +2,7 @@
 
 Each module teaches one service (docs/local-cloud.md has the table: AWS's behaviour,
 moto's, ours, and the AWS document it follows). They are installed once, by
-`factory.local.aws_server` at start, in the server's own process: every client of the
+`factory.local.aws.aws_server` at start, in the server's own process: every client of the
 local cloud (the CLI, Packer, the tests) meets the same rules.
 """
 
@@ -31,7 +31,7 @@ class Settings:
 
 
 def install(settings: Settings) -> None:
-    from factory.local.rules import batch, batch_quotas, ebs, ec2, ssm
+    from factory.local.aws.rules import batch, batch_quotas, ebs, ec2, ssm
 
     batch.install(settings)
     batch_quotas.install(settings)  # around batch's methods

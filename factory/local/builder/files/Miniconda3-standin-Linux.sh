@@ -1,6 +1,6 @@
 #!/bin/sh
 # A stand-in for the Miniconda installer, served by factory's local cloud only
-# (factory/local/mirror.py): the real installer's download site cannot be reached there.
+# (factory/local/builder/mirror.py): the real installer's download site cannot be reached there.
 #
 # It behaves like the real one where the miniconda_awscli role and the bake check rely on it:
 #   sh Miniconda3-standin-Linux.sh -b [-f] [-u] [-p PREFIX]

@@ -5,7 +5,7 @@ at /dev/xvdb, encrypted, deleted with the instance, tagged `factory:grow`), its 
 on loop devices (the attach watcher), a local IMDSv2 endpoint, the data volume made a
 pool at a data root (what the image's boot unit does): LVM + XFS by default, the pool AWS
 instances run (real XFS; lvm2's commands from factory's LVM double where this kernel has
-no device-mapper, factory/local/lvm_double), or btrfs (`pool="btrfs"`); and the real
+no device-mapper, factory/local/instance/lvm_double), or btrfs (`pool="btrfs"`); and the real
 agent process (`python -m factory_grow.agent`) pointed at all of them.
 
     with GrowRig.start(endpoint, workdir, data_gib=2, settings={...}) as rig:
@@ -80,7 +80,7 @@ class GrowRig:
     imds: Any
     pool: str = "lvm-xfs"  # the pool's backend: "lvm-xfs" (as on AWS) or "btrfs"
     lvm_double: Path | None = None  # the LVM double's state folder when it stands in for lvm2
-    lock: Any = None  # factory.local.lvm_double.exclusive while an LVM pool named `factory` is in this machine's /dev
+    lock: Any = None  # factory.local.instance.lvm_double.exclusive while an LVM pool named `factory` is in this machine's /dev
     namespace: subprocess.Popen | None = None  # holds the instance's mount namespace
     agent: subprocess.Popen | None = None
     agent_env: dict[str, str] = field(default_factory=dict)  # more of the agent's environment (e.g. AWS_DATA_PATH)
@@ -99,7 +99,7 @@ class GrowRig:
         return self.inside(sys.executable, *args)
 
     def _env(self) -> dict[str, str]:
-        from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, scrub_env
+        from factory.local.aws.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, scrub_env
 
         env = dict(os.environ, PYTHONPATH=str(agent_files()), AWS_ACCESS_KEY_ID=LOCAL_ACCESS_KEY, AWS_SECRET_ACCESS_KEY=LOCAL_SECRET_KEY)
         if self.lvm_double is not None:
@@ -121,10 +121,10 @@ class GrowRig:
         import boto3
         from botocore.config import Config
 
-        from factory.local import lvm_double
-        from factory.local.metadata import MetadataService
-        from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
-        from factory.local.volumes import AttachWatcher
+        from factory.local.aws.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
+        from factory.local.instance import lvm_double
+        from factory.local.instance.metadata import MetadataService
+        from factory.local.instance.volumes import AttachWatcher
 
         def client() -> Any:
             # Marked factory-local in the call log: the rig and its watcher stand in for EC2 and
@@ -268,7 +268,7 @@ class GrowRig:
             pass  # already gone
 
     def close(self) -> None:
-        from factory.local import lvm_double
+        from factory.local.instance import lvm_double
 
         self.stop_agent(signal.SIGKILL)
         self.unmount()

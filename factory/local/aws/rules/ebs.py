@@ -28,8 +28,8 @@ import threading
 import time
 from typing import Any
 
-from factory.local.faults import BROKEN_HEADER
-from factory.local.rules import Settings
+from factory.local.aws.faults import BROKEN_HEADER
+from factory.local.aws.rules import Settings
 
 SHARED_SLOTS = 28
 

@@ -22,7 +22,7 @@ import re
 import threading
 from typing import Any
 
-from factory.local.rules import Settings
+from factory.local.aws.rules import Settings
 
 AMI_DATA_TYPE = "aws:ec2:image"
 AMI_ID = re.compile(r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})")

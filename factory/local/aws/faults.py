@@ -30,11 +30,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from factory.errors import LocalCloudError, UsageError
-from factory.local.operations import Call, error_response
+from factory.local.aws.operations import Call, error_response
 
 CONTROL_PATH = "/_factory/faults"
 KINDS = ("error", "throttle", "drop", "broken")
-BROKEN = ("ec2:CreateVolume",)  # what `broken` can break (factory.local.rules.ec2)
+BROKEN = ("ec2:CreateVolume",)  # what `broken` can break (factory.local.aws.rules.ec2)
 # How the layer tells the rule that the call it lets through is to be broken: a request
 # header moto hands to the rule (X-Factory-Broken), set in the WSGI environ.
 BROKEN_HEADER = "X-Factory-Broken"

@@ -1,7 +1,7 @@
 """A loopback HTTP mirror serving the stand-in Miniconda installer to the build host.
 
 The real installer's download site cannot be reached offline. The local cloud serves
-`factory/local/files/Miniconda3-standin-Linux.sh` instead, and passes its URL and sha256
+`factory/local/builder/files/Miniconda3-standin-Linux.sh` instead, and passes its URL and sha256
 to the `miniconda_awscli` role, which downloads and verifies it exactly as it does the
 real, pinned installer. The server is Python's `http.server` in its own session, so it
 outlives the command that started it (`factory local up` ... `factory local down`).
@@ -35,7 +35,7 @@ STATE_FILE = "mirror.json"
 def standin_installer() -> Path:
     """The stand-in installer shipped with factory (package data)."""
     try:
-        path = Path(str(resources.files("factory.local") / "files" / STANDIN_INSTALLER))
+        path = Path(str(resources.files("factory.local.builder") / "files" / STANDIN_INSTALLER))
     except (ModuleNotFoundError, TypeError):
         path = Path(__file__).parent / "files" / STANDIN_INSTALLER
     if not path.is_file():

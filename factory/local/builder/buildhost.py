@@ -178,7 +178,7 @@ class BuildHost:
         """The builder of the next bake: a new instance of the base, not the one the last
         bake changed. Stops this host and starts it again from an empty upper directory
         (every file earlier bakes wrote is gone, so the tree the next bake leaves for its
-        AMI, factory.local.ami_trees, holds that bake's work only), on the same SSH port with
+        AMI, factory.local.builder.ami_trees, holds that bake's work only), on the same SSH port with
         the same keys (the key pair imported into the local cloud stays valid).
 
         Docker's data directory stays: on AWS a builder pulls task images from a registry,
@@ -420,7 +420,7 @@ echo 'stand-in for the journal of {machine_id}' > /var/log/journal/{machine_id}/
         conf = self.path(CONFIG_DIR)
         conf.mkdir(parents=True, mode=0o755)
         (conf / "sshd_config").write_text(
-            "# The throwaway build host's sshd (factory.local.buildhost); loopback only.\n"
+            "# The throwaway build host's sshd (factory.local.builder.buildhost); loopback only.\n"
             f"Port {self.ssh_port}\n"
             "ListenAddress 127.0.0.1\n"
             f"HostKey {HOST_KEY}\n"
@@ -442,7 +442,7 @@ echo 'stand-in for the journal of {machine_id}' > /var/log/journal/{machine_id}/
         default = self.path("/etc/default/docker")
         default.parent.mkdir(parents=True, exist_ok=True)
         default.write_text(
-            "# The throwaway build host's Docker options (factory.local.buildhost): no iptables\n"
+            "# The throwaway build host's Docker options (factory.local.builder.buildhost): no iptables\n"
             "# and no bridge, so it changes nothing in this machine's network.\n"
             f'DOCKER_OPTS="{DOCKER_OPTS} --cgroup-parent={self.cgroup_parent}"\n'
         )

@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from factory.local.rules import Settings
+from factory.local.aws.rules import Settings
 
 # The CreateVolume parameters a retry with the same client token must repeat (and the volume's tags).
 _CREATE_VOLUME_PARAMS = ("Size", "AvailabilityZone", "SnapshotId", "VolumeType", "Encrypted", "KmsKeyId", "Iops", "Throughput",
@@ -236,13 +236,13 @@ def _describe_image_references(self: Any) -> Any:
 
 
 def _drop_tree(ami_id: str) -> None:
-    """The AMI's file tree goes with it (factory.local.ami_trees): what a local instance boots."""
+    """The AMI's file tree goes with it (factory.local.builder.ami_trees): what a local instance boots."""
     import os
 
     where = os.environ.get(ENV_AMI_TREES)
     if where:
         from pathlib import Path
 
-        from factory.local.ami_trees import AmiTrees
+        from factory.local.builder.ami_trees import AmiTrees
 
         AmiTrees(Path(where)).drop(ami_id)

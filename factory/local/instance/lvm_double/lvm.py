@@ -1,4 +1,4 @@
-"""The double's commands: `python -m factory.local.lvm_double.lvm COMMAND ARGS...`.
+"""The double's commands: `python -m factory.local.instance.lvm_double.lvm COMMAND ARGS...`.
 
 Each command takes the arguments lvm2's takes for what the grow pool does (others are
 refused, exit 3, naming the double), prints lvm2's messages and reports, and exits 5
@@ -115,7 +115,7 @@ def parse(argv: list[str], flags: set[str], valued: set[str]) -> tuple[dict[str,
         elif a[:2] in valued and len(a) > 2 and not a.startswith("--"):
             opts[a[:2]] = a[2:]
         elif a.startswith("-"):
-            raise Refused(f"{a}: not an option factory's LVM double implements (factory/local/lvm_double)", status=EINVALID_CMD_LINE)
+            raise Refused(f"{a}: not an option factory's LVM double implements (factory/local/instance/lvm_double)", status=EINVALID_CMD_LINE)
         else:
             args.append(a)
         i += 1

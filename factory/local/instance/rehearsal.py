@@ -1,7 +1,7 @@
 """`factory local run`: rehearse one task on a local instance of its launch template.
 
 The task's current (default) launch template version is launched on the local cloud as
-AWS Batch would launch it (factory.local.instances), then, as Batch and Nextflow do:
+AWS Batch would launch it (factory.local.instance.instances), then, as Batch and Nextflow do:
 
 - IMAGE goes from the user's Docker engine into the instance's (`docker save | docker load`,
   the local stand-in for the pull Batch makes);
@@ -12,7 +12,7 @@ AWS Batch would launch it (factory.local.instances), then, as Batch and Nextflow
 - the container runs CMD while a `factory measure` sampler (factory.disk_sampler) records
   the disk Docker's data root holds;
 - what the grow agent did (each add, its trigger and time, the retries) is said from its
-  journal (factory.local.agent_journal);
+  journal (factory.local.instance.agent_journal);
 - the instance is terminated whatever happens (Ctrl-C and SIGTERM included): volumes go as
   their DeleteOnTermination says, loop devices and processes too.
 
@@ -98,7 +98,7 @@ class RunReport:
 def find_launch_template(ec2: Any, task: str):
     """The task's launch template at its default version (what its compute environment launches)."""
     from factory.aws import aws_errors
-    from factory.local.instances import LaunchTemplate
+    from factory.local.instance.instances import LaunchTemplate
     from factory.register.names import TAG_MANAGED, tag_dict, tasks_from_tags
 
     with aws_errors(f"finding the launch template of task {task}"):
@@ -132,11 +132,11 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
              grow: bool = True, attach_delay: float | None = None, out: Any = None, say: Any = None,
              pool: str = "lvm-xfs") -> RunReport:
     """Launch, run, sample, terminate. `out` gets the command's output; `say` progress lines.
-    `pool`: the grow pool the instance runs, "lvm-xfs" as on AWS or "btrfs" (factory.local.instance_pool)."""
-    from factory.local import agent_journal
-    from factory.local.ami_trees import AmiTrees
+    `pool`: the grow pool the instance runs, "lvm-xfs" as on AWS or "btrfs" (factory.local.instance.instance_pool)."""
+    from factory.local.builder.ami_trees import AmiTrees
     from factory.local.cloud import INSTANCE_ROLE
-    from factory.local.instances import AGENT_UNIT, DEFAULT_ATTACH_DELAY, LocalInstance, RootVolume
+    from factory.local.instance import agent_journal
+    from factory.local.instance.instances import AGENT_UNIT, DEFAULT_ATTACH_DELAY, LocalInstance, RootVolume
 
     out = out or sys.stdout
     say = say or (lambda text: None)
@@ -164,7 +164,7 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
                             f"on this local cloud: run {bake_it} first")
     instance_type = spec.batch.instance_types[0]
     # Without storage.grow Docker's data root is on the root volume, shared with the OS and
-    # what the bake added (factory.local.instances.RootVolume).
+    # what the bake added (factory.local.instance.instances.RootVolume).
     root_volume = None if has_net else RootVolume(device=family.root_device, shared_bytes=_root_share_bytes(tree))
     say(f"launching {instance_type} from {template.name} version {template.version} ({template.image_id})")
     instance = None

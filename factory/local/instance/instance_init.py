@@ -1,10 +1,10 @@
-"""PID 1 of a local instance (factory.local.instances): its root, its /dev, its boot units.
+"""PID 1 of a local instance (factory.local.instance.instances): its root, its /dev, its boot units.
 
-Run by `unshare --mount --pid --fork` as `python -m factory.local.instance_init CONFIG.json`,
+Run by `unshare --mount --pid --fork` as `python -m factory.local.instance.instance_init CONFIG.json`,
 so it is the first process of a new PID namespace and holds a private mount namespace. It:
 
 1. mounts the instance's root: an overlay of this machine's `/` with the instance's own
-   copy of the AMI's tree (what the bake made, kept by factory.local.ami_trees) as its
+   copy of the AMI's tree (what the bake made, kept by factory.local.builder.ami_trees) as its
    upper directory, as an instance's root volume is its own copy of the AMI's snapshot; then /proc, /sys, /tmp, /run and a /dev of its own (a tmpfs with the usual
    nodes, nothing of this machine's disks);
 2. plays udev: every loop device the attach watcher gives the instance appears in its /dev,
@@ -153,7 +153,7 @@ class Init:
         self.sh("mount", "--bind", self.cfg["by_id_dir"], f"{r}/dev/disk/by-id")
         os.makedirs(f"{r}/run/factory-engine", exist_ok=True)
         self.sh("mount", "--bind", self.cfg["engine_dir"], f"{r}/run/factory-engine")
-        if self.cfg.get("lvm_double"):  # factory's LVM double keeps its state here (factory.local.instance_pool)
+        if self.cfg.get("lvm_double"):  # factory's LVM double keeps its state here (factory.local.instance.instance_pool)
             os.makedirs(f"{r}/run/factory-lvm-double", exist_ok=True)
             self.sh("mount", "--bind", self.cfg["lvm_double"], f"{r}/run/factory-lvm-double")
         log("root mounted")

@@ -29,7 +29,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from factory.local.operations import Call
+from factory.local.aws.operations import Call
 
 
 @dataclass(frozen=True)

@@ -6,14 +6,14 @@
 | a job queue takes at most 3 compute environments | any number | CreateJobQueue / UpdateJobQueue refused with more than 3 |
 
 AWS source: Batch User Guide, "AWS Batch service quotas" (each quota is per region and
-cannot be changed). Installed after factory.local.rules.batch, around its methods.
+cannot be changed). Installed after factory.local.aws.rules.batch, around its methods.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from factory.local.rules import Settings
+from factory.local.aws.rules import Settings
 
 ENVIRONMENTS = 50
 QUEUES = 50

@@ -22,7 +22,7 @@ commands, so the pool's code runs unchanged, byte for byte the path AWS runs:
   them): sizes, extents and refusals are lvm2's, the bytes live in the LV's own file;
 - the state (PVs, VGs, LVs) is one JSON file in the double's folder, locked per command.
 
-    from factory.local import lvm_double
+    from factory.local.instance import lvm_double
     if lvm_double.device_mapper_missing():
         env = lvm_double.install(bin_dir, state_dir)   # PATH with the double's commands first
     ...
@@ -57,7 +57,7 @@ def device_mapper_missing() -> str | None:
 
 def repo_root() -> Path:
     """The folder holding the `factory` package (the double's commands import it from there)."""
-    return Path(__file__).resolve().parents[3]
+    return Path(__file__).resolve().parents[4]
 
 
 def install(bin_dir: Path, state_dir: Path, *, seen_bin_dir: str | None = None, seen_state_dir: str | None = None,
@@ -75,8 +75,8 @@ def install(bin_dir: Path, state_dir: Path, *, seen_bin_dir: str | None = None, 
         script = bin_dir / name
         script.write_text(
             "#!/bin/sh\n"
-            "# factory's LVM double (factory/local/lvm_double): lvm2 without device-mapper\n"
-            f"{STATE_ENV}={state} {BIN_ENV}={seen_bin} PYTHONPATH={repo_root()} exec {python} -m factory.local.lvm_double.lvm {name} \"$@\"\n"
+            "# factory's LVM double (factory/local/instance/lvm_double): lvm2 without device-mapper\n"
+            f"{STATE_ENV}={state} {BIN_ENV}={seen_bin} PYTHONPATH={repo_root()} exec {python} -m factory.local.instance.lvm_double.lvm {name} \"$@\"\n"
         )
         script.chmod(0o755)
     return {"PATH": f"{seen_bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"}

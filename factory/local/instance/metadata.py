@@ -49,7 +49,7 @@ class MetadataService:
             import datetime
             import json
 
-            from factory.local.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
+            from factory.local.aws.moto_server import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY
 
             expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=6)
             values["iam/security-credentials/"] = self.role

@@ -4,7 +4,7 @@ On AWS an AMI is its snapshots: every instance launched from it starts from the 
 bake left. moto keeps only the AMI's record, so the local cloud keeps the disk: when a
 bake on the local cloud ends, the build host's overlay upper directory (every file the
 roles created, changed or removed, as overlayfs records it, whiteouts included) is copied
-to `<state_dir>/amis/<ami-id>/`. A local instance of that AMI (factory.local.instances)
+to `<state_dir>/amis/<ami-id>/`. A local instance of that AMI (factory.local.instance.instances)
 mounts it over this machine's `/`, as the build host's own root was mounted.
 
 A tree goes when its AMI is deregistered (the local cloud's AWS layer drops it on a

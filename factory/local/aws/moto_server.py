@@ -1,7 +1,7 @@
 """Start and stop the local cloud's AWS endpoint (moto's server with our layer) on a free loopback port.
 
 Used by the local cloud (`factory local up`) and by the tests, which talk to it over
-real HTTP with boto3. The process runs `factory.local.aws_server`: moto's WSGI app with
+real HTTP with boto3. The process runs `factory.local.aws.aws_server`: moto's WSGI app with
 the rules, paging, faults and call log of `factory.local` around it.
 """
 
@@ -87,7 +87,7 @@ class MotoServer:
         `docker_host` names (a DOCKER_HOST value), else on the one this process's DOCKER_HOST names."""
         require_local_extra()
         port = port or free_port()
-        cmd = [sys.executable, "-m", "factory.local.aws_server", "-H", "127.0.0.1", "-p", str(port)]
+        cmd = [sys.executable, "-m", "factory.local.aws.aws_server", "-H", "127.0.0.1", "-p", str(port)]
         if state_delay is not None:
             cmd += ["--state-delay", str(state_delay)]
         if page_size is not None:
@@ -106,7 +106,7 @@ class MotoServer:
         if docker_host is not None:
             env["DOCKER_HOST"] = docker_host
             env.pop("DOCKER_CONTEXT", None)
-        if ami_trees is not None:  # DeregisterImage drops the AMI's tree there (factory.local.ami_trees)
+        if ami_trees is not None:  # DeregisterImage drops the AMI's tree there (factory.local.builder.ami_trees)
             env["FACTORY_LOCAL_AMI_TREES"] = str(ami_trees)
         try:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir, env=env)

@@ -8,7 +8,7 @@ instance's root is an overlay over this machine's `/`, which has btrfs-progs; so
 - `lvm-xfs` (the default, what AWS instances run): btrfs-progs' commands are hidden from
   the instance's root (overlay whiteouts in its own layer, as if the package were absent),
   so the image's own `auto` picks LVM + XFS; where this kernel has no device-mapper,
-  factory's LVM double (factory/local/lvm_double) is installed in the instance's
+  factory's LVM double (factory/local/instance/lvm_double) is installed in the instance's
   /usr/local/sbin, ahead of lvm2's commands on every unit's PATH, its state in a folder of
   the instance bind-mounted at /run/factory-lvm-double. The pool's code is the image's,
   unchanged; mkfs.xfs, xfs_growfs, blkid and mount are real.
@@ -44,7 +44,7 @@ def arrange(pool: str, upper: Path, state_dir: Path) -> Path | None:
     """Make the instance's root (its own layer, `upper`) run `pool` as the image's `auto`
     would on AWS. Returns the LVM double's state folder (to bind-mount at DOUBLE_STATE and
     release at termination), or None when real lvm2 (or btrfs) runs."""
-    from factory.local import lvm_double
+    from factory.local.instance import lvm_double
 
     if pool not in POOLS:
         raise LocalCloudError(f"--pool {pool}: expected one of {', '.join(POOLS)}")
@@ -89,6 +89,6 @@ def backend_that_ran(journal: str) -> str | None:
 
 def release(state_dir: Path | None) -> list[str]:
     """Detach the LVM double's logical volumes (the instance's mounts must be gone)."""
-    from factory.local import lvm_double
+    from factory.local.instance import lvm_double
 
     return lvm_double.release(state_dir) if state_dir is not None else []
