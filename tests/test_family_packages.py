@@ -28,6 +28,8 @@ CONDITIONAL = {
     "dpkg-query": "image_manifest lists packages with it only where rpm is missing (never on Amazon Linux)",
     "mkfs.btrfs": "the grow pool's btrfs backend: used only where btrfs-progs exists (BtrfsPool.available)",
     "btrfs": "the grow pool's btrfs backend: used only where btrfs-progs exists (BtrfsPool.available)",
+    "journalctl": "generalize rotates the journal only where journald's socket exists, so systemd does (never on AL1's upstart)",
+    "systemctl": "generalize signals journald only where journald's socket exists, so systemd does (never on AL1's upstart)",
 }
 # Commands named by a template: what each stands for.
 TEMPLATED = {

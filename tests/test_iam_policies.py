@@ -100,7 +100,7 @@ def test_the_policies_are_valid_iam_grammar(moto):
 
 def test_the_cli_prints_what_the_config_needs(cli, tmp_path):
     config = tmp_path / "factory.yaml"
-    config.write_text(f"builder:\n  ssh_interface: session_manager\n  instance_profile: factory-builder\n  kms_key: {KEY_ARN}\n")
+    config.write_text(f"builder:\n  subnet: subnet-0123456789abcdef0\n  ssh_interface: session_manager\n  instance_profile: factory-builder\n  kms_key: {KEY_ARN}\n")
     doc = json.loads(cli("iam-policy", "--for", "bake", "--config", config, "--json").stdout)
     assert doc == iam.policy("bake", FULL_BUILDER.__class__(ssh_interface="session_manager", instance_profile="factory-builder", kms_key=KEY_ARN))
     text = cli("iam-policy", "--for", "bake", "--config", config).stdout

@@ -188,6 +188,7 @@ class Jobs:
             docker.run(*args, props.get("image", ""), *command, timeout=120)
         except DockerError as exc:
             pulled = "No such image" in exc.message or "pull access" in exc.message
+            time.sleep(max(0.0, started + self.settings.job_step - time.monotonic()))  # STARTING lasts job_step, a failed start too
             raise Stop(("CannotPullContainerError: " if pulled else "CannotStartContainerError: ") + exc.message) from None
         try:
             while time.monotonic() < started + self.settings.job_step:
