@@ -29,22 +29,8 @@ def _btrfs_missing() -> str | None:
     return _loop_missing() or (None if shutil.which("mkfs.btrfs") else "btrfs-progs is not installed (make system-deps)")
 
 
-def device_mapper_missing() -> str | None:
-    """Why LVM cannot activate a logical volume here, or None when it can."""
-    if _loop_missing():
-        return _loop_missing()
-    if not (shutil.which("lvcreate") and shutil.which("mkfs.xfs")):
-        return "lvm2 and xfsprogs are not installed (make system-deps)"
-    p = subprocess.run(["dmsetup", "targets"], capture_output=True, text=True)
-    if p.returncode != 0 or "linear" not in p.stdout:
-        return ("this kernel has no device-mapper (`dmsetup targets` fails), so LVM cannot activate a logical "
-                "volume; the LVM + XFS backend's tests run on a machine with device-mapper (e.g. an EC2 instance)")
-    return None
-
-
 requires_loop = pytest.mark.skipif(_loop_missing() is not None, reason=_loop_missing() or "")
 requires_btrfs = pytest.mark.skipif(_btrfs_missing() is not None, reason=_btrfs_missing() or "")
-requires_device_mapper = pytest.mark.skipif(device_mapper_missing() is not None, reason=device_mapper_missing() or "")
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ def submit(clients: Any, queue: str, image: str, command: list[str], name: str =
         raise UsageError("give the job's command after `--`, e.g. `factory local submit QUEUE --image IMAGE -- sleep 30`")
     batch = clients.batch()
     with aws_errors(f"reading job queue {queue}"):
-        found = batch.describe_job_queues(jobQueues=[queue]).get("jobQueues", [])
+        found = batch.describe_job_queues(jobQueues=[queue]).get("jobQueues", [])  # one name: one page, no maxResults
     if not found:
         raise UsageError(f"no job queue {queue} on the local cloud: `factory register --cloud local` makes factory-<tier> queues")
     with aws_errors(f"registering job definition {definition_name(image)}"):
@@ -53,7 +53,7 @@ def submit(clients: Any, queue: str, image: str, command: list[str], name: str =
 
 def describe(clients: Any, job_id: str) -> dict[str, Any]:
     with aws_errors(f"describing job {job_id}"):
-        found = clients.batch().describe_jobs(jobs=[job_id])["jobs"]
+        found = clients.batch().describe_jobs(jobs=[job_id])["jobs"]  # one id: one answer (DescribeJobs has no maxResults)
     if not found:
         raise LocalCloudError(f"job {job_id} is not known to the local cloud (was it reset or stopped?)")
     return found[0]
