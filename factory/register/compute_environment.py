@@ -31,7 +31,7 @@ from factory.register.reads import compute_environments
 from factory.register.results import Change, Network
 from factory.register.run import Run
 from factory.register.targets import TierTarget
-from factory.register.waits import batch_standing
+from factory.register.waits import batch_standing, until_all_described
 
 # Allocation strategies that allow infrastructure updates in place; BEST_FIT needs a new environment.
 INFRA_UPDATE_STRATEGIES = ("BEST_FIT_PROGRESSIVE", "SPOT_CAPACITY_OPTIMIZED", "SPOT_PRICE_CAPACITY_OPTIMIZED")
@@ -344,25 +344,11 @@ def wait_until_settled(
     return pending
 
 
-DESCRIBE_NAMES = 100  # DescribeComputeEnvironments takes at most 100 names (Batch API reference)
-
-
 def wait_all(run: Run, batch: Any, pendings: list[Pending]) -> None:
-    """One wait for every environment in `pendings`: each round is one describe of those
-    not settled yet (standing says when one is)."""
-    if not pendings:
-        return
+    """One wait for every environment in `pendings` (waits.until_all_described)."""
     by_name = {p.name: p for p in pendings}
-
-    def check(names: list[str]) -> dict[str, tuple[bool, str]]:
-        found: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(names), DESCRIBE_NAMES):
-            for ce in compute_environments(batch, names[i : i + DESCRIBE_NAMES]):
-                found[ce["computeEnvironmentName"]] = ce
-        return {n: standing(by_name[n], found.get(n)) for n in names}
-
-    what = f"compute environment {pendings[0].name}" if len(by_name) == 1 else f"{len(by_name)} compute environments"
-    run.waiter.until_all(what, list(by_name), check)
+    until_all_described(run.waiter, "compute environment", list(by_name), lambda names: compute_environments(batch, names),
+                        "computeEnvironmentName", lambda n, ce: standing(by_name[n], ce))
 
 
 def standing(pending: Pending, ce: Mapping[str, Any] | None) -> tuple[bool, str]:

@@ -12,7 +12,7 @@ from factory.register.reads import job_queues
 from factory.register.results import Change
 from factory.register.run import Run
 from factory.register.targets import TierTarget
-from factory.register.waits import batch_standing
+from factory.register.waits import batch_standing, until_all_described
 
 
 def find(batch: Any, name: str, known: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
@@ -80,24 +80,11 @@ def wait_until_settled(run: Run, batch: Any, name: str, ce_name: str | None, pri
     wait_all(run, batch, [Pending(name, ce_name, priority, state)])
 
 
-DESCRIBE_NAMES = 100  # DescribeJobQueues takes at most 100 names (Batch API reference)
-
-
 def wait_all(run: Run, batch: Any, pendings: list[Pending]) -> None:
-    """One wait for every queue in `pendings`: each round is one describe of those not settled yet."""
-    if not pendings:
-        return
+    """One wait for every queue in `pendings` (waits.until_all_described)."""
     by_name = {p.name: p for p in pendings}
-
-    def check(names: list[str]) -> dict[str, tuple[bool, str]]:
-        found: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(names), DESCRIBE_NAMES):
-            for q in job_queues(batch, names[i : i + DESCRIBE_NAMES]):
-                found[q["jobQueueName"]] = q
-        return {n: _standing(by_name[n], found.get(n)) for n in names}
-
-    what = f"job queue {pendings[0].name}" if len(by_name) == 1 else f"{len(by_name)} job queues"
-    run.waiter.until_all(what, list(by_name), check)
+    until_all_described(run.waiter, "job queue", list(by_name), lambda names: job_queues(batch, names),
+                        "jobQueueName", lambda n, q: _standing(by_name[n], q))
 
 
 def _standing(pending: Pending, queue: dict[str, Any] | None) -> tuple[bool, str]:

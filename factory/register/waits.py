@@ -82,6 +82,34 @@ class Waiter:
             time.sleep(interval())
 
 
+BATCH_DESCRIBE_NAMES = 100  # DescribeComputeEnvironments and DescribeJobQueues take at most 100 names (Batch API reference)
+
+
+def until_all_described(
+    waiter: Waiter,
+    kind: str,
+    names: list[str],
+    describe: Callable[[list[str]], list[dict[str, Any]]],
+    name_key: str,
+    standing: Callable[[str, dict[str, Any] | None], tuple[bool, str]],
+) -> None:
+    """One wait for Batch resources of one `kind`: each round is one describe (at most 100
+    names a call) of those not settled yet; `standing(name, described or None)` says
+    whether one is and where it stands."""
+    if not names:
+        return
+
+    def check(pending: list[str]) -> dict[str, tuple[bool, str]]:
+        found: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(pending), BATCH_DESCRIBE_NAMES):
+            for item in describe(pending[i : i + BATCH_DESCRIBE_NAMES]):
+                found[item[name_key]] = item
+        return {n: standing(n, found.get(n)) for n in pending}
+
+    unique = list(dict.fromkeys(names))
+    waiter.until_all(f"{kind} {unique[0]}" if len(unique) == 1 else f"{len(unique)} {kind}s", unique, check)
+
+
 def batch_standing(kind: str, name: str, found: list[dict[str, Any]], state: str, hint: str = "") -> str | None:
     """Where a Batch resource (compute environment or job queue) stands, from a describe:
     None once it exists, is VALID and in `state`; else what it waits for. INVALID stops
