@@ -231,7 +231,8 @@ def _draining(region: str, ces: Any, queues: Any, in_use: set[str]) -> list[str]
     out = []
     for q in queues:
         tags = q.get("tags") or {}
-        if tags.get(TAG_MANAGED) == "true" and tags.get(TAG_TIER) not in in_use and q.get("state") == "DISABLED":
+        if tags.get(TAG_MANAGED) == "true" and tags.get(TAG_TIER) not in in_use and q.get("state") == "DISABLED" \
+                and q.get("status") not in ("DELETING", "DELETED"):
             out.append(f"{region}: job queue {q['jobQueueName']} (tier {tags.get(TAG_TIER)}, used by no spec) is disabled and draining: "
                        "`factory prune --apply` deletes it once its jobs have ended")
     for c in ces:
