@@ -15,7 +15,6 @@ import time
 import pytest
 from docker_fixtures import IMAGE, requires_docker
 
-from factory.aws import Clients
 from factory.local.aws import submit
 from factory.local.aws.moto_server import MotoServer
 from factory.register import prune
@@ -24,7 +23,7 @@ from factory.register.waits import Waiter
 from factory.spec import load_specs
 from factory.tiers import tiers_for
 from tests.conftest import SPECS
-from tests.test_register import REGION, Cloud, bake_all, run, with_batch
+from tests.test_register import REGION, Cloud, bake_all, open_account, run, with_batch
 
 pytestmark = requires_docker
 TASK = "star-align"
@@ -39,18 +38,8 @@ def server(docker_engine):
 
 @pytest.fixture
 def cloud(server, monkeypatch):
-    server.reset()
-    for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    clients = Clients(REGION, server.endpoint)
-    iam = clients.client("iam")
-    slr = iam.create_service_linked_role(AWSServiceName="batch.amazonaws.com")["Role"]["Arn"]
-    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
-    iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
-    iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
-    return Cloud(clients, slr, server.endpoint)
+    """test_register's account, on a server whose jobs run on the Docker engine."""
+    return open_account(server, monkeypatch)
 
 
 @pytest.fixture(scope="module")
