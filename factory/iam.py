@@ -212,6 +212,8 @@ def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
                                                        "batch:DeleteComputeEnvironment"], _BATCH_OURS),
             _statement("RetireFactoryLaunchTemplates", ["ec2:DeleteLaunchTemplate"], _LAUNCH_TEMPLATES, _MANAGED),
             _statement("RetireTaskParameters", ["ssm:DeleteParameter"], _TASK_PARAMETERS),
+            # The tiers in use are register's choice: the room it recorded (/factory/tiers/room).
+            _statement("ReadTierRoom", ["ssm:GetParameters"], _TASK_PARAMETERS),
             _statement("DeleteFactoryLaunchTemplateVersions", ["ec2:DeleteLaunchTemplateVersions"], _LAUNCH_TEMPLATES, _MANAGED),
             # Before deregistering: does anything else use the AMI (instances, launch templates,
             # parameters)? DescribeImageReferences takes no resource; EC2 looks with the caller's

@@ -60,13 +60,13 @@ def rollback(
     from factory.register.apply import register_targets
     from factory.register.parameter import history, hold_description, parameter_name
     from factory.register.targets import targets_for
-    from factory.tiers import tiers_for
+    from factory.register.tier_choice import tiers_in_account
 
     if config is None:
         from factory.config import load_config
 
         config = load_config()
-    tiers, _ = tiers_for(list(all_specs), config.max_tiers)
+    tiers, _ = tiers_in_account(list(all_specs), config.max_tiers, cloud.clients)
     target = next((t for t in targets_for(list(all_specs), tiers) if spec.name in t.tasks), None)
     if target is None:
         raise FactoryError(f"task {spec.name} is in no tier; run `factory size --all` to see the tiers")

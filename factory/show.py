@@ -60,11 +60,11 @@ def task_status(spec: Any, all_specs: list[Any], clients: Any, build_root: Path,
     from factory import image_manifest
     from factory.register import find_ami, resource_name, targets_for
     from factory.register.names import tag_dict
-    from factory.tiers import tiers_for
+    from factory.register.tier_choice import tiers_in_account
 
     pool = {s.name: s for s in all_specs}
     pool[spec.name] = spec
-    tiers, _ = tiers_for(list(pool.values()), max_tiers)
+    tiers, _ = tiers_in_account(list(pool.values()), max_tiers, lambda region: clients if region == clients.region else _other(clients, region))
     tier = next((t for t in tiers if spec.name in t.tasks), None)
     if tier is None:
         raise FactoryError(f"task {spec.name} is in no tier; run `factory size --all` to see the tiers")
@@ -265,3 +265,9 @@ def text(st: TaskStatus) -> str:
         row("packages", f"{pk.get('count')} ({pk.get('manager')}); --json lists them")
     lines += [f"  note: {n}" for n in st.notes]
     return "\n".join(lines)
+
+
+def _other(clients: Any, region: str) -> Any:
+    from factory.aws import Clients
+
+    return Clients(region=region, endpoint_url=clients.endpoint_url)

@@ -96,10 +96,10 @@ class StatusReport:
 def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, config: Any = None) -> StatusReport:
     """The status of `specs` (tiers chosen over `all_specs`, as register chooses them)."""
     from factory.register.targets import targets_for
-    from factory.tiers import tiers_for
+    from factory.register.tier_choice import tiers_in_account
 
     max_tiers = getattr(config, "max_tiers", None)
-    tiers, _ = tiers_for(list(all_specs), max_tiers)
+    tiers, _ = tiers_in_account(list(all_specs), max_tiers, cloud.clients)
     targets = {t.tier: t for t in targets_for(list(all_specs), tiers)}
     wanted = [s.name for s in specs]
     tier_of = {task: t for t in targets.values() for task in t.tasks}

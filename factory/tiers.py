@@ -16,8 +16,8 @@ the groups by a second, knapsack-style DP over each group's cost curve.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from factory.errors import UsageError
 
@@ -48,7 +48,7 @@ class Tier:
     volume_gib: int
     tasks: tuple[str, ...]
     group: tuple
-    largest_task: str  # the task whose AMI and plan the tier uses (and whose name it bears)
+    largest_task: str  # the task whose AMI and plan the tier uses (and whose name it bears, unless keep_names kept an older one)
 
     @property
     def group_dict(self) -> dict[str, Any]:
@@ -235,7 +235,8 @@ def choose_tiers(specs_and_plans: Iterable[tuple[Any, Any]], max_tiers: int | No
     raw.sort(key=lambda r: (r[0], repr(r[1])))
     # A tier is named after its largest task: task names are unique, the name survives a
     # resize (a new size is a new launch template version, not a new queue), and it keeps
-    # "one name everywhere": a task alone in its tier has queue factory-<task>.
+    # "one name everywhere": a task alone in its tier has queue factory-<task>. keep_names
+    # then keeps the names the account already has, so a new largest task renames nothing.
     return [Tier(name=largest, volume_gib=vol, tasks=tasks, group=key, largest_task=largest) for vol, key, tasks, largest in raw]
 
 
@@ -275,6 +276,22 @@ def _allocate(keys: Sequence[tuple], curves: list[list[tuple[int, Any]]], max_ti
     # Both bind (several regions, a cap and a full account): each region within its room and
     # its share of the cap. Within both limits; not always the least GiB.
     return per_region({r: min(used[r], space[r]) for r in regions})
+
+
+def keep_names(tiers: Sequence[Tier], existing: Mapping[str, Collection[str]], default_region: str = "") -> list[Tier]:
+    """Stable names: a tier whose tasks include the name of a tier factory already has in
+    its region (`existing`: region -> names, e.g. the account's `factory:tier` queue tags)
+    keeps that name, so a larger spec joining its group does not rename it (nor its queue,
+    which Nextflow configs hold). Among several such names (tiers merged), the first in
+    alphabetical order; a tier with none is named after its largest task. Task names are
+    unique, so the names stay unique."""
+    out = []
+    for tier in tiers:
+        region = tier.group_dict.get("region") or default_region
+        kept = sorted(set(tier.tasks) & set(existing.get(region, ())))
+        name = tier.largest_task if tier.largest_task in kept or not kept else kept[0]
+        out.append(tier if name == tier.name else replace(tier, name=name))
+    return out
 
 
 def provisioned_gib(tiers: Sequence[Tier]) -> int:

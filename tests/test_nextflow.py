@@ -92,20 +92,20 @@ def test_failed_write_keeps_the_old_file(tmp_path):
 
 def test_cli_writes_the_file(cli, tmp_path, specs, tiers):
     out = tmp_path / "nextflow.config"
-    r = cli("nextflow-config", "--specs-dir", SPECS, "--out", out)
+    r = cli("nextflow-config", "--offline", "--specs-dir", SPECS, "--out", out)
     assert r.exit_code == 0, r.stderr
     assert out.read_text() == render_config(specs, tiers)
     assert f"wrote {out}" in r.stderr
 
 
 def test_cli_one_task_to_stdout(cli):
-    r = cli("nextflow-config", "salmon-quant", "--specs-dir", SPECS)
+    r = cli("nextflow-config", "salmon-quant", "--offline", "--specs-dir", SPECS)
     assert r.exit_code == 0, r.stderr
     assert "withName: 'SALMON_QUANT'" in r.stdout and "STAR_ALIGN" not in r.stdout
 
 
 def test_cli_unknown_task_is_a_usage_error(cli):
-    r = cli("nextflow-config", "no-such-task", "--specs-dir", SPECS)
+    r = cli("nextflow-config", "no-such-task", "--offline", "--specs-dir", SPECS)
     assert r.exit_code == 2
     assert "no spec for task 'no-such-task'" in r.stderr
     assert "Traceback" not in r.stderr
@@ -121,7 +121,7 @@ def test_cli_unknown_task_is_a_usage_error(cli):
 )
 def test_cli_unwritable_out_is_a_clear_error(cli, tmp_path, make_out, needle):
     out = make_out(tmp_path)
-    r = cli("nextflow-config", "--specs-dir", SPECS, "--out", out)
+    r = cli("nextflow-config", "--offline", "--specs-dir", SPECS, "--out", out)
     assert r.exit_code == 2, (r.stdout, r.stderr)
     assert needle in r.stderr and str(out) in r.stderr
     assert not [p for p in tmp_path.rglob("*.tmp")]  # no temporary file left behind

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import pytest
@@ -185,26 +184,88 @@ def test_the_local_cloud_keeps_batchs_fixed_quotas(cloud):
         cloud.batch.create_job_queue(jobQueueName="q-50", state="ENABLED", priority=1, computeEnvironmentOrder=order[:1])
 
 
-def test_register_counts_what_the_account_has_and_refuses_before_creating_anything(cloud, specs):
-    """48 job queues of others leave room for two tiers; the specs make three. Today's
-    register created until the 51st queue was refused, half way through."""
+def _nextflow_queues(cli, env) -> dict[str, str]:
+    """Process -> queue, from the nextflow-config the CLI writes for the account (--check: each exists)."""
+    import re
+
+    r = cli("nextflow-config", "--check", "--specs-dir", SPECS, env=env)
+    assert r.exit_code == 0, r.stderr
+    return dict(re.findall(r"withName: '([A-Z_]+)'\s*\{\s*queue = '([^']+)'", r.stdout))
+
+
+def _prune_plan(cli, env) -> list[dict]:
+    import json
+
+    r = cli("prune", "--specs-dir", SPECS, "--json", env=env)
+    assert r.exit_code == 0, r.stderr
+    return [c for region in json.loads(r.stdout).values() for c in region["changes"] if c["resource"] in ("job-queue", "compute-environment")]
+
+
+def test_register_chooses_fewer_tiers_in_a_full_account_and_every_command_follows(cloud, specs, cli):
+    """48 job queues of others leave room for two tiers; the specs want three. register
+    chooses two on its own (the fewest GiB), records it, and nextflow-config, prune, status
+    choose the same two; once the room is back, register splits them again and all follow."""
+    from factory.cloud import Cloud as Where
+    from factory.register.tier_choice import ROOM_PARAMETER
+    from factory.status import task_status
+    from factory.tiers import tiers_for
+
+    assert len(tiers_for(specs)[0]) == 3
     bake_all(cloud, specs)
     _fill(cloud, 1)
     time.sleep(0.5)  # VALID: a queue takes only those
     for i in range(48):
         cloud.batch.create_job_queue(jobQueueName=f"others-{i:02d}", state="ENABLED", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "others-00"}])
+    env = {"AWS_ENDPOINT_URL": cloud.endpoint}
+
+    plan = run(cloud, specs, dry_run=True)
+    assert [t.tier for t in plan.tiers] == ["salmon-quant", "star-align"]
+    assert any("SSM /factory/tiers/room would be set to 2" in n for n in plan.notes), plan.notes
+    with pytest.raises(cloud.clients.ssm().exceptions.ParameterNotFound):
+        cloud.clients.ssm().get_parameter(Name=ROOM_PARAMETER)  # a plan records nothing
+
+    result = run(cloud, specs)
+    assert {t.tier: t.tasks for t in result.tiers} == {"salmon-quant": ("salmon-quant",), "star-align": ("salmon-index", "star-align")}
+    assert any("the specs make 3 tiers" in n and "register chose 2" in n for n in result.notes), result.notes
+    assert cloud.clients.ssm().get_parameter(Name=ROOM_PARAMETER)["Parameter"]["Value"] == "2"
+    assert len(cloud.queues()) == 50 and len([c for c in cloud.ces() if c.startswith("factory-")]) == 2
+
+    # The others read the record, not the account's free room: the same two tiers.
+    assert _nextflow_queues(cli, env) == {"SALMON_INDEX": "factory-star-align", "SALMON_QUANT": "factory-salmon-quant", "STAR_ALIGN": "factory-star-align"}
+    assert _prune_plan(cli, env) == []
+    status = task_status(specs, specs, Where("aws", _clients={"us-east-1": cloud.clients}))
+    assert {t.task: t.tier for t in status.tasks} == {"salmon-index": "star-align", "salmon-quant": "salmon-quant", "star-align": "star-align"}
+    with Calls(cloud.clients, services=("ec2", "batch", "ssm")) as calls:
+        again = run(cloud, specs)
+    assert calls.mutating == [] and [t.tier for t in again.tiers] == ["salmon-quant", "star-align"]
+
+    # Another team frees room (the account's free room grows; nothing follows it but register).
+    for i in range(10):
+        cloud.batch.update_job_queue(jobQueue=f"others-{i:02d}", state="DISABLED")
+    time.sleep(0.5)
+    for i in range(10):
+        cloud.batch.delete_job_queue(jobQueue=f"others-{i:02d}")
+    assert _nextflow_queues(cli, env)["SALMON_INDEX"] == "factory-star-align"
+    grown = run(cloud, specs)
+    assert [t.tier for t in grown.tiers] == ["salmon-index", "salmon-quant", "star-align"]
+    assert cloud.clients.ssm().get_parameter(Name=ROOM_PARAMETER)["Parameter"]["Value"] == "49"
+    assert _nextflow_queues(cli, env) == {"SALMON_INDEX": "factory-salmon-index", "SALMON_QUANT": "factory-salmon-quant", "STAR_ALIGN": "factory-star-align"}
+    assert _prune_plan(cli, env) == []  # the split kept star-align's name: nothing to retire
+
+
+def test_register_refuses_before_creating_anything_when_not_even_one_tier_fits(cloud, specs):
+    bake_all(cloud, specs)
+    _fill(cloud, 1)
+    time.sleep(0.5)
+    for i in range(50):
+        cloud.batch.create_job_queue(jobQueueName=f"others-{i:02d}", state="ENABLED", priority=1, computeEnvironmentOrder=[{"order": 1, "computeEnvironment": "others-00"}])
     with Calls(cloud.clients, services=("ec2", "batch", "ssm")) as calls:
         with pytest.raises(FactoryError) as refused:
             run(cloud, specs)
     message = str(refused.value)
-    assert "us-east-1: the account can hold 2 tiers" in message and "1 environment and 48 queues" in message, message
-    assert "these specs use 3" in message and "max_tiers: 2" in message
-    assert calls.mutating == []  # refused before anything was created
+    assert "us-east-1: the account can hold 0 tiers" in message and "1 environment and 50 queues" in message, message
+    assert "delete compute environments and job queues the account no longer needs" in message
+    assert calls.mutating == []
 
-    # The fix it names: a cap in factory.yaml (every command reads it).
-    result = run(cloud, specs, config=dataclasses.replace(cloud.config(), max_tiers=2))
-    assert len(result.tiers) == 2
-    assert any("the account can hold 2 tiers" in n and "these specs use 2" in n for n in result.notes)
-    assert len(cloud.queues()) == 50 and len(cloud.ces()) == 3
 
 _ = register_tasks  # the entry point these tests drive (through tests.test_register.run)

@@ -168,3 +168,48 @@ def test_a_region_without_room_for_its_groups_is_refused_with_the_fix():
     pairs = [(spec("a"), plan(10)), (spec("b", arch="arm64"), plan(20))]
     with pytest.raises(UsageError, match=r"region us-east-1 has room for 1 tier .*fewer than its 2 tier groups. Fix: delete"):
         choose_tiers(pairs, room={"us-east-1": 1})
+
+
+# ---------------------------------------------------------------------------------------
+# Stable names (issue 22 §1): a tier keeps the name the account already has for it
+
+
+def test_a_larger_spec_joining_a_group_renames_no_tier_the_account_has():
+    from factory.tiers import keep_names
+
+    two = [(spec("small"), plan(100)), (spec("medium"), plan(200))]
+    before = choose_tiers(two, 2)
+    assert [t.name for t in before] == ["small", "medium"]
+    three = two + [(spec("large"), plan(300))]
+    fresh = choose_tiers(three, 2)  # the larger spec joins medium's tier: named after it, it would move
+    assert [(t.name, t.tasks) for t in fresh] == [("small", ("small",)), ("large", ("large", "medium"))]
+    kept = keep_names(fresh, {"us-east-1": {"small", "medium"}})
+    assert [(t.name, t.tasks, t.largest_task, t.volume_gib) for t in kept] == [
+        ("small", ("small",), "small", 100),
+        ("medium", ("large", "medium"), "large", 300),  # the AMI and volume are still the largest task's
+    ]
+    # Only the region's own names count; none there: the largest task's name, as before.
+    assert [t.name for t in keep_names(fresh, {"eu-west-1": {"medium"}})] == ["small", "large"]
+    assert keep_names(fresh, {}) == fresh
+
+
+def test_merged_tiers_keep_the_largest_tasks_name_else_the_first_alphabetically():
+    from factory.tiers import keep_names
+
+    pairs = [(spec("b-small"), plan(100)), (spec("a-medium"), plan(200)), (spec("c-large"), plan(300))]
+    merged = choose_tiers(pairs, 1)
+    assert [t.name for t in keep_names(merged, {"us-east-1": {"b-small", "a-medium", "c-large"}})] == ["c-large"]
+    assert [t.name for t in keep_names(merged, {"us-east-1": {"b-small", "a-medium"}})] == ["a-medium"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=8), st.integers(1, 5), st.sets(st.integers(0, 7)))
+def test_kept_names_are_unique_members_and_change_nothing_else(sizes, k, existing):
+    from factory.tiers import keep_names
+
+    pairs = [(spec(f"t{i}"), plan(s)) for i, s in enumerate(sizes)]
+    tiers = choose_tiers(pairs, k)
+    kept = keep_names(tiers, {"us-east-1": {f"t{i}" for i in existing}})
+    assert len({t.name for t in kept}) == len(kept)
+    for old, new in zip(tiers, kept):
+        assert new.name in new.tasks and dataclasses.replace(new, name=old.name) == old

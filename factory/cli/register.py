@@ -134,11 +134,16 @@ def nextflow_config(
     all_specs: bool = typer.Option(False, "--all", help="Every spec in --specs-dir (the default)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write to FILE (atomically) instead of stdout."),
     check: bool = typer.Option(False, "--check", help="Also check in AWS that each queue is registered."),
+    offline: bool = typer.Option(
+        False, "--offline",
+        help="Choose the tiers from the specs alone, without reading the account: right only while register has not narrowed them "
+             "to the account's room nor kept an older queue name (docs/register.md).",
+    ),
     specs_dir: Path = _SPECS,
     config: Optional[Path] = _CONFIG,
     cloud: str = _CLOUD,
 ) -> None:
-    """Write a Nextflow config sending each task's process to its tier's job queue."""
+    """Write a Nextflow config sending each task's process to its tier's job queue (the tiers as register chose them in the account)."""
     from factory.config import load_config
     from factory.nextflow import queue_for_tasks, queues_exist, render_config, write_atomic
     from factory.spec import find_spec, load_specs
@@ -151,12 +156,19 @@ def nextflow_config(
     # A task outside --specs-dir (or a typo) goes through find_spec for its message.
     selected = [by_name.get(t) or find_spec(t, specs_dir) for t in tasks] if tasks else everything
     settings = load_config(config)
-    tiers, _ = tiers_for(everything, settings.max_tiers)
+    if check and offline:
+        raise UsageError("--check reads the account and --offline does not: give one of them")
+    if offline:
+        tiers, _ = tiers_for(everything, settings.max_tiers)
+    else:
+        from factory.cloud import Cloud
+        from factory.register.tier_choice import tiers_in_account
+
+        where = Cloud.open(cloud)
+        tiers, _ = tiers_in_account(everything, settings.max_tiers, where.clients)
     text = render_config(selected, tiers)
     if check:
-        from factory.cloud import Cloud
-
-        missing = queues_exist(Cloud.open(cloud).clients(selected[0].region), sorted(set(queue_for_tasks(selected, tiers).values())))
+        missing = queues_exist(where.clients(selected[0].region), sorted(set(queue_for_tasks(selected, tiers).values())))
         if missing:
             from factory.errors import FactoryError
 
@@ -198,12 +210,14 @@ def prune(
     settings = load_config(config)
     keep = keep if keep is not None else settings.prune_keep
     really = apply or not dry_run
-    from factory.tiers import tiers_for
+    from factory.register.tier_choice import tiers_in_account
 
     specs = load_specs([specs_dir])
     regions = sorted({s.region for s in specs})
-    in_use = {t.name for t in tiers_for(specs, settings.max_tiers)[0]} if specs else set()
     where = Cloud.open(cloud)
+    # The tiers as register chose them (its recorded room, the queues' names): prune never
+    # retires a tier register made because the account lacked room for more.
+    in_use = {t.name for t in tiers_in_account(specs, settings.max_tiers, where.clients)[0]} if specs else set()
     hours = builder_hours if builder_hours is not None else settings.prune_builder_hours
     results = [
         (region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs}, builder_hours=hours, force=force))

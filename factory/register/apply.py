@@ -15,7 +15,7 @@ from typing import Any
 from factory.aws import Clients
 from factory.config import FactoryConfig
 from factory.errors import FactoryError, UsageError
-from factory.register import ami, capacity, compute_environment, fanout, job_queue, launch_template, parameter
+from factory.register import ami, compute_environment, fanout, job_queue, launch_template, parameter, tier_choice
 from factory.register.network import resolve_network, resolve_role
 from factory.register.region_reads import RegionReads
 from factory.register.results import Change, RegisterResult, TierResult
@@ -219,22 +219,20 @@ def register_tasks(
         config = load_config()
     if not specs:
         raise UsageError("no tasks to register: name a TASK or pass --all")
-    from factory.tiers import tiers_for
-
     if all_specs is None:
         all_specs = _sibling_specs(specs)
-    tiers, _ = tiers_for(all_specs, config.max_tiers)
-    # The account's room under Batch's fixed quotas, region by region (register.capacity):
-    # read once, and the same reads serve the register itself.
+    # The tiers within the account's room under Batch's fixed quotas, with the names its
+    # queues already have (register.tier_choice): read once per region, and the same reads
+    # serve the register itself.
     reads: dict[str, RegionReads] = {}
-    capacities = []
-    for region in sorted({t.group_dict.get("region") or clients.region for t in tiers}):
+    for region in sorted({s.region or clients.region for s in all_specs}):
         cl = clients if region == clients.region else Clients(region=region, endpoint_url=clients.endpoint_url)
         reads[region] = RegionReads(cl)
-        in_region = [t for t in tiers if (t.group_dict.get("region") or clients.region) == region]
-        room = capacity.of(reads[region], region, {t.name for t in in_region})
-        capacity.check(room, len(in_region))
-        capacities.append(room.text(len(in_region)))
+    choice = tier_choice.for_register(all_specs, config.max_tiers, reads, clients.region or "")
+    tiers = choice.tiers
+    if not dry_run:  # first: what register makes next is what the others then choose (prune never retires it)
+        for region, value in sorted(choice.record.items()):
+            tier_choice.write_record(reads[region].clients.ssm(), value, region)
     pool = {s.name: s for s in all_specs}
     pool.update({s.name: s for s in specs})
     wanted = {s.name for s in specs}
@@ -248,7 +246,11 @@ def register_tasks(
         targets, clients, ami_overrides, dry_run, config=config, wait_timeout=wait_timeout, poll=poll, progress=progress,
         image_target=image_target, yield_to_hold=yield_to_hold, reads=reads,
     )
-    result.notes.extend(capacities)
+    result.notes.extend(choice.notes)
+    result.notes.extend(
+        f"{region}: SSM {tier_choice.ROOM_PARAMETER} {'would be' if dry_run else 'is'} set to {value} (the tiers register chose there)"
+        for region, value in sorted(choice.record.items())
+    )
     return result
 
 

@@ -5,12 +5,9 @@ cannot be raised (Batch User Guide, "AWS Batch service quotas"). A tier is one e
 and one queue, and a blue/green replacement needs a second environment for a while, so a
 region holds at most 49 tiers (factory.tiers.REGION_TIERS: what `factory size` plans for),
 fewer when the account has other environments or queues there. register counts them before
-it creates anything: tiers that do not fit are refused up front, with how many do, rather
-than failing at the 51st create half way through.
-
-Tiers are chosen the same way by every command (size, register, nextflow-config, prune),
-without reading the account: a smaller cap for a fuller account goes in factory.yaml
-(`tiers.max_tiers`), where all of them read it.
+it creates anything and chooses as many tiers as fit (register.tier_choice, which records
+the choice for the other commands); when not even one fits it refuses up front, rather than
+failing at the 51st create half way through.
 """
 
 from __future__ import annotations
@@ -67,7 +64,6 @@ def check(capacity: Capacity, wanted: int) -> None:
     if wanted <= capacity.tiers:
         return
     raise FactoryError(
-        f"{capacity.text(wanted)}. Fix: set `tiers: {{max_tiers: {max(1, capacity.tiers)}}}` in factory.yaml (size, register, "
-        "nextflow-config and prune all read it), run `factory prune --apply` to retire tiers no spec uses, or delete compute "
-        "environments and job queues the account no longer needs there"
+        f"{capacity.text(wanted)}. Fix: delete compute environments and job queues the account no longer needs there, "
+        "or run `factory prune --apply` to retire tiers no spec uses"
     )
