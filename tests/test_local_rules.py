@@ -234,6 +234,14 @@ def test_create_volume_with_a_client_token_it_has_seen_answers_the_same_volume(a
     made = [v["VolumeId"] for p in ec2.get_paginator("describe_volumes").paginate(
         Filters=[{"Name": "tag:factory:grow", "Values": ["true"]}]) for v in p["Volumes"]]
     assert sorted(made) == sorted({first, other, *untokened})
+    # Deleted, the token still answers the original volume (AWS: "the result of the original
+    # request is returned"), as it stands now; never a new volume.
+    ec2.delete_volume(VolumeId=first)
+    after = ec2.create_volume(ClientToken="grow-i-1-1-10", **ask)
+    assert (after["VolumeId"], after["State"]) == (first, "deleted")
+    still = [v["VolumeId"] for p in ec2.get_paginator("describe_volumes").paginate(
+        Filters=[{"Name": "tag:factory:grow", "Values": ["true"]}]) for v in p["Volumes"]]
+    assert sorted(still) == sorted({other, *untokened})
 
 
 def test_batch_calls_on_an_arn_are_known_to_faults_and_the_call_log(aws, server):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -97,6 +98,17 @@ def test_an_ami_roll_finishes_while_old_instances_drain_and_is_not_updated_again
     (said,) = [c for c in deferred.for_task("salmon-quant").changes if c.resource == "compute-environment"]
     assert f"not sent: {name} is UPDATING" in said.reason and "again once it is VALID" in said.reason
     assert _parameter(cloud, "salmon-quant") == new_ami
+
+    # A queue change (here its priority) while the environment is UPDATING: UpdateJobQueue
+    # names the environment, which AWS (and the local cloud) takes only VALID, so it is not
+    # sent either; the run says so instead of failing on the refusal.
+    with Calls(cloud.clients, services=("ec2", "batch", "ssm")) as calls:
+        later = run(cloud, specs, config=cloud.config(queue_priority=5), ami_overrides={"salmon-quant": new_ami}, wait_timeout=20)
+    sent = {p["jobQueue"] for p in calls.of("UpdateJobQueue")}
+    assert later.for_task("salmon-quant").job_queue not in sent and len(sent) == 2  # the other tiers' environments are VALID
+    (queue,) = [c for c in later.for_task("salmon-quant").changes if c.resource == "job-queue"]
+    assert queue.action == "deferred" and "priority 1 -> 5" in queue.reason and f"{name} is UPDATING" in queue.reason, queue
+    assert cloud.queues()[later.for_task("salmon-quant").job_queue]["priority"] == 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,6 +278,37 @@ def test_register_refuses_before_creating_anything_when_not_even_one_tier_fits(c
     assert "us-east-1: the account can hold 0 tiers" in message and "1 environment and 50 queues" in message, message
     assert "delete compute environments and job queues the account no longer needs" in message
     assert calls.mutating == []
+
+
+# ---------------------------------------------------------------------------------------
+# §1: a tier's name (its queue's, which Nextflow configs hold) does not move
+
+
+def test_a_larger_spec_joining_a_tier_does_not_rename_its_queue(cloud, specs):
+    from factory.register import prune
+    from factory.register.tier_choice import tiers_in_account
+    from factory.tiers import tiers_for
+
+    by_name = {s.name: s for s in specs}
+    index, star = by_name["salmon-index"], by_name["star-align"]
+    xl = dataclasses.replace(star, name="star-align-xl", storage=dataclasses.replace(star.storage, max_input_gib=1.2 * star.storage.max_input_gib))
+    config = dataclasses.replace(cloud.config(), max_tiers=2)
+    amis = bake_all(cloud, [index, star, xl])
+    first = run(cloud, [index, star], config=config)
+    assert [t.tier for t in first.tiers] == ["salmon-index", "star-align"]
+    # Named after its largest task, star-align's tier would now be star-align-xl's: a new queue.
+    assert [t.name for t in tiers_for([index, star, xl], 2)[0]] == ["salmon-index", "star-align-xl"]
+
+    second = run(cloud, [index, star, xl], config=config)
+    tier = second.for_task("star-align-xl")
+    assert (tier.tier, tier.tasks, tier.job_queue) == ("star-align", ("star-align", "star-align-xl"), "factory-star-align")
+    assert tier.ami_id == amis["star-align-xl"]  # the tier runs on its largest task's AMI, as before
+    assert {q for q in cloud.queues() if q.startswith("factory-")} == {"factory-salmon-index", "factory-star-align"}
+    # Every other command names it the same way: prune retires nothing.
+    in_use = {t.name for t in tiers_in_account([index, star, xl], 2, lambda _region: cloud.clients)[0]}
+    assert in_use == {"salmon-index", "star-align"}
+    pruned = prune(cloud.clients, dry_run=True, tiers_in_use=in_use)
+    assert [c for c in pruned.changes if c.resource in ("job-queue", "compute-environment")] == []
 
 
 _ = register_tasks  # the entry point these tests drive (through tests.test_register.run)

@@ -98,7 +98,7 @@ def register_targets(
 
     def queues(t: _Tier) -> None:
         assert t.ce is not None
-        t.queue_pending = job_queue.reconcile(run, t.clients.batch(), t.target, t.queue, t.ce.name, t.ce.arn, t.changes)
+        t.queue_pending = job_queue.reconcile(run, t.clients.batch(), t.target, t.queue, t.ce.name, t.ce.arn, t.changes, ce_busy=t.ce.busy)
 
     def leftovers(t: _Tier) -> None:
         assert t.ce is not None

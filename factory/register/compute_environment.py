@@ -90,6 +90,13 @@ class Outcome:
     olds: list[dict[str, Any]]  # environments to retire once the queue has moved
     pending: Pending | None = None  # what to wait for (None: nothing was sent)
     deferred: bool = False  # an update was due but not sent: the environment is still UPDATING
+    updating: bool = False  # found UPDATING (an earlier infrastructure update still rolling)
+
+    @property
+    def busy(self) -> str | None:
+        """UPDATING while an infrastructure update rolls (found so, or sent by this run and
+        accepted as rolling): AWS puts no queue in front of it until it is VALID again."""
+        return "UPDATING" if self.updating or (self.pending is not None and self.pending.rolling) else None
 
 
 def desired(run: Run, target: TierTarget, region: Region, lt_name: str, lt_version: int) -> dict[str, Any]:
@@ -293,7 +300,7 @@ def reconcile(
     else:
         changes.append(Change("compute-environment", name, "unchanged", f"launch template v{lt['version']}, settings match"))
     run.sync_batch_tags(batch, "compute-environment", name, arn, current.get("tags"), target.tags, changes)
-    return Outcome(name, arn, retire, pending, deferred)
+    return Outcome(name, arn, retire, pending, deferred, updating=busy is not None)
 
 
 def rolling_text(policy: Mapping[str, Any]) -> str:

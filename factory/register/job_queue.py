@@ -41,11 +41,29 @@ class Pending:
     state: str = "ENABLED"
 
 
-def reconcile(run: Run, batch: Any, target: TierTarget, queue: dict[str, Any] | None, ce_name: str, ce_arn: str | None, changes: list[Change]) -> Pending | None:
-    """Sends what the tier's queue needs and returns at once: what to wait for, if anything."""
+def reconcile(
+    run: Run, batch: Any, target: TierTarget, queue: dict[str, Any] | None, ce_name: str, ce_arn: str | None, changes: list[Change],
+    ce_busy: str | None = None,
+) -> Pending | None:
+    """Sends what the tier's queue needs and returns at once: what to wait for, if anything.
+    `ce_busy`: the environment is UPDATING (an image roll draining old instances, for up to
+    the update policy's timeout); a queue create or update names it in
+    computeEnvironmentOrder, which AWS takes only for VALID environments, so the change is
+    deferred to a later run and said so, never sent to be refused."""
     name = target.name
     priority = run.config.batch.queue_priority
     order = [{"order": 1, "computeEnvironment": ce_arn or ce_name}]
+
+    def defer(what: str) -> None:
+        changes.append(Change(
+            "job-queue", name, "deferred",
+            f"not sent: {what}, but compute environment {ce_name} is {ce_busy} and AWS puts only VALID environments in a queue. "
+            "Run `factory register` again once it is VALID",
+        ))
+
+    if queue is None and ce_busy:
+        defer(f"new, in front of {ce_name}")
+        return None
     if queue is None:
         changes.append(Change("job-queue", name, "create", f"new, in front of {ce_name}"))
         if not run.dry_run:
@@ -62,7 +80,9 @@ def reconcile(run: Run, batch: Any, target: TierTarget, queue: dict[str, Any] | 
     if int(queue.get("priority", priority)) != priority:
         diffs.append(f"priority {queue.get('priority')} -> {priority}")
     pending = None
-    if diffs:
+    if diffs and ce_busy:
+        defer("; ".join(diffs))
+    elif diffs:
         changes.append(Change("job-queue", name, "update", "; ".join(diffs)))
         if not run.dry_run:
             with aws_errors(f"updating job queue {name}"):

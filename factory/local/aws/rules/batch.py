@@ -86,6 +86,14 @@ class _Lifecycle:
     def lingering(self, env: Any) -> bool:
         return any(env in t.lingering for t in self.by_arn.values())
 
+    def forget(self, region: str, account: str) -> None:
+        """Drop every transition of one region's resources (moto's reset forgot them): no
+        DELETING's clean-up runs later on the reset backend, no UPDATING waits for a resource
+        that is gone."""
+        marker = f":batch:{region}:{account}:"
+        for arn in [a for a in self.by_arn if marker in a]:
+            del self.by_arn[arn]
+
 
 def install(settings: Settings) -> None:
     from moto.batch import models, responses
@@ -259,6 +267,15 @@ def install(settings: Settings) -> None:
                 raise ClientException(f"Cannot delete job queue {queue.name}: its state is {queue.state}; update it to DISABLED first")
             jobs.queue_deleted(queue)  # DeleteJobQueue: "all jobs in the queue are eventually terminated"
             life.start(queue.arn, "DELETING", then=lambda: original["delete_job_queue"](self, queue.arn))
+
+    reset_backend = backend.reset
+
+    def reset(self: Any) -> None:  # moto's /moto-api/reset: forget the transitions with the resources
+        with _lock:
+            life.forget(self.region_name, self.account_id)
+        reset_backend(self)
+
+    backend.reset = reset
 
     for fn in (create_compute_environment, describe_compute_environments, update_compute_environment, delete_compute_environment,
                create_job_queue, describe_job_queues, update_job_queue, delete_job_queue):

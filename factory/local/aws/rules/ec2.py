@@ -6,7 +6,7 @@
 | version numbers keep counting after a deletion | numbers are list positions | numbers are kept with each version, so a deletion shifts nothing |
 | `CreateTags`/`DeleteTags` on a launch template show in `DescribeLaunchTemplates` | keeps the tags it was created with | reads the tags as they are now |
 | `DeregisterImage` with `DeleteAssociatedSnapshots` deletes the AMI's snapshots and reports each | ignores the parameter | deletes them and answers `DeleteSnapshotResults` |
-| `CreateVolume` with a `ClientToken` it has seen answers the volume it made then; with other parameters, `IdempotentParameterMismatch` | ignores the token: every retry makes a new volume | answers the first call's volume, or the mismatch error |
+| `CreateVolume` with a `ClientToken` it has seen answers the volume it made then (its state now: `deleted` once it is deleted); with other parameters, `IdempotentParameterMismatch` | ignores the token: every retry makes a new volume | answers the first call's volume (`deleted` when it is gone), or the mismatch error |
 | `DeleteSecurityGroup` fails `DependencyViolation` while an instance that is not terminated (stopped included) is in the group | deletes it | refuses with `DependencyViolation` until every such instance is terminated |
 | `DeleteSnapshot` right after `DeregisterImage` can fail `InvalidSnapshot.InUse` for a while (now and then) | deletes at once | with `snapshot_release_delay` > 0 (off by default: Packer 1.6.6 relies on the race being rare), the snapshot stays in use that long |
 | `DescribeImageReferences` lists the account's instances, launch templates (the newest `version-depth` versions, 10 by default) and SSM parameters that name each of at most 10 AMIs | not implemented (HTTP 500) | answers from moto's instances (the `state-name` option's states, all by default), launch template versions and parameters' current values, as `ImageReferences`; more than 10 AMIs is `InvalidParameterValue` |
@@ -155,9 +155,20 @@ def install(settings: Settings) -> None:
 
     EC2Backend.delete_security_group = delete_security_group
 
-    # CreateVolume's client token: a retried call (its first answer lost) gets the same volume.
-    made_by_token: dict[tuple[str, str, str], tuple[str, tuple[Any, ...]]] = {}  # (account, region, token) -> (volume id, request)
+    # CreateVolume's client token: a retried call (its first answer lost) gets the same volume,
+    # also once that volume is deleted: "the result of the original request is returned"
+    # (EC2 developer guide, "Ensuring idempotency in Amazon EC2 API requests"), with its
+    # state now: `deleted`, never a new volume.
+    made_by_token: dict[tuple[str, str, str], tuple[Any, tuple[Any, ...]]] = {}  # (account, region, token) -> (volume, request)
     original_create_volume = ElasticBlockStore.create_volume
+    from moto.ec2.models.elastic_block_store import Volume
+
+    volume_status = Volume.status
+
+    def status(self: Any) -> str:
+        return "deleted" if getattr(self, "deleted_for_token", False) else volume_status.fget(self)
+
+    Volume.status = property(status)
 
     def create_volume(self: Any) -> Any:
         token = self._get_param("ClientToken")
@@ -166,15 +177,15 @@ def install(settings: Settings) -> None:
         key = (self.current_account, self.region, token)
         request = tuple(self._get_param(name) for name in _CREATE_VOLUME_PARAMS) + (tuple(sorted(self._parse_tag_specification().get("volume", {}).items())),)
         if key in made_by_token:
-            volume_id, first = made_by_token[key]
+            volume, first = made_by_token[key]
             if first != request:
                 raise EC2ClientError("IdempotentParameterMismatch",
                                      f"The client token {token} was used with other parameters by an earlier CreateVolume.")
-            volume = self.ec2_backend.volumes.get(volume_id)
-            if volume is not None:
-                return ActionResult(volume)
+            if self.ec2_backend.volumes.get(volume.id) is not volume:
+                volume.deleted_for_token = True  # gone from the account: the original answer, as it stands now
+            return ActionResult(volume)
         result = original_create_volume(self)
-        made_by_token[key] = (result.result.id, request)
+        made_by_token[key] = (result.result, request)
         return result
 
     ElasticBlockStore.create_volume = create_volume
