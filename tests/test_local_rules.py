@@ -381,3 +381,20 @@ def test_a_fault_for_one_caller_spares_the_others(aws, server):
     assert code(exc.value) == "InjectedFault"
     assert server.calls_by() == [("other", "ec2:DescribeVpcs"), ("command:bake", "ec2:DescribeVpcs")]
     assert faults.armed(server.endpoint) == []
+
+
+def test_a_moto_reset_forgets_the_batch_transitions_of_its_region():
+    """moto's reset drops every resource; the transitions the Batch rules keep by ARN go with
+    them (rules.batch installs this on BatchBackend.reset), so no DELETING clean-up or
+    UPDATING outlives the reset."""
+    from factory.local.aws.rules import Settings
+    from factory.local.aws.rules.batch import _Lifecycle
+
+    life = _Lifecycle(Settings())
+    here = "arn:aws:batch:us-east-1:123456789012:compute-environment/factory-a"
+    queue = "arn:aws:batch:us-east-1:123456789012:job-queue/factory-a"
+    there = "arn:aws:batch:eu-west-1:123456789012:compute-environment/factory-a"
+    for arn in (here, queue, there):
+        life.start(arn, "UPDATING", 600)
+    life.forget("us-east-1", "123456789012")
+    assert (life.status(here), life.status(queue), life.status(there)) == ("VALID", "VALID", "UPDATING")

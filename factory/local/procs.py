@@ -2,7 +2,9 @@
 
 moto's server, the mirror and the build host each start a process group of their own;
 these are the one copy of how factory finds a port for them, tells whether they still
-run (a zombie does not), and stops them (SIGTERM, a grace period, then SIGKILL).
+run (a zombie does not), and stops them (SIGTERM, a grace period, then SIGKILL). The build
+host and each local instance boot an init of theirs in new mount and PID namespaces
+(start_init, child_of).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -51,3 +54,26 @@ def stop_group(pid: int, grace: float = 5.0) -> None:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def start_init(argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`argv` (a machine's init) in new mount and PID namespaces, where it is PID 1
+    (`unshare --mount --pid --fork --propagation private`), in a session of its own, its
+    output appended to `log_path`. The init's own PID, seen from here: child_of(proc.pid)."""
+    log = open(log_path, "ab")
+    try:
+        return subprocess.Popen(
+            ["unshare", "--mount", "--pid", "--fork", "--propagation", "private", *argv],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env,
+        )
+    finally:
+        log.close()
+
+
+def child_of(pid: int) -> int | None:
+    """The first child of `pid` (unshare --fork's: the init), None while it has none."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except FileNotFoundError:
+        return None
+    return int(children[0]) if children else None

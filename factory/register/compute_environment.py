@@ -409,14 +409,12 @@ def retire(
             retired_ms = live_jobs.tag_ms(stamp)
         holders = live_jobs.placed_before(batch, list(queues), retired_ms)
         if holders and not force:
-            changes.append(Change(
-                "compute-environment", name, "drain",
+            live_jobs.drain(
+                run.dry_run, changes, "compute-environment", name,
                 f"{why}; {live_jobs.named(holders)} may still run on it, so it is disabled and out of every queue "
                 "(no new jobs), and the next `factory register` deletes it once they have ended",
-            ))
-            if not run.dry_run and ce.get("state") != "DISABLED":
-                with aws_errors(f"disabling compute environment {name}"):
-                    batch.update_compute_environment(computeEnvironment=name, state="DISABLED")
+                ce.get("state"), lambda n=name: batch.update_compute_environment(computeEnvironment=n, state="DISABLED"),
+            )
             continue
         changes.append(Change("compute-environment", name, "delete", why + (f"; --force: terminates {live_jobs.named(holders)}" if holders else "")))
         if run.dry_run:

@@ -21,6 +21,7 @@ factory disables what it retires, and deletes it only once no job needs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -85,3 +86,15 @@ def placed_before(batch: Any, queues: list[str], retired_ms: int | None) -> list
     if retired_ms is None:
         return jobs
     return [j for j in jobs if j.created_ms < retired_ms + 1000]
+
+
+def drain(dry_run: bool, changes: list[Any], resource: str, name: str, reason: str, state: str | None, disable: Callable[[], Any]) -> None:
+    """What factory does with a queue or an environment jobs still need: say so (action
+    `drain`, with `reason`), and disable it (`disable()`: no new jobs) unless it already is
+    or this is a dry run. It is deleted by a later run, once nothing needs it."""
+    from factory.register.results import Change
+
+    changes.append(Change(resource, name, "drain", reason))
+    if not dry_run and state != "DISABLED":
+        with aws_errors(f"disabling {resource.replace('-', ' ')} {name}"):
+            disable()

@@ -165,14 +165,12 @@ def _retire_tiers(
                 jobs = held[name]
                 if not jobs:
                     continue
-                changes.append(Change(
-                    "job-queue", name, "drain",
+                live_jobs.drain(
+                    run.dry_run, changes, "job-queue", name,
                     f"{why}, but {live_jobs.named(jobs)} still need it: disabled (no new jobs), deleted with its tier by a later prune once "
                     "they have ended (--force deletes it now, and AWS terminates them)",
-                ))
-                if not run.dry_run and q.get("state") != "DISABLED":
-                    with aws_errors(f"disabling job queue {name}"):
-                        batch.update_job_queue(jobQueue=name, state="DISABLED")
+                    q.get("state"), lambda n=name: batch.update_job_queue(jobQueue=n, state="DISABLED"),
+                )
             continue
         gone.append(tier)
         for q in tier_queues:

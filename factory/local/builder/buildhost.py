@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from factory.errors import LocalCloudError
-from factory.local.procs import free_port, pid_alive
+from factory.local.procs import child_of, free_port, pid_alive, start_init
 
 STATE_FILE = "buildhost.json"
 FRESH_FILE = "fresh"  # present from (re)start until a build is lent the host
@@ -229,16 +229,7 @@ class BuildHost:
             "sshd_config": f"{CONFIG_DIR}/sshd_config",
         }
         (state_dir / "init.json").write_text(json.dumps(config, indent=2))
-        log = open(self.log_file, "ab")
-        try:
-            proc = subprocess.Popen(
-                ["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
-                 sys.executable, str(init_py), str(state_dir / "init.json")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True,
-            )
-        finally:
-            log.close()
+        proc = start_init([sys.executable, str(init_py), str(state_dir / "init.json")], self.log_file)
         self.pid = proc.pid
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -248,14 +239,14 @@ class BuildHost:
                     + _tail(self.log_file)
                 )
             if not self.init_pid:
-                self.init_pid = _child_of(proc.pid) or 0
+                self.init_pid = child_of(proc.pid) or 0
             if (state_dir / "ready").exists() and _port_open(self.ssh_port):
                 self._save()
                 self.boot()
                 (state_dir / FRESH_FILE).touch()
                 return self
             time.sleep(0.1)
-        self.init_pid = self.init_pid or (_child_of(proc.pid) or 0)
+        self.init_pid = self.init_pid or (child_of(proc.pid) or 0)
         self.stop()
         raise LocalCloudError(
             f"the build host did not come up within {timeout:.0f}s; see {self.log_file}:\n" + _tail(self.log_file)
@@ -488,14 +479,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
-
-
-def _child_of(pid: int) -> int | None:
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except FileNotFoundError:
-        return None
-    return int(children[0]) if children else None
 
 
 def _tail(path: Path, lines: int = 20) -> str:

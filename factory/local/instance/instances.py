@@ -37,7 +37,7 @@ from typing import Any
 
 from factory.errors import LocalCloudError
 from factory.local.docker_engine import SOCKET_LINKS, UNIX_PATH_MAX  # an engine socket too deep is reached through a short link
-from factory.local.procs import pid_alive
+from factory.local.procs import child_of, pid_alive, start_init
 
 AGENT_UNIT = "factory-grow-agent.service"
 GROW_CONFIG = "/etc/factory/grow.json"
@@ -219,20 +219,14 @@ class LocalInstance:
             "cgroup_parent": self.cgroup_parent, "masked": [] if grow else [AGENT_UNIT], "unit_env": unit_env,
         }
         (self.workdir / "init.json").write_text(json.dumps(cfg, indent=2))
-        log = open(self.journal_dir / "init.log", "ab")
-        try:
-            self.proc = subprocess.Popen(
-                ["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
-                 sys.executable, "-m", "factory.local.instance.instance_init", str(self.workdir / "init.json")],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3])),
-            )
-        finally:
-            log.close()
+        self.proc = start_init(
+            [sys.executable, "-m", "factory.local.instance.instance_init", str(self.workdir / "init.json")],
+            self.journal_dir / "init.log", env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[3])),
+        )
         deadline = time.monotonic() + BOOT_TIMEOUT
         while time.monotonic() < deadline:
             if not self.init_pid:
-                self.init_pid = _child_of(self.proc.pid) or 0
+                self.init_pid = child_of(self.proc.pid) or 0
             if (self.workdir / "ready").exists():
                 ready = json.loads((self.workdir / "ready").read_text() or "{}")
                 if ready.get("root_volume"):
@@ -317,11 +311,3 @@ def _copy_tree(tree: Path, dest: Path) -> None:
 
 def _mounts() -> list[str]:
     return [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
-
-
-def _child_of(pid: int) -> int | None:
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except FileNotFoundError:
-        return None
-    return int(children[0]) if children else None
