@@ -99,7 +99,8 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
     from factory.register.tier_choice import tiers_in_account
 
     max_tiers = getattr(config, "max_tiers", None)
-    tiers, _ = tiers_in_account(list(all_specs), max_tiers, cloud.clients)
+    reads: dict[str, Any] = {}  # each region read once, for the tier choice and the status
+    tiers, _ = tiers_in_account(list(all_specs), max_tiers, cloud.clients, reads=reads)
     targets = {t.tier: t for t in targets_for(list(all_specs), tiers)}
     wanted = [s.name for s in specs]
     tier_of = {task: t for t in targets.values() for task in t.tasks}
@@ -111,7 +112,7 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
     draining: list[str] = []
     for region, region_targets in by_region.items():
         unique = list({t.tier: t for t in region_targets}.values())
-        statuses, held = _region_status(region, unique, cloud, builder_hours, in_use=set(targets))
+        statuses, held = _region_status(region, unique, cloud, builder_hours, in_use=set(targets), reads=reads.get(region))
         draining += held
         for status in statuses:
             if status.task in wanted:
@@ -120,7 +121,7 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
 
 
 def _region_status(
-    region: str, targets: list[Any], cloud: Any, builder_hours: float = 6.0, in_use: set[str] | None = None
+    region: str, targets: list[Any], cloud: Any, builder_hours: float = 6.0, in_use: set[str] | None = None, reads: Any = None
 ) -> tuple[list[TaskStatus], list[str]]:
     from factory.image_identity import expected_image_hash
     from factory.register.parameter import held as parameter_held
@@ -129,7 +130,7 @@ def _region_status(
 
     clients = cloud.clients(region)
     ec2 = clients.ec2()
-    reads = RegionReads(clients)
+    reads = reads or RegionReads(clients)
     ces = {c["computeEnvironmentName"]: c for c in reads.compute_environments()}
     ce_by_arn = {c["computeEnvironmentArn"]: c for c in ces.values()}
     queues = reads.queues()

@@ -213,3 +213,20 @@ def test_kept_names_are_unique_members_and_change_nothing_else(sizes, k, existin
     assert len({t.name for t in kept}) == len(kept)
     for old, new in zip(tiers, kept):
         assert new.name in new.tasks and dataclasses.replace(new, name=old.name) == old
+
+
+def test_every_command_chooses_within_the_room_register_recorded_with_the_accounts_names():
+    """factory.register.tier_choice.choose: what nextflow-config, prune, status, show and
+    rollback use, from what the account says (no AWS here)."""
+    from factory.register.tier_choice import AccountTiers, choose
+
+    pairs = [(spec("small"), plan(100)), (spec("medium"), plan(200)), (spec("large"), plan(300))]
+    unrecorded = AccountTiers("us-east-1", None, frozenset())
+    assert [t.name for t in choose(pairs, None, {"us-east-1": unrecorded})] == ["small", "medium", "large"]
+    recorded = AccountTiers("us-east-1", 2, frozenset({"small", "medium"}))
+    assert [(t.name, t.tasks) for t in choose(pairs, None, {"us-east-1": recorded})] == [("small", ("small",)), ("medium", ("large", "medium"))]
+    # A record below the tier groups (a spec of a new group came after the last register):
+    # one tier a group, not a refusal.
+    arm = [(spec("arm", arch="arm64"), plan(50))]
+    one = AccountTiers("us-east-1", 1, frozenset())
+    assert sorted(t.name for t in choose(pairs + arm, None, {"us-east-1": one})) == ["arm", "large"]

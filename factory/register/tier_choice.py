@@ -29,7 +29,7 @@ from typing import Any
 from factory.register import capacity
 from factory.register.names import TAG_MANAGED, TAG_TIER
 from factory.register.region_reads import RegionReads
-from factory.tiers import REGION_TIERS, Tier, choose_tiers, keep_names
+from factory.tiers import REGION_TIERS, Tier, choose_tiers, keep_names, tier_group
 
 ROOM_PARAMETER = "/factory/tiers/room"  # per region: how many tiers register chose to fit the account
 
@@ -59,17 +59,30 @@ def _regions(pairs: Sequence[tuple[Any, Any]], default_region: str) -> list[str]
 def choose(pairs: Sequence[tuple[Any, Any]], max_tiers: int | None, accounts: Mapping[str, AccountTiers], default_region: str = "") -> list[Tier]:
     """The tiers every command but register uses: within the room register recorded, with
     the names the account's queues have."""
-    room = {r: a.room for r, a in accounts.items() if a.room is not None}
+    groups: dict[str, set[tuple]] = {}
+    for spec, _ in pairs:
+        groups.setdefault(spec.region or default_region, set()).add(tier_group(spec))
+    # A record below the region's tier groups (specs of a new group came after the last
+    # register) gives each group at least one tier rather than refusing: the next
+    # register records the room again.
+    room = {r: max(a.room, len(groups.get(r, ()))) for r, a in accounts.items() if a.room is not None}
     return keep_names(choose_tiers(pairs, max_tiers, room=room), {r: a.names for r, a in accounts.items()}, default_region)
 
 
-def tiers_in_account(specs: Sequence[Any], max_tiers: int | None, clients_for: Callable[[str], Any], default_region: str = "") -> tuple[list[Tier], list[tuple[Any, Any]]]:
+def tiers_in_account(
+    specs: Sequence[Any], max_tiers: int | None, clients_for: Callable[[str], Any], default_region: str = "",
+    reads: dict[str, RegionReads] | None = None,
+) -> tuple[list[Tier], list[tuple[Any, Any]]]:
     """(tiers, [(spec, plan), ...]) as register last chose them: reads each region of the
-    specs once (clients_for(region) gives its factory.aws.Clients)."""
+    specs once (clients_for(region) gives its factory.aws.Clients). `reads`: region ->
+    RegionReads to read through (and add to), so a caller reads each region once in all."""
     from factory.sizing import size_specs
 
     pairs = size_specs(specs)
-    accounts = {r: read(RegionReads(clients_for(r)), r) for r in _regions(pairs, default_region)}
+    reads = {} if reads is None else reads
+    for r in _regions(pairs, default_region):
+        reads.setdefault(r, RegionReads(clients_for(r)))
+    accounts = {r: read(reads[r], r) for r in _regions(pairs, default_region)}
     return choose(pairs, max_tiers, accounts, default_region), pairs
 
 
