@@ -60,7 +60,7 @@ def main() -> int:
         step("size the task", ["size", TASK])
         baked = step(f"bake and register {TASK}", ["bake", TASK, "--cloud", "local", "--json"], capture=True)
         result = json.loads(baked.stdout)
-        step("write the Nextflow config", ["nextflow-config", TASK, "--out", "build/nextflow-awsbatch.config"])
+        step("write the Nextflow config", ["nextflow-config", TASK, "--cloud", "local", "--out", "build/nextflow-awsbatch.config"])
         print("\n==> result")
         lt = result.get("launch_template") or {}
         for key, value in (

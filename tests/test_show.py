@@ -145,9 +145,10 @@ def test_show_json_is_one_document_that_agrees_with_aws(cloud_env, baked):
     assert doc["compute_environment"]["name"] == result["compute_environment"]
     assert doc["compute_environment"]["launch_template_version"] == lt["default_version"]
     assert doc["job_queue"]["name"] == result["job_queue"] and doc["job_queue"]["state"] == "ENABLED"
-    # reads only, and few of them (the local cloud pages EC2 at two items when asked to page)
-    assert all(c.split(":")[1].startswith("Describe") for c in calls), calls
-    assert len(calls) <= 10, calls
+    # reads only, and few of them (the local cloud pages EC2 at two items when asked to page);
+    # two of them are the tier choice's: the room register recorded and the queues' names
+    assert all(c.split(":")[1].startswith(("Describe", "Get")) for c in calls), calls
+    assert "ssm:GetParameters" in calls and len(calls) <= 12, calls
 
 
 def test_show_says_when_the_queue_runs_another_ami_and_register_mends_it(cloud_env, baked):
