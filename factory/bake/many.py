@@ -29,16 +29,22 @@ def bake_all(
     register: bool = True,
     on_step: StepCallback | None = None,
     timeout: float | None = None,
+    lock: Any = None,
+    refresh: bool = False,
 ) -> list[BakeResult]:
     """Bake every spec: each distinct image once, independent bakes in parallel.
 
     One failure does not stop the others; a failed task's result has status "failed"
     and `error`. Ctrl-C interrupts every running Packer and waits for their cleanup.
+    `lock` (factory.base_lock.BaseLock) names the bases: those it lacks are added (all
+    resolved again with `refresh`), the caller saves it; None: a lock in memory.
     """
-    from factory import packer
+    from factory import base_lock, packer
+    from factory.bake.build import lock_bases
     from factory.register.region_reads import RegionReads
 
     cloud = cloud or Cloud("aws")
+    lock = lock if lock is not None else base_lock.BaseLock(base_lock.default_path(cloud))
     results: dict[str, BakeResult] = {}
     prepared: dict[str, Prepared] = {}
     # What is read of AWS is read once per region for all specs (the base AMI parameters,
@@ -49,13 +55,18 @@ def bake_all(
     hashes: dict[str, str] = {}
     for region in dict.fromkeys(s.region for s in specs):
         reads[region] = RegionReads(cloud.clients(region))
-        reads[region].parameters(sorted({n for s in specs if s.region == region and not s.image.pinned_ami
-                                         for n in [s.image.family_info.ssm_parameter(s.image.architecture)] if n}))
+    # The bases from the lock (what it lacks resolved, one GetParameters per region), each
+    # locked image checked (one DescribeImages per region): a base that cannot be baked on
+    # fails its tasks only.
+    unusable = lock_bases(list(specs), cloud, lock, refresh)
     for spec in specs:
         try:
+            if spec.name in unusable:
+                raise FactoryError(unusable[spec.name])
             if spec.region not in targets:
                 targets[spec.region] = cloud.target(spec.region)
-            prepared[spec.name] = prepare(spec, cloud, build_root, on_step, target=targets[spec.region], reads=reads[spec.region], hashes=hashes)
+            prepared[spec.name] = prepare(spec, cloud, build_root, on_step, target=targets[spec.region], reads=reads[spec.region],
+                                          hashes=hashes, lock=lock)
         except FactoryError as exc:
             results[spec.name] = _failed(spec, exc.message)
 
