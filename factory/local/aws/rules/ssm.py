@@ -114,9 +114,12 @@ def _ecs_parameters_as_aws_answers() -> None:
                     value = ast.literal_eval(value)
                 if isinstance(value, dict):
                     p.value = value = json.dumps(value)
-                m = _RELEASE_DATE.search(str(value))
-                if m:
-                    p.last_modified_date = datetime(int(m[1]), int(m[2]), int(m[3]))  # naive UTC, as moto keeps it
+                for m in _RELEASE_DATE.finditer(str(value)):
+                    try:
+                        p.last_modified_date = datetime(int(m[1]), int(m[2]), int(m[3]))  # naive UTC, as moto keeps it
+                        break
+                    except ValueError:  # eight digits that are not a date
+                        continue
 
     ParameterDict._load_tree_parameters = load_tree
 
