@@ -61,7 +61,7 @@ def prepare(
     t = time.monotonic()
     say("taking the base AMI from the lock")
     clients = cloud.clients(spec.region)
-    base_ami = _base_ami(spec, cloud, lock)
+    base_ami = base_ami_for(spec, cloud, lock)
     if spec.image.pinned_ami:
         check_pinned_ami(spec, clients.ec2(), base_ami)
     out_dir = Path(build_root) / spec.name
@@ -81,7 +81,7 @@ def prepare(
     return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
 
 
-def _base_ami(spec: Any, cloud: Cloud, lock: Any) -> str:
+def base_ami_for(spec: Any, cloud: Cloud, lock: Any) -> str:
     """The spec's pinned AMI, else its base's image in the spec's region from the lock
     (resolved and added now when `lock` lacks it: lock_bases does that for a whole run first)."""
     from factory import base_lock
