@@ -36,14 +36,14 @@ class Prepared:
 
 def prepare(
     spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None, target: Any = None, reads: Any = None,
-    hashes: dict[str, str] | None = None, lock: Any = None,
+    hashes: dict[str, str] | None = None, lock: Any = None, sources: list[tuple[str, Path]] | None = None,
 ) -> Prepared:
     """Size, take the base AMI from the lock, render `build_root/<task>/`, hash. `lock`
     (factory.base_lock.BaseLock) names the base (`lock_bases` first: a bake resolves what
     it lacks); without one the base is resolved now, into a lock kept in memory. `reads`
     (the region's RegionReads, shared by every spec of a `bake --all`) answers the
     builder's instance type from one read per region instead of one per spec; `hashes` is
-    content_hash's memo for the run."""
+    content_hash's memo for the run; `sources` render.content_files() listed once for the run."""
     from factory import render as render_mod
     from factory.sizing import size_task
 
@@ -68,7 +68,7 @@ def prepare(
     say("rendering the Packer folder")
     # Rendering replaces the folder: keep the record of the last real build (its log and
     # manifest) for when this bake turns out to reuse that build's AMI.
-    rr = render_mod.render(spec, plan, base_ami, out_dir, target=target, keep=render_mod.BUILD_RECORDS)
+    rr = render_mod.render(spec, plan, base_ami, out_dir, target=target, keep=render_mod.BUILD_RECORDS, sources=sources)
     steps["render"] = time.monotonic() - t
 
     check_builder_memory(clients.ec2(), rr.variables["instance_type"], spec.image.architecture, cloud.config_source(), reads)

@@ -59,6 +59,9 @@ def bake_all(
     # locked image checked (one DescribeImages per region): a base that cannot be baked on
     # fails its tasks only.
     unusable = lock_bases(list(specs), cloud, lock, refresh)
+    from factory import render as render_mod
+
+    sources = render_mod.content_files()  # the template and role files: listed once for every spec
     for spec in specs:
         try:
             if spec.name in unusable:
@@ -66,7 +69,7 @@ def bake_all(
             if spec.region not in targets:
                 targets[spec.region] = cloud.target(spec.region)
             prepared[spec.name] = prepare(spec, cloud, build_root, on_step, target=targets[spec.region], reads=reads[spec.region],
-                                          hashes=hashes, lock=lock)
+                                          hashes=hashes, lock=lock, sources=sources)
         except FactoryError as exc:
             results[spec.name] = _failed(spec, exc.message)
 
