@@ -5,9 +5,8 @@ then one registration for all (`bake_all`). A failure shared by every task is ke
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +114,12 @@ def bake_all(
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bake") as pool:
         futures = [pool.submit(one, g) for g in groups.values()]
         try:
+            # Waited for in slices, so that Ctrl-C reaches this thread; no slice is slept out
+            # once every bake is done (an unchanged bake --all ends at once).
+            pending = set(futures)
+            while pending:
+                _, pending = wait(pending, timeout=0.1)
             for f in futures:
-                while not f.done():
-                    time.sleep(0.1)
                 f.result()
         except KeyboardInterrupt:
             for f in futures:
