@@ -44,6 +44,7 @@ COMMAND_PURPOSES = {
     "render": ("bake",),
     "show": ("register",),
     "status": ("status",),
+    "lock": ("status",),  # reads the ECS-optimized parameters, as status does
     "rollback": ("register", "rollback"),
 }
 
@@ -116,11 +117,12 @@ def _session_manager_statements() -> list[dict[str, Any]]:
 def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
     if purpose == "bake":
         statements = [
-            # The base AMI's SSM parameter, images by content hash, the builder type's memory.
-            # (bake --all reads the base parameters of every spec at once: GetParameters)
+            # The base AMIs' SSM parameters (what the lock lacks: GetParameters, ten at a time),
+            # the locked base images (deprecated? deregistered?), images by content hash, the
+            # builder type's memory.
             # ... and what a failed Packer call left (factory.packer_leftovers: builders by tag,
             # temporary AMIs by source instance, CreateImage's snapshots by description).
-            _statement("ReadBaseAndImages", ["ssm:GetParameter", "ssm:GetParameters", "ec2:DescribeImages", "ec2:DescribeInstanceTypes",
+            _statement("ReadBaseAndImages", ["ssm:GetParameters", "ec2:DescribeImages", "ec2:DescribeInstanceTypes",
                                              "ec2:DescribeInstances", "ec2:DescribeSnapshots"], _ANY),
             # Packer's amazon-ebs builder, as factory configures it (SSH, a temporary security
             # group, an encrypted EBS-backed AMI); on what Packer makes untagged (WIDE says why).

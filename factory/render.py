@@ -375,6 +375,7 @@ def render(
     *,
     packer_version: tuple[int, int, int] | None = None,
     keep: tuple[str, ...] = (),
+    sources: list[tuple[str, Path]] | None = None,
 ) -> RenderResult:
     """Write `out_dir` (default build/<task>) for one task; see the module docstring.
 
@@ -382,6 +383,7 @@ def render(
     detected from the `packer` on PATH when not given; without any Packer the folder is
     written for a modern Packer (1.7+), which is what users run. `keep` names files of the
     folder being replaced that move into the new one (a bake keeps its last build's log).
+    `sources` is `content_files()` when the caller has it (a `bake --all` lists them once).
     """
 
     target = target or BuildTarget.aws()
@@ -398,7 +400,7 @@ def render(
 
     variables = variables_for(spec, plan, base_ami, target)
     _guard_out_dir(out_dir)
-    sources = content_files()
+    sources = sources if sources is not None else content_files()
     pkrvars = to_pkrvars(variables)
     digest = _render_digest(sources, pkrvars, modern)
     written = _current_render(out_dir, digest, keep)
@@ -445,14 +447,23 @@ def _render_digest(sources: list[tuple[str, Path]], pkrvars: str, modern: bool) 
 
 
 def _folder_files(out_dir: Path) -> dict[str, list[int]]:
-    """Every file under `out_dir` (relative path -> [size, mtime_ns]), the stamp left out."""
+    """Every file under `out_dir` (relative path -> [size, mtime_ns]), the stamp left out.
+    With os.scandir and plain strings: a `bake --all` checks every build folder each run."""
     out: dict[str, list[int]] = {}
-    for folder, _dirs, files in os.walk(out_dir):
-        for name in files:
-            path = Path(folder) / name
-            rel = path.relative_to(out_dir).as_posix()
-            if rel != RENDER_STAMP:
-                st = path.stat()
+    todo = [(str(out_dir), "")]
+    while todo:
+        folder, prefix = todo.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            rel = prefix + entry.name
+            if entry.is_dir():  # as os.walk: a link to a folder is neither a file nor entered
+                if not entry.is_symlink():
+                    todo.append((entry.path, rel + "/"))
+            elif rel != RENDER_STAMP:
+                st = entry.stat()
                 out[rel] = [st.st_size, st.st_mtime_ns]
     return out
 

@@ -6,8 +6,15 @@ ECS-optimized SSM parameter; a pinned `ami-...` is its own recommendation), whet
 spec or the image content changed since the bake, the pinned launch template version,
 the queue's state and the task's `/factory/<task>/ami-id` parameter.
 
-A task is **stale** when a bake would make another AMI: it has no registered AMI, AWS
-recommends a newer base, or the image content changed (factory.image_identity's image hash, taken
+The base a bake would use is the lock's (factory.base_lock: `factory.lock`, or the local
+cloud's); status compares the lock with what AWS recommends now and says when AWS
+recommends a newer base, or one that went backwards (AWS rolled its parameter back:
+awslabs/amazon-eks-ami#924): a note naming `factory lock --update`, not staleness, since a
+bake still uses the lock. A base the lock lacks is one a bake would resolve and add: AWS's
+recommendation is then what a bake would use.
+
+A task is **stale** when a bake would make another AMI: it has no registered AMI, its AMI
+was baked on another base than a bake would use now, or the image content changed (factory.image_identity's image hash, taken
 now over the AMI's own base, differs from the one the AMI carries). A spec change that
 leaves the image alone (a new volume size in launch-template mode) is not staleness: a
 register applies it, and the status says so.
@@ -39,6 +46,8 @@ class TaskStatus:
     ami_in_use: str | None = None
     base_ami: str | None = None  # the base the AMI in use was baked on (its factory:base-ami)
     recommended_base: str | None = None
+    locked_base: str | None = None  # the lock's image of the base in this region (None: not locked)
+    lock_state: str | None = None  # the lock against AWS: same | newer | backwards | changed | new | missing (base_lock.BaseStatus)
     spec_changed: bool | None = None
     image_changed: bool | None = None
     launch_template: str | None = None
@@ -53,9 +62,10 @@ class TaskStatus:
 
     @property
     def base_current(self) -> bool | None:
-        if not self.base_ami or not self.recommended_base:
+        wanted = self.locked_base or self.recommended_base
+        if not self.base_ami or not wanted:
             return None
-        return self.base_ami == self.recommended_base
+        return self.base_ami == wanted
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +76,8 @@ class TaskStatus:
             "ami_in_use": self.ami_in_use,
             "base_ami": self.base_ami,
             "recommended_base": self.recommended_base,
+            "locked_base": self.locked_base,
+            "lock_state": self.lock_state,
             "base_current": self.base_current,
             "spec_changed": self.spec_changed,
             "image_changed": self.image_changed,
@@ -93,8 +105,10 @@ class StatusReport:
         return {"ok": not self.stale, "stale": [t.task for t in self.stale], "tasks": [t.to_json() for t in self.tasks], "draining": self.draining}
 
 
-def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, config: Any = None) -> StatusReport:
-    """The status of `specs` (tiers chosen over `all_specs`, as register chooses them)."""
+def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, config: Any = None, lock: Any = None) -> StatusReport:
+    """The status of `specs` (tiers chosen over `all_specs`, as register chooses them);
+    `lock` (factory.base_lock.BaseLock) holds the bases a bake would use (None: none locked)."""
+    from factory import base_lock
     from factory.register.targets import targets_for
     from factory.register.tier_choice import tiers_in_account
 
@@ -112,7 +126,8 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
     draining: list[str] = []
     for region, region_targets in by_region.items():
         unique = list({t.tier: t for t in region_targets}.values())
-        statuses, held = _region_status(region, unique, cloud, builder_hours, in_use=set(targets), reads=reads.get(region))
+        statuses, held = _region_status(region, unique, cloud, builder_hours, in_use=set(targets), reads=reads.get(region),
+                                        lock=lock if lock is not None else base_lock.BaseLock(base_lock.default_path(cloud)))
         draining += held
         for status in statuses:
             if status.task in wanted:
@@ -121,8 +136,10 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
 
 
 def _region_status(
-    region: str, targets: list[Any], cloud: Any, builder_hours: float = 6.0, in_use: set[str] | None = None, reads: Any = None
+    region: str, targets: list[Any], cloud: Any, builder_hours: float = 6.0, in_use: set[str] | None = None, reads: Any = None,
+    lock: Any = None,
 ) -> tuple[list[TaskStatus], list[str]]:
+    from factory import base_lock
     from factory.image_identity import expected_image_hash
     from factory.register.parameter import held as parameter_held
     from factory.register.parameter import parameter_name
@@ -135,11 +152,11 @@ def _region_status(
     ce_by_arn = {c["computeEnvironmentArn"]: c for c in ces.values()}
     queues = reads.queues()
     tasks = [task for t in targets for task in t.tasks]
-    bases = [t.ami_spec.image.family_info.ssm_parameter(t.ami_spec.image.architecture) for t in targets if not t.ami_spec.image.pinned_ami]
+    bases = [base_lock.base_of(t.ami_spec)[1] for t in targets if not t.ami_spec.image.pinned_ami]
     # The tasks' parameters and the ECS-optimized base parameters: one batch of GetParameters.
     values = reads.parameters([parameter_name(t) for t in tasks] + sorted({b for b in bases if b}))
     parameters = {t: values[parameter_name(t)] for t in tasks}
-    recommended = _recommended_bases(values)
+    recommended = _recommended_bases(values, region)
     fired = _grow_fired(ec2)
     now = datetime.now(UTC)
     strays = _stray_builders(ec2, builder_hours, now)
@@ -150,7 +167,12 @@ def _region_status(
     for target in targets:
         spec = target.ami_spec
         rows = [TaskStatus(task=task, region=region, tier=target.tier, ami_task=target.ami_task, queue=target.name, parameter=parameters.get(task)) for task in target.tasks]
-        recommended_base = spec.image.pinned_ami or recommended.get(spec.image.family_info.ssm_parameter(spec.image.architecture) or "")
+        key, base_parameter = base_lock.base_of(spec)
+        now = None if spec.image.pinned_ami else recommended.get(base_parameter or "")
+        lock_status = None if spec.image.pinned_ami else base_lock.status_of(lock, key, region, now)
+        recommended_base = spec.image.pinned_ami or (now.image_id if now else None)
+        locked_base = lock_status.locked_image if lock_status else None
+        bake_base = spec.image.pinned_ami or locked_base or recommended_base  # what a bake would use
         queue = queues.get(target.name)
         ce = None
         if queue:
@@ -185,8 +207,14 @@ def _region_status(
                          "or a bake that makes a new image)")
         if owner and owner != target.ami_task:
             notes.append(f"AMI {ami_in_use} was baked for task {owner}: {target.ami_task}'s image is the same (a bake reused it)")
-        if base and recommended_base and base != recommended_base:
-            stale.append(f"AWS recommends base {recommended_base}; {ami_in_use} was baked on {base}: run `factory bake {target.ami_task}`")
+        if base and bake_base and base != bake_base:
+            if locked_base:
+                stale.append(f"the lock names base {locked_base} ({lock_status.locked_name}); {ami_in_use} was baked on {base}: "
+                             f"run `factory bake {target.ami_task}`")
+            else:
+                stale.append(f"AWS recommends base {recommended_base}; {ami_in_use} was baked on {base}: run `factory bake {target.ami_task}`")
+        if lock_status is not None and lock_status.state in ("newer", "backwards", "changed", "missing"):
+            notes.append(lock_status.text())
         if image_changed:
             stale.append(
                 f"image content changed since the bake of {ami_in_use} (the spec's image settings, the template or the roles): "
@@ -198,6 +226,7 @@ def _region_status(
             notes.append(f"queue {target.name} is {queue.get('state')}/{queue.get('status')}")
         for row in rows:
             row.ami_in_use, row.base_ami, row.recommended_base = ami_in_use, base, recommended_base
+            row.locked_base, row.lock_state = locked_base, lock_status.state if lock_status else None
             row.spec_changed, row.image_changed = spec_changed, image_changed
             row.launch_template = lt.get("launchTemplateName") or lt.get("launchTemplateId")
             row.launch_template_version = lt_version
@@ -271,11 +300,11 @@ def _grow_fired(ec2: Any) -> dict[str, list[str]]:
     return out
 
 
-def _recommended_bases(values: dict[str, str | None]) -> dict[str, str]:
-    """ECS-optimized SSM parameter name -> the AMI it recommends now (from the batch read)."""
-    from factory.render import base_ami_from_parameter
+def _recommended_bases(values: dict[str, str | None], region: str) -> dict[str, Any]:
+    """ECS-optimized `.../recommended` parameter -> what it recommends now (base_lock.Resolved: image id and name; from the batch read)."""
+    from factory.base_lock import parse_value
 
-    return {name: base_ami_from_parameter(name, value) for name, value in values.items() if value and not name.startswith("/factory/")}
+    return {name: parse_value(name, value, None, None, region) for name, value in values.items() if value and not name.startswith("/factory/")}
 
 
 def _ami_of(reads: Any, lt: dict[str, Any]) -> tuple[str | None, int | None]:

@@ -522,6 +522,16 @@ def test_second_bake_reuses_without_packer(cloud_env, first_bake, tmp_path):
     assert human.returncode == 0 and "reused" in human.stdout and "--force rebakes" in human.stdout
     called = calls.read_text().splitlines() if calls.exists() else []
     assert called and not [c for c in called if c.split()[0] in ("build", "validate", "init")], called
+    # The base comes from the lock the first bake wrote (the local cloud's, in its state
+    # folder): an unchanged bake makes no SSM call at all (without its registration, which
+    # reads the task's own parameter).
+    assert "al2023-x86_64" in (cloud_env["state"] / "factory.lock").read_text()
+    cloud_env["cloud"].moto.calls(clear=True)
+    quiet = bake_cli(cloud_env, TASK, "--no-register", "--json", env=env)
+    assert quiet.returncode == 0 and json.loads(quiet.stdout)["ami_id"] == first_bake["ami_id"], quiet.stderr
+    made = cloud_env["cloud"].moto.calls()
+    assert made and not [c for c in made if c.startswith("ssm:")], made
+    assert made.count("ec2:DescribeImages") <= 2, made  # the locked base checked, factory's images read: once each
 
 
 @needs_local_cloud

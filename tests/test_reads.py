@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bench.reads.run import REGION, baked_like_factory, write_specs
+from factory import base_lock
 from factory.bake import bake_all, bake_task
 from factory.cloud import Cloud
 from factory.config import load_config
@@ -73,8 +74,12 @@ def test_status_and_an_unchanged_bake_all_make_the_same_calls_for_3_specs_as_for
         def status(specs=specs, cloud=cloud, report=report):
             report["status"] = task_status(specs, specs, cloud, load_config(None))
 
-        def bake(specs=specs, cloud=cloud, report=report, n=n):
-            report["bake"] = bake_all(specs, cloud, build_root=tmp_path / f"build-{n}")
+        # An unchanged bake --all has its bases locked (`factory lock`, before).
+        lock = base_lock.BaseLock(tmp_path / f"factory-{n}.lock")
+        base_lock.lock_bases(specs, cloud, lock)
+
+        def bake(specs=specs, cloud=cloud, report=report, n=n, lock=lock):
+            report["bake"] = bake_all(specs, cloud, build_root=tmp_path / f"build-{n}", lock=lock)
 
         counts[n] = {"status": calls_of(lc, status), "bake": calls_of(lc, bake)}
         assert not report["status"].stale, [t.stale for t in report["status"].stale]
@@ -88,7 +93,9 @@ def test_status_and_an_unchanged_bake_all_make_the_same_calls_for_3_specs_as_for
         assert many["ssm:GetParameters"] - few["ssm:GetParameters"] <= math.ceil(12 / 10), what
     # What each read is, once: no Describe per spec or per tier.
     assert counts[12]["status"]["ec2:DescribeLaunchTemplateVersions"] == 1
-    assert counts[12]["bake"]["ec2:DescribeImages"] <= 2 and counts[12]["bake"]["ec2:DescribeInstanceTypes"] == 1
+    # DescribeImages: the locked bases (one call for every base of the region, in place of the
+    # base parameters' read), factory's AMIs for the bake and again for its registration.
+    assert counts[12]["bake"]["ec2:DescribeImages"] <= 3 and counts[12]["bake"]["ec2:DescribeInstanceTypes"] == 1
 
 
 @needs_local_cloud

@@ -106,7 +106,15 @@ def test_status_green_red_after_a_new_base_green_after_the_rebake(lc_env):
     table = factory(lc_env, "status", "--cloud", "local", "--specs-dir", str(lc_env["specs"]))
     assert table.returncode == 0 and "every task is current" in table.stdout and first in table.stdout
 
-    # AWS releases a new ECS-optimized AMI: stale, and --check says why.
+    # The base is locked (`factory lock`: the local cloud's lock, in its state folder).
+    locked = factory(lc_env, "lock", "--cloud", "local", "--specs-dir", str(lc_env["specs"]))
+    assert locked.returncode == 0 and "al2023-x86_64 in us-east-1: added" in locked.stdout, locked.stdout + locked.stderr
+    proc, report = status(lc_env)
+    (row,) = report["tasks"]
+    assert proc.returncode == 0 and row["locked_base"] == row["base_ami"] and row["lock_state"] == "same"
+
+    # AWS releases a new ECS-optimized AMI: the lock still holds (a bake would reuse), and
+    # status says AWS recommends a newer base than the lock.
     pub = factory(lc_env, "local", "publish-base", "al2023", "--json")
     assert pub.returncode == 0, pub.stderr
     published = json.loads(pub.stdout)
@@ -114,9 +122,20 @@ def test_status_green_red_after_a_new_base_green_after_the_rebake(lc_env):
     assert resolve_base_ami(spec, lc.clients(REGION)) == published["ami_id"]
     proc, report = status(lc_env)
     (row,) = report["tasks"]
+    assert proc.returncode == 0 and report["stale"] == []
+    assert row["recommended_base"] == published["ami_id"] and row["lock_state"] == "newer" and row["base_current"] is True
+    assert any("AWS recommends a newer base" in n and "factory lock --update" in n for n in row["notes"]), row["notes"]
+
+    # `factory lock --update` (the weekly pull request) moves the lock: now stale, and --check says why.
+    update = factory(lc_env, "lock", "--update", "--cloud", "local", "--specs-dir", str(lc_env["specs"]))
+    assert update.returncode == 0, update.stderr
+    assert f"-> {published['name']}" in update.stdout
+    assert f"({published['previous']} -> {published['ami_id']}; ECS agent" in update.stdout
+    proc, report = status(lc_env)
+    (row,) = report["tasks"]
     assert proc.returncode == 1 and report["stale"] == [TASK]
-    assert row["recommended_base"] == published["ami_id"] and row["base_current"] is False
-    assert f"{TASK} is stale: AWS recommends base {published['ami_id']}; {first} was baked on {published['previous']}" in proc.stderr
+    assert row["locked_base"] == published["ami_id"] and row["base_current"] is False
+    assert f"{TASK} is stale: the lock names base {published['ami_id']} ({published['name']}); {first} was baked on {published['previous']}" in proc.stderr
 
     # The rebake (the weekly workflow's `make images`): a real bake on the new base.
     build = lc_env["work"] / "build"
@@ -144,6 +163,18 @@ def test_status_green_red_after_a_new_base_green_after_the_rebake(lc_env):
     (row,) = report["tasks"]
     assert proc.returncode == 1 and row["ami_in_use"] == first and row["launch_template"]["version"] == 3
 
+    # AWS rolls its parameter back (awslabs/amazon-eks-ami#924): status says the recommended
+    # base went backwards; the lock keeps the newer one until `factory lock --update`.
+    pub = factory(lc_env, "local", "publish-base", "al2023", "--rollback", "--json")
+    assert pub.returncode == 0, pub.stderr
+    assert json.loads(pub.stdout)["ami_id"] == published["previous"]
+    proc, report = status(lc_env)
+    (row,) = report["tasks"]
+    assert row["lock_state"] == "backwards" and row["locked_base"] == published["ami_id"]
+    assert any("older base (AWS rolled its parameter back)" in n for n in row["notes"]), row["notes"]
+    table = factory(lc_env, "status", "--cloud", "local", "--specs-dir", str(lc_env["specs"]))
+    assert "older base (AWS rolled its parameter back)" in " ".join(table.stdout.split())
+
 
 @needs_local_cloud
 def test_status_names_an_unregistered_task_and_publish_base_refuses_bad_input(lc_env, tmp_path):
@@ -170,6 +201,9 @@ def test_publish_base_plays_aws_releasing_an_ami(moto, monkeypatch):
     parameter = done[0]["parameter"]
     assert done[1]["previous"] == done[0]["ami_id"]
     assert ssm.get_parameter(Name=parameter)["Parameter"]["Value"] == done[1]["ami_id"]
+    # The whole recommended tree moves, its JSON document too (what `factory lock` reads).
+    doc = json.loads(ssm.get_parameter(Name=parameter.removesuffix("/image_id"))["Parameter"]["Value"])
+    assert (doc["image_id"], doc["image_name"]) == (done[1]["ami_id"], done[1]["name"])
     images = ec2.describe_images(ImageIds=[d["ami_id"] for d in done])["Images"]
     assert {i.get("ImageOwnerAlias") for i in images} == {"amazon"} and {i["Architecture"] for i in images} == {"x86_64"}
     assert len({i["Name"] for i in images}) == 2 and all(i["Name"].startswith("al2023-ami-ecs-hvm-") for i in images)

@@ -248,7 +248,7 @@ def test_help_lists_every_command(cli):
     # A command's name opens its row of the help's command table (not merely a word in
     # another command's description, e.g. "register" in bake's).
     listed = set(re.findall(r"^\W*([a-z][a-z-]+)\s{2,}", result.output, re.M))
-    for command in ("validate", "measure", "size", "render", "bake", "register", "plan", "nextflow-config", "prune", "iam-policy", "show", "status", "rollback", "local"):
+    for command in ("validate", "measure", "size", "render", "lock", "bake", "register", "plan", "nextflow-config", "prune", "iam-policy", "show", "status", "rollback", "local"):
         assert command in listed, f"{command} is not a row of `factory --help`: {sorted(listed)}"
 
 

@@ -36,12 +36,14 @@ class Prepared:
 
 def prepare(
     spec: Any, cloud: Cloud, build_root: Path, on_step: StepCallback | None = None, target: Any = None, reads: Any = None,
-    hashes: dict[str, str] | None = None,
+    hashes: dict[str, str] | None = None, lock: Any = None, sources: list[tuple[str, Path]] | None = None,
 ) -> Prepared:
-    """Size, resolve the base AMI, render `build_root/<task>/`, hash. `reads` (the region's
-    RegionReads, shared by every spec of a `bake --all`) answers the base AMI's parameter
-    and the builder's instance type from one read per region instead of one per spec;
-    `hashes` is content_hash's memo for the run."""
+    """Size, take the base AMI from the lock, render `build_root/<task>/`, hash. `lock`
+    (factory.base_lock.BaseLock) names the base (`lock_bases` first: a bake resolves what
+    it lacks); without one the base is resolved now, into a lock kept in memory. `reads`
+    (the region's RegionReads, shared by every spec of a `bake --all`) answers the
+    builder's instance type from one read per region instead of one per spec; `hashes` is
+    content_hash's memo for the run; `sources` render.content_files() listed once for the run."""
     from factory import render as render_mod
     from factory.sizing import size_task
 
@@ -57,16 +59,16 @@ def prepare(
     check_session_manager_plugin(target, cloud.config_source())
 
     t = time.monotonic()
-    say("resolving the base AMI")
+    say("taking the base AMI from the lock")
     clients = cloud.clients(spec.region)
-    base_ami = _base_ami(spec, clients, reads)
+    base_ami = base_ami_for(spec, cloud, lock)
     if spec.image.pinned_ami:
         check_pinned_ami(spec, clients.ec2(), base_ami)
     out_dir = Path(build_root) / spec.name
     say("rendering the Packer folder")
     # Rendering replaces the folder: keep the record of the last real build (its log and
     # manifest) for when this bake turns out to reuse that build's AMI.
-    rr = render_mod.render(spec, plan, base_ami, out_dir, target=target, keep=render_mod.BUILD_RECORDS)
+    rr = render_mod.render(spec, plan, base_ami, out_dir, target=target, keep=render_mod.BUILD_RECORDS, sources=sources)
     steps["render"] = time.monotonic() - t
 
     check_builder_memory(clients.ec2(), rr.variables["instance_type"], spec.image.architecture, cloud.config_source(), reads)
@@ -79,17 +81,38 @@ def prepare(
     return Prepared(spec, plan, base_ami, out_dir, rr, digest, steps)
 
 
-def _base_ami(spec: Any, clients: Any, reads: Any) -> str:
-    """The base AMI (render.resolve_base_ami), its parameter read with the others of the region when `reads` is given."""
-    from factory import render as render_mod
+def base_ami_for(spec: Any, cloud: Cloud, lock: Any) -> str:
+    """The spec's pinned AMI, else its base's image in the spec's region from the lock
+    (resolved and added now when `lock` lacks it: lock_bases does that for a whole run first)."""
+    from factory import base_lock
 
-    name = spec.image.family_info.ssm_parameter(spec.image.architecture)
-    if reads is None or spec.image.pinned_ami or not name:
-        return render_mod.resolve_base_ami(spec, clients)
-    value = reads.parameters([name])[name]
-    if value is None:
-        return render_mod.resolve_base_ami(spec, clients)  # says what is missing, as a bake of one spec does
-    return render_mod.base_ami_from_parameter(name, value)
+    if spec.image.pinned_ami:
+        return spec.image.pinned_ami
+    if lock is None:
+        lock = base_lock.BaseLock(base_lock.default_path(cloud))
+    key, _ = base_lock.base_of(spec)
+    found = lock.image_id(key, spec.region)
+    if found is None:
+        base_lock.ensure([spec], cloud, lock)
+        found = lock.image_id(key, spec.region)
+    assert found is not None  # ensure resolved it or raised
+    return found
+
+
+def lock_bases(specs: list[Any], cloud: Cloud, lock: Any, refresh: bool = False) -> dict[str, str]:
+    """Before a bake: every base of `specs` in `lock` (a missing one resolved and added,
+    `refresh`: all resolved again), then the locked images checked, one DescribeImages per
+    region. Returns task -> why its locked base cannot be baked on (deprecated, deregistered)."""
+    from factory import base_lock
+
+    base_lock.ensure(specs, cloud, lock, refresh=refresh)
+    needs: dict[str, set[str]] = {}
+    for spec in specs:
+        if not spec.image.pinned_ami:
+            needs.setdefault(spec.region, set()).add(base_lock.base_of(spec)[0].name)
+    problems = base_lock.check_images(lock, needs, cloud)
+    return {spec.name: problems[(base_lock.base_of(spec)[0].name, spec.region)] for spec in specs
+            if not spec.image.pinned_ami and (base_lock.base_of(spec)[0].name, spec.region) in problems}
 
 
 def bake_task(
@@ -103,15 +126,25 @@ def bake_task(
     on_step: StepCallback | None = None,
     timeout: float | None = None,
     cancel: threading.Event | None = None,
+    lock: Any = None,
+    refresh: bool = False,
 ) -> BakeResult:
     """Bake (or reuse) the AMI for one task, then register it (unless `register` is False).
 
     `cloud` says where (default: real AWS); `target` replaces its build target (a
     render.BuildTarget); `force` rebakes even when an AMI with the same content hash exists.
+    `lock` (factory.base_lock.BaseLock) names the base; a base it lacks is added to it
+    (`refresh`: resolved again); the caller saves it. None: a lock in memory.
     """
+    from factory import base_lock
+
     cloud = cloud or Cloud("aws")
     start = time.monotonic()
-    prepared = prepare(spec, cloud, build_root, on_step, target=target)
+    lock = lock if lock is not None else base_lock.BaseLock(base_lock.default_path(cloud))
+    problems = lock_bases([spec], cloud, lock, refresh)
+    if spec.name in problems:
+        raise FactoryError(problems[spec.name])
+    prepared = prepare(spec, cloud, build_root, on_step, target=target, lock=lock)
     result = build_prepared(prepared, cloud, force=force, on_step=on_step, timeout=timeout, cancel=cancel)
     if register:
         register_results([result], [spec], cloud, on_step=on_step)

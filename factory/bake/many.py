@@ -5,9 +5,8 @@ then one registration for all (`bake_all`). A failure shared by every task is ke
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +28,22 @@ def bake_all(
     register: bool = True,
     on_step: StepCallback | None = None,
     timeout: float | None = None,
+    lock: Any = None,
+    refresh: bool = False,
 ) -> list[BakeResult]:
     """Bake every spec: each distinct image once, independent bakes in parallel.
 
     One failure does not stop the others; a failed task's result has status "failed"
     and `error`. Ctrl-C interrupts every running Packer and waits for their cleanup.
+    `lock` (factory.base_lock.BaseLock) names the bases: those it lacks are added (all
+    resolved again with `refresh`), the caller saves it; None: a lock in memory.
     """
-    from factory import packer
+    from factory import base_lock, packer
+    from factory.bake.build import lock_bases
     from factory.register.region_reads import RegionReads
 
     cloud = cloud or Cloud("aws")
+    lock = lock if lock is not None else base_lock.BaseLock(base_lock.default_path(cloud))
     results: dict[str, BakeResult] = {}
     prepared: dict[str, Prepared] = {}
     # What is read of AWS is read once per region for all specs (the base AMI parameters,
@@ -49,13 +54,21 @@ def bake_all(
     hashes: dict[str, str] = {}
     for region in dict.fromkeys(s.region for s in specs):
         reads[region] = RegionReads(cloud.clients(region))
-        reads[region].parameters(sorted({n for s in specs if s.region == region and not s.image.pinned_ami
-                                         for n in [s.image.family_info.ssm_parameter(s.image.architecture)] if n}))
+    # The bases from the lock (what it lacks resolved, one GetParameters per region), each
+    # locked image checked (one DescribeImages per region): a base that cannot be baked on
+    # fails its tasks only.
+    unusable = lock_bases(list(specs), cloud, lock, refresh)
+    from factory import render as render_mod
+
+    sources = render_mod.content_files()  # the template and role files: listed once for every spec
     for spec in specs:
         try:
+            if spec.name in unusable:
+                raise FactoryError(unusable[spec.name])
             if spec.region not in targets:
                 targets[spec.region] = cloud.target(spec.region)
-            prepared[spec.name] = prepare(spec, cloud, build_root, on_step, target=targets[spec.region], reads=reads[spec.region], hashes=hashes)
+            prepared[spec.name] = prepare(spec, cloud, build_root, on_step, target=targets[spec.region], reads=reads[spec.region],
+                                          hashes=hashes, lock=lock, sources=sources)
         except FactoryError as exc:
             results[spec.name] = _failed(spec, exc.message)
 
@@ -101,9 +114,12 @@ def bake_all(
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="bake") as pool:
         futures = [pool.submit(one, g) for g in groups.values()]
         try:
+            # Waited for in slices, so that Ctrl-C reaches this thread; no slice is slept out
+            # once every bake is done (an unchanged bake --all ends at once).
+            pending = set(futures)
+            while pending:
+                _, pending = wait(pending, timeout=0.1)
             for f in futures:
-                while not f.done():
-                    time.sleep(0.1)
                 f.result()
         except KeyboardInterrupt:
             for f in futures:

@@ -38,8 +38,13 @@ def bake(
     no_register: bool = typer.Option(False, "--no-register", help="Stop after the AMI."),
     config: Path | None = typer.Option(
         None, "--config", help="Settings file (default: ./factory.yaml when present): builder and register settings; see docs/register.md."),
+    refresh: bool = typer.Option(False, "--refresh", help="Resolve the bases of these tasks again (what AWS recommends now) and write them to the lock."),
+    lock_path: Path | None = typer.Option(
+        None, "--lock", help="The base lock (default: ./factory.lock; with --cloud local, the local cloud's .factory/factory.lock)."),
 ) -> None:
-    """Bake a task's AMI with Packer and Ansible (reusing an identical one), then register it."""
+    """Bake a task's AMI with Packer and Ansible (reusing an identical one), then register it.
+
+    The base AMI comes from the lock file (factory.lock); a base it lacks is resolved and added."""
     from factory.bake import bake_all, bake_task
     from factory.bake.summary import summary_json, write_summary
     from factory.spec import find_spec, load_specs
@@ -62,17 +67,27 @@ def bake(
     from factory.config import load_config
 
     load_config(config)  # a wrong settings file stops here, before any cloud starts
+    from factory import base_lock
+
     with _the_cloud(cloud, specs[0].region, config) as where, board:
-        if all_tasks:
-            results = bake_all(
-                specs, where, force=force, jobs=jobs, build_root=build_dir,
-                register=not no_register, on_step=board.step, timeout=timeout,
-            )
-        else:
-            results = [bake_task(
-                specs[0], force=force, cloud=where, build_root=build_dir,
-                register=not no_register, on_step=board.step, timeout=timeout,
-            )]
+        lock = base_lock.load(lock_path or base_lock.default_path(where))
+        try:
+            if all_tasks:
+                results = bake_all(
+                    specs, where, force=force, jobs=jobs, build_root=build_dir,
+                    register=not no_register, on_step=board.step, timeout=timeout, lock=lock, refresh=refresh,
+                )
+            else:
+                results = [bake_task(
+                    specs[0], force=force, cloud=where, build_root=build_dir,
+                    register=not no_register, on_step=board.step, timeout=timeout, lock=lock, refresh=refresh,
+                )]
+        finally:
+            # What was resolved is written whatever the bake did after (it is AWS's answer, not the bake's).
+            if lock.changed:
+                lock.save()
+            for note in lock.notes:
+                err(note)
 
     failed = [r for r in results if r.status == "failed"]
     if all_tasks:

@@ -112,18 +112,19 @@ def publish_base(
     region: str = typer.Option("us-east-1", "--region", help="The region AWS releases it in."),
     state_dir: Path | None = _STATE,
     json_out: bool = typer.Option(False, "--json", help="Print what was published as JSON."),
+    rollback: bool = typer.Option(False, "--rollback", help="Instead, move the recommended parameters back to the image before (as AWS once did: awslabs/amazon-eks-ami#924)."),
 ) -> None:
-    """Play AWS releasing a new ECS-optimized AMI: register one and move the recommended SSM parameter to it."""
+    """Play AWS releasing a new ECS-optimized AMI: register one and move the recommended SSM parameters to it."""
     from factory.local import cloud
     from factory.local.aws import publish
 
-    done = publish.publish_base(cloud.running(state_dir).endpoint, family, arch, region)
+    done = publish.publish_base(cloud.running(state_dir).endpoint, family, arch, region, rollback=rollback)
     if json_out:
         print_json(done)
         return
-    print(f"published {done['ami_id']} ({done['name']}) in {done['region']}")
+    print(f"{'rolled back to' if rollback else 'published'} {done['ami_id']} ({done['name']}) in {done['region']}")
     print(f"  {done['parameter']}: {done['previous']} -> {done['ami_id']}")
-    print("  `factory status --cloud local` now calls the tasks on this family stale")
+    print("  `factory status --cloud local` now compares the lock with it; `factory lock --update --cloud local` moves the lock")
 
 
 def _describe(lc, data=None) -> None:

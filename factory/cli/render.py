@@ -17,7 +17,7 @@ def render(
     task: str = typer.Argument(..., help="The task to render (specs/TASK.yaml)."),
     out: Optional[Path] = typer.Option(None, "--out", help="The folder to write (default build/TASK)."),
     base_ami: Optional[str] = typer.Option(
-        None, "--base-ami", help="Use this base AMI instead of reading the ECS-optimized SSM parameter."
+        None, "--base-ami", help="Use this base AMI instead of the lock's (factory.lock; a base it lacks: what AWS recommends now)."
     ),
     specs_dir: Path = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Where the task specs live."),
     cloud: str = typer.Option("aws", "--cloud", help="Where the bake would run: aws (your account) or local (`factory local up`)."),
@@ -42,7 +42,10 @@ def render(
     load_config(config)  # a wrong settings file stops here, as in `factory bake`
     where = Cloud.open(cloud)
     where = replace(where, config_path=config)
-    if base_ami is None:
-        base_ami = render_mod.resolve_base_ami(spec, where.clients(spec.region))
+    if base_ami is None:  # the lock's (read, never written here), else what AWS recommends now
+        from factory import base_lock
+        from factory.bake.build import base_ami_for
+
+        base_ami = base_ami_for(spec, where, base_lock.load(base_lock.default_path(where)))
     result = render_mod.render(spec, plan, base_ami, out or Path("build") / spec.name, target=where.target(spec.region))
     print(result.summary())

@@ -45,8 +45,11 @@ def status(
     config: Optional[Path] = _CONFIG,
     cloud: str = _CLOUD,
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+    lock_path: Optional[Path] = typer.Option(
+        None, "--lock", help="The base lock (default: ./factory.lock; with --cloud local, the local cloud's .factory/factory.lock)."),
 ) -> None:
-    """Show per task the AMI in use, its base, the base AWS recommends now, what changed since the bake, the queue."""
+    """Show per task the AMI in use, its base, the locked base and what AWS recommends now, what changed since the bake, the queue."""
+    from factory import base_lock
     from factory.cloud import Cloud
     from factory.config import load_config
     from factory.status import task_status
@@ -54,7 +57,8 @@ def status(
     selected, everything = _specs(tasks, specs_dir)
     where = Cloud.open(cloud)
     where.config_path = config  # the builder settings the image hash is taken with
-    report = task_status(selected, everything, where, load_config(config))
+    lock = base_lock.load(lock_path or base_lock.default_path(where))
+    report = task_status(selected, everything, where, load_config(config), lock=lock)
     if json_output:
         print_json(report.to_json())
     else:
@@ -74,7 +78,10 @@ def _print_report(report) -> None:
     for col in ("task", "tier", "AMI in use", "baked on", "AWS recommends", "spec", "image", "launch template", "queue", "status"):
         table.add_column(col, overflow="fold")
     for t in report.tasks:
-        base_note = "" if t.base_current is not False else " (newer)"
+        base_note = {"newer": " (newer than the lock)", "backwards": " (older than the lock: rolled back)",
+                     "changed": " (not the lock's)"}.get(t.lock_state or "", "")
+        if not t.locked_base and t.base_current is False:
+            base_note = " (newer)"
         table.add_row(
             t.task,
             t.tier,

@@ -9,6 +9,18 @@ AWS and in moto), so this is done inside the local cloud's server process, throu
 control endpoint (`POST /_factory/publish-base`), as AWS does it on its side. Then
 `factory status` sees a newer recommended base and the whole refresh (status red, bake,
 status green) can be rehearsed and tested.
+
+AWS moves the whole `.../recommended` tree at once: the JSON document (`.../recommended`:
+image_id, image_name, image_version, ...) and its one-field children (`/image_id`,
+`/image_name`, `/image_version`), each a new version; so does `publish`.
+
+Two more things AWS does to a base, played the same way (`{"action": ...}` in the body):
+- `rollback`: the recommended parameters move back to the image before the current one,
+  as new versions (AWS rolled the EKS parameters back on 2022-05-13:
+  awslabs/amazon-eks-ami#924); the newer image stays registered.
+- `retire`: an AMI deprecated (its DeprecationTime set, in the past: ECS-optimized AMIs are
+  deprecated two years after their release, ECS Developer Guide, "Amazon ECS-optimized Linux
+  AMIs") or deregistered.
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ def publish(region: str, parameter: str) -> dict[str, Any]:
     from moto.ec2.models import ec2_backends
     from moto.ec2.models.amis import Ami
     from moto.ec2.utils import random_ami_id
-    from moto.ssm.models import Parameter, ssm_backends
+    from moto.ssm.models import ssm_backends
 
     ssm = ssm_backends[DEFAULT_ACCOUNT_ID][region]
     ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][region]
@@ -73,21 +85,91 @@ def publish(region: str, parameter: str) -> dict[str, Any]:
         region_name=region,
         creation_date=utcnow(),
     )
-    versions.append(
-        Parameter(
-            account_id=DEFAULT_ACCOUNT_ID,
-            name=parameter,
-            value=ami_id,
-            parameter_type=current.parameter_type,
-            description=current.description,
-            allowed_pattern=None,
-            keyid=None,
-            last_modified_date=utcnow(),
-            version=current.version + 1,
-            data_type=current.data_type,
-        )
-    )
+    _move(ssm, parameter, ami_id, name)
     return {"parameter": parameter, "region": region, "previous": current.value, "ami_id": ami_id, "name": name, "architecture": base.architecture}
+
+
+def _tree(parameter: str) -> str:
+    """The `.../recommended` parameter of a `.../recommended/image_id` one (the tree's root)."""
+    return parameter[: -len("/image_id")] if parameter.endswith("/image_id") else parameter
+
+
+def _move(ssm: Any, parameter: str, ami_id: str, name: str) -> None:
+    """A new version of every parameter of the `recommended` tree, naming `ami_id` (`name`)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.utils import utcnow
+    from moto.ssm.models import Parameter
+
+    root = _tree(parameter)
+    doc_versions = ssm._parameters[root]
+    doc = json.loads(doc_versions[-1].value) if doc_versions else {}
+    version = re.search(r"\d{4}\.\d+\.(20\d{6}(?:\.\d+)?)", name)
+    doc.update(image_id=ami_id, image_name=name)
+    if version and "image_version" in doc:
+        doc["image_version"] = re.sub(r"20\d{6}(?:\.\d+)?$", version.group(1), str(doc["image_version"]))
+    values = {root: json.dumps(doc), f"{root}/image_id": ami_id}
+    for child in ("image_name", "image_version"):
+        if f"{root}/{child}" in ssm._parameters and child in doc:
+            values[f"{root}/{child}"] = str(doc[child])
+    for key, value in values.items():
+        versions = ssm._parameters[key]
+        current = versions[-1] if versions else None
+        versions.append(
+            Parameter(
+                account_id=DEFAULT_ACCOUNT_ID,
+                name=key,
+                value=value,
+                parameter_type=current.parameter_type if current else "String",
+                description=current.description if current else None,
+                allowed_pattern=None,
+                keyid=None,
+                last_modified_date=utcnow(),
+                version=(current.version if current else 0) + 1,
+                data_type=current.data_type if current else "text",
+            )
+        )
+
+
+def rollback(region: str, parameter: str) -> dict[str, Any]:
+    """Move the recommended parameters back to the image the parameter named before its current one."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+    from moto.ssm.models import ssm_backends
+
+    ssm = ssm_backends[DEFAULT_ACCOUNT_ID][region]
+    ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+    versions = ssm._parameters[parameter]
+    current = versions[-1].value if versions else None
+    earlier = [v.value for v in versions[:-1] if v.value != current]
+    if not earlier:
+        raise UsageError(f"{parameter} in {region} has named no other image to roll back to: publish one first")
+    back = earlier[-1]
+    image = ec2.amis.get(back)
+    if image is None:
+        raise UsageError(f"{parameter} named {back} before, which the local cloud no longer has in {region}")
+    _move(ssm, parameter, back, image.name)
+    return {"parameter": parameter, "region": region, "previous": current, "ami_id": back, "name": image.name, "architecture": image.architecture}
+
+
+def retire(region: str, ami_id: str, how: str) -> dict[str, Any]:
+    """Deprecate (DeprecationTime a minute ago) or deregister an AMI, as AWS does to old ECS-optimized ones."""
+    from datetime import timedelta
+
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.utils import utcnow
+    from moto.ec2.models import ec2_backends
+
+    ec2 = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+    image = ec2.amis.get(ami_id)
+    if image is None:
+        raise UsageError(f"the local cloud has no AMI {ami_id} in {region}")
+    if how == "deprecate":
+        image.deprecation_time = (utcnow() - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:00.000Z")
+    elif how == "deregister":
+        ec2.deregister_image(ami_id)
+    else:
+        raise UsageError(f"retire: how must be deprecate or deregister, not {how!r}")
+    return {"region": region, "ami_id": ami_id, "done": how}
 
 
 def _later_name(name: str, stamp: str, n: int) -> str:
@@ -98,9 +180,17 @@ def _later_name(name: str, stamp: str, n: int) -> str:
 
 
 def handle(body: bytes) -> dict[str, Any]:
-    """The control endpoint: {"region", "parameter"} -> what `publish` did."""
+    """The control endpoint: {"region", "parameter"} -> what `publish` did; with "action":
+    "rollback", what `rollback` did; {"action": "retire", "region", "ami_id", "how"}: `retire`."""
     try:
         request = json.loads(body or b"{}")
+        action = request.get("action", "publish")
+        if action == "retire":
+            return retire(str(request["region"]), str(request["ami_id"]), str(request["how"]))
+        if action == "rollback":
+            return rollback(str(request["region"]), str(request["parameter"]))
+        if action != "publish":
+            raise UsageError(f"publish-base: unknown action {action!r} (publish, rollback or retire)")
         return publish(str(request["region"]), str(request["parameter"]))
     except (KeyError, ValueError, TypeError) as exc:
         raise UsageError(f"publish-base needs a JSON body with region and parameter ({exc})") from None
@@ -109,8 +199,9 @@ def handle(body: bytes) -> dict[str, Any]:
 # -- the client side: `factory local publish-base` and the tests -------------------------
 
 
-def publish_base(endpoint: str, family: str, architecture: str = "x86_64", region: str = "us-east-1") -> dict[str, Any]:
-    """Ask the running local cloud to publish a new ECS-optimized AMI of `family`."""
+def publish_base(endpoint: str, family: str, architecture: str = "x86_64", region: str = "us-east-1", rollback: bool = False) -> dict[str, Any]:
+    """Ask the running local cloud to publish a new ECS-optimized AMI of `family` (or, with
+    `rollback`, to move its recommended parameters back to the image before)."""
     from factory.families import FAMILIES
 
     if family.startswith("ecs-"):
@@ -122,7 +213,18 @@ def publish_base(endpoint: str, family: str, architecture: str = "x86_64", regio
     parameter = FAMILIES[family].ssm_parameter(architecture)
     if not parameter:
         raise UsageError(f"{FAMILIES[family].label} has no {architecture} image; use --arch x86_64")
-    payload = json.dumps({"region": region, "parameter": parameter}).encode()
+    return _control(endpoint, {"region": region, "parameter": parameter, "action": "rollback" if rollback else "publish"})
+
+
+def retire_base(endpoint: str, ami_id: str, how: str = "deprecate", region: str = "us-east-1") -> dict[str, Any]:
+    """Ask the running local cloud to deprecate or deregister a (base) AMI."""
+    if how not in ("deprecate", "deregister"):
+        raise UsageError(f"how must be deprecate or deregister, not {how!r}")
+    return _control(endpoint, {"action": "retire", "region": region, "ami_id": ami_id, "how": how})
+
+
+def _control(endpoint: str, request: dict[str, Any]) -> dict[str, Any]:
+    payload = json.dumps(request).encode()
     req = urllib.request.Request(endpoint + CONTROL_PATH, data=payload, method="POST", headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:

@@ -9,6 +9,7 @@
 | `CreateVolume` with a `ClientToken` it has seen answers the volume it made then (its state now: `deleted` once it is deleted); with other parameters, `IdempotentParameterMismatch` | ignores the token: every retry makes a new volume | answers the first call's volume (`deleted` when it is gone), or the mismatch error |
 | `DeleteSecurityGroup` fails `DependencyViolation` while an instance that is not terminated (stopped included) is in the group | deletes it | refuses with `DependencyViolation` until every such instance is terminated |
 | `DeleteSnapshot` right after `DeregisterImage` can fail `InvalidSnapshot.InUse` for a while (now and then) | deletes at once | with `snapshot_release_delay` > 0 (off by default: Packer 1.6.6 relies on the race being rare), the snapshot stays in use that long |
+| a deprecated AMI (its `DeprecationTime` passed) of another owner is left out of `DescribeImages` unless `IncludeDeprecated` is true; the answer carries `DeprecationTime` | has no deprecation | the local cloud's publish control (`factory.local.aws.publish.retire`) sets an AMI's deprecation time, as AWS does two years after an ECS-optimized AMI's release; `DescribeImages` then answers as AWS does |
 | `DescribeImageReferences` lists the account's instances, launch templates (the newest `version-depth` versions, 10 by default) and SSM parameters that name each of at most 10 AMIs | not implemented (HTTP 500) | answers from moto's instances (the `state-name` option's states, all by default), launch template versions and parameters' current values, as `ImageReferences`; more than 10 AMIs is `InvalidParameterValue` |
 
 AWS sources: EC2 Developer Guide, "Ensuring idempotency in Amazon EC2 API requests"
@@ -20,7 +21,11 @@ default version of a launch template"; the success and error sets), DeregisterIm
 group that is associated with an instance ... the operation fails with
 DependencyViolation"), DescribeImageReferences (`ImageId.N`: at most 10; the
 `ResourceTypeOption` names `state-name` and `version-depth`, default all states and 10
-versions) with the User Guide's "Identify your resources referencing specified AMIs", and
+versions) with the User Guide's "Identify your resources referencing specified AMIs",
+DescribeImages `IncludeDeprecated` ("Default: No deprecated AMIs are included in the
+response. If you are the AMI owner, all deprecated AMIs appear in the response regardless")
+and `Image.DeprecationTime`, the ECS Developer Guide's "Amazon ECS-optimized Linux AMIs"
+(they are deprecated two years after creation), and
 botocore's EC2 model for the response shapes.
 """
 
@@ -141,6 +146,7 @@ def install(settings: Settings) -> None:
         return ActionResult(result)
 
     AmisResponse.deregister_image = deregister_image
+    _deprecated_images_hidden(AmisResponse)
 
     # A security group an instance still uses (a stopped one too) cannot be deleted.
     original_delete_security_group = EC2Backend.delete_security_group
@@ -257,3 +263,29 @@ def _drop_tree(ami_id: str) -> None:
         from factory.local.builder.ami_trees import AmiTrees
 
         AmiTrees(Path(where)).drop(ami_id)
+
+
+def _deprecated_images_hidden(amis_response: Any) -> None:
+    """DescribeImages leaves out another owner's deprecated AMIs unless IncludeDeprecated
+    is true (the table above); `DeprecationTime` is in the answer (moto's Ami carries the
+    attribute `deprecation_time` only when the local cloud set it)."""
+    from datetime import UTC, datetime
+
+    original = amis_response.describe_images
+
+    def describe_images(self: Any) -> Any:
+        result = original(self)
+        include = str(self._get_param("IncludeDeprecated", "false")).lower() == "true"
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        account = self.current_account
+
+        def shown(image: Any) -> bool:
+            when = getattr(image, "deprecation_time", None)
+            return include or not when or when[:19] > now or getattr(image, "owner_id", None) == account
+
+        images = result.result.get("Images") if isinstance(getattr(result, "result", None), dict) else None
+        if images is not None:
+            result.result["Images"] = [i for i in images if shown(i)]
+        return result
+
+    amis_response.describe_images = describe_images

@@ -4,8 +4,14 @@
 | --- | --- | --- |
 | PutParameter with `DataType: aws:ec2:image` answers 200 before the value is checked; a value that is not an available AMI of the account's region is then dropped (the parameter is not created or updated) | stores any value at once | the new version is stored `stale_read` seconds after the call, and only if it names an available AMI in that region; the call answers 200 with its version number either way |
 | DescribeParameters answers `MaxResults` (1 to 50, default 10) parameters a page | 10 a page whatever is asked | `MaxResults` a page; more than 50 is a ValidationException |
+| an ECS-optimized `.../recommended` parameter's value is a JSON document (`{"ecs_agent_version": ..., "image_id": ..., "image_name": ...}`) | the value is Python's repr of a dict (`{'ecs_agent_version': ...}`), not JSON | the JSON text |
+| a public parameter's LastModifiedDate is when AWS last moved it | the moment moto first loads it (another date every start) | the date of the release its image name carries (`...2023.0.20260922...` -> 2026-09-22T00:00:00Z), the same every start, so `factory lock` writes the same bytes |
 
-AWS sources: SSM API reference, PutParameter `DataType` ("a successful HTTP 200 response
+AWS sources: the ECS Developer Guide, "Retrieving Amazon ECS-optimized Linux AMI metadata"
+(`aws ssm get-parameters --names /aws/service/ecs/optimized-ami/amazon-linux-2023/recommended`
+answers a Value that is a JSON string with image_id, image_name, ecs_agent_version,
+ecs_runtime_version, source_image_name, os, ...; aws/amazon-ecs-ami's
+generate-release-notes.sh reads those fields with jq); SSM API reference, PutParameter `DataType` ("a successful HTTP 200 response
 does not guarantee that your parameter was successfully created or updated. The
 aws:ec2:image value is validated asynchronously"); SSM user guide, "Parameter data types"
 and "Native parameter support for Amazon Machine Image IDs"; SSM API reference,
@@ -76,6 +82,46 @@ def install(settings: Settings) -> None:
 
     SimpleSystemManagerBackend.put_parameter = put_parameter
     _describe_parameters_pages()
+    _ecs_parameters_as_aws_answers()
+
+
+ECS_PREFIX = "/aws/service/ecs/optimized-ami"
+_RELEASE_DATE = re.compile(r"(?<!\d)(20\d{2})(\d{2})(\d{2})(?!\d)")
+
+
+def _ecs_parameters_as_aws_answers() -> None:
+    """The ECS-optimized parameters moto loads from its copy of AWS's tree: each
+    `.../recommended` value as JSON text, and each LastModifiedDate the release date the
+    image name carries (see the table above)."""
+    import ast
+    import json
+    from datetime import datetime
+
+    from moto.ssm.models import ParameterDict
+
+    original_load = ParameterDict._load_tree_parameters
+
+    def load_tree(self: Any, path: str) -> None:
+        original_load(self, path)
+        if not path.startswith("ecs/"):
+            return
+        for name, versions in self.items():
+            if not name.startswith(ECS_PREFIX):
+                continue
+            for p in versions:
+                value = p.value
+                if isinstance(value, str) and value.startswith("{'"):
+                    value = ast.literal_eval(value)
+                if isinstance(value, dict):
+                    p.value = value = json.dumps(value)
+                for m in _RELEASE_DATE.finditer(str(value)):
+                    try:
+                        p.last_modified_date = datetime(int(m[1]), int(m[2]), int(m[3]))  # naive UTC, as moto keeps it
+                        break
+                    except ValueError:  # eight digits that are not a date
+                        continue
+
+    ParameterDict._load_tree_parameters = load_tree
 
 
 def _describe_parameters_pages() -> None:
