@@ -134,7 +134,7 @@ def _region_status(
     ce_by_arn = {c["computeEnvironmentArn"]: c for c in ces.values()}
     queues = reads.queues()
     tasks = [task for t in targets for task in t.tasks]
-    bases = [t.ami_spec.image.family_info.ssm_parameter(t.ami_spec.image.architecture) for t in targets if not t.ami_spec.image.pinned_ami]
+    bases = [t.ami_spec.image.base_parameter for t in targets if not t.ami_spec.image.pinned_ami]
     # The tasks' parameters and the ECS-optimized base parameters: one batch of GetParameters.
     values = reads.parameters([parameter_name(t) for t in tasks] + sorted({b for b in bases if b}))
     parameters = {t: values[parameter_name(t)] for t in tasks}
@@ -149,7 +149,7 @@ def _region_status(
     for target in targets:
         spec = target.ami_spec
         rows = [TaskStatus(task=task, region=region, tier=target.tier, ami_task=target.ami_task, queue=target.name, parameter=parameters.get(task)) for task in target.tasks]
-        recommended_base = spec.image.pinned_ami or recommended.get(spec.image.family_info.ssm_parameter(spec.image.architecture) or "")
+        recommended_base = spec.image.pinned_ami or recommended.get(spec.image.base_parameter or "")
         queue = queues.get(target.name)
         ce = None
         if queue:

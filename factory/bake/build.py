@@ -83,7 +83,7 @@ def _base_ami(spec: Any, clients: Any, reads: Any) -> str:
     """The base AMI (render.resolve_base_ami), its parameter read with the others of the region when `reads` is given."""
     from factory import render as render_mod
 
-    name = spec.image.family_info.ssm_parameter(spec.image.architecture)
+    name = spec.image.base_parameter
     if reads is None or spec.image.pinned_ami or not name:
         return render_mod.resolve_base_ami(spec, clients)
     value = reads.parameters([name])[name]

@@ -50,7 +50,7 @@ def bake_all(
     for region in dict.fromkeys(s.region for s in specs):
         reads[region] = RegionReads(cloud.clients(region))
         reads[region].parameters(sorted({n for s in specs if s.region == region and not s.image.pinned_ami
-                                         for n in [s.image.family_info.ssm_parameter(s.image.architecture)] if n}))
+                                         for n in [s.image.base_parameter] if n}))
     for spec in specs:
         try:
             if spec.region not in targets:
