@@ -156,7 +156,9 @@ def nextflow_config(
     if check:
         from factory.cloud import Cloud
 
-        missing = queues_exist(Cloud.open(cloud).clients(selected[0].region), sorted(set(queue_for_tasks(selected, tiers).values())))
+        # Only the named tasks' queues (queue_for_tasks maps every task of every tier).
+        queues = queue_for_tasks(selected, tiers)
+        missing = queues_exist(Cloud.open(cloud).clients(selected[0].region), sorted({queues[s.name] for s in selected}))
         if missing:
             from factory.errors import FactoryError
 

@@ -59,7 +59,8 @@ def packages(family: str, kernel: str) -> dict[str, dict[str, str]]:
     driver = DRIVER[family]
     kernel_version, _, kernel_release = kernel.partition("-")
     dist = "amzn2023" if family == "al2023" else "amzn2"
-    out = {"kernel": {"version": kernel_version, "release": kernel_release or "1"}}
+    # An RPM release has no `-` (uname -r = <version>-<release>.<arch> on Amazon Linux).
+    out = {"kernel": {"version": kernel_version, "release": kernel_release.replace("-", "_") or "1"}}
     if family == "al2023":
         names = ["nvidia-driver", "nvidia-driver-cuda", "nvidia-driver-libs", "nvidia-fabricmanager", "nvidia-persistenced",
                  "nvidia-settings", "nvidia-libXNVCtrl", "nvidia-kmod-common", "libnvidia-fbc"]
