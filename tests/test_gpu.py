@@ -256,3 +256,51 @@ def test_the_nextflow_config_names_the_registered_gpu_queue(gpu_bake):
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "withName: 'DORADO_BASECALL' { queue = 'factory-dorado-basecall'; accelerator = 1 }" in proc.stdout
+
+
+# -- a role that breaks a version lock fails the bake's GPU check -------------------------
+
+
+@pytest.fixture(scope="module")
+def gpu_host(tmp_path_factory):
+    """A build host of its own made to look like the AL2023 ECS GPU-optimized AMI (no Packer)."""
+    from buildhost_fixtures import start_host
+
+    from factory.local.builder.family_root import look_like
+    from factory.local.builder.gpu_base import look_like_gpu_base
+
+    h = start_host(tmp_path_factory.mktemp("gpu-host") / "host", docker=True)
+    try:
+        look_like(h, "al2023")
+        look_like_gpu_base(h, "al2023")
+        yield h
+    finally:
+        h.stop(remove=True)
+
+
+CARELESS_ROLE = """---
+# What a careless role does on a GPU base: clears the version locks before an update.
+- name: Clear the version locks
+  ansible.builtin.command:
+    argv: [dnf, versionlock, clear]
+"""
+
+
+@pytest.mark.slow
+@needs_local_cloud
+def test_a_role_that_clears_the_locks_fails_the_gpu_check(gpu_host, tmp_path):
+    from buildhost_fixtures import role_playbook, run_playbook, show
+
+    ev = {"ansible_python_interpreter": gpu_host.python_interpreter, "factory_family": "al2023", "gpu_stack_enabled": True}
+    whole = run_playbook(gpu_host, role_playbook(tmp_path, "gpu_stack", "gpu_check"), ev, tmp_path)
+    assert whole.returncode == 0, show(whole)  # the stand-in is a whole GPU stack: the check passes
+    assert "NVIDIA driver 580.159.03 (CUDA 13.0)" in whole.stdout
+    role = tmp_path / "roles" / "careless_update" / "tasks"
+    role.mkdir(parents=True)
+    (role / "main.yml").write_text(CARELESS_ROLE)
+    broken = run_playbook(gpu_host, role_playbook(tmp_path, "careless_update", "gpu_check"), ev, tmp_path)
+    assert broken.returncode != 0, show(broken)
+    assert "The GPU stack check failed" in broken.stdout
+    assert "nvidia-driver is not version-locked any more" in broken.stdout and "kernel is not version-locked" in broken.stdout
+    report = json.loads(gpu_host.path("/var/lib/factory/gpu-check.json").read_text())
+    assert report["ok"] is False and report["locked"] == []
