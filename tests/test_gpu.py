@@ -304,3 +304,20 @@ def test_a_role_that_clears_the_locks_fails_the_gpu_check(gpu_host, tmp_path):
     assert "nvidia-driver is not version-locked any more" in broken.stdout and "kernel is not version-locked" in broken.stdout
     report = json.loads(gpu_host.path("/var/lib/factory/gpu-check.json").read_text())
     assert report["ok"] is False and report["locked"] == []
+
+
+def test_the_local_cloud_publishes_a_new_gpu_base(moto):
+    """`factory local publish-base al2023 --accelerator nvidia`: AWS releasing a new GPU AMI."""
+    import boto3
+
+    from factory.errors import UsageError
+    from factory.local.aws.publish import publish_base
+
+    kw = {"region_name": "us-east-1", "endpoint_url": moto.endpoint, "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    ssm, ec2 = boto3.client("ssm", **kw), boto3.client("ec2", **kw)
+    done = publish_base(moto.endpoint, "al2023", accelerator="nvidia")
+    assert done["parameter"] == f"{ECS}/amazon-linux-2023/gpu/recommended/image_id"
+    assert ssm.get_parameter(Name=done["parameter"])["Parameter"]["Value"] == done["ami_id"]
+    assert ec2.describe_images(ImageIds=[done["ami_id"]])["Images"][0]["Name"].startswith("al2023-ami-ecs-gpu-hvm-")
+    with pytest.raises(UsageError, match="no arm64 ECS GPU-optimized AMI"):
+        publish_base(moto.endpoint, "al2023", "arm64", accelerator="nvidia")

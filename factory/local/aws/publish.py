@@ -109,7 +109,7 @@ def handle(body: bytes) -> dict[str, Any]:
 # -- the client side: `factory local publish-base` and the tests -------------------------
 
 
-def publish_base(endpoint: str, family: str, architecture: str = "x86_64", region: str = "us-east-1") -> dict[str, Any]:
+def publish_base(endpoint: str, family: str, architecture: str = "x86_64", region: str = "us-east-1", accelerator: str = "none") -> dict[str, Any]:
     """Ask the running local cloud to publish a new ECS-optimized AMI of `family`."""
     from factory.families import FAMILIES
 
@@ -119,9 +119,11 @@ def publish_base(endpoint: str, family: str, architecture: str = "x86_64", regio
         raise UsageError(f"unknown family {family!r}: use one of {', '.join(FAMILIES)} (or ecs-{next(iter(FAMILIES))}, as a spec's image.base says)")
     if architecture not in ("x86_64", "arm64"):
         raise UsageError(f"--arch must be x86_64 or arm64, not {architecture!r}")
-    parameter = FAMILIES[family].ssm_parameter(architecture)
+    if accelerator not in ("none", "nvidia"):
+        raise UsageError(f"--accelerator must be none or nvidia, not {accelerator!r}")
+    parameter = FAMILIES[family].ssm_parameter(architecture, accelerator)
     if not parameter:
-        raise UsageError(f"{FAMILIES[family].label} has no {architecture} image; use --arch x86_64")
+        raise UsageError(FAMILIES[family].no_base_reason(architecture, accelerator) or f"no {family} {architecture} image")
     payload = json.dumps({"region": region, "parameter": parameter}).encode()
     req = urllib.request.Request(endpoint + CONTROL_PATH, data=payload, method="POST", headers={"Content-Type": "application/json"})
     try:
