@@ -321,3 +321,62 @@ def test_the_local_cloud_publishes_a_new_gpu_base(moto):
     assert ec2.describe_images(ImageIds=[done["ami_id"]])["Images"][0]["Name"].startswith("al2023-ami-ecs-gpu-hvm-")
     with pytest.raises(UsageError, match="no arm64 ECS GPU-optimized AMI"):
         publish_base(moto.endpoint, "al2023", "arm64", accelerator="nvidia")
+
+
+# -- the check's parts, without a build host ------------------------------------------------
+
+
+def _check_module():
+    import importlib.util
+
+    path = REPO / "ansible" / "roles" / "gpu_stack" / "files" / "gpu_stack_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_stack_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_check_reads_a_modules_modinfo_as_binutils_does(tmp_path):
+    import lzma
+
+    from factory.local.builder.gpu_base import module_object
+
+    check = _check_module()
+    obj = module_object("nvidia-uvm", "580.159.03", "6.1.158-180.294.amzn2023.x86_64")
+    ko = tmp_path / "nvidia-uvm.ko"
+    ko.write_bytes(obj)
+    (tmp_path / "nvidia-uvm.ko.xz").write_bytes(lzma.compress(obj))
+    for path in (ko, tmp_path / "nvidia-uvm.ko.xz"):
+        info = check.modinfo(str(path))
+        assert info["version"] == "580.159.03" and info["vermagic"].split()[0] == "6.1.158-180.294.amzn2023.x86_64"
+    if shutil.which("readelf"):  # an independent reader of the stand-in's ELF object
+        shown = subprocess.run(["readelf", "-p", ".modinfo", str(ko)], capture_output=True, text=True, check=True).stdout
+        assert "version=580.159.03" in shown and "name=nvidia_uvm" in shown
+    (tmp_path / "junk.ko").write_bytes(b"not an object")
+    with pytest.raises(ValueError):
+        check.modinfo(str(tmp_path / "junk.ko"))
+
+
+def test_the_check_finds_modules_for_another_kernel_and_parses_both_lock_formats(tmp_path):
+    import lzma
+
+    from factory.local.builder.gpu_base import dkms_archive, module_object
+
+    check = _check_module()
+    old, new = "6.1.100-1.amzn2023.x86_64", "6.1.158-180.294.amzn2023.x86_64"
+    extra = tmp_path / "lib" / "modules" / old / "extra"
+    extra.mkdir(parents=True)
+    (extra / "nvidia.ko.xz").write_bytes(lzma.compress(module_object("nvidia", "580.159.03", old)))
+    archive = tmp_path / "var" / "lib" / "dkms-archive" / "nvidia-open"
+    archive.mkdir(parents=True)
+    (archive / f"nvidia-open-580.159.03-kernel{new}-x86_64.dkms.tar.gz").write_bytes(dkms_archive("nvidia-open", "580.159.03", new))
+    found = {m["path"]: m for m in check.modules(str(tmp_path), new, "x86_64")}
+    assert found[f"/lib/modules/{old}/extra/nvidia.ko.xz"]["kernel"] == old  # stale: a kernel the AMI does not boot
+    assert found[f"/var/lib/dkms-archive/nvidia-open/nvidia-open-580.159.03-kernel{new}-x86_64.dkms.tar.gz"]["version"] == "580.159.03"
+    assert check.cuda_for("580.159.03") == "13.0" and check.cuda_for("550.163.01") == "12.4" and check.cuda_for("390.1") is None
+    dnf = "Last metadata expiration check: 0:01:02 ago.\nkernel-0:6.1.158-180.294.amzn2023.*\nnvidia-driver-3:580.159.03-1.amzn2023.*\n"
+    yum = "Loaded plugins: extras_suggestions, versionlock\n0:kernel-4.14.355-275.570.amzn2.*\n0:nvidia-fabric-manager-550.163.01-1.*\nversionlock list done\n"
+    lister = tmp_path / "lister"
+    for text, names in ((dnf, {"kernel", "nvidia-driver"}), (yum, {"kernel", "nvidia-fabric-manager"})):
+        lister.write_text(text)
+        assert check.locked_names(["cat", str(lister)]) == (names, None)
