@@ -304,6 +304,14 @@ def test_a_role_that_clears_the_locks_fails_the_gpu_check(gpu_host, tmp_path):
     assert "nvidia-driver is not version-locked any more" in broken.stdout and "kernel is not version-locked" in broken.stdout
     report = json.loads(gpu_host.path("/var/lib/factory/gpu-check.json").read_text())
     assert report["ok"] is False and report["locked"] == []
+    # A base with no locks (AL2's GPU AMI locks nothing): gpu_stack, first in the play, adds
+    # them for kernel and the driver packages, and the check passes again.
+    relocked = run_playbook(gpu_host, role_playbook(tmp_path, "gpu_stack", "gpu_check"), ev, tmp_path)
+    assert relocked.returncode == 0, show(relocked)
+    assert "Lock the kernel and the NVIDIA driver packages where the base did not" in relocked.stdout
+    report = json.loads(gpu_host.path("/var/lib/factory/gpu-check.json").read_text())
+    assert report["ok"] is True and {"kernel", "nvidia-driver", "nvidia-persistenced"} <= set(report["locked"])
+    assert "nvidia-container-toolkit" not in report["locked"]  # not the driver's version: not locked by factory
 
 
 def test_the_local_cloud_publishes_a_new_gpu_base(moto):
