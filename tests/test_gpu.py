@@ -388,3 +388,20 @@ def test_the_check_finds_modules_for_another_kernel_and_parses_both_lock_formats
     for text, names in ((dnf, {"kernel", "nvidia-driver"}), (yum, {"kernel", "nvidia-fabric-manager"})):
         lister.write_text(text)
         assert check.locked_names(["cat", str(lister)]) == (names, None)
+
+
+def test_a_gpu_spec_renders_for_a_cheap_cpu_builder(tmp_path, monkeypatch):
+    """The builder of a GPU image is the usual CPU instance (no GPU is needed to bake), and
+    only a GPU spec's variables name the accelerator (a CPU spec's image hash is unchanged)."""
+    from factory import render as render_mod
+    from factory.sizing import size_task
+
+    monkeypatch.setenv(render_mod.CALLER_CIDR_ENV, "203.0.113.7/32")
+    gpu = find_spec(GPU_TASK, SPECS)
+    variables = render_mod.render(gpu, size_task(gpu), "ami-0123456789abcdef0", tmp_path / "gpu").variables
+    assert variables["accelerator"] == "nvidia" and variables["instance_type"] == "t3.medium"
+    cpu = find_spec("salmon-quant", SPECS)
+    assert "accelerator" not in render_mod.render(cpu, size_task(cpu), "ami-0123456789abcdef0", tmp_path / "cpu").variables
+    if shutil.which("packer"):
+        done = subprocess.run(["packer", "validate", "."], cwd=tmp_path / "gpu", capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
