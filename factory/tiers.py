@@ -219,7 +219,7 @@ def choose_tiers(specs_and_plans: Iterable[tuple[Any, Any]], max_tiers: int | No
         if max_tiers < len(keys):
             raise UsageError(
                 f"a cap of {max_tiers} tier{'s' if max_tiers != 1 else ''} ({CAP_SOURCES}) is fewer than the {len(keys)} tier groups: tasks that "
-                "differ in region, image base, architecture, volume mode, awscli prefix or batch "
+                "differ in region, image base, architecture, accelerator, volume mode, awscli prefix or batch "
                 f"settings cannot share a tier. Fix: allow {len(keys)} tiers or more, or make "
                 "those settings match"
             )
