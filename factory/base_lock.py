@@ -68,9 +68,7 @@ def base_of(spec: Any) -> tuple[BaseKey, str | None]:
     """A spec's base key and the SSM parameter that names it (None: the family has no
     such image). The one place both are derived from a spec."""
     image = spec.image
-    accelerator = getattr(image, "accelerator", "none") or "none"
-    per_image = image.family_info.ssm_parameter(image.architecture)
-    return BaseKey(image.family, image.architecture, accelerator), recommended_parameter(per_image)
+    return BaseKey(image.family, image.architecture, image.accelerator), recommended_parameter(image.base_parameter)
 
 
 def recommended_parameter(name: str | None) -> str | None:

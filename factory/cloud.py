@@ -100,7 +100,8 @@ class Cloud:
         image), a new builder as on AWS: one no build has used, or relaunched with nothing an
         earlier bake wrote (`BuildHost.relaunch`), made to look like the family's AMI
         (`family_root.look_like`: a command whose package the AMI lacks is not there until
-        a role installs the package)."""
+        a role installs the package), and for a GPU spec like its GPU AMI
+        (`gpu_base.look_like_gpu_base`: the NVIDIA packages, modules, locks and runtime)."""
         if self.kind != "local":
             yield Build(rendered)
             return
@@ -112,6 +113,10 @@ class Cloud:
                 from factory.local.builder.family_root import LOCAL_POOL, look_like
 
                 look_like(host, family, keep=LOCAL_POOL)
+                if rendered.variables.get("accelerator") == "nvidia":  # the family's ECS GPU-optimized AMI
+                    from factory.local.builder.gpu_base import look_like_gpu_base
+
+                    look_like_gpu_base(host, family)
             target = self.local.build_target(region, index=index)
             yield Build(render.with_variables(rendered, {
                 "ssh_host": target.ssh_host, "ssh_port": int(target.ssh_port),

@@ -30,9 +30,37 @@ class Family:
     base_docker_gib: int | None = None  # its separate Docker volume (AL1), else None
     data_device: str | None = None  # Docker's own data volume with `storage.grow` (None: the family cannot grow)
     ssm_agent: bool = True  # the base AMI runs the SSM agent (Session Manager can reach the builder)
+    # `image.accelerator: nvidia`: the family's ECS GPU-optimized AMI (x86_64 only: AWS
+    # publishes no arm64 ECS GPU AMI) and Batch's imageType for it; None: the family has none.
+    ssm_nvidia_x86_64: str | None = None
+    ecs_nvidia_image_type: str | None = None
 
-    def ssm_parameter(self, architecture: str) -> str | None:
+    def ssm_parameter(self, architecture: str, accelerator: str = "none") -> str | None:
+        """The SSM parameter naming the family's ECS-optimized AMI for the architecture and
+        accelerator (`none` or `nvidia`); None when AWS publishes no such AMI
+        (`no_base_reason` says why)."""
+        if accelerator == "nvidia":
+            return self.ssm_nvidia_x86_64 if architecture == "x86_64" else None
+        if accelerator != "none":
+            raise ValueError(f"unknown accelerator {accelerator!r} (one of {', '.join(ACCELERATORS)})")
         return self.ssm_arm64 if architecture == "arm64" else self.ssm_x86_64
+
+    def no_base_reason(self, architecture: str, accelerator: str = "none") -> str | None:
+        """Why the family has no ECS-optimized AMI for this architecture and accelerator, or None."""
+        if self.ssm_parameter(architecture, accelerator):
+            return None
+        if accelerator == "nvidia" and self.ssm_nvidia_x86_64 is None:
+            return f"AWS publishes no ECS GPU-optimized AMI for the {self.label}; use image.base ecs-al2023 for a GPU task"
+        if accelerator == "nvidia":
+            return ("AWS publishes no arm64 ECS GPU-optimized AMI (its GPU AMIs are x86_64 only: aws/amazon-ecs-ami has no "
+                    "arm64 GPU recipe, issues #220 and #241); use image.architecture x86_64 and x86 GPU types such as g5")
+        return f"the {self.label} has no {architecture} image; use x86_64 or another image.base"
+
+    def image_type(self, accelerator: str = "none") -> str:
+        """AWS Batch's ec2Configuration imageType for the family's instances."""
+        if accelerator == "nvidia" and self.ecs_nvidia_image_type:
+            return self.ecs_nvidia_image_type
+        return self.ecs_image_type
 
     @property
     def sized_device(self) -> str:
@@ -46,6 +74,8 @@ class Family:
 
 
 _ECS = "/aws/service/ecs/optimized-ami"
+# `image.accelerator`: none, or NVIDIA GPUs through the family's ECS GPU-optimized AMI.
+ACCELERATORS = ("none", "nvidia")
 
 FAMILIES: dict[str, Family] = {
     "al2023": Family(
@@ -63,6 +93,10 @@ FAMILIES: dict[str, Family] = {
         python_label="Python 3.9",
         ansible_core_below=None,
         data_device="/dev/xvdb",
+        # aws/amazon-ecs-ami generate-release-notes.sh (the parameters ECS releases) and
+        # Batch's Ec2Configuration.imageType (ECS_AL2023_NVIDIA, API reference).
+        ssm_nvidia_x86_64=f"{_ECS}/amazon-linux-2023/gpu/recommended/image_id",
+        ecs_nvidia_image_type="ECS_AL2023_NVIDIA",
     ),
     "al2": Family(
         key="al2",
@@ -80,6 +114,10 @@ FAMILIES: dict[str, Family] = {
         python_label="Python 3.7",
         ansible_core_below=(2, 18),
         data_device="/dev/xvdb",
+        # "Amazon Linux 2 (GPU) AMI metadata: /aws/service/ecs/optimized-ami/amazon-linux-2/gpu/<version>"
+        # (ECS developer guide, "Retrieving Amazon ECS-optimized Linux AMI metadata").
+        ssm_nvidia_x86_64=f"{_ECS}/amazon-linux-2/gpu/recommended/image_id",
+        ecs_nvidia_image_type="ECS_AL2_NVIDIA",
     ),
     "al1": Family(
         key="al1",
@@ -100,6 +138,8 @@ FAMILIES: dict[str, Family] = {
         base_docker_gib=22,
         # The legacy AMI ships no amazon-ssm-agent: Session Manager cannot reach its builder.
         ssm_agent=False,
+        # No GPU variant: the ECS guide lists GPU metadata for Amazon Linux 2 and 2023 only,
+        # and Batch has no ECS_AL1 NVIDIA imageType.
     ),
 }
 

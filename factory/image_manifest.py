@@ -33,6 +33,11 @@ HEADLINE_TAGS: dict[str, tuple[tuple[str, ...], ...]] = {
     "factory:docker": (("docker", "version"), ("docker", "storage_driver")),
     "factory:ecs-agent": (("ecs_agent", "version"),),
     "factory:awscli": (("awscli", "version"),),
+    # A GPU image's stack (gpu_stack role's check): the NVIDIA driver, the newest CUDA it
+    # supports (a container's CUDA may be at most this), the container toolkit.
+    "factory:nvidia-driver": (("gpu", "driver_version"),),
+    "factory:cuda": (("gpu", "cuda_version"),),
+    "factory:nvidia-container-toolkit": (("gpu", "container_toolkit_version"),),
 }
 
 

@@ -7,6 +7,12 @@
         withName: 'SALMON_QUANT' { queue = 'factory-salmon-quant' }
     }
 
+A GPU task (`image.accelerator: nvidia`) runs on its own GPU queue and asks for
+`accelerator = N` GPUs (`nextflow.gpus`, default 1), which Nextflow turns into Batch's GPU
+resource requirement. Nextflow ignores `accelerator.type` on AWS Batch (with a warning:
+nf-amazon's AwsBatchTaskHandler; Nextflow docs, process directive `accelerator`): which GPU
+a task gets is decided by the queue's instance types (the spec's batch.instance_types).
+
 Queue names follow factory.register (`factory-<tier>`), so the config can be written
 before or after `factory register`; `queues_exist` checks that they are registered.
 Nextflow has one `aws.region` and one `aws.batch.cliPath` per run, so the tasks in one
@@ -29,6 +35,12 @@ CLI_REQUIREMENT = (
     "// cliPath runs inside each task's container, with that image's C library: the image needs",
     "// glibc 2.17 or newer (Miniconda's floor); musl-based images (Alpine) cannot run it.",
     "// `factory bake` runs it in every image a spec lists in nextflow.containers.",
+)
+
+
+GPU_NOTE = (
+    "// A GPU task's process asks for `accelerator = N` GPUs (Batch's GPU resource requirement) on its",
+    "// GPU queue. accelerator.type is ignored on AWS Batch: the queue's instance types choose the GPU.",
 )
 
 
@@ -80,9 +92,15 @@ def render_config(specs: Sequence[Any], tiers: Sequence[Any]) -> str:
         "",
         "process {",
     ]
+    by_name = {s.name: s for s in specs}
+    if any(s.nextflow.gpus for s in specs):
+        lines[-1:-1] = list(GPU_NOTE)
     for process in sorted(processes):
         task = processes[process]
-        lines.append(f"    withName: {_quote(process).ljust(width)} {{ queue = {_quote(queues[task])} }}  // {task}")
+        gpus = by_name[task].nextflow.gpus
+        settings = f"queue = {_quote(queues[task])}" + (f"; accelerator = {int(gpus)}" if gpus else "")
+        comment = f"{task}, {gpus} NVIDIA GPU{'s' if gpus != 1 else ''} on {', '.join(by_name[task].batch.instance_types)}" if gpus else task
+        lines.append(f"    withName: {_quote(process).ljust(width)} {{ {settings} }}  // {comment}")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

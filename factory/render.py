@@ -178,21 +178,32 @@ class RenderResult:
 
 
 def resolve_base_ami(spec: Any, clients: Any) -> str:
-    """The exact base AMI: the spec's pinned `ami-...`, else the ECS-optimized SSM parameter."""
+    """The exact base AMI: the spec's pinned `ami-...`, else the ECS-optimized SSM parameter
+    of the family, architecture and accelerator (families.Family.ssm_parameter)."""
     pinned = spec.image.pinned_ami
     if pinned:
         return pinned
     family = spec.image.family_info
-    name = family.ssm_parameter(spec.image.architecture)
+    accelerator = getattr(spec.image, "accelerator", "none")
+    name = family.ssm_parameter(spec.image.architecture, accelerator)
     if not name:
-        raise FactoryError(
-            f"{spec.path}: image.architecture: {family.label} has no {spec.image.architecture} image; "
-            "use x86_64 or another image.base"
-        )
-    from factory.aws import aws_errors
+        field = "image.architecture" if spec.image.architecture == "arm64" else "image.base"
+        raise FactoryError(f"{spec.path}: {field}: {family.no_base_reason(spec.image.architecture, accelerator)}")
+    from botocore.exceptions import ClientError
+
+    from factory.aws import aws_errors, error_code
 
     with aws_errors(f"reading the base AMI from SSM parameter {name}"):
-        value = clients.ssm().get_parameter(Name=name)["Parameter"]["Value"]
+        try:
+            value = clients.ssm().get_parameter(Name=name)["Parameter"]["Value"]
+        except ClientError as exc:
+            if error_code(exc) != "ParameterNotFound":
+                raise
+            raise AwsError(
+                f"{spec.path}: region: {spec.region} has no SSM parameter {name}: AWS publishes no "
+                f"{family.label}{' GPU-optimized' if accelerator == 'nvidia' else ''} AMI there. Set `region:` to one "
+                f"that has it (aws ssm get-parameter --region <region> --name {name}), or pin image.base to an ami-..."
+            ) from None
     return base_ami_from_parameter(name, value)
 
 
@@ -316,7 +327,10 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     grow = getattr(spec.storage, "grow", None)
     # Only for a growing task, so every other task's variables file stays as it was.
     grow_vars = {"grow_enabled": True, "grow_max_gib": int(grow.max_gib), "grow_volume_type": grow.volume_type} if grow else {}
-    return grow_vars | {
+    # Only for a GPU task, likewise.
+    accelerator = getattr(spec.image, "accelerator", "none")
+    gpu_vars = {"accelerator": accelerator} if accelerator != "none" else {}
+    return grow_vars | gpu_vars | {
         "task": spec.name,
         "region": target.region or spec.region,
         "base_ami": base_ami,

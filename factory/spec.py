@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 from factory.errors import SizingError, SpecError, UsageError
 from factory.families import BASE_TO_FAMILY, FAMILIES, Family
+from factory.gpu import DEFAULT_GPUS
 from factory.sizing import GP3_MAX_GIB, load_benchmarks
 from factory.yamlsafe import YamlProblem, read_yaml
 
@@ -38,6 +39,14 @@ class ImageSpec:
     family: str
     architecture: str
     volume: str
+    accelerator: str = "none"  # "none" | "nvidia": the family's ECS GPU-optimized AMI
+
+    @property
+    def base_parameter(self) -> str | None:
+        """The SSM parameter naming the base AMI (None for a pinned AMI, or when AWS publishes none)."""
+        if self.pinned_ami:
+            return None
+        return self.family_info.ssm_parameter(self.architecture, self.accelerator)
 
     @property
     def pinned_ami(self) -> str | None:
@@ -97,6 +106,7 @@ class BatchSpec:
 class NextflowSpec:
     process: str
     containers: tuple[str, ...] = ()  # the task's images; the bake check runs the AWS CLI in each
+    gpus: int | None = None  # a GPU task's `accelerator = N` (default 1); None for a CPU task
 
 
 @dataclass(frozen=True)
@@ -367,6 +377,13 @@ def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[
     family_key = fam if base.startswith("ami-") else BASE_TO_FAMILY.get(base)
     if family_key == "al1" and arch == "arm64":
         problems.append(Problem(file, "image.architecture", "the legacy ECS-optimized Amazon Linux (al1) has no arm64 image; use ecs-al2023 or x86_64"))
+    accelerator = image.get("accelerator", "none")
+    gpu = accelerator == "nvidia"
+    if gpu and family_key in FAMILIES and arch in ("x86_64", "arm64"):
+        reason = FAMILIES[family_key].no_base_reason(arch, accelerator)
+        if reason:
+            where = "image.architecture" if arch == "arm64" and FAMILIES[family_key].ssm_nvidia_x86_64 else "image.base"
+            problems.append(Problem(file, where, f"cannot be used with `image.accelerator: nvidia`: {reason}"))
 
     storage = _section(doc, "storage")
     max_in = storage.get("max_input_gib")
@@ -400,6 +417,7 @@ def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[
         if strategy and strategy not in ON_DEMAND_STRATEGIES:
             problems.append(Problem(file, "batch.allocation_strategy", f"{strategy} is for spot; on-demand takes {' or '.join(ON_DEMAND_STRATEGIES)}"))
     types = batch.get("instance_types", [])
+    problems += _accelerator_type_problems(file, gpu, types, doc, family_key)
     for i, itype in enumerate(types if isinstance(types, list) else []):
         if not isinstance(itype, str):
             continue
@@ -410,6 +428,43 @@ def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[
             problems.append(Problem(file, f"batch.instance_types[{i}]", f"{itype} is an x86_64 type but image.architecture is arm64; use Graviton types such as m7g.xlarge"))
         if arch == "x86_64" and arm:
             problems.append(Problem(file, f"batch.instance_types[{i}]", f"{itype} is a Graviton (arm64) type but image.architecture is x86_64; set `image.architecture: arm64` or pick an x86 type"))
+    return problems
+
+
+def _accelerator_type_problems(file: str, gpu: bool, types: Any, doc: dict[str, Any], family_key: str | None) -> list[Problem]:
+    """A GPU spec names NVIDIA GPU types only (the queue's types choose the GPU: Nextflow's
+    accelerator.type is ignored on Batch); a CPU spec names none, nor nextflow.gpus."""
+    from factory import gpu as gpu_mod
+
+    problems: list[Problem] = []
+    if gpu and "instance_types" not in _section(doc, "batch"):
+        problems.append(Problem(
+            file, "batch.instance_types",
+            f"is required with `image.accelerator: nvidia`: Batch's default (optimal) picks CPU families only; "
+            f"name NVIDIA GPU types such as {gpu_mod.example_types()}",
+        ))
+    for i, itype in enumerate(types if isinstance(types, list) else []):
+        if not isinstance(itype, str):
+            continue
+        where = f"batch.instance_types[{i}]"
+        if gpu and itype in gpu_mod.BATCH_CPU_KEYWORDS:
+            problems.append(Problem(file, where, f"{itype} picks CPU-only families (C, M, R), but image.accelerator is nvidia; "
+                                                 f"name NVIDIA GPU types such as {gpu_mod.example_types()}"))
+        elif gpu and gpu_mod.nvidia_gpu(itype) is None:
+            other = gpu_mod.accelerator_of(itype)
+            kind = f"carries {other}, not an NVIDIA GPU" if other else "has no GPU"
+            problems.append(Problem(file, where, f"{itype} {kind}, but image.accelerator is nvidia; "
+                                                 f"name NVIDIA GPU types such as {gpu_mod.example_types()}"))
+        elif gpu and family_key == "al2023" and gpu_mod.instance_family(itype) in gpu_mod.NOT_ON_AL2023_NVIDIA:
+            problems.append(Problem(file, where, f"{itype} is not supported by Batch's ECS_AL2023_NVIDIA image type (p3 and g3 are not); "
+                                                 "pick a newer GPU type such as g5 or g6, or use image.base ecs-al2"))
+        elif not gpu and gpu_mod.nvidia_gpu(itype):
+            problems.append(Problem(file, where, f"{itype} is a GPU type ({gpu_mod.nvidia_gpu(itype)}) but image.accelerator is none: "
+                                                 "its GPU would sit idle at the GPU price on an image without the NVIDIA stack; "
+                                                 "set `image.accelerator: nvidia` or pick a CPU type"))
+    nextflow = _section(doc, "nextflow")
+    if not gpu and "gpus" in nextflow:
+        problems.append(Problem(file, "nextflow.gpus", "applies only with `image.accelerator: nvidia`; remove it or set the accelerator"))
     return problems
 
 
@@ -427,11 +482,14 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
     prov = batch.get("provisioning", "on-demand")
     strategy = batch.get("allocation_strategy") or ("SPOT_CAPACITY_OPTIMIZED" if prov == "spot" else "BEST_FIT_PROGRESSIVE")
     bench = (spec_path.parent / st["benchmarks"]).resolve() if st.get("benchmarks") else None
+    accelerator = image.get("accelerator", "none")
+    nextflow = doc.get("nextflow", {})
     spec = TaskSpec(
         name=doc["name"],
         description=doc["description"].strip(),
         region=doc.get("region", "us-east-1"),
-        image=ImageSpec(base=base, family=family, architecture=image.get("architecture", "x86_64"), volume=image.get("volume", "launch-template")),
+        image=ImageSpec(base=base, family=family, architecture=image.get("architecture", "x86_64"), volume=image.get("volume", "launch-template"),
+                        accelerator=accelerator),
         storage=StorageSpec(
             benchmarks=bench,
             max_input_gib=float(st["max_input_gib"]),
@@ -452,7 +510,8 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
         ),
         nextflow=NextflowSpec(
             process=doc.get("nextflow", {}).get("process", doc["name"].replace("-", "_")),
-            containers=tuple(doc.get("nextflow", {}).get("containers", ())),
+            containers=tuple(nextflow.get("containers", ())),
+            gpus=int(nextflow.get("gpus", DEFAULT_GPUS)) if accelerator == "nvidia" else None,
         ),
         path=spec_path.resolve(),
         spec_hash="",
@@ -482,7 +541,9 @@ def normalised(spec: TaskSpec) -> dict[str, Any]:
         "name": spec.name,
         "description": spec.description,
         "region": spec.region,
-        "image": {"base": spec.image.base, "family": spec.image.family, "architecture": spec.image.architecture, "volume": spec.image.volume},
+        # `accelerator` (and nextflow.gpus) only for a GPU task, so a CPU spec keeps its hash
+        "image": {"base": spec.image.base, "family": spec.image.family, "architecture": spec.image.architecture, "volume": spec.image.volume,
+                  **({"accelerator": spec.image.accelerator} if spec.image.accelerator != "none" else {})},
         "storage": storage,
         "awscli": {"prefix": spec.awscli.prefix},
         "batch": {
@@ -495,7 +556,8 @@ def normalised(spec: TaskSpec) -> dict[str, Any]:
         },
         # `containers` only when given, so specs without it keep their hash
         "nextflow": {"process": spec.nextflow.process,
-                     **({"containers": list(spec.nextflow.containers)} if spec.nextflow.containers else {})},
+                     **({"containers": list(spec.nextflow.containers)} if spec.nextflow.containers else {}),
+                     **({"gpus": spec.nextflow.gpus} if spec.nextflow.gpus is not None else {})},
     }
 
 

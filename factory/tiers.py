@@ -5,7 +5,7 @@ A volume may be larger than a task needs, never smaller, so a tier's volume is t
 largest of its tasks' and the tier's AMI is the one baked for that largest task.
 
 Tasks may share a tier only inside a *tier group*: same region, image base, architecture,
-volume mode, AWS CLI prefix and Batch settings (they share one compute environment).
+accelerator, volume mode, AWS CLI prefix and Batch settings (they share one compute environment).
 Inside a group, the cost of a set of tiers is the GiB provisioned for its tasks: each
 task is charged its tier's volume. With the sizes sorted, an optimal set of k tiers is a
 partition of the sorted list into k contiguous runs (moving a task to a tier with a
@@ -25,6 +25,9 @@ GROUP_FIELDS = (
     "region",
     "image.base",
     "image.architecture",
+    # A GPU task and a CPU task never share a tier: their images (GPU base or not), instance
+    # types and Batch image types differ.
+    "image.accelerator",
     "image.volume",
     "awscli.prefix",
     "batch.instance_types",
@@ -216,7 +219,7 @@ def choose_tiers(specs_and_plans: Iterable[tuple[Any, Any]], max_tiers: int | No
         if max_tiers < len(keys):
             raise UsageError(
                 f"a cap of {max_tiers} tier{'s' if max_tiers != 1 else ''} ({CAP_SOURCES}) is fewer than the {len(keys)} tier groups: tasks that "
-                "differ in region, image base, architecture, volume mode, awscli prefix or batch "
+                "differ in region, image base, architecture, accelerator, volume mode, awscli prefix or batch "
                 f"settings cannot share a tier. Fix: allow {len(keys)} tiers or more, or make "
                 "those settings match"
             )

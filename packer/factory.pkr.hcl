@@ -48,6 +48,7 @@ locals {
     bake_check_prefix                   = var.awscli_prefix
     bake_check_min_gib                  = min(var.volume_gib, var.docker_basesize_gib)
     bake_check_report_dest              = "${abspath(path.root)}/bake-check.json"
+    gpu_stack_enabled                   = var.accelerator == "nvidia"
     grow_agent_enabled                  = var.grow_enabled
     grow_agent_task                     = var.task
     grow_agent_max_gib                  = var.grow_max_gib
@@ -55,6 +56,7 @@ locals {
     grow_agent_mountpoint               = var.docker_data_root
     grow_agent_python                   = "${var.awscli_prefix}/bin/python"
     image_manifest_awscli_prefix        = var.awscli_prefix
+    image_manifest_gpu                  = var.accelerator == "nvidia"
     image_manifest_dest                 = "${abspath(path.root)}/image-manifest.json"
     image_manifest_labels = {
       task       = var.task

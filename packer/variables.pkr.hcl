@@ -209,6 +209,12 @@ variable "bake_check_image" {
   description = "The container image the bake check starts (as AWS Batch would); empty to import an empty image and mount the host's C library into it."
 }
 
+variable "accelerator" {
+  type        = string
+  default     = "none"
+  description = "image.accelerator: nvidia bakes on the family's ECS GPU-optimized AMI and runs gpu_stack (locks) and gpu_check (the stack proved whole)."
+}
+
 variable "grow_enabled" {
   type        = bool
   default     = false

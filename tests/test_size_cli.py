@@ -243,10 +243,10 @@ def test_size_task_reports_the_tier_register_would_use(cli, tmp_path, monkeypatc
     alone = json.loads(cli("size", "salmon-index", "--specs-dir", specs, "--json").stdout)
     assert (alone["tier"], alone["tier_volume_gib"]) == ("salmon-index", alone["volume_gib"])
 
-    (tmp_path / "factory.yaml").write_text("tiers:\n  max_tiers: 2\n")
+    (tmp_path / "factory.yaml").write_text("tiers:\n  max_tiers: 3\n")  # one tier a group (the GPU task is a group of its own)
     shared = json.loads(cli("size", "salmon-index", "--specs-dir", specs, "--json").stdout)
     star = json.loads(cli("size", "star-align", "--specs-dir", specs, "--json").stdout)
     assert shared["tier"] == star["tier"] == "star-align"
     assert shared["tier_volume_gib"] == star["volume_gib"] > shared["volume_gib"]
     table = cli("size", "--all", "--specs-dir", specs, "--json")
-    assert len(json.loads(table.stdout)["tiers"]) == 2  # --all honours the same cap
+    assert len(json.loads(table.stdout)["tiers"]) == 3  # --all honours the same cap

@@ -18,7 +18,7 @@ def spec(name, region="us-east-1", base="ecs-al2023", arch="x86_64", provisionin
     return SimpleNamespace(
         name=name,
         region=region,
-        image=SimpleNamespace(base=base, architecture=arch, volume="launch-template"),
+        image=SimpleNamespace(base=base, architecture=arch, volume="launch-template", accelerator="none"),
         awscli=SimpleNamespace(prefix="/home/ec2-user/miniconda"),
         storage=SimpleNamespace(grow=None),  # a TaskSpec always has storage; grow is optional
         batch=SimpleNamespace(instance_types=("optimal",), min_vcpus=0, max_vcpus=max_vcpus,

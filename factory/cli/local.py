@@ -109,6 +109,7 @@ def fault(
 def publish_base(
     family: str = typer.Argument(..., help="The ECS-optimized family: al2023, al2 or al1 (ecs-al2023 ... as in a spec's image.base)."),
     arch: str = typer.Option("x86_64", "--arch", help="x86_64 | arm64"),
+    accelerator: str = typer.Option("none", "--accelerator", help="none | nvidia (the family's ECS GPU-optimized AMI)"),
     region: str = typer.Option("us-east-1", "--region", help="The region AWS releases it in."),
     state_dir: Path | None = _STATE,
     json_out: bool = typer.Option(False, "--json", help="Print what was published as JSON."),
@@ -118,7 +119,7 @@ def publish_base(
     from factory.local import cloud
     from factory.local.aws import publish
 
-    done = publish.publish_base(cloud.running(state_dir).endpoint, family, arch, region, rollback=rollback)
+    done = publish.publish_base(cloud.running(state_dir).endpoint, family, arch, region, rollback=rollback, accelerator=accelerator)
     if json_out:
         print_json(done)
         return

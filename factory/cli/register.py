@@ -168,7 +168,9 @@ def nextflow_config(
         tiers, _ = tiers_in_account(everything, settings.max_tiers, where.clients)
     text = render_config(selected, tiers)
     if check:
-        missing = queues_exist(where.clients(selected[0].region), sorted(set(queue_for_tasks(selected, tiers).values())))
+        # Only the named tasks' queues (queue_for_tasks maps every task of every tier).
+        queues = queue_for_tasks(selected, tiers)
+        missing = queues_exist(where.clients(selected[0].region), sorted({queues[s.name] for s in selected}))
         if missing:
             from factory.errors import FactoryError
 

@@ -94,7 +94,7 @@ def register_targets(
     def environments(t: _Tier) -> None:
         queue = job_queue.find(t.clients.batch(), t.target.name, t.reads.queues())
         t.queue = queue
-        t.ce = compute_environment.reconcile(run, t.clients.batch(), t.target, t.region, t.lt, queue, t.changes)
+        t.ce = compute_environment.reconcile(run, t.clients.batch(), t.target, t.region, t.lt, queue, t.changes, ami_id=t.ami_id)
 
     def queues(t: _Tier) -> None:
         assert t.ce is not None

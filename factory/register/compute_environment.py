@@ -99,7 +99,19 @@ class Outcome:
         return "UPDATING" if self.updating or (self.pending is not None and self.pending.rolling) else None
 
 
-def desired(run: Run, target: TierTarget, region: Region, lt_name: str, lt_version: int) -> dict[str, Any]:
+def ec2_configuration(target: TierTarget, ami_id: str | None) -> list[dict[str, str]]:
+    """Batch's ec2Configuration for the tier. A GPU tier names the family's NVIDIA image type
+    and the tier's AMI as its override: Batch matches each entry to instance types, and
+    without it a g/p instance would be given the CPU image type's AMI (Batch User Guide,
+    "AMI selection order"; Ec2Configuration in the Batch API reference)."""
+    accelerator = getattr(target, "accelerator", "none")
+    entry = {"imageType": target.family.image_type(accelerator)}
+    if accelerator != "none" and ami_id:
+        entry["imageIdOverride"] = ami_id
+    return [entry]
+
+
+def desired(run: Run, target: TierTarget, region: Region, lt_name: str, lt_version: int, ami_id: str | None = None) -> dict[str, Any]:
     b = target.batch
     spot = b.provisioning == "spot"
     cr: dict[str, Any] = {
@@ -112,7 +124,7 @@ def desired(run: Run, target: TierTarget, region: Region, lt_name: str, lt_versi
         "securityGroupIds": list(region.network.security_groups),
         "instanceRole": region.instance_role,
         "launchTemplate": {"launchTemplateName": lt_name, "version": str(lt_version)},
-        "ec2Configuration": [{"imageType": target.family.ecs_image_type}],
+        "ec2Configuration": ec2_configuration(target, ami_id),
         "tags": {TAG_TIER: target.tier, TAG_MANAGED: "true", "Name": target.name},
     }
     if spot and b.spot_bid_percentage is not None:
@@ -186,12 +198,14 @@ def _settings_hash(cr: Mapping[str, Any], service_role: str | None) -> str:
 
 
 def reconcile(
-    run: Run, batch: Any, target: TierTarget, region: Region, lt: dict[str, Any], queue: dict[str, Any] | None, changes: list[Change]
+    run: Run, batch: Any, target: TierTarget, region: Region, lt: dict[str, Any], queue: dict[str, Any] | None, changes: list[Change],
+    ami_id: str | None = None,
 ) -> Outcome:
     """Sends what the tier's environment needs and returns at once: the caller waits for
-    every tier's `pending` together (wait_all)."""
+    every tier's `pending` together (wait_all). `ami_id`: the tier's AMI (a GPU tier names it
+    in ec2Configuration)."""
     base = target.name
-    want = desired(run, target, region, lt["name"], lt["version"])
+    want = desired(run, target, region, lt["name"], lt["version"], ami_id)
     policy = run.config.batch.update_policy
     all_ces = region.compute_environments
     by_name = {c["computeEnvironmentName"]: c for c in all_ces}

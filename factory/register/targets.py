@@ -29,6 +29,7 @@ class TierTarget:
     grow_volume: dict[str, Any] | None = None
     grow_tags: tuple[dict[str, Any], ...] = ()
     ami_spec: Any = None  # the ami_task's TaskSpec: what its image should hash to now (factory.image_identity.expected_image_hash)
+    accelerator: str = "none"  # image.accelerator: "nvidia" makes the environment's image type the family's NVIDIA one
 
     @property
     def name(self) -> str:
@@ -54,6 +55,7 @@ def targets_for(specs: Sequence[Any], tiers: Sequence[Any]) -> list[TierTarget]:
             ("region", lambda s: s.region),
             ("image.family", lambda s: s.image.family),
             ("image.architecture", lambda s: s.image.architecture),
+            ("image.accelerator", lambda s: s.image.accelerator),
             ("batch", lambda s: s.batch),
         ):
             values = {repr(get(s)) for s in members}
@@ -74,6 +76,7 @@ def targets_for(specs: Sequence[Any], tiers: Sequence[Any]) -> list[TierTarget]:
                 batch=largest.batch,
                 spec_hash=largest.spec_hash,
                 ami_spec=largest,
+                accelerator=largest.image.accelerator,
                 **_grow(largest, int(tier.volume_gib)),
             )
         )

@@ -199,7 +199,8 @@ def handle(body: bytes) -> dict[str, Any]:
 # -- the client side: `factory local publish-base` and the tests -------------------------
 
 
-def publish_base(endpoint: str, family: str, architecture: str = "x86_64", region: str = "us-east-1", rollback: bool = False) -> dict[str, Any]:
+def publish_base(endpoint: str, family: str, architecture: str = "x86_64", region: str = "us-east-1", rollback: bool = False,
+                 accelerator: str = "none") -> dict[str, Any]:
     """Ask the running local cloud to publish a new ECS-optimized AMI of `family` (or, with
     `rollback`, to move its recommended parameters back to the image before)."""
     from factory.families import FAMILIES
@@ -210,9 +211,11 @@ def publish_base(endpoint: str, family: str, architecture: str = "x86_64", regio
         raise UsageError(f"unknown family {family!r}: use one of {', '.join(FAMILIES)} (or ecs-{next(iter(FAMILIES))}, as a spec's image.base says)")
     if architecture not in ("x86_64", "arm64"):
         raise UsageError(f"--arch must be x86_64 or arm64, not {architecture!r}")
-    parameter = FAMILIES[family].ssm_parameter(architecture)
+    if accelerator not in ("none", "nvidia"):
+        raise UsageError(f"--accelerator must be none or nvidia, not {accelerator!r}")
+    parameter = FAMILIES[family].ssm_parameter(architecture, accelerator)
     if not parameter:
-        raise UsageError(f"{FAMILIES[family].label} has no {architecture} image; use --arch x86_64")
+        raise UsageError(FAMILIES[family].no_base_reason(architecture, accelerator) or f"no {family} {architecture} image")
     return _control(endpoint, {"region": region, "parameter": parameter, "action": "rollback" if rollback else "publish"})
 
 

@@ -108,6 +108,9 @@ repo = json.load(open("/etc/factory-buildhost/repository.json"))
 me = os.path.basename(sys.argv[0])
 dnf = repo["manager"] == "dnf"
 args = [a for a in sys.argv[1:] if not a.startswith("-")]
+VERSIONLOCK = "/usr/local/sbin/factory-versionlock"  # a GPU base's plugin (factory/local/builder/gpu_base.py)
+if args and args[0] == "versionlock" and os.path.exists(VERSIONLOCK):
+    os.execv(VERSIONLOCK, [VERSIONLOCK] + sys.argv[1:])
 if not args or args[0] != "install":
     print(f"{me}: the local build host's stand-in only runs `{me} install`", file=sys.stderr)
     sys.exit(1)
