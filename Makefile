@@ -31,11 +31,12 @@ system-deps: ## apt-get install packer, openssh-server, docker.io, python3-pip, 
 demo: $(STAMP) system-deps ## Bake salmon-quant on the local cloud and register it (no AWS account)
 	@$(PY) scripts/demo.py
 
-# The suite waits on SSH, Packer's polling and AWS-style waits far more than it computes,
-# so its test files run TEST_JOBS at a time (pytest-xdist, a file's tests together so its
-# local cloud is shared), the files with slow tests first (tests/conftest.py); the IAM proof
-# reads the calls of all of them, so it runs after.
-TEST_JOBS ?= 2
+# A local bake keeps one core busy, but the register, prune and job modules wait on the
+# local cloud's state delays (a third of a core to half of one: docs/test-speed.md), so the
+# test files run TEST_JOBS at a time on 2 cores (pytest-xdist, a file's tests together so
+# its local cloud is shared), the longest first (tests/conftest.py); the IAM proof reads
+# the calls of all of them, so it runs after.
+TEST_JOBS ?= 3
 test: $(STAMP) system-deps ## Run the whole test suite (real Packer, Ansible, sshd, dockerd, moto); TEST_JOBS=1 runs one file at a time
 	@calls=$$(mktemp /tmp/factory-calls-XXXXXX.log); export FACTORY_LOCAL_CALL_LOG=$$calls; \
 	$(VENV)/bin/pytest -q $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder) --ignore tests/test_zz_iam_policy.py $(PYTEST_ARGS) \

@@ -34,10 +34,15 @@ calls after Packer made the finished AMI (AFTER_THE_AMI) are each proven on a fr
 account, since the next bake reuses that AMI and would never reach a later Packer call.
 Register's own calls are also proven one by one, each on a fresh account, by
 tests/test_crash_consistency.py. Each module prints its runs' times at its end.
+
+The clean bake is made once a session where the order allows (`clean`): a module that
+starts after another one made it takes its calls and state, which are the same on any fresh
+account of this checkout, rather than baking it again on its own cloud.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -192,7 +197,42 @@ def settle() -> None:
 
 @pytest.fixture(scope="module")
 def clean(lc, tmp_path_factory) -> tuple[list, dict]:
-    """A clean bake on a fresh account: its calls (caller, operation) and the state it leaves."""
+    """A clean bake on a fresh account: its calls (caller, operation) and the state it leaves.
+    Made once a session where it can be: the first module to make it leaves it in the
+    session's shared folder (`CLEAN_FILE`), and a module that starts after that takes it
+    from there instead of baking the same clean bake on its own cloud (about 55 s of one
+    worker). What it holds is the same on any fresh account of any local cloud of this
+    checkout (ids replaced by what they are); a module that finds no file bakes its own."""
+    shared = _shared_dir(tmp_path_factory) / CLEAN_FILE
+    if shared.is_file():
+        made = json.loads(shared.read_text())
+        return [tuple(c) for c in made["calls"]], made["want"]
+    calls, want = _clean_bake(lc, tmp_path_factory)
+    want = plain(want)
+    tmp = shared.with_name(f"{shared.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"calls": calls, "want": want}))
+    tmp.replace(shared)  # atomic: a module never reads half of it
+    return calls, want
+
+
+CLEAN_FILE = "bake-crash-clean.json"
+
+
+def _shared_dir(tmp_path_factory) -> Path:
+    """A folder of this session that every xdist worker sees: the parent of the workers' own
+    base folders (pytest's base folder itself when the session is not distributed). A new
+    session starts with a new one, so a clean bake is never taken from another checkout."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def plain(state: dict) -> dict:
+    """`state()` as JSON gives it back (tuples as lists): how a shared clean bake's state is
+    read, so every state is compared in this form."""
+    return json.loads(json.dumps(state))
+
+
+def _clean_bake(lc, tmp_path_factory) -> tuple[list, dict]:
     moto_snapshots = fresh(lc)
     lc.moto.calls(clear=True)
     proc = bake(lc, tmp_path_factory.mktemp("clean") / "build", "clean bake")
@@ -224,7 +264,7 @@ def finish(lc, build: Path, moto_snapshots: set[str], want: dict, problems: list
     again = bake(lc, build, label)
     problems += [] if again.returncode == 0 else [f"{label}: exit {again.returncode}: {again.stdout[-1500:]}{again.stderr[-3000:]}"]
     settle()
-    got = state(lc, moto_snapshots)
+    got = plain(state(lc, moto_snapshots))
     wrong = {k: (got.get(k), want.get(k)) for k in sorted(set(got) | set(want)) if got.get(k) != want.get(k)}
     problems += [f"{label} left another state than the clean bake (key: (got, want)): {wrong}"] if wrong else []
     plan = factory(lc, "plan", TASK, "--cloud", "local")

@@ -52,14 +52,42 @@ def _ctrl_c_as_a_terminal_gives_it() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# About what the longest modules take in a whole-suite run on 2 cores (seconds: their tests'
+# setup and call from `--durations`, less what this session's changes took off; a guess
+# where the log said too little). Only the order matters: longest first, and
+# test_crash_consistency_bake_build before the other two crash modules, which then take its
+# clean bake rather than baking their own (tests/bake_crash.py `clean`).
+MODULE_SECONDS = {
+    "test_bake": 270,
+    "test_crash_consistency_bake_build": 255,
+    "test_crash_consistency_bake_after_ami": 190,
+    "test_crash_consistency": 185,
+    "test_roles": 160,
+    "test_crash_consistency_bake_finish": 150,
+    "test_local_run": 130,
+    "test_show": 80,
+    "test_status": 70,
+    "test_grow_agent": 70,
+}
+SLOW_MODULE_SECONDS = 60  # a module with a slow test not listed above
+
+
 def pytest_collection_modifyitems(session, config, items):
-    """Modules with a slow test (real Packer, Ansible, Docker) first, each module's tests kept
-    together and in order: `make test` hands whole files to its workers in this order
-    (`--no-loadscope-reorder`), so the longest files start at once and the quick ones fill
-    the gaps at the end, rather than a long file starting last and running alone. And
-    whether this session runs the whole suite (for the IAM proof)."""
+    """The longest modules first, each module's tests kept together and in order: `make
+    test` hands whole files to its workers in this order (`--no-loadscope-reorder`), so the
+    longest files start at once and the quick ones fill the gaps at the end, rather than a
+    long file starting last and running alone (a worker is handed its next file while the
+    last two tests of the one it runs are still to come, so a long file handed out late
+    keeps its worker busy after the other is done). Modules with a slow test (real Packer,
+    Ansible, Docker) and not in MODULE_SECONDS come next, then the rest. And whether this
+    session runs the whole suite (for the IAM proof)."""
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+
+    def seconds(item) -> int:
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return MODULE_SECONDS.get(name, SLOW_MODULE_SECONDS if item.module.__name__ in slow_modules else 0)
+
+    items.sort(key=lambda item: -seconds(item))
     config.factory_whole_suite = _runs_whole_suite(config) or _whole_suite_mark(config).exists()
 
 
