@@ -155,6 +155,10 @@ def _region_status(
     values = reads.parameters([parameter_name(t) for t in tasks] + sorted({b for b in bases if b}))
     parameters = {t: values[parameter_name(t)] for t in tasks}
     recommended = _recommended_bases(values, region)
+    # The locked bases of the region, checked as a bake checks them (one DescribeImages): a
+    # deprecated or deregistered one is said before a bake fails on it.
+    locked = {base_lock.base_of(t.ami_spec)[0].name for t in targets if not t.ami_spec.image.pinned_ami}
+    unusable = base_lock.check_images(lock, {region: locked}, cloud) if lock is not None else {}
     fired = _grow_fired(ec2)
     now = datetime.now(UTC)
     strays = _stray_builders(ec2, builder_hours, now)
@@ -213,6 +217,8 @@ def _region_status(
                 stale.append(f"AWS recommends base {recommended_base}; {ami_in_use} was baked on {base}: run `factory bake {target.ami_task}`")
         if lock_status is not None and lock_status.state in ("newer", "backwards", "changed", "missing"):
             notes.append(lock_status.text())
+        if (key.name, region) in unusable:
+            notes.append(f"a bake would fail: {unusable[(key.name, region)]}")
         if image_changed:
             stale.append(
                 f"image content changed since the bake of {ami_in_use} (the spec's image settings, the template or the roles): "
