@@ -439,9 +439,10 @@ def ensure(specs: Sequence[Any], cloud: Any, lock: BaseLock, *, refresh: bool = 
     wants = wanted(specs)
     changes = lock_bases(specs, cloud, lock, update=refresh, only=list(wants) if refresh else None)
     for c in changes:
-        if c.old_name is None:
-            verb = "added to" if c.base not in before else "added a region to"
-            lock.notes.append(f"base {c.base} was not in {lock.path}: {verb} it: {c.text()}")
+        if c.old_name is None and c.base not in before:
+            lock.notes.append(f"base {c.base} was not in {lock.path}: added to it: {c.text()}")
+        elif c.old_name is None:
+            lock.notes.append(f"base {c.base} had no image in {c.region} in {lock.path}: added (the locked image, by name): {c.text()}")
         else:
             lock.notes.append(f"--refresh moved base {c.text()}")
     return changes
