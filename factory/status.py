@@ -170,9 +170,9 @@ def _region_status(
         spec = target.ami_spec
         rows = [TaskStatus(task=task, region=region, tier=target.tier, ami_task=target.ami_task, queue=target.name, parameter=parameters.get(task)) for task in target.tasks]
         key, base_parameter = base_lock.base_of(spec)
-        now = None if spec.image.pinned_ami else recommended.get(base_parameter or "")
-        lock_status = None if spec.image.pinned_ami else base_lock.status_of(lock, key, region, now)
-        recommended_base = spec.image.pinned_ami or (now.image_id if now else None)
+        aws_now = None if spec.image.pinned_ami else recommended.get(base_parameter or "")
+        lock_status = None if spec.image.pinned_ami else base_lock.status_of(lock, key, region, aws_now)
+        recommended_base = spec.image.pinned_ami or (aws_now.image_id if aws_now else None)
         locked_base = lock_status.locked_image if lock_status else None
         bake_base = spec.image.pinned_ami or locked_base or recommended_base  # what a bake would use
         queue = queues.get(target.name)
