@@ -352,16 +352,20 @@ def lock_bases(specs: Sequence[Any], cloud: Any, lock: BaseLock, *, update: bool
     wants = wanted(specs, regions)
     pick = set(only) if only is not None else None
     todo: dict[str, Want] = {}
+    by_name: dict[str, Want] = {}  # locked bases a region is added to: found there by their image name
     for name, w in wants.items():
         entry = lock.bases.get(name)
         if update and (pick is None or name in pick):
             todo[name] = w
-        elif entry is None or any(r not in entry.regions for r in w.regions):
-            missing = w.regions if entry is None else {r for r in w.regions if r not in entry.regions}
-            todo[name] = Want(w.key, w.parameter, missing, w.source)
-    if not todo:
+        elif entry is None or not entry.regions:
+            todo[name] = w
+        elif any(r not in entry.regions for r in w.regions):
+            by_name[name] = Want(w.key, w.parameter, {r for r in w.regions if r not in entry.regions}, w.source)
+    if not todo and not by_name:
         return []
-    answers = resolve(todo, cloud)
+    answers = resolve(todo, cloud) if todo else {}
+    answers.update(resolve_by_name(lock, by_name, cloud))
+    todo.update(by_name)
     changes: list[Change] = []
     for name in sorted(answers):
         by_region = answers[name]
@@ -371,18 +375,40 @@ def lock_bases(specs: Sequence[Any], cloud: Any, lock: BaseLock, *, update: bool
             have = ", ".join(f"{r}: {a.image_name}" for r, a in sorted(by_region.items()))
             raise FactoryError(f"base {name}: AWS recommends different images in different regions ({have}), as while it rolls "
                                f"a release out region by region: run `{UPDATE_COMMAND}` again later")
-        if entry is not None and entry.regions and not update and entry.image_name not in names:
-            raise FactoryError(
-                f"base {name}: the lock ({lock.path}) holds {entry.image_name} in {', '.join(entry.regions)}; for "
-                f"{', '.join(sorted(by_region))} AWS now recommends {names.pop()}: run `{UPDATE_COMMAND}` to move every region "
-                "to it (one base is one image in every region)"
-            )
         for region in sorted(by_region):
             change = _change(entry, name, region, by_region[region])
             if change is not None:
                 changes.append(change)
         _record(lock, todo[name], by_region)
     return changes
+
+
+def resolve_by_name(lock: BaseLock, wants: dict[str, Want], cloud: Any) -> dict[str, dict[str, Resolved]]:
+    """A locked base in regions it lacks, found there by its image name (the same in every
+    region: aws/amazon-ecs-ami pins its sources by name for this): one paged DescribeImages
+    of Amazon's images per region, deprecated ones included. Such a region has no parameter
+    version or date (the parameter was not what named it)."""
+    from factory.aws import aws_errors
+    from factory.register.reads import paged
+
+    by_region: dict[str, list[str]] = {}
+    for name, w in wants.items():
+        for region in w.regions:
+            by_region.setdefault(region, []).append(name)
+    out: dict[str, dict[str, Resolved]] = {}
+    for region in sorted(by_region):
+        names = {lock.bases[n].image_name: n for n in by_region[region]}
+        with aws_errors(f"finding the locked base images by name in {region}"):
+            found = paged(cloud.clients(region).ec2(), "describe_images", "Images", Owners=["amazon"], IncludeDeprecated=True,
+                          Filters=[{"Name": "name", "Values": sorted(names)}])
+        ids = {i.get("Name"): i["ImageId"] for i in sorted(found, key=lambda i: (i.get("CreationDate", ""), i["ImageId"]))}
+        for image_name, base in sorted(names.items()):
+            if image_name not in ids:
+                raise FactoryError(f"{wants[base].source}: base {base}: the lock's image {image_name} is not in {region} "
+                                   f"(AWS publishes each release in every region, and deregisters old ones): run `{UPDATE_COMMAND}`")
+            entry = lock.bases[base]
+            out.setdefault(base, {})[region] = Resolved(ids[image_name], image_name, dict(entry.fields), None, None)
+    return out
 
 
 def prune_unused(specs: Sequence[Any], lock: BaseLock, regions: Iterable[str] = ()) -> list[str]:
@@ -411,9 +437,10 @@ def ensure(specs: Sequence[Any], cloud: Any, lock: BaseLock, *, refresh: bool = 
     wants = wanted(specs)
     changes = lock_bases(specs, cloud, lock, update=refresh, only=list(wants) if refresh else None)
     for c in changes:
-        if c.old_name is None:
-            verb = "added to" if c.base not in before else "added a region to"
-            lock.notes.append(f"base {c.base} was not in {lock.path}: {verb} it: {c.text()}")
+        if c.old_name is None and c.base not in before:
+            lock.notes.append(f"base {c.base} was not in {lock.path}: added to it: {c.text()}")
+        elif c.old_name is None:
+            lock.notes.append(f"base {c.base} had no image in {c.region} in {lock.path}: added (the locked image, by name): {c.text()}")
         else:
             lock.notes.append(f"--refresh moved base {c.text()}")
     return changes

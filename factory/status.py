@@ -157,6 +157,10 @@ def _region_status(
     values = reads.parameters([parameter_name(t) for t in tasks] + sorted({b for b in bases if b}))
     parameters = {t: values[parameter_name(t)] for t in tasks}
     recommended = _recommended_bases(values, region)
+    # The locked bases of the region, checked as a bake checks them (one DescribeImages): a
+    # deprecated or deregistered one is said before a bake fails on it.
+    locked = {base_lock.base_of(t.ami_spec)[0].name for t in targets if not t.ami_spec.image.pinned_ami}
+    unusable = base_lock.check_images(lock, {region: locked}, cloud) if lock is not None else {}
     fired = _grow_fired(ec2)
     now = datetime.now(UTC)
     strays = _stray_builders(ec2, builder_hours, now)
@@ -168,9 +172,9 @@ def _region_status(
         spec = target.ami_spec
         rows = [TaskStatus(task=task, region=region, tier=target.tier, ami_task=target.ami_task, queue=target.name, parameter=parameters.get(task)) for task in target.tasks]
         key, base_parameter = base_lock.base_of(spec)
-        now = None if spec.image.pinned_ami else recommended.get(base_parameter or "")
-        lock_status = None if spec.image.pinned_ami else base_lock.status_of(lock, key, region, now)
-        recommended_base = spec.image.pinned_ami or (now.image_id if now else None)
+        aws_now = None if spec.image.pinned_ami else recommended.get(base_parameter or "")
+        lock_status = None if spec.image.pinned_ami else base_lock.status_of(lock, key, region, aws_now)
+        recommended_base = spec.image.pinned_ami or (aws_now.image_id if aws_now else None)
         locked_base = lock_status.locked_image if lock_status else None
         bake_base = spec.image.pinned_ami or locked_base or recommended_base  # what a bake would use
         queue = queues.get(target.name)
@@ -215,6 +219,8 @@ def _region_status(
                 stale.append(f"AWS recommends base {recommended_base}; {ami_in_use} was baked on {base}: run `factory bake {target.ami_task}`")
         if lock_status is not None and lock_status.state in ("newer", "backwards", "changed", "missing"):
             notes.append(lock_status.text())
+        if (key.name, region) in unusable:
+            notes.append(f"a bake would fail: {unusable[(key.name, region)]}")
         if image_changed:
             stale.append(
                 f"image content changed since the bake of {ami_in_use} (the spec's image settings, the template or the roles): "

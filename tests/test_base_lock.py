@@ -104,6 +104,26 @@ def test_a_lock_holds_each_base_once_per_region_and_keys_by_family_architecture_
     assert (key.name, parameter) == ("al2023-x86_64", PARAMETER)
 
 
+def test_a_region_added_to_a_locked_base_is_found_there_by_the_image_name(cloud, moto, tmp_path):
+    """As aws/amazon-ecs-ami pins its sources by name: the lock's image in the new region,
+    even after AWS recommends a newer one (a distribution region added later)."""
+    specs = load_specs([SPECS])
+    lock = base_lock.BaseLock(tmp_path / "factory.lock")
+    base_lock.lock_bases(specs, cloud, lock)
+    entry = lock.bases["al2023-x86_64"]
+    name, here = entry.image_name, entry.regions[REGION].image_id
+    publish_base(moto.endpoint, "al2023")  # AWS moved on in us-east-1 since the lock
+    (change,) = base_lock.lock_bases(specs, cloud, lock, regions=["eu-west-1"])
+    assert (change.region, change.new_name, change.old_name) == ("eu-west-1", name, None)
+    eu = cloud.clients("eu-west-1").ec2().describe_images(ImageIds=[change.new_image])["Images"][0]
+    assert eu["Name"] == name and change.new_image != here
+    assert lock.bases["al2023-x86_64"].regions[REGION].image_id == here  # kept
+    assert lock.bases["al2023-x86_64"].regions["eu-west-1"].parameter_version is None  # named by the lock, not the parameter
+    lock.bases["al2023-x86_64"].image_name = "al2023-ami-ecs-hvm-2023.0.20200101-kernel-6.1-x86_64"
+    with pytest.raises(FactoryError, match="is not in us-west-2 .*factory lock --update"):
+        base_lock.lock_bases(specs, cloud, lock, regions=["us-west-2"])
+
+
 def test_update_says_what_moved_after_aws_publishes_a_base_and_after_it_rolls_back(cloud, moto, tmp_path):
     specs = load_specs([SPECS])
     lock = base_lock.BaseLock(tmp_path / "factory.lock")

@@ -23,7 +23,7 @@ import pytest
 from factory.cloud import Cloud
 from factory.image_identity import expected_image_hash
 from factory.local import cloud as local_cloud
-from factory.local.aws.publish import publish_base
+from factory.local.aws.publish import publish_base, retire_base
 from factory.register.parameter import history
 from factory.render import resolve_base_ami
 from factory.spec import load_spec
@@ -174,6 +174,13 @@ def test_status_green_red_after_a_new_base_green_after_the_rebake(lc_env):
     assert any("older base (AWS rolled its parameter back)" in n for n in row["notes"]), row["notes"]
     table = factory(lc_env, "status", "--cloud", "local", "--specs-dir", str(lc_env["specs"]))
     assert "older base (AWS rolled its parameter back)" in " ".join(table.stdout.split())
+
+    # AWS deprecates the locked base: status says a bake would fail, naming the entry and the bump.
+    retire_base(lc.endpoint, published["ami_id"], "deprecate")
+    proc, report = status(lc_env)
+    (row,) = report["tasks"]
+    said = [n for n in row["notes"] if n.startswith("a bake would fail:")]
+    assert said and f"bases.al2023-x86_64.regions.{REGION}: {published['ami_id']}" in said[0] and "factory lock --update" in said[0], row["notes"]
 
 
 @needs_local_cloud

@@ -165,11 +165,22 @@ class RegionReads:
         each name read once per run."""
         wanted = list(dict.fromkeys(names))
         missing = [n for n in wanted if n not in self._parameters]
-        for i in range(0, len(missing), NAMES_PER_GET):
-            chunk = missing[i : i + NAMES_PER_GET]
+        chunks = [missing[i : i + NAMES_PER_GET] for i in range(0, len(missing), NAMES_PER_GET)]
+        ssm = self.clients.ssm()  # made here, once: a boto3 client's calls are thread-safe, its making is not
+
+        def get(chunk: list[str]) -> dict[str, Any]:
             with aws_errors("reading SSM parameters"):
                 # GetParameters has no paging: each call names at most ten parameters and answers for all of them.
-                answer = self.clients.ssm().get_parameters(Names=chunk)
+                return ssm.get_parameters(Names=chunk)
+
+        if len(chunks) > 1:  # a hundred tasks are ten calls: made side by side, four at a time
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="ssm-read") as pool:
+                answers = list(pool.map(get, chunks))
+        else:
+            answers = [get(c) for c in chunks]
+        for chunk, answer in zip(chunks, answers, strict=True):
             self._parameters.update(dict.fromkeys(chunk))
             for p in answer.get("Parameters") or []:
                 self._parameters[p["Name"]] = p.get("Value")
