@@ -45,6 +45,8 @@ COMMAND_PURPOSES = {
     "show": ("register",),
     "status": ("status",),
     "rollback": ("register", "rollback"),
+    # `--refresh` reads DescribeInstanceTypes, which the bake's policy already allows.
+    "instance-storage": ("bake",),
 }
 
 # Allowed but never an API call of factory's own, with the reason it is needed.

@@ -107,7 +107,7 @@ BENCH_OVERRIDES = {
 def test_good_specs_in_repo_are_valid(cli):
     result = cli("validate", SPECS)
     assert result.exit_code == 0, result.output
-    assert "3 of 3 spec(s) valid" in result.output
+    assert "4 of 4 spec(s) valid" in result.output
 
 
 def test_default_path_is_specs(cli, monkeypatch):
