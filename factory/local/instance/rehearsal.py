@@ -169,7 +169,9 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
     # what the bake added (factory.local.instance.instances.RootVolume); with
     # storage.instance_store on the NVMe store the image's boot unit mounts there.
     root_volume = None if has_net or on_store else RootVolume(device=family.root_device, shared_bytes=_root_share_bytes(tree))
-    say(f"launching {instance_type} from {template.name} version {template.version} ({template.image_id})")
+    listed = instance_type in spec.batch.instance_types or instance_type.split(".")[0] in spec.batch.instance_types
+    say(f"launching {instance_type} from {template.name} version {template.version} ({template.image_id})"
+        + ("" if listed else f"; {instance_type} is not in the spec's batch.instance_types, so Batch would never launch it"))
     instance = None
     containers: list[str] = []
     restore = _terminate_on_signals()
