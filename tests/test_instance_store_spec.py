@@ -170,3 +170,10 @@ def test_refresh_takes_no_types_and_show_refuses_an_unknown_type(cli):
     assert bad.exit_code == 2 and "not in factory's instance-store table" in bad.stderr
     good = cli("instance-storage", "m6id", "--json")
     assert json.loads(good.stdout)["m6id.large"]["total_gb"] == 118
+
+
+def test_a_store_that_is_not_nvme_is_refused(tmp_path):
+    """d2's HDDs are instance store, but not NVMe: the boot unit finds the store by its NVMe model."""
+    found = problems(write(tmp_path, types="[d2.xlarge]"))
+    assert "d2.xlarge's instance store is not NVMe (6144 GB" in found["batch.instance_types[0]"]
+    assert "3 x 2048 GB HDD, NVMe unsupported" in found["batch.instance_types[0]"]
