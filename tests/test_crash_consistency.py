@@ -154,7 +154,7 @@ def _prune_setup(acct: Account) -> None:
 
 def _retire_setup(acct: Account) -> None:
     """Every task registered; then star-align's spec is deleted (FEWER: the specs without it)."""
-    for task in ("salmon-index", "salmon-quant", "star-align"):
+    for task in ("salmon-index", "salmon-quant", "star-align", "star-align-nvme"):
         acct.bake(task)
     assert acct.factory("register", "--all", "--specs-dir", str(SPECS)).returncode == 0
     fewer = acct.tmp / "fewer-specs"
