@@ -177,3 +177,9 @@ def test_a_store_that_is_not_nvme_is_refused(tmp_path):
     found = problems(write(tmp_path, types="[d2.xlarge]"))
     assert "d2.xlarge's instance store is not NVMe (6144 GB" in found["batch.instance_types[0]"]
     assert "3 x 2048 GB HDD, NVMe unsupported" in found["batch.instance_types[0]"]
+
+
+def test_size_refuses_as_validate_does(cli, tmp_path):
+    r = cli("size", str(write(tmp_path, types="[m5d.large]", extra="  container_images_gib: 60\n")))
+    assert r.exit_code == 1 and "Traceback" not in r.stderr
+    assert "batch.instance_types[0]: m5d.large's instance store of 75 GB" in r.stderr and "137.8 GiB" in r.stderr
