@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## Create .venv/ with factory and its test tools
 
-system-deps: ## apt-get install packer, openssh-server, docker.io, python3-pip, busybox-static, musl when missing
+system-deps: ## apt-get install packer, openssh-server, docker.io, python3-pip, busybox-static, musl, btrfs-progs, xfsprogs, lvm2, mdadm when missing
 	@bash scripts/system-deps.sh local
 
 demo: $(STAMP) system-deps ## Bake salmon-quant on the local cloud and register it (no AWS account)

@@ -46,6 +46,8 @@ COMMAND_PURPOSES = {
     "status": ("status",),
     "lock": ("status",),  # reads the ECS-optimized parameters, as status does
     "rollback": ("register", "rollback"),
+    # `--refresh` reads DescribeInstanceTypes, which the bake's policy already allows.
+    "instance-storage": ("bake",),
 }
 
 # Allowed but never an API call of factory's own, with the reason it is needed.

@@ -327,6 +327,8 @@ def variables_for(spec: Any, plan: Any, base_ami: str, target: BuildTarget) -> d
     grow = getattr(spec.storage, "grow", None)
     # Only for a growing task, so every other task's variables file stays as it was.
     grow_vars = {"grow_enabled": True, "grow_max_gib": int(grow.max_gib), "grow_volume_type": grow.volume_type} if grow else {}
+    if getattr(spec.storage, "on_instance_store", False):  # likewise only for a task on the NVMe store
+        grow_vars["instance_store_enabled"] = True
     # Only for a GPU task, likewise.
     accelerator = getattr(spec.image, "accelerator", "none")
     gpu_vars = {"accelerator": accelerator} if accelerator != "none" else {}

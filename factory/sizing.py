@@ -429,6 +429,13 @@ class SizingPlan:
     tier_volume_gib: int | None = None
     grow_max_gib: int | None = None  # storage.grow: volume_gib is Docker's data volume, grown up to this
     grow_volume_type: str | None = None
+    # storage.instance_store: docker: Docker's data is on the NVMe store (store_need_gib
+    # must fit it), volume_gib is the root volume for the OS alone, and ebs_volume_gib is
+    # what the root volume would be with Docker's data on it (the cost difference).
+    instance_store: bool = False
+    store_need_gib: float | None = None
+    ebs_volume_gib: int | None = None
+    stores: tuple[tuple[str, dict[str, Any]], ...] = ()  # (listed type, its store) for the report
 
     @property
     def grows(self) -> bool:
@@ -497,6 +504,19 @@ class SizingPlan:
                 if self.grows
                 else None
             ),
+            "instance_store": (
+                {
+                    "need_gib": r2(self.store_need_gib or 0.0),
+                    "root_volume_gib": self.volume_gib,
+                    "root_monthly_cost_usd": self.monthly_cost_usd,
+                    "ebs_volume_gib": self.ebs_volume_gib,
+                    "ebs_monthly_cost_usd": round((self.ebs_volume_gib or 0) * self.price_per_gib_month, 2),
+                    "saves_usd_per_month": round(((self.ebs_volume_gib or 0) - (self.tier_volume_gib or self.volume_gib)) * self.price_per_gib_month, 2),
+                    "types": {name: store for name, store in self.stores},
+                }
+                if self.instance_store
+                else None
+            ),
             "fit": self.fit_quality() if self.fits else None,
             "warnings": list(self.warnings),
         }
@@ -522,6 +542,7 @@ def size_workload(
     price_per_gib_month: float = DEFAULT_PRICE_PER_GIB_MONTH,
     where: str = "",
     grow: Any = None,
+    instance_store: bool = False,
 ) -> SizingPlan:
     """Size a workload from plain numbers (no spec): the core of `size_task`.
 
@@ -614,6 +635,7 @@ def size_workload(
         return _finish(
             records, max_input_gib, concurrent_tasks, headroom, container_images_gib, storage_driver, family,
             task, benchmarks, price_per_gib_month, at, source, fits, index, scratch, output, warnings, grow,
+            instance_store,
         )
     except OverflowError:
         raise SizingError(
@@ -628,6 +650,7 @@ def _finish(
     benchmarks: str | None, price_per_gib_month: float, at: str, source: str,
     fits: tuple[ComponentFit, ...], index: float, scratch: float, output: float, warnings: list[str],
     grow: Any = None,
+    instance_store: bool = False,
 ) -> SizingPlan:
     """Steps 3-5 of the module docstring: from the three components to the volume."""
     largest_fp = max((r.footprint_gib for r in records), default=0.0)
@@ -661,7 +684,17 @@ def _finish(
     volume = max(_ceil_gib(need + headroom_gib + reserve), ami_min, GP3_MIN_GIB)
     if basesize is not None:
         volume = max(volume, _ceil_gib(basesize + reserve))
-    if volume > GP3_MAX_GIB:
+    store_need = ebs_volume = None
+    if instance_store:
+        # Docker's data goes to the NVMe store: what it must hold is the need with headroom
+        # and Docker's own state (factory.instance_store checks each type); the root volume
+        # keeps the OS, the ECS agent and its logs alone (the reserve, never below the AMI's).
+        from factory.instance_store import DOCKER_STATE_GIB
+
+        store_need = need + headroom_gib + DOCKER_STATE_GIB
+        ebs_volume = volume
+        volume = max(_ceil_gib(reserve), ami_min, GP3_MIN_GIB)
+    elif volume > GP3_MAX_GIB:
         raise SizingError(
             f"{at}needs a {volume} GiB volume ({concurrent_tasks} x {data:.1f} GiB per task + "
             f"{container_images_gib:g} GiB images, +{headroom:.0%} headroom, +{reserve:g} GiB reserve), "
@@ -681,6 +714,7 @@ def _finish(
         warnings=tuple(warnings),
         grow_max_gib=int(grow.max_gib) if grow is not None else None,
         grow_volume_type=str(grow.volume_type) if grow is not None else None,
+        instance_store=instance_store, store_need_gib=store_need, ebs_volume_gib=ebs_volume,
     )
 
 
@@ -705,7 +739,8 @@ def size_task(
     family = spec.image.family
     fam = FAMILIES.get(family)
     driver = fam.storage_driver if fam else "overlay2"
-    return size_workload(
+    on_store = bool(getattr(st, "on_instance_store", False))
+    plan = size_workload(
         records,
         st.max_input_gib,
         concurrent_tasks=st.concurrent_tasks,
@@ -719,7 +754,21 @@ def size_task(
         price_per_gib_month=price_per_gib_month,
         where=where,
         grow=getattr(st, "grow", None),
+        instance_store=on_store,
     )
+    if on_store:
+        from factory import instance_store
+
+        refused = instance_store.refusals(spec.batch.instance_types, plan.store_need_gib)
+        if refused:
+            raise instance_store.InstanceStoreRefused(where, refused)
+        stores = []
+        for listed in spec.batch.instance_types:  # a family: its smallest size, the one that must still fit
+            store = instance_store.smallest_store([listed])
+            if store is not None:
+                stores.append((listed, {"type": store.instance_type, **store.to_json()}))
+        plan = replace(plan, stores=tuple(stores))
+    return plan
 
 
 def size_specs(specs: Iterable[Any], *, price_per_gib_month: float = DEFAULT_PRICE_PER_GIB_MONTH) -> list[tuple[Any, SizingPlan]]:

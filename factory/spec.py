@@ -81,6 +81,13 @@ class StorageSpec:
     container_images_gib: float
     footprint: Footprint | None
     grow: GrowSpec | None = None
+    # storage.instance_store: "docker" puts Docker's data root on the NVMe instance store
+    # (factory.instance_store, ansible/roles/instance_store); "off" keeps it on EBS.
+    instance_store: str = "off"
+
+    @property
+    def on_instance_store(self) -> bool:
+        return self.instance_store == "docker"
 
 
 @dataclass(frozen=True)
@@ -391,6 +398,20 @@ def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[
         problems.append(Problem(file, "storage.max_input_gib", f"{max_in} GiB is beyond one gp3 volume ({GP3_MAX_GIB} GiB); split the input"))
     if "storage" in doc and isinstance(doc["storage"], dict):
         problems += _benchmark_problems(doc, spec_path, file)
+    if storage.get("instance_store") == "docker":
+        if isinstance(storage.get("grow"), dict):
+            problems.append(Problem(
+                file, "storage.instance_store",
+                "docker cannot be combined with storage.grow: the grow agent extends an EBS pool at Docker's data root, "
+                "while the instance store is a fixed set of NVMe disks made Docker's data root at boot; keep one: remove "
+                "storage.grow (the store must then hold the task) or set storage.instance_store: off",
+            ))
+        if family_key in FAMILIES and FAMILIES[family_key].storage_driver != "overlay2":
+            problems.append(Problem(
+                file, "storage.instance_store",
+                f"the {FAMILIES[family_key].label} keeps Docker in a devicemapper thin pool on its own EBS volume; "
+                "instance-store Docker needs overlay2: use image.base ecs-al2023 or set storage.instance_store: off",
+            ))
     if isinstance(storage.get("grow"), dict):
         if family_key in FAMILIES and FAMILIES[family_key].data_device is None:
             problems.append(Problem(
@@ -498,6 +519,7 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
             container_images_gib=float(st.get("container_images_gib", 1)),
             footprint=Footprint(float(fp["index_gib"]), float(fp["scratch_gib"]), float(fp["output_gib"])) if fp else None,
             grow=GrowSpec(max_gib=int(st["grow"]["max_gib"]), volume_type=st["grow"].get("volume_type", "gp3")) if "grow" in st else None,
+            instance_store=st.get("instance_store", "off"),
         ),
         awscli=AwsCliSpec(prefix=doc.get("awscli", {}).get("prefix", DEFAULT_PREFIX)),
         batch=BatchSpec(
@@ -525,7 +547,7 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
 def normalised(spec: TaskSpec) -> dict[str, Any]:
     """The spec with every default filled in, as plain data (no file paths but the benchmark's name).
 
-    `storage.grow` appears only when set, so a spec without it keeps its spec hash."""
+    `storage.grow` and `storage.instance_store: docker` appear only when set, so a spec without it keeps its spec hash."""
     st = spec.storage
     storage: dict[str, Any] = {
         "benchmarks": st.benchmarks.name if st.benchmarks else None,
@@ -537,6 +559,8 @@ def normalised(spec: TaskSpec) -> dict[str, Any]:
     }
     if st.grow is not None:
         storage["grow"] = {"max_gib": st.grow.max_gib, "volume_type": st.grow.volume_type}
+    if st.on_instance_store:  # only when set, so every other spec keeps its hash
+        storage["instance_store"] = st.instance_store
     return {
         "name": spec.name,
         "description": spec.description,
@@ -586,6 +610,9 @@ def check_file(path: Path) -> FileResult:
     if bad_keys:
         result.problems.append(Problem(file, "", f"keys must be text; found {bad_keys[0]!r}"))
         return result
+    # YAML 1.1 reads a bare `off` as false: `storage.instance_store: off` means "off".
+    if isinstance(doc.get("storage"), dict) and doc["storage"].get("instance_store") is False:
+        doc["storage"]["instance_store"] = "off"
     # YAML reads .nan and .inf as numbers that pass every comparison the schema makes
     # (nan > 0 is False, and so is nan <= 0): refuse them here, by field.
     result.problems += [Problem(file, where, f"must be a finite number, not {value!r}") for where, value in _non_finite(doc)]
@@ -599,10 +626,13 @@ def check_file(path: Path) -> FileResult:
         spec = _build(doc, path)
         # "Within EBS limits" means the volume the spec asks for, not only its input: size
         # it (pure Python, milliseconds) and report a spec no gp3 volume can hold.
+        from factory.instance_store import InstanceStoreRefused
         from factory.sizing import size_task
 
         try:
             plan = size_task(spec)
+        except InstanceStoreRefused as exc:
+            result.problems += [Problem(file, f"batch.instance_types[{i}]", message) for i, message in exc.refusals]
         except SizingError as exc:
             message = exc.message
             for prefix in (f"{spec.path}: ", f"{path}: "):

@@ -40,6 +40,9 @@ GROUP_FIELDS = (
     # its max_gib): only tasks that grow alike share a tier; None for a task without it.
     "storage.grow.max_gib",
     "storage.grow.volume_type",
+    # storage.instance_store changes the image (the boot unit) and what the volume holds
+    # (the OS alone): a task on the NVMe store never shares a tier with one on EBS.
+    "storage.instance_store",
 )
 
 
@@ -69,7 +72,7 @@ class Tier:
 
 def _get(obj: Any, dotted: str) -> Any:
     for part in dotted.split("."):
-        obj = None if obj is None else getattr(obj, part)  # an optional section that is absent
+        obj = None if obj is None else getattr(obj, part, None)  # an optional section or field that is absent
     return tuple(obj) if isinstance(obj, list) else obj
 
 

@@ -55,6 +55,8 @@ locals {
     grow_agent_volume_type              = var.grow_volume_type
     grow_agent_mountpoint               = var.docker_data_root
     grow_agent_python                   = "${var.awscli_prefix}/bin/python"
+    instance_store_enabled              = var.instance_store_enabled
+    instance_store_mountpoint           = var.docker_data_root
     image_manifest_awscli_prefix        = var.awscli_prefix
     image_manifest_gpu                  = var.accelerator == "nvidia"
     image_manifest_dest                 = "${abspath(path.root)}/image-manifest.json"

@@ -233,6 +233,12 @@ variable "grow_volume_type" {
   description = "storage.grow.volume_type: the EBS type of every volume the agent adds."
 }
 
+variable "instance_store_enabled" {
+  type        = bool
+  default     = false
+  description = "storage.instance_store: docker: install the boot unit that makes the instance's NVMe instance store Docker's data root."
+}
+
 variable "task_images" {
   type        = list(string)
   default     = []

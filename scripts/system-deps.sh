@@ -7,7 +7,9 @@
 #        stand-in Miniconda installs the real awscli with the host's pip),
 #        busybox-static (a small root filesystem for the build host's own Docker test),
 #        musl (a musl-based image, like Alpine's, which the bake check must refuse) and
-#        btrfs-progs, xfsprogs and lvm2 (the grow agent's pool backends, tested on loop devices).
+#        btrfs-progs, xfsprogs and lvm2 (the grow agent's pool backends, tested on loop devices)
+#        and mdadm (the instance-store boot unit's RAID0; the build host hides it until the
+#        role installs it, and where the kernel has no md a local instance runs factory's md double).
 set -euo pipefail
 
 need=()
@@ -22,6 +24,7 @@ if [ "${1:-local}" != aws ]; then
   command -v mkfs.btrfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.btrfs ] || need+=(btrfs-progs)
   command -v mkfs.xfs >/dev/null 2>&1 || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfsprogs)
   command -v lvcreate >/dev/null 2>&1 || [ -x /usr/sbin/lvcreate ] || need+=(lvm2)
+  command -v mdadm >/dev/null 2>&1 || [ -x /usr/sbin/mdadm ] || [ -x /sbin/mdadm ] || need+=(mdadm)
 fi
 
 if [ ${#need[@]} -eq 0 ]; then

@@ -22,6 +22,7 @@ from tests.conftest import REPO
 
 ROLES = REPO / "ansible" / "roles"
 AGENT = ROLES / "grow_agent" / "files" / "factory_grow"
+STORE_SCRIPT = ROLES / "instance_store" / "files" / "factory_instance_store.py"
 
 # Run only where it cannot be missing, so no family needs its package:
 CONDITIONAL = {
@@ -39,6 +40,8 @@ TEMPLATED = {
     "image_manifest_awscli_prefix": None,
     "bake_check_prefix": None,
     "grow_agent_package_manager[grow_agent_family]": "package manager",
+    "instance_store_package_manager[instance_store_family]": "package manager",
+    "instance_store_python": None,  # the family's own python3 (every family's AMI has it)
 }
 _SHELL_WORDS = {"set", "for", "do", "done", "then", "else", "fi", "if", "command", "true", "false", "export", "cd",
                 "echo", "printf", "test", "[", "exit"}
@@ -113,13 +116,16 @@ def role_commands(role: str) -> set[str]:
                 found.add(_first([re.match(r"\{\{.*?\}\}\S*|\S+", line.split("=", 1)[1]).group(0)]))
     if role == "grow_agent":
         found |= agent_commands()
+    if role == "instance_store":
+        found |= agent_commands([STORE_SCRIPT])
     return found
 
 
-def agent_commands() -> set[str]:
-    """What the grow agent runs: `run("x", ...)`, `subprocess.run(["x", ...])`, `shutil.which("x")`."""
+def agent_commands(paths: list[Path] | None = None) -> set[str]:
+    """What the grow agent (or the instance-store boot script) runs: `run("x", ...)`,
+    `subprocess.run(["x", ...])`, `shutil.which("x")`."""
     found = set()
-    for path in sorted(AGENT.glob("*.py")):
+    for path in paths or sorted(AGENT.glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if not isinstance(node, ast.Call) or not node.args:
                 continue
@@ -135,20 +141,26 @@ def agent_commands() -> set[str]:
 def roles_on(family: str) -> list[str]:
     """The roles a bake runs on `family` (grow_agent only where the family can grow)."""
     roles = sorted(p.name for p in ROLES.iterdir() if (p / "tasks" / "main.yml").exists())
-    return [r for r in roles if r != "grow_agent" or FAMILIES[family].data_device]
+    # instance_store is refused on devicemapper families (factory.spec), as grow_agent is.
+    return [r for r in roles if r not in ("grow_agent", "instance_store") or FAMILIES[family].data_device]
 
 
 def grow_defaults() -> dict:
     return yaml.safe_load((ROLES / "grow_agent" / "defaults" / "main.yml").read_text())
 
 
+def store_defaults() -> dict:
+    return yaml.safe_load((ROLES / "instance_store" / "defaults" / "main.yml").read_text())
+
+
 def role_installs(role: str, family: str) -> set[str]:
     """The packages the role installs on `family` (names, versions stripped)."""
-    if role != "grow_agent":
+    if role not in ("grow_agent", "instance_store"):
         return set()
     pins = family_packages(family).pins
     out = set()
-    for spec in grow_defaults()["grow_agent_packages"].get(family, []):
+    wanted = grow_defaults()["grow_agent_packages"] if role == "grow_agent" else store_defaults()["instance_store_packages"]
+    for spec in wanted.get(family, []):
         name = next((p for p in pins if spec == p or spec.startswith(p + "-")), spec)
         out.add(name)
     return out
@@ -171,6 +183,8 @@ def test_the_scan_finds_what_the_roles_run():
     grow = role_commands("grow_agent")
     assert {"lvcreate", "vgextend", "mkfs.xfs", "xfs_growfs", "blkid", "mount", "xargs", "basename"} <= grow
     assert "{{grow_agent_package_manager[grow_agent_family]" in grow
+    store = role_commands("instance_store")
+    assert {"mdadm", "mkfs.xfs", "mount", "xargs", "{{instance_store_python"} <= store, store
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -186,6 +200,7 @@ def test_every_command_of_every_role_comes_from_the_family_or_the_role(family):
                 assert expr in TEMPLATED, f"{role}: a command named by {expr!r}: say in TEMPLATED what it is"
                 if TEMPLATED[expr] == "package manager":
                     assert grow_defaults()["grow_agent_package_manager"][family] == fam.package_manager
+                    assert store_defaults()["instance_store_package_manager"][family] == fam.package_manager
                     assert provided(fam.package_manager, family), family
                 continue
             if command.startswith("/") and command not in table:
@@ -198,6 +213,13 @@ def test_every_command_of_every_role_comes_from_the_family_or_the_role(family):
                 problems.append(f"{role}: `{command}` ({' or '.join(table[command].packages)}) is not in the "
                                 f"{family} AMI and the role does not install it")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("family", [k for k, f in FAMILIES.items() if f.data_device])
+def test_instance_store_installs_mdadm_and_xfsprogs_pinned_to_the_family_repository(family):
+    pins = family_packages(family).pins
+    assert store_defaults()["instance_store_packages"][family] == [f"mdadm-{pins['mdadm']}", f"xfsprogs-{pins['xfsprogs']}"]
+    assert not family_packages(family).has("mdadm")  # no family's ECS AMI lists it: the role must install it
 
 
 @pytest.mark.parametrize("family", [k for k, f in FAMILIES.items() if f.data_device])
@@ -234,7 +256,7 @@ def test_an_al2023_host_lacks_lvm2_until_dnf_installs_it(al2023_host, tmp_path):
     h = al2023_host
     missing = h.run("bash", "-c", "lvcreate --version", check=False)
     assert missing.returncode == 127 and "lvcreate: command not found" in missing.stderr
-    for absent in ("mkfs.xfs", "xfs_growfs", "pvcreate"):
+    for absent in ("mkfs.xfs", "xfs_growfs", "pvcreate", "mdadm"):  # mdadm: the instance_store role installs it
         assert h.run("bash", "-c", f"command -v {absent}", check=False).returncode != 0, absent
     assert h.run("bash", "-c", "command -v blkid && command -v mount && command -v df").returncode == 0
     nope = h.run("dnf", "install", "-y", "zfs", check=False)

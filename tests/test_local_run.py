@@ -324,3 +324,82 @@ def test_an_interrupted_run_terminates_the_instance(rehearsed):
     assert time.monotonic() - t < 60
     assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
     assert_nothing_left(rehearsed, instance_id)
+
+
+# -- storage.instance_store: docker (issue 20 §2) ------------------------------------------
+
+STORE_TASK = "star-align-nvme"  # the shipped spec, baked and registered as it is
+
+
+@pytest.fixture(scope="module")
+def store_task(rehearsed):
+    """specs/star-align-nvme.yaml baked and registered on the same local cloud (a tier of its
+    own: no other task keeps Docker on the instance store)."""
+    from tests.conftest import SPECS
+
+    baked = subprocess.run([FACTORY, "bake", STORE_TASK, "--cloud", "local", "--specs-dir", str(SPECS), "--build-dir",
+                            str(rehearsed["work"] / "store-build"), "--json"], capture_output=True, text=True, env=rehearsed["env"], timeout=900)
+    assert baked.returncode == 0, baked.stdout[-3000:] + baked.stderr[-3000:]
+    return SPECS
+
+
+def store_run(rehearsed, specs, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    writer = "dd if=/dev/zero of=f bs=1M count=200 conv=fsync status=none && echo wrote 200 MiB"
+    return subprocess.run([FACTORY, "local", "run", STORE_TASK, "--specs-dir", str(specs), "--image", IMAGE, "--json", *args,
+                           "--", "sh", "-c", writer], capture_output=True, text=True, env=rehearsed["env"], timeout=timeout)
+
+
+def test_the_instance_store_spec_bakes_its_boot_unit_and_registers_a_root_for_the_os_alone(rehearsed, store_task):
+    from factory.local.builder.ami_trees import AmiTrees
+    from factory.local.instance.rehearsal import find_launch_template
+
+    template = find_launch_template(ec2_of(rehearsed), STORE_TASK)
+    root = next(m["Ebs"] for m in template.data["BlockDeviceMappings"] if m["DeviceName"] == "/dev/xvda")
+    assert root["VolumeSize"] == 30 and root["Encrypted"] is True  # the AMI's own root: the OS alone
+    tree = AmiTrees(rehearsed["state"]).tree(template.image_id)
+    units = tree / "etc" / "systemd" / "system"
+    assert (units / "multi-user.target.wants" / "factory-instance-store.service").is_symlink()
+    assert "Requires=factory-instance-store.service" in (units / "docker.service.d" / "factory-instance-store.conf").read_text()
+    assert "Requires=factory-instance-store.service" in (units / "ecs.service.d" / "factory-instance-store.conf").read_text()
+    assert (tree / "opt" / "factory" / "instance-store" / "factory_instance_store.py").is_file()
+    assert not (units / "multi-user.target.wants" / "factory-grow-pool.service").exists()
+
+
+def test_a_task_on_one_nvme_disk_runs_on_the_instance_store(rehearsed, store_task):
+    from factory.instance_store import table
+
+    proc = store_run(rehearsed, store_task)  # r6id.2xlarge, the spec's first: one 474 GB disk
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["pool"] == "instance-store" and report["fit"] is True, report
+    assert "Docker on the instance store, one NVMe disk (/dev/loop" in proc.stderr, proc.stderr
+    disk_gib = table()["r6id.2xlarge"].capacity_gib  # 441.4 GiB; XFS keeps under 1% of it
+    assert 0.99 * disk_gib < report["capacity_gib"] < disk_gib, report
+    assert 0.19 <= report["peak_gib"] < 0.25, report
+    assert_nothing_left(rehearsed, report["instance_id"])
+
+
+def test_several_nvme_disks_are_raid0_made_by_mdadm_or_its_double(rehearsed, store_task):
+    from factory.local.instance import md_double
+    from factory.local.instance.md_double.mdadm import raid0_bytes
+
+    proc = store_run(rehearsed, store_task, "--instance-type", "m5d.4xlarge")  # two 300 GB disks
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["pool"] == "instance-store", report
+    assert "Docker on the instance store, RAID0 of 2 NVMe disks (/dev/md/factory-docker)" in proc.stderr, proc.stderr
+    array_gib = raid0_bytes([300 * 10**9] * 2) / 1024**3  # what md makes of them (the double where md is missing)
+    assert 0.99 * array_gib < report["capacity_gib"] < array_gib, (array_gib, report)
+    assert md_double.md_missing() is None or "wrote 200 MiB" in proc.stderr
+    assert_nothing_left(rehearsed, report["instance_id"])
+
+
+def test_a_type_without_instance_store_never_starts_docker(rehearsed, store_task):
+    proc = store_run(rehearsed, store_task, "--instance-type", "c6i.large")
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "factory-instance-store.service failed" in proc.stderr, proc.stderr[-3000:]
+    assert "no NVMe instance store on this instance" in proc.stderr, proc.stderr[-3000:]
+    assert "docker.service.log" not in proc.stderr  # Docker was never started
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert str(rehearsed["state"]) not in loops

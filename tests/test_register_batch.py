@@ -33,8 +33,10 @@ def cloud(moto, monkeypatch):
 
 @pytest.fixture(scope="module")
 def specs():
-    """The shipped CPU specs (the GPU spec's tier is registered in tests/test_gpu.py)."""
-    return [s for s in load_specs([SPECS]) if s.image.accelerator == "none"]
+    """The shipped specs on EBS without a GPU: the tier counts and caps below are theirs
+    (the GPU spec's tier is registered in tests/test_gpu.py, star-align-nvme's in
+    tests/test_local_run.py; each is a tier group of its own)."""
+    return [s for s in load_specs([SPECS]) if s.image.accelerator == "none" and not s.storage.on_instance_store]
 
 
 @pytest.fixture

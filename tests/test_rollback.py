@@ -55,7 +55,10 @@ def account(server, monkeypatch):
 
 @pytest.fixture(scope="module")
 def specs():
-    return [s for s in load_specs([SPECS]) if s.image.accelerator == "none"]  # the shipped CPU specs
+    """The shipped specs on EBS without a GPU: the tier counts and caps below are theirs
+    (the GPU spec's tier is registered in tests/test_gpu.py, star-align-nvme's in
+    tests/test_local_run.py; each is a tier group of its own)."""
+    return [s for s in load_specs([SPECS]) if s.image.accelerator == "none" and not s.storage.on_instance_store]
 
 
 class Account:

@@ -10,6 +10,7 @@ from factory.cli.app import app
 from factory.cli import validate as _validate  # noqa: F401
 from factory.cli import measure as _measure  # noqa: F401
 from factory.cli import size as _size  # noqa: F401
+from factory.cli import instance_storage as _instance_storage  # noqa: F401
 from factory.cli import render as _render  # noqa: F401
 from factory.cli import lock as _lock  # noqa: F401
 from factory.cli import bake as _bake  # noqa: F401

@@ -150,6 +150,7 @@ def run(
     index: list[Path] = typer.Option([], "--index", help="An index file or folder staged beside the inputs (repeatable)."),
     no_grow: bool = typer.Option(False, "--no-grow", help="Run without the grow agent: the sizing alone."),
     pool: str = typer.Option("lvm-xfs", "--pool", help="The grow pool the instance runs: lvm-xfs (what AWS instances run) or btrfs."),
+    instance_type: str = typer.Option(None, "--instance-type", help="The instance type to launch (default the spec's first); a type with NVMe instance storage comes with its disks."),
     attach_delay: float = typer.Option(None, "--attach-delay", min=0.0, help="Seconds an EBS attachment takes to give the instance a device (default 2)."),
     specs_dir: Path = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Folder holding the task specs."),
     state_dir: Path | None = _STATE,
@@ -173,7 +174,7 @@ def run(
     local = cloud.running(state_dir)
     out = sys.stderr if json_out else sys.stdout
     report = rehearsal.rehearse(local, spec, image, command or [], inputs=inputs, index=index, grow=not no_grow,
-                                attach_delay=attach_delay, pool=pool, out=out, say=lambda text: print(f"factory: {text}", file=sys.stderr))
+                                attach_delay=attach_delay, pool=pool, instance_type=instance_type, out=out, say=lambda text: print(f"factory: {text}", file=sys.stderr))
     if json_out:
         print_json(report.to_json())
     else:

@@ -245,6 +245,16 @@ def _print_plan(plan: Any, plot: Optional[Path]) -> None:
             "grows to", str(b.grow_max_gib),
             f"storage.grow.max_gib: the grow agent may add {b.grow_max_gib - b.volume_gib} GiB of encrypted volumes before the disk fills",
         )
+    elif b.instance_store:
+        table.add_row("instance store", f"{b.store_need_gib:.2f}",
+                      "need + headroom + 1 GiB Docker state: Docker's data root on the NVMe store (storage.instance_store)", style="bold")
+        for listed, store in b.stores:
+            table.add_row(f"  {listed}", f"{store['usable_gib']:.2f}",
+                          f"{store['type']}: {store['total_gb']} GB on {store['disks']} NVMe disk(s), less 1% for XFS: holds it")
+        table.add_row("volume", str(b.volume_gib), f"root volume for the OS alone (reserve; AMI minimum {b.ami_min_gib})", style="bold")
+        table.add_row("on EBS instead", str(b.ebs_volume_gib),
+                      f"the root volume with Docker's data on it: ${b.ebs_volume_gib * b.price_per_gib_month:.2f}/month; "
+                      f"the store saves ${(b.ebs_volume_gib - (b.tier_volume_gib or b.volume_gib)) * b.price_per_gib_month:.2f}/month per instance")
     else:
         table.add_row("volume", str(b.volume_gib), f"rounded up to whole GiB; AMI minimum {b.ami_min_gib}; gp3 1..16384", style="bold")
     table.add_row("docker basesize", "-" if b.docker_basesize_gib is None else str(b.docker_basesize_gib), b.docker_basesize_note)

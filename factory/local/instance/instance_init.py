@@ -156,6 +156,9 @@ class Init:
         if self.cfg.get("lvm_double"):  # factory's LVM double keeps its state here (factory.local.instance.instance_pool)
             os.makedirs(f"{r}/run/factory-lvm-double", exist_ok=True)
             self.sh("mount", "--bind", self.cfg["lvm_double"], f"{r}/run/factory-lvm-double")
+        if self.cfg.get("md_double"):  # factory's md double keeps its state here (factory.local.instance.store_disks)
+            os.makedirs(f"{r}/run/factory-md-double", exist_ok=True)
+            self.sh("mount", "--bind", self.cfg["md_double"], f"{r}/run/factory-md-double")
         log("root mounted")
 
     def sync_devices(self) -> None:

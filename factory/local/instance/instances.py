@@ -40,6 +40,7 @@ from factory.local.docker_engine import SOCKET_LINKS, UNIX_PATH_MAX  # an engine
 from factory.local.procs import child_of, pid_alive, start_init
 
 AGENT_UNIT = "factory-grow-agent.service"
+STORE_UNIT = "factory-instance-store.service"
 GROW_CONFIG = "/etc/factory/grow.json"
 DEFAULT_ATTACH_DELAY = 2.0  # seconds: EBS attachments usually complete within a few seconds on AWS
 BOOT_TIMEOUT = 300.0
@@ -90,6 +91,7 @@ class LocalInstance:
     terminated: bool = False
     root_volume: RootVolume | None = None  # set when Docker's data root went on the root volume (see RootVolume)
     lvm_double: Path | None = None  # the LVM double's state folder, where it stands in for lvm2 (instance_pool)
+    store: Any = None  # the instance type's NVMe instance store as loop devices (store_disks.StoreDisks), None without one
 
     # -- where things are ---------------------------------------------------------------
 
@@ -127,6 +129,13 @@ class LocalInstance:
         return f"/proc/{self.init_pid}/root{self.root}/{path.lstrip('/')}"
 
     @property
+    def instance_store(self) -> dict | None:
+        """What the instance-store boot unit made (its `instance-store-ready` line), None when it did not run."""
+        from factory.local.instance.store_disks import ready_event
+
+        return ready_event(self.journal(STORE_UNIT))
+
+    @property
     def pool(self) -> str | None:
         """The grow pool's backend that ran ("lvm-xfs", "btrfs"), from its boot unit's journal; None without one."""
         from factory.local.instance.instance_pool import POOL_UNIT, backend_that_ran
@@ -151,7 +160,7 @@ class LocalInstance:
         `pool`: the grow pool the image's `auto` finds, "lvm-xfs" as on AWS or "btrfs"
         (factory.local.instance.instance_pool)."""
         from factory.aws import aws_errors
-        from factory.local.instance import instance_pool
+        from factory.local.instance import instance_pool, store_disks
         from factory.local.instance.metadata import MetadataService
         from factory.local.instance.volumes import ROOT_DEVICES, AttachWatcher
 
@@ -186,6 +195,9 @@ class LocalInstance:
             skip = tuple(d for d in ROOT_DEVICES if root_volume is None or d != root_volume.device)
             instance.watcher = AttachWatcher(ec2, iid, workdir / "by-id", workdir / "volumes", delay=attach_delay,
                                              name_dir=workdir / "names", skip_devices=skip).start()
+            # EC2 gives a type with instance storage its blank NVMe disks at every start.
+            instance.store = store_disks.attach(instance_type, iid, workdir / "by-id", workdir / "instance-store",
+                                                workdir / "upper", workdir / "md-double")
             instance.imds = MetadataService.start(iid, zone, instance_type, role=role)
             instance._write_agent_config(tree, endpoint)
             # The SDKs find the instance role's credentials at IMDS (botocore honours this
@@ -216,6 +228,7 @@ class LocalInstance:
             "engine_dir": str(self.workdir / "engine"), "journal_dir": str(self.journal_dir),
             "ready": str(self.workdir / "ready"), "failed": str(self.workdir / "failed"),
             "lvm_double": str(self.lvm_double) if self.lvm_double else None,
+            "md_double": str(self.store.md_double) if self.store is not None and self.store.md_double else None,
             "cgroup_parent": self.cgroup_parent, "masked": [] if grow else [AGENT_UNIT], "unit_env": unit_env,
         }
         (self.workdir / "init.json").write_text(json.dumps(cfg, indent=2))
@@ -281,6 +294,8 @@ class LocalInstance:
         from factory.local.instance.instance_pool import release
 
         problems += release(self.lvm_double)  # the instance's mounts went with its namespace
+        if self.store is not None:
+            problems += self.store.release()
         try:
             self.ec2.terminate_instances(InstanceIds=[self.instance_id])
         except ClientError as exc:

@@ -130,9 +130,10 @@ def check_paths(paths: Sequence[Path], option: str) -> None:
 
 def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, inputs: Sequence[Path] = (), index: Sequence[Path] = (),
              grow: bool = True, attach_delay: float | None = None, out: Any = None, say: Any = None,
-             pool: str = "lvm-xfs") -> RunReport:
+             pool: str = "lvm-xfs", instance_type: str | None = None) -> RunReport:
     """Launch, run, sample, terminate. `out` gets the command's output; `say` progress lines.
-    `pool`: the grow pool the instance runs, "lvm-xfs" as on AWS or "btrfs" (factory.local.instance.instance_pool)."""
+    `pool`: the grow pool the instance runs, "lvm-xfs" as on AWS or "btrfs" (factory.local.instance.instance_pool).
+    `instance_type`: the type to launch (default the spec's first); its instance store, if any, comes with it."""
     from factory.local.builder.ami_trees import AmiTrees
     from factory.local.cloud import INSTANCE_ROLE
     from factory.local.instance import agent_journal
@@ -148,6 +149,7 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
                          "which a local instance cannot reproduce (this machine has no device-mapper); `factory local run` "
                          "rehearses the overlay2 bases (ecs-al2023, ecs-al2)")
     has_net = getattr(spec.storage, "grow", None) is not None
+    on_store = bool(getattr(spec.storage, "on_instance_store", False))
     check_paths(inputs, "--input")
     check_paths(index, "--index")
     check_image(image)
@@ -162,11 +164,14 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
     if tree is None:
         raise NotBakedError(f"task {spec.name}'s launch template {template.name} uses {template.image_id}, which was not baked "
                             f"on this local cloud: run {bake_it} first")
-    instance_type = spec.batch.instance_types[0]
+    instance_type = instance_type or spec.batch.instance_types[0]
     # Without storage.grow Docker's data root is on the root volume, shared with the OS and
-    # what the bake added (factory.local.instance.instances.RootVolume).
-    root_volume = None if has_net else RootVolume(device=family.root_device, shared_bytes=_root_share_bytes(tree))
-    say(f"launching {instance_type} from {template.name} version {template.version} ({template.image_id})")
+    # what the bake added (factory.local.instance.instances.RootVolume); with
+    # storage.instance_store on the NVMe store the image's boot unit mounts there.
+    root_volume = None if has_net or on_store else RootVolume(device=family.root_device, shared_bytes=_root_share_bytes(tree))
+    listed = instance_type in spec.batch.instance_types or instance_type.split(".")[0] in spec.batch.instance_types
+    say(f"launching {instance_type} from {template.name} version {template.version} ({template.image_id})"
+        + ("" if listed else f"; {instance_type} is not in the spec's batch.instance_types, so Batch would never launch it"))
     instance = None
     containers: list[str] = []
     restore = _terminate_on_signals()
@@ -174,13 +179,18 @@ def rehearse(local: Any, spec: Any, image: str, command: Sequence[str], *, input
         instance = LocalInstance.launch(ec2, local.endpoint, template, instance_type, local.state_dir / "instances", tree, grow=grow,
                                         attach_delay=DEFAULT_ATTACH_DELAY if attach_delay is None else attach_delay,
                                         role=INSTANCE_ROLE, root_volume=root_volume, pool=pool)
-        if not has_net:
+        store = instance.instance_store
+        if store is not None:
+            gib = store["filesystem_bytes"] / GIB
+            how = f"RAID0 of {len(store['disks'])} NVMe disks ({store['device']})" if store["raid"] else f"one NVMe disk ({store['device']})"
+            say(f"{instance.instance_id} booted: Docker on the instance store, {how}, XFS of {gib:.1f} GiB")
+        elif not has_net:
             say(f"{instance.instance_id} booted: Docker on the root volume {family.root_device} (no storage.grow: no pool, no grow agent)")
         else:
             say(f"{instance.instance_id} booted: pool ({instance.pool}), Docker" + (", grow agent" if grow else " (no grow agent: --no-grow)"))
         report = _run(instance, spec, image, command, inputs, index, out, say, containers)
-        report.pool = instance.pool if has_net else None
-        report.no_net = "no storage.grow" if not has_net else ("" if grow else "--no-grow")
+        report.pool = instance.pool if has_net else ("instance-store" if store is not None else None)
+        report.no_net = ("no storage.grow: the instance store" if store is not None else "no storage.grow") if not has_net else ("" if grow else "--no-grow")
         if not report.no_net:
             for line in agent_journal.summary(instance.journal(AGENT_UNIT)):
                 say(line)
