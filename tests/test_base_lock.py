@@ -113,7 +113,7 @@ def test_a_region_added_to_a_locked_base_is_found_there_by_the_image_name(cloud,
     entry = lock.bases["al2023-x86_64"]
     name, here = entry.image_name, entry.regions[REGION].image_id
     publish_base(moto.endpoint, "al2023")  # AWS moved on in us-east-1 since the lock
-    (change,) = base_lock.lock_bases(specs, cloud, lock, regions=["eu-west-1"])
+    (change,) = [c for c in base_lock.lock_bases(specs, cloud, lock, regions=["eu-west-1"]) if c.base == "al2023-x86_64"]
     assert (change.region, change.new_name, change.old_name) == ("eu-west-1", name, None)
     eu = cloud.clients("eu-west-1").ec2().describe_images(ImageIds=[change.new_image])["Images"][0]
     assert eu["Name"] == name and change.new_image != here
