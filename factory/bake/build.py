@@ -55,6 +55,10 @@ def prepare(
 
     target = target or cloud.target(spec.region)
     check_session_manager_plugin(target, cloud.config_source())
+    # Where the AMI goes after the bake (factory.yaml `distribute:`, the spec's over it):
+    # what AWS would refuse then (a public AMI, aws/ebs shared, a region without a key,
+    # another partition) is refused now, before any instance starts.
+    cloud.register_config().distribution_for(spec)
 
     t = time.monotonic()
     say("resolving the base AMI")
