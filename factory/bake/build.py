@@ -117,7 +117,10 @@ def bake_task(
     start = time.monotonic()
     prepared = prepare(spec, cloud, build_root, on_step, target=target)
     result = build_prepared(prepared, cloud, force=force, on_step=on_step, timeout=timeout, cancel=cancel)
-    if register:
+    from factory.bake.distributing import distribute_results
+
+    distribute_results([result], [spec], cloud, on_step=on_step)
+    if register and result.status != "failed":
         register_results([result], [spec], cloud, on_step=on_step)
     result.seconds = time.monotonic() - start
     return result
