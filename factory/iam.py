@@ -185,6 +185,9 @@ def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
             _statement("ShareFactorySnapshots", ["ec2:ModifySnapshotAttribute"], snapshots, factory_made),
             # A copy that failed goes with its snapshots (DeleteAssociatedSnapshots).
             _statement("DiscardFailedCopies", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], images + snapshots, copies),
+            # copy_to: the role named for each account is assumed (factory.distribute.accounts);
+            # that role needs this same policy in its own account (docs/register.md, "Distribution").
+            _statement("AssumeCopyToRoles", ["sts:AssumeRole"], ["arn:aws:iam::*:role/*"]),
             # EBS uses each region's key as the caller of CopyImage (IMPLIED says how).
             _statement("UseRegionKeysThroughEc2", ["kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
                                                    "kms:ReEncryptTo"], ["arn:aws:kms:*:*:key/*"], via_ec2),

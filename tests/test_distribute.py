@@ -257,3 +257,40 @@ def test_no_cloud_is_needed_to_refuse_a_bad_distribution(tmp_path):
     with pytest.raises(ConfigError) as err:
         cloud.register_config().distribution_for(load_spec(SPECS / f"{TASK}.yaml"))
     assert "distribute.kms_keys.eu-west-1: alias/aws/ebs is the AWS-managed key" in err.value.message
+
+
+SECOND = "444455556666"
+ROLE = f"arn:aws:iam::{SECOND}:role/factory-distribute"
+
+
+def test_copy_to_a_second_account_through_its_role(account, cli):
+    """`copy_to`: the role assumed (moto maps the assumed keys to the role's account), the
+    AMI of each region shared with that account and copied there with its own key."""
+    from factory.distribute.accounts import assumed
+
+    endpoint = account["moto"].endpoint
+    theirs = assumed(Clients(HOME, endpoint), ROLE, SECOND)
+    for region in (HOME, WEST, EU):
+        kms = theirs(region).client("kms")
+        kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+    config = account["folder"] / "copy-to.yaml"
+    config.write_text(CONFIG + f'  copy_to:\n    - {{account: "{SECOND}", role: "{ROLE}"}}\n')
+    ami = bake(Clients(HOME, endpoint))
+    env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
+    r = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", config, "--json", env=env)
+    assert r.exit_code == 0, r.stderr
+    [result] = json.loads(r.stdout)
+    assert result["source_ami"] == ami
+    there = {c["region"]: c["ami_id"] for c in result["copies"] if c["account"] == SECOND}
+    assert set(there) == {HOME, WEST, EU}
+    for region, image_id in there.items():
+        image = theirs(region).ec2().describe_images(ImageIds=[image_id])["Images"][0]
+        assert image["OwnerId"] == SECOND and resource_tags(image)["factory:task"] == TASK
+        snap = theirs(region).ec2().describe_snapshots(SnapshotIds=[image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]])["Snapshots"][0]
+        assert snap["KmsKeyId"] == theirs(region).client("kms").describe_key(KeyId="alias/factory-ami")["KeyMetadata"]["Arn"]
+    ours = {c["region"]: c["ami_id"] for c in result["copies"] if not c["account"]}
+    snap = Clients(WEST, endpoint).ec2().describe_images(ImageIds=[ours[WEST]])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
+    perms = Clients(WEST, endpoint).ec2().describe_snapshot_attribute(SnapshotId=snap, Attribute="createVolumePermission")
+    assert {"UserId": SECOND} in perms["CreateVolumePermissions"]
+    again = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", config, "--json", env=env)
+    assert again.exit_code == 0 and {c["ami_id"] for c in json.loads(again.stdout)[0]["copies"] if c["account"] == SECOND} == set(there.values())

@@ -27,7 +27,8 @@ def distribute_results(results: Sequence[BakeResult], specs: Sequence[Any], clou
             continue
         say = (lambda text, name=spec.name: on_step(name, text)) if on_step else None
         try:
-            done = distribute_image(cloud.clients, spec, r.ami_id, dist, where=config.source, on_step=say)
+            done = distribute_image(cloud.clients, spec, r.ami_id, dist, where=config.source, on_step=say,
+                                    builder_key=config.builder.kms_key)
         except FactoryError as exc:
             r.status, r.error = "failed", f"the AMI is ready ({r.ami_id}) but distributing it failed: {exc.message}"
             continue

@@ -70,11 +70,17 @@ def find_copy(ec2: Any, source_ami: str) -> dict[str, Any] | None:
 
 
 def start_copy(ec2: Any, source: dict[str, Any], source_region: str, key_arn: str, token: str,
-               snapshot_tags: dict[str, str]) -> str:
+               snapshot_tags: dict[str, str], cross_account: bool = False) -> str:
     """CopyImage into the client's region: encrypted with `key_arn`, the source's tags
-    copied, the copy and its snapshots tagged at birth. Returns the copy's id."""
+    copied, the copy and its snapshots tagged at birth. Returns the copy's id. Into
+    another account (`cross_account`), CopyImageTags copies none of the owner's tags
+    (CopyImage: "user-defined tags that are attached by other AWS accounts" are not
+    copied), so the source's are given at birth instead."""
     identity = {COPY_OF_TAG: source["ImageId"], SOURCE_REGION_TAG: source_region,
                 IMAGE_HASH_TAG: resource_tags(source).get(IMAGE_HASH_TAG, "")}
+    if cross_account:
+        identity = {**{k: v for k, v in resource_tags(source).items() if k.startswith("factory:") and not k.startswith("factory:copy-failures")},
+                    **identity}
     as_tags = lambda tags: [{"Key": k, "Value": v} for k, v in sorted(tags.items())]  # noqa: E731
     kwargs: dict[str, Any] = {
         "SourceImageId": source["ImageId"], "SourceRegion": source_region, "Name": source["Name"],

@@ -71,6 +71,7 @@ def distribute_image(
     on_step: Callable[[str], None] | None = None,
     timeout: float = copies.COPY_TIMEOUT_SECONDS,
     poll: float = copies.COPY_POLL_SECONDS,
+    builder_key: str | None = None,
 ) -> DistributionResult:
     """Copy `source_ami` (in the spec's region) to every target region of `dist`, in
     parallel, and share it and every copy as `dist` says. `clients_for(region)` gives a
@@ -116,7 +117,45 @@ def distribute_image(
     if targets:
         with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="copy") as pool:
             result.copies += list(pool.map(one, targets))
+    if dist.copy_to:
+        _copy_to_accounts(clients_for, result, dist, builder_key, where, say, timeout, poll)
     return result
+
+
+def _copy_to_accounts(clients_for: Callable[[str], Any], result: DistributionResult, dist: Any, builder_key: str | None,
+                      where: str, say: Callable[[str], None], timeout: float, poll: float) -> None:
+    """Each `copy_to` account copies, in every region, the AMI this account has there (shared
+    with it: launch permission and createVolumePermission, see sharing), into its own, with
+    its own key of that region (the same `kms_keys` names, resolved in that account)."""
+    from factory.distribute.accounts import assumed
+
+    ours = {c.region: c.ami_id for c in result.copies if c.ami_id and c.error is None}
+    jobs: list[tuple[Any, Any, str, str]] = []
+    for target in dist.copy_to:
+        theirs = assumed(clients_for(result.home), target.role, target.account)
+        for region in ours:
+            theirs(region).ec2()
+            theirs(region).client("kms")
+        keys_there = {r: dist.key(r) or (builder_key if r == result.home else None) for r in ours}
+        missing = sorted(r for r, k in keys_there.items() if not k)
+        if missing:
+            raise FactoryError(f"{where}: distribute.kms_keys: no key for {', '.join(missing)} to encrypt account {target.account}'s copy; "
+                               "name a customer-managed key (the alias resolves in that account)")
+        arns = keys.key_arns(theirs, keys_there, True, f"{where} (in account {target.account})")
+        jobs += [(target, theirs, region, arns[region]) for region in ours]
+
+    def one(job: tuple[Any, Any, str, str]) -> RegionCopy:
+        target, theirs, region, arn = job
+        say(f"copying {ours[region]} into account {target.account} in {region}")
+        with aws_errors(f"reading {ours[region]} in {region}"):
+            source = clients_for(region).ec2().describe_images(ImageIds=[ours[region]])["Images"][0]  # one id: one answer
+        entry = _copy_into(clients_for(region).ec2(), theirs(region).ec2(), source, region, region, arn, target.account, {}, [], [],
+                           timeout, poll, cross_account=True)
+        entry.account = target.account
+        return entry
+
+    with ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="copy-to") as pool:
+        result.copies += list(pool.map(one, jobs))
 
 
 def _reread(home_ec2: Any, ami: str, home: str) -> dict[str, Any]:
@@ -125,7 +164,8 @@ def _reread(home_ec2: Any, ami: str, home: str) -> dict[str, Any]:
 
 
 def _copy_into(home_ec2: Any, ec2: Any, source: dict[str, Any], home: str, region: str, key_arn: str, account: str, snap_tags: dict[str, str],
-               wanted: list[dict[str, str]], copy_accounts: list[str], timeout: float, poll: float) -> RegionCopy:
+               wanted: list[dict[str, str]], copy_accounts: list[str], timeout: float, poll: float,
+               cross_account: bool = False) -> RegionCopy:
     """One region: find or make the copy, wait for it, share it; a failed copy discarded."""
     source_ami = source["ImageId"]
     entry = RegionCopy(region, None, "found")
@@ -139,7 +179,7 @@ def _copy_into(home_ec2: Any, ec2: Any, source: dict[str, Any], home: str, regio
         if image is None:
             token = copies.client_token(resource_tags(source).get(IMAGE_HASH_TAG, ""), source_ami, region, account,
                                         copies.failures(source, region))
-            entry.ami_id = copies.start_copy(ec2, source, home, key_arn, token, snap_tags)
+            entry.ami_id = copies.start_copy(ec2, source, home, key_arn, token, snap_tags, cross_account=cross_account)
             entry.status = "copied"
         else:
             entry.ami_id = image["ImageId"]
@@ -184,5 +224,6 @@ def distribute_tasks(specs: list[Any], cloud: Any, config: Any, ami: str | None 
             if image is None:
                 raise FactoryError(f"{spec.name} has no AMI in {spec.region} to distribute: bake it first (`factory bake {spec.name}`)")
             source = image["ImageId"]
-        results.append(distribute_image(cloud.clients, spec, source, dist, where=config.source, on_step=on_step))
+        results.append(distribute_image(cloud.clients, spec, source, dist, where=config.source, on_step=on_step,
+                                        builder_key=config.builder.kms_key))
     return results
