@@ -37,7 +37,7 @@ PURPOSES = ("bake", "distribute", "register", "prune", "status", "rollback")
 # What each CLI command needs (bake ends with a register unless --no-register).
 COMMAND_PURPOSES = {
     "bake": ("bake", "distribute", "register"),
-    "distribute": ("distribute",),
+    "distribute": ("distribute", "register"),  # --register: the copies registered in their regions
     "register": ("register",),
     "plan": ("register",),
     "nextflow-config": ("register",),

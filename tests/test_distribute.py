@@ -53,6 +53,11 @@ def account(moto, tmp_path_factory):
         kms = Clients(region, moto.endpoint).client("kms")
         key = kms.create_key(Description="factory AMIs")["KeyMetadata"]["KeyId"]
         kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=key)
+    iam = Clients(HOME, moto.endpoint).client("iam")  # what register needs, as test_register's open_account makes it
+    iam.create_service_linked_role(AWSServiceName="batch.amazonaws.com")
+    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
+    iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
+    iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
     folder = tmp_path_factory.mktemp("dist")
     specs = folder / "specs"
     shutil.copytree(SPECS, specs)
@@ -294,3 +299,24 @@ def test_copy_to_a_second_account_through_its_role(account, cli):
     assert {"UserId": SECOND} in perms["CreateVolumePermissions"]
     again = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", config, "--json", env=env)
     assert again.exit_code == 0 and {c["ami_id"] for c in json.loads(again.stdout)[0]["copies"] if c["account"] == SECOND} == set(there.values())
+
+
+def test_the_copies_are_registered_in_their_regions(account, cli):
+    """`--register` (and a bake, through bake.registration): each target region gets the
+    tier's launch template with the copy, its compute environment, queue and parameter."""
+    endpoint = account["moto"].endpoint
+    bake(Clients(HOME, endpoint))
+    env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
+    r = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--register", "--json", env=env)
+    assert r.exit_code == 0, r.stderr
+    [result] = json.loads(r.stdout)
+    copies = {c["region"]: c["ami_id"] for c in result["copies"]}
+    assert set(result["registered"]) == {WEST, EU}
+    for region in (WEST, EU):
+        clients = Clients(region, endpoint)
+        name = f"/factory/{TASK}/ami-id"
+        assert clients.ssm().get_parameter(Name=name)["Parameter"]["Value"] == copies[region]
+        queues = clients.batch().describe_job_queues()["jobQueues"]
+        assert [q["jobQueueName"] for q in queues] == [f"factory-{TASK}"]
+        template = clients.ec2().describe_launch_template_versions(LaunchTemplateName=f"factory-{TASK}", Versions=["$Default"])
+        assert template["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"] == copies[region]

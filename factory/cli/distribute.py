@@ -26,6 +26,7 @@ def distribute(
     config: Optional[Path] = typer.Option(None, "--config", help="Settings file (default: ./factory.yaml when present); see docs/register.md."),
     cloud: str = typer.Option("aws", "--cloud", help="aws: your AWS account; local: the running local cloud (`factory local up`)."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    register: bool = typer.Option(False, "--register", help="Also register each copy in its region (launch template, compute environment, queue, parameter)."),
 ) -> None:
     """Copy each task's AMI to the regions and accounts of its distribution and share it."""
     from factory.cloud import Cloud
@@ -44,8 +45,15 @@ def distribute(
     where = Cloud.open(cloud)
     where.config_path = config
     results = distribute_tasks(specs, where, settings, ami=ami, on_step=lambda text: err(text))
+    registered = {}
+    if register:
+        from factory.distribute.registration import register_copies
+
+        copies = {r.task: {k: v for k, v in r.ami_by_region().items() if k != r.home} for r in results}
+        registered = register_copies(specs, copies, where.clients, settings, image_target_for=where.image_target, progress=lambda text: err(text))
     if json_out:
-        print_json([r.to_json() for r in results])
+        print_json([{**r.to_json(), "registered": {region: reg.to_json() for region, reg in registered.items()
+                                                   if r.task in {t for tier in reg.tiers for t in tier.tasks}}} for r in results])
     else:
         console = stdout_console()
         for r in results:
