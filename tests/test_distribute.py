@@ -320,3 +320,41 @@ def test_the_copies_are_registered_in_their_regions(account, cli):
         assert [q["jobQueueName"] for q in queues] == [f"factory-{TASK}"]
         template = clients.ec2().describe_launch_template_versions(LaunchTemplateName=f"factory-{TASK}", Versions=["$Default"])
         assert template["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"] == copies[region]
+
+
+def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypatch):
+    """A local cloud whose copies stay pending: prune (every region a spec is baked in or
+    distributed to) deregisters an old AMI of the task, but not one a copy is made from."""
+    from factory.local.aws.moto_server import MotoServer
+
+    server = MotoServer.start(copy_delay=3600)
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        home, west = Clients(HOME, server.endpoint), Clients(WEST, server.endpoint)
+        kms = west.client("kms")
+        kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+        copied, plain, *newest = [bake(home) for _ in range(4)]  # --keep 2 keeps the newest two
+        from factory.distribute import copies
+
+        source = home.ec2().describe_images(ImageIds=[copied])["Images"][0]
+        key = kms.describe_key(KeyId="alias/factory-ami")["KeyMetadata"]["Arn"]
+        pending = copies.start_copy(west.ec2(), source, HOME, key, "prune-test", {})
+        specs = tmp_path / "specs"
+        specs.mkdir()
+        shutil.copy(SPECS / f"{TASK}.yaml", specs)
+        shutil.copytree(SPECS / "benchmarks", specs / "benchmarks")
+        config = tmp_path / "factory.yaml"
+        config.write_text(f"builder: {{kms_key: alias/factory-ami}}\ndistribute: {{regions: [{WEST}], kms_keys: {{{WEST}: alias/factory-ami}}}}\n")
+        env = {"AWS_ENDPOINT_URL": server.endpoint, "COLUMNS": "250"}
+        r = cli("prune", "--keep", "2", "--apply", "--specs-dir", specs, "--config", config, "--json", env=env)
+        assert r.exit_code == 0, r.stderr
+        done = json.loads(r.stdout)
+        assert set(done) == {HOME, WEST}
+        actions = {c["name"]: c["action"] for c in done[HOME]["changes"] if c["resource"] == "ami"}
+        assert actions[plain] == "delete" and actions[copied] == "unchanged"
+        assert [c["reason"] for c in done[HOME]["changes"] if c["name"] == copied] == [
+            f"task {TASK}: a copy is still being made from it ({WEST} {pending})"]
+        assert home.ec2().describe_images(ImageIds=[copied])["Images"] and set(newest) <= {i["ImageId"] for i in home.ec2().describe_images(Owners=["self"])["Images"]}
+    finally:
+        server.stop()

@@ -201,12 +201,19 @@ def prune(
     from factory.tiers import tiers_for
 
     specs = load_specs([specs_dir])
-    regions = sorted({s.region for s in specs})
+    # Every region a spec is baked in or distributed to (factory.yaml `distribute:`, the spec's).
+    copies_to = {s.region: set() for s in specs}
+    for s in specs:
+        for r in settings.distribution_for(s).targets(s.region):
+            copies_to[s.region].add(r)
+            copies_to.setdefault(r, set())
+    regions = sorted(copies_to)
     in_use = {t.name for t in tiers_for(specs, settings.max_tiers)[0]} if specs else set()
     where = Cloud.open(cloud)
     hours = builder_hours if builder_hours is not None else settings.prune_builder_hours
     results = [
-        (region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs}, builder_hours=hours, force=force))
+        (region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs}, builder_hours=hours,
+                            force=force, copy_regions=[where.clients(r) for r in sorted(copies_to[region])]))
         for region in regions
     ]
     failed = [c for _, r in results for c in r.failed]
