@@ -552,6 +552,9 @@ def test_a_bake_distributes_its_ami_and_registers_the_copies(cloud_env, first_ba
     config.write_text(config.read_text() + '  share_with: ["111122223333"]\n')
     refused = bake_cli(cloud_env, TASK, "--config", str(config))
     assert refused.returncode == 1 and "AWS cannot share AMIs encrypted with aws/ebs" in refused.stderr, refused.stderr
+    config.write_text("distribute:\n  regions: [eu-west-1]\n  kms_keys: {eu-west-1: alias/nope}\n")
+    missing = bake_cli(cloud_env, TASK, "--config", str(config))  # read before any instance starts
+    assert missing.returncode == 1 and f"{config}: distribute.kms_keys.eu-west-1: alias/nope is not a KMS key in eu-west-1" in missing.stderr, missing.stderr
 
 
 @needs_local_cloud

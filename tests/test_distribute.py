@@ -320,6 +320,18 @@ def test_the_copies_are_registered_in_their_regions(account, cli):
         assert [q["jobQueueName"] for q in queues] == [f"factory-{TASK}"]
         template = clients.ec2().describe_launch_template_versions(LaunchTemplateName=f"factory-{TASK}", Versions=["$Default"])
         assert template["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"] == copies[region]
+    # status covers every region: each copy judged against what the home region runs
+    assert cli("register", TASK, "--specs-dir", account["specs"], "--config", account["config"], env=env).exit_code == 0
+    status = cli("status", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--json", env=env)
+    rows = {t["region"]: t for t in json.loads(status.stdout)["tasks"]}
+    assert set(rows) == {HOME, WEST, EU}
+    for region in (WEST, EU):
+        assert rows[region]["ami_in_use"] == copies[region] and rows[region]["reasons"] == [], rows[region]
+    newer = bake(Clients(HOME, endpoint))  # home rolls on; the copies are now behind
+    assert cli("register", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--ami", newer, env=env).exit_code == 0
+    status = cli("status", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--json", env=env)
+    rows = {t["region"]: t for t in json.loads(status.stdout)["tasks"]}
+    assert any(f"but {HOME} runs {newer}: run `factory distribute {TASK} --register`" in r for r in rows[WEST]["reasons"]), rows[WEST]
 
 
 def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypatch):

@@ -58,7 +58,12 @@ def prepare(
     # Where the AMI goes after the bake (factory.yaml `distribute:`, the spec's over it):
     # what AWS would refuse then (a public AMI, aws/ebs shared, a region without a key,
     # another partition) is refused now, before any instance starts.
-    cloud.register_config().distribution_for(spec)
+    config = cloud.register_config()
+    dist = config.distribution_for(spec)
+    if not dist.empty:  # each target region's key: there, customer-managed (when sharing), enabled
+        from factory.distribute.keys import key_arns
+
+        key_arns(cloud.clients, {r: dist.key(r) for r in dist.targets(spec.region)}, bool(dist.share_with or dist.copy_to), config.source)
 
     t = time.monotonic()
     say("resolving the base AMI")

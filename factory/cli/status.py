@@ -73,10 +73,13 @@ def _print_report(report) -> None:
     table = Table(title="factory status", title_justify="left")
     for col in ("task", "tier", "AMI in use", "baked on", "AWS recommends", "spec", "image", "launch template", "queue", "status"):
         table.add_column(col, overflow="fold")
+    seen: set[str] = set()
     for t in report.tasks:
         base_note = "" if t.base_current is not False else " (newer)"
+        label = t.task if t.task not in seen else f"{t.task} ({t.region})"  # a region it is distributed to
+        seen.add(t.task)
         table.add_row(
-            t.task,
+            label,
             t.tier,
             t.ami_in_use or "-",
             t.base_ami or "-",
