@@ -332,6 +332,14 @@ def test_the_copies_are_registered_in_their_regions(account, cli):
     status = cli("status", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--json", env=env)
     rows = {t["region"]: t for t in json.loads(status.stdout)["tasks"]}
     assert any(f"but {HOME} runs {newer}: run `factory distribute {TASK} --register`" in r for r in rows[WEST]["reasons"]), rows[WEST]
+    # rollback covers every region: each goes back to its copy of the AMI home goes back to
+    rolled = cli("rollback", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--json", env=env)
+    assert rolled.exit_code == 0, rolled.stderr
+    done = json.loads(rolled.stdout)
+    assert done["to"] == copies[HOME] and set(done["regions"]) == {WEST, EU}
+    for region in (WEST, EU):
+        template = Clients(region, endpoint).ec2().describe_launch_template_versions(LaunchTemplateName=f"factory-{TASK}", Versions=["$Default"])
+        assert template["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"] == copies[region]
 
 
 def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypatch):

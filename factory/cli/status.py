@@ -135,3 +135,10 @@ def rollback(
             console.print(f"  {c.resource} {c.name}: {c.action}: {c.reason}", highlight=False, markup=False)
         for note in tier.notes:
             console.print(f"  note: {note}", highlight=False, markup=False)
+    for region, there in (done.regions or {}).items():
+        if isinstance(there, str):
+            console.print(f"  {region}: {there}", highlight=False, markup=False)
+            continue
+        for tier in there.tiers:
+            for c in tier.changes:
+                console.print(f"  {region}: {c.resource} {c.name}: {c.action}: {c.reason}", highlight=False, markup=False)
