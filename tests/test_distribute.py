@@ -340,6 +340,11 @@ def test_the_copies_are_registered_in_their_regions(account, cli):
     for region in (WEST, EU):
         template = Clients(region, endpoint).ec2().describe_launch_template_versions(LaunchTemplateName=f"factory-{TASK}", Versions=["$Default"])
         assert template["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"] == copies[region]
+    # plan covers every region: nothing to do anywhere; with an AMI not copied yet, it says so
+    plan = json.loads(cli("plan", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--json", env=env).stdout)
+    assert plan["status"] == "unchanged" and {r: p["status"] for r, p in plan["regions"].items()} == {WEST: "unchanged", EU: "unchanged"}
+    ahead = cli("plan", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--ami", newer, "--json", env=env)
+    assert json.loads(ahead.stdout)["regions"][WEST].startswith(f"would copy {TASK} ({newer}) to {WEST} first")
 
 
 def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypatch):

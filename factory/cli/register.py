@@ -100,10 +100,31 @@ def plan(
 ) -> None:
     """Show what `register` would create, change or leave alone (reads AWS, changes nothing)."""
     result = _run("plan", task, all_specs, specs_dir, config, ami, True, None, cloud)
+    regions = _plan_copies(task, all_specs, specs_dir, config, cloud, result)
     if json_output:
-        print_json(result.to_json())
+        data = result.to_json()
+        if regions:
+            data["regions"] = {r: (v if isinstance(v, str) else v.to_json()) for r, v in regions.items()}
+        print_json(data)
     else:
         _print_result(result, "factory plan")
+        for region, there in regions.items():
+            if isinstance(there, str):
+                stdout_console().print(f"{region}: {there}", highlight=False, markup=False)
+            else:
+                _print_result(there, f"factory plan ({region}, a region the tasks are distributed to)")
+
+
+def _plan_copies(task, all_specs, specs_dir, config_path, cloud_kind, home):
+    """The plan in every region the selected tasks are distributed to (factory.distribute.registration)."""
+    from factory.cloud import Cloud
+    from factory.distribute.registration import plan_copies
+
+    selected, everything = _select(task, all_specs, specs_dir, "factory plan salmon-quant")
+    where = Cloud.open(cloud_kind)
+    where.config_path = config_path
+    config = where.register_config(config_path)
+    return plan_copies(selected, everything, where.clients, config, home, image_target_for=where.image_target)
 
 
 @app.command()

@@ -49,3 +49,42 @@ def register_copies(
                                 "the default VPC was used here")
         results[region] = result
     return results
+
+
+def plan_copies(specs: Sequence[Any], all_specs: Sequence[Any], clients_for: Callable[[str], Any], config: Any, home: Any,
+                image_target_for: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """`factory plan` in every region the tasks are distributed to: region -> the
+    RegisterResult of a dry run with each task's copy of the AMI home plans with, or a
+    sentence saying which copies a distribution would make first."""
+    from factory.distribute.copies import find_copy
+    from factory.register import register_tasks
+
+    wanted: dict[str, dict[str, str]] = {}  # region -> task -> the home AMI it would run
+    for spec in specs:
+        try:
+            ami = home.for_task(spec.name).ami_id
+        except (KeyError, StopIteration, ValueError):
+            continue
+        for region in config.distribution_for(spec).targets(spec.region):
+            if ami:
+                wanted.setdefault(region, {})[spec.name] = ami
+    out: dict[str, Any] = {}
+    for region, amis in sorted(wanted.items()):
+        ec2 = clients_for(region).ec2()
+        copies: dict[str, str] = {}
+        missing: list[str] = []
+        for task, ami in amis.items():
+            copy = find_copy(ec2, ami)
+            if copy is not None and copy.get("State") == "available":
+                copies[task] = copy["ImageId"]
+            else:
+                missing.append(f"{task} ({ami})")
+        if missing:
+            out[region] = (f"would copy {', '.join(missing)} to {region} first (`factory bake` or `factory distribute TASK --register`), "
+                           "then register there")
+            continue
+        moved = [replace(s, region=region) for s in all_specs if region in config.distribution_for(s).targets(s.region)]
+        here = replace(config, batch=replace(config.batch, subnets=(), security_groups=())) if config.batch.subnets else config
+        out[region] = register_tasks([s for s in moved if s.name in copies], clients_for(region), copies, True, config=here,
+                                     all_specs=moved, image_target=image_target_for(region) if image_target_for else None)
+    return out
