@@ -279,16 +279,23 @@ def test_copy_to_a_second_account_through_its_role(account, cli):
         kms = theirs(region).client("kms")
         kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
     config = account["folder"] / "copy-to.yaml"
-    config.write_text(CONFIG + f'  copy_to:\n    - {{account: "{SECOND}", role: "{ROLE}"}}\n')
+    iam = theirs(HOME).client("iam")  # what register needs there
+    iam.create_service_linked_role(AWSServiceName="batch.amazonaws.com")
+    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
+    iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
+    iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
+    config.write_text(CONFIG + f'  copy_to:\n    - {{account: "{SECOND}", role: "{ROLE}", register: true}}\n')
     ami = bake(Clients(HOME, endpoint))
     env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
-    r = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", config, "--json", env=env)
+    r = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", config, "--register", "--json", env=env)
     assert r.exit_code == 0, r.stderr
     [result] = json.loads(r.stdout)
     assert result["source_ami"] == ami
+    assert {f"{SECOND}:{region}" for region in (HOME, WEST, EU)} <= set(result["registered"])
     there = {c["region"]: c["ami_id"] for c in result["copies"] if c["account"] == SECOND}
     assert set(there) == {HOME, WEST, EU}
     for region, image_id in there.items():
+        assert theirs(region).ssm().get_parameter(Name=f"/factory/{TASK}/ami-id")["Parameter"]["Value"] == image_id  # registered there
         image = theirs(region).ec2().describe_images(ImageIds=[image_id])["Images"][0]
         assert image["OwnerId"] == SECOND and resource_tags(image)["factory:task"] == TASK
         snap = theirs(region).ec2().describe_snapshots(SnapshotIds=[image["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]])["Snapshots"][0]

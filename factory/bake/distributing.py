@@ -38,4 +38,13 @@ def distribute_results(results: Sequence[BakeResult], specs: Sequence[Any], clou
             r.error = (f"the AMI is ready ({r.ami_id}) but copying it failed in {', '.join(c.region for c in done.copies if c.error)}: "
                        + "; ".join(done.errors) + f"; run `factory distribute {spec.name}` (or bake again) to finish")
         else:
-            r.note = _join(r.note, "copied to " + ", ".join(f"{c.region} {c.ami_id}" for c in done.copies if c.status != "source"))
+            r.note = _join(r.note, "copied to " + ", ".join(f"{c.region}{' ' + c.account if c.account else ''} {c.ami_id}"
+                                                           for c in done.copies if c.status != "source"))
+            if done.accounts:  # copy_to entries with `register: true`: registered in that account
+                from factory.distribute.run import register_in_accounts
+
+                try:
+                    for account, regions in register_in_accounts(done, spec, config, progress=say).items():
+                        r.note = _join(r.note, f"registered in account {account}: {', '.join(sorted(regions))}")
+                except FactoryError as exc:
+                    r.status, r.error = "failed", f"the AMI and its copies are ready, but registering in another account failed: {exc.message}"

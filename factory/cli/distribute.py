@@ -51,6 +51,13 @@ def distribute(
 
         copies = {r.task: {k: v for k, v in r.ami_by_region().items() if k != r.home} for r in results}
         registered = register_copies(specs, copies, where.clients, settings, image_target_for=where.image_target, progress=lambda text: err(text))
+        from factory.distribute.run import register_in_accounts
+
+        pool = {s.name: s for s in specs}
+        for r in results:  # copy_to accounts marked `register: true`
+            for account, regions in register_in_accounts(r, pool[r.task], settings, progress=lambda text: err(text)).items():
+                for region, reg in regions.items():
+                    registered[f"{account}:{region}"] = reg
     if json_out:
         print_json([{**r.to_json(), "registered": {region: reg.to_json() for region, reg in registered.items()
                                                    if r.task in {t for tier in reg.tiers for t in tier.tasks}}} for r in results])

@@ -23,22 +23,24 @@ def register_copies(
     image_target_for: Callable[[str], Any] | None = None,
     progress: Callable[[str], None] | None = None,
     poll: float = 5.0,
+    include_home: bool = False,
 ) -> dict[str, Any]:
-    """copies: task -> {region: AMI there} (the spec's own region left out). Returns
+    """copies: task -> {region: AMI there} (the spec's own region left out, unless
+    `include_home`: another account's copies, registered in every region). Returns
     region -> RegisterResult."""
     from factory.register import register_tasks
 
     by_region: dict[str, dict[str, str]] = {}
     for spec in specs:
         for region, ami in copies.get(spec.name, {}).items():
-            if region != spec.region:
+            if region != spec.region or include_home:
                 by_region.setdefault(region, {})[spec.name] = ami
     results: dict[str, Any] = {}
     pool = {s.name: s for s in specs}
     for region, amis in sorted(by_region.items()):
         moved = [replace(pool[name], region=region) for name in amis]
         here = config
-        if config.batch.subnets:
+        if config.batch.subnets and (include_home or region != pool[next(iter(amis))].region):
             here = replace(config, batch=replace(config.batch, subnets=(), security_groups=()))
         if progress:
             progress(f"registering in {region}")

@@ -44,6 +44,7 @@ class DistributionResult:
     source_ami: str
     home: str
     copies: list[RegionCopy] = field(default_factory=list)
+    accounts: dict[str, Any] | None = None  # copy_to accounts with `register: true` -> their clients_for
 
     @property
     def ok(self) -> bool:
@@ -156,6 +157,19 @@ def _copy_to_accounts(clients_for: Callable[[str], Any], result: DistributionRes
 
     with ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="copy-to") as pool:
         result.copies += list(pool.map(one, jobs))
+    result.accounts = {t.account: theirs for t, theirs, _, _ in jobs if t.register}
+
+
+def register_in_accounts(result: DistributionResult, spec: Any, config: Any, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`copy_to` entries with `register: true`: the task registered in that account, in every
+    region it has a copy (as its own account's regions are). account -> region -> RegisterResult."""
+    from factory.distribute.registration import register_copies
+
+    out: dict[str, Any] = {}
+    for account, theirs in (result.accounts or {}).items():
+        copies = {spec.name: {c.region: c.ami_id for c in result.copies if c.account == account and c.ami_id and not c.error}}
+        out[account] = register_copies([spec], copies, theirs, config, progress=progress, include_home=True)
+    return out
 
 
 def _reread(home_ec2: Any, ami: str, home: str) -> dict[str, Any]:
