@@ -237,12 +237,16 @@ def test_the_cli_distributes_the_tasks_newest_ami(account, cli):
     env = {"AWS_ENDPOINT_URL": account["moto"].endpoint, "COLUMNS": "250"}
     # the command's own copy fails: it is removed, counted, and the command fails saying so
     faults.arm(account["moto"].endpoint, faults.Fault("ec2:CopyImage", "broken", times=1, caller="command:distribute"))
-    failed = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", account["config"], env=env)
+    failed = cli("distribute", TASK, "--ami", ami, "--specs-dir", account["specs"], "--config", account["config"], env=env)
     assert failed.exit_code == 1 and "deregistered the failed copy" in failed.stderr and "run the same command again" in failed.stderr
-    r = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--json", env=env)
+    r = cli("distribute", TASK, "--ami", ami, "--specs-dir", account["specs"], "--config", account["config"], "--json", env=env)
     assert r.exit_code == 0, r.stderr
     [result] = json.loads(r.stdout)
     assert result["source_ami"] == ami and {c["region"] for c in result["copies"]} == {HOME, WEST, EU}
+    # without --ami: the task's newest AMI, as prune and register order them (CreationDate has whole seconds, then the id)
+    mine = clients.ec2().describe_images(Owners=["self"], Filters=[{"Name": "tag:factory:task", "Values": [TASK]}])["Images"]
+    newest = max(mine, key=lambda i: (i["CreationDate"], i["ImageId"]))["ImageId"]
+    assert json.loads(cli("distribute", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--json", env=env).stdout)[0]["source_ami"] == newest
     again = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", account["config"], env=env)
     assert again.exit_code == 0 and "found" in again.stdout
     bad = cli("distribute", "--specs-dir", account["specs"], env=env)
@@ -287,7 +291,7 @@ def test_copy_to_a_second_account_through_its_role(account, cli):
     config.write_text(CONFIG + f'  copy_to:\n    - {{account: "{SECOND}", role: "{ROLE}", register: true}}\n')
     ami = bake(Clients(HOME, endpoint))
     env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
-    r = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", config, "--register", "--json", env=env)
+    r = cli("distribute", TASK, "--ami", ami, "--specs-dir", account["specs"], "--config", config, "--register", "--json", env=env)
     assert r.exit_code == 0, r.stderr
     [result] = json.loads(r.stdout)
     assert result["source_ami"] == ami
@@ -304,7 +308,7 @@ def test_copy_to_a_second_account_through_its_role(account, cli):
     snap = Clients(WEST, endpoint).ec2().describe_images(ImageIds=[ours[WEST]])["Images"][0]["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"]
     perms = Clients(WEST, endpoint).ec2().describe_snapshot_attribute(SnapshotId=snap, Attribute="createVolumePermission")
     assert {"UserId": SECOND} in perms["CreateVolumePermissions"]
-    again = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", config, "--json", env=env)
+    again = cli("distribute", TASK, "--ami", ami, "--specs-dir", account["specs"], "--config", config, "--json", env=env)
     assert again.exit_code == 0 and {c["ami_id"] for c in json.loads(again.stdout)[0]["copies"] if c["account"] == SECOND} == set(there.values())
 
 
@@ -312,9 +316,9 @@ def test_the_copies_are_registered_in_their_regions(account, cli):
     """`--register` (and a bake, through bake.registration): each target region gets the
     tier's launch template with the copy, its compute environment, queue and parameter."""
     endpoint = account["moto"].endpoint
-    bake(Clients(HOME, endpoint))
+    ami = bake(Clients(HOME, endpoint))
     env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
-    r = cli("distribute", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--register", "--json", env=env)
+    r = cli("distribute", TASK, "--ami", ami, "--specs-dir", account["specs"], "--config", account["config"], "--register", "--json", env=env)
     assert r.exit_code == 0, r.stderr
     [result] = json.loads(r.stdout)
     copies = {c["region"]: c["ami_id"] for c in result["copies"]}
@@ -328,7 +332,7 @@ def test_the_copies_are_registered_in_their_regions(account, cli):
         template = clients.ec2().describe_launch_template_versions(LaunchTemplateName=f"factory-{TASK}", Versions=["$Default"])
         assert template["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"] == copies[region]
     # status covers every region: each copy judged against what the home region runs
-    assert cli("register", TASK, "--specs-dir", account["specs"], "--config", account["config"], env=env).exit_code == 0
+    assert cli("register", TASK, "--ami", ami, "--specs-dir", account["specs"], "--config", account["config"], env=env).exit_code == 0
     status = cli("status", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--json", env=env)
     rows = {t["region"]: t for t in json.loads(status.stdout)["tasks"]}
     assert set(rows) == {HOME, WEST, EU}
@@ -366,7 +370,10 @@ def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypat
         home, west = Clients(HOME, server.endpoint), Clients(WEST, server.endpoint)
         kms = west.client("kms")
         kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
-        copied, plain, *newest = [bake(home) for _ in range(4)]  # --keep 2 keeps the newest two
+        made = [bake(home) for _ in range(4)]
+        # --keep 2 keeps the newest two as prune orders them (CreationDate has whole seconds, then the id)
+        images = sorted(home.ec2().describe_images(ImageIds=made)["Images"], key=lambda i: (i["CreationDate"], i["ImageId"]), reverse=True)
+        *newest, copied, plain = [i["ImageId"] for i in images]
         from factory.distribute import copies
 
         source = home.ec2().describe_images(ImageIds=[copied])["Images"][0]
