@@ -50,6 +50,9 @@ class Clients:
     region: str | None = None
     endpoint_url: str | None = None
     agent: str = "factory"  # the user agent's mark; the local cloud's own set-up uses "factory-local"
+    # An assumed role's temporary credentials (sts:AssumeRole's `Credentials`): this account
+    # instead of the environment's. Kept in memory only, never in a repr, a log or a file.
+    credentials: dict[str, Any] | None = field(default=None, repr=False)
     _session: Any = field(default=None, repr=False)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -59,7 +62,12 @@ class Clients:
             from botocore.config import Config
 
             if self._session is None:
-                self._session = boto3.session.Session(region_name=self.region)
+                if self.credentials:
+                    self._session = boto3.session.Session(
+                        region_name=self.region, aws_access_key_id=self.credentials["AccessKeyId"],
+                        aws_secret_access_key=self.credentials["SecretAccessKey"], aws_session_token=self.credentials["SessionToken"])
+                else:
+                    self._session = boto3.session.Session(region_name=self.region)
             region = self.region or self._session.region_name
             if not region:
                 raise AwsError("no AWS region: set `region:` in the spec, pass --region, or set AWS_REGION")

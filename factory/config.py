@@ -27,6 +27,11 @@ register step uses the region's default VPC and says so. The format, with defaul
     prune:
       keep: 3                                     # newest AMIs / launch template versions kept
       builder_hours: 6                            # a builder older than this was left by a killed bake
+    distribute:                                   # factory/distribution.py; a spec may override each field
+      regions: []                                 # regions the AMI is copied to, besides the spec's own
+      kms_keys: {}                                # region -> customer-managed KMS key for the copy there
+      share_with: []                              # account ids, organization / OU ARNs (never `all`)
+      copy_to: []                                 # {account, role, register}: accounts that get their own copy
 
 docs/register.md describes each setting. Errors name the file, the field and the fix.
 """
@@ -65,6 +70,12 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "launch_template": {"boot_commands": "list of shell command lines"},
     "tiers": {"max_tiers": "integer >= 1, or null"},
     "prune": {"keep": "integer >= 1", "builder_hours": "number of hours >= 0"},
+    "distribute": {
+        "regions": "list of AWS regions the AMI is copied to",
+        "kms_keys": "mapping of region to a customer-managed KMS key",
+        "share_with": "list of account ids, organization ARNs or OU ARNs",
+        "copy_to": "list of {account, role, register}",
+    },
 }
 
 
@@ -123,10 +134,18 @@ class FactoryConfig:
     max_tiers: int | None = None
     prune_keep: int = 3
     prune_builder_hours: float = 6.0
+    distribute: Any = None  # factory.distribution.Distribution; None: nowhere else
 
     @property
     def source(self) -> str:
         return str(self.path) if self.path else "defaults (no factory.yaml)"
+
+    def distribution_for(self, spec: Any):
+        """The spec's checked distribution (factory.distribution.settle): this file's
+        `distribute:` with the spec's fields over it."""
+        from factory import distribution
+
+        return distribution.settle(self.distribute or distribution.Distribution(), self.source, spec, self.builder.kms_key)
 
 
 def load_config(path: Path | str | None = None, search_dir: Path | str = ".") -> FactoryConfig:
@@ -159,6 +178,8 @@ def load_config(path: Path | str | None = None, search_dir: Path | str = ".") ->
 
 def parse_config(data: Any, path: Path | None) -> FactoryConfig:
     """Check a loaded mapping and turn it into a FactoryConfig; collects every problem."""
+    from factory import distribution
+
     where = str(path) if path else "config"
     problems: list[str] = []
 
@@ -264,6 +285,7 @@ def parse_config(data: Any, path: Path | None) -> FactoryConfig:
         max_tiers=opt_int("tiers", "max_tiers", None, 1, True),
         prune_keep=opt_int("prune", "keep", 3, 1, False) or 3,
         prune_builder_hours=opt_hours("prune", "builder_hours", 6.0),
+        distribute=distribution.parse(sections.get("distribute"), bad) if "distribute" in sections else None,
     )
     if problems:
         raise ConfigError("\n".join(problems) + "\nSee docs/register.md, 'Config file'.")

@@ -32,11 +32,12 @@ from typing import Any
 
 from factory import kms_policy
 
-PURPOSES = ("bake", "register", "prune", "status", "rollback")
+PURPOSES = ("bake", "distribute", "register", "prune", "status", "rollback")
 
 # What each CLI command needs (bake ends with a register unless --no-register).
 COMMAND_PURPOSES = {
-    "bake": ("bake", "register"),
+    "bake": ("bake", "distribute", "register"),
+    "distribute": ("distribute", "register"),  # --register: the copies registered in their regions
     "register": ("register",),
     "plan": ("register",),
     "nextflow-config": ("register",),
@@ -58,6 +59,11 @@ IMPLIED = {
     "ec2:CreateKeyPair": "on AWS Packer makes a temporary key pair (the local cloud's build host brings its own)",
     "ec2:DeleteKeyPair": "on AWS Packer deletes its temporary key pair",
     "ec2:DescribeRegions": "on AWS Packer validates the region (skipped against the local cloud's endpoint)",
+    "kms:CreateGrant": "distribute: CopyImage with a customer-managed key makes EBS create a grant on it as the caller (kms:GrantIsForAWSResource)",
+    "kms:Decrypt": "distribute: EBS decrypts the source's snapshots as the caller of CopyImage",
+    "kms:GenerateDataKeyWithoutPlaintext": "distribute: EBS makes the copy's data keys with the region's key as the caller of CopyImage",
+    "kms:ReEncryptFrom": "distribute: EBS re-encrypts the copy under the region's key as the caller of CopyImage",
+    "kms:ReEncryptTo": "distribute: EBS re-encrypts the copy under the region's key as the caller of CopyImage",
     "ssm:DescribeParameters": "prune: DescribeImageReferences finds the parameters that name an AMI with the caller's ssm:DescribeParameters (register and status call it themselves)",
 }
 
@@ -156,6 +162,42 @@ def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
         if builder is not None and builder.kms_key:
             statements += kms_policy.use_statements(builder.kms_key, "BuilderKmsKey")
         return statements
+    if purpose == "distribute":
+        images, snapshots = ["arn:aws:ec2:*::image/*"], ["arn:aws:ec2:*::snapshot/*"]
+        copies = {"Null": {"aws:ResourceTag/factory:copy-of": "false"}}
+        factory_made = {"Null": {"aws:ResourceTag/factory:image-hash": "false"}}
+        via_ec2 = {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}
+        return [
+            # The source, its snapshots and launch permissions; the copies found by their tags;
+            # each region's key (there, customer-managed, enabled: factory.distribute.keys).
+            _statement("Read", ["ec2:DescribeImages", "ec2:DescribeImageAttribute", "ec2:DescribeSnapshots",
+                                "ec2:DescribeSnapshotAttribute"], _ANY),
+            _statement("ReadRegionKeys", ["kms:DescribeKey"], ["arn:aws:kms:*:*:key/*"]),
+            # CopyImage authorizes the source image (factory's: its content-hash tag; IAM
+            # scopes CopyImage on the source since 2024-10-28) and the new image and snapshots
+            # (tagged at birth with factory:copy-of, TagSpecifications).
+            _statement("CopyFactoryImages", ["ec2:CopyImage"], images, factory_made),
+            _statement("CopyIntoNewImages", ["ec2:CopyImage"], images + snapshots,
+                       {"Null": {"aws:RequestTag/factory:copy-of": "false"}}),
+            _statement("TagCopiesAtBirth", ["ec2:CreateTags"], images + snapshots, {"StringEquals": {"ec2:CreateAction": "CopyImage"}}),
+            _statement("TagCopiesSnapshots", ["ec2:CreateTags"], snapshots, copies),
+            # A failed copy is counted on its source (copies.FAILURES_TAG): the next CopyImage's token is new.
+            _statement("CountFailedCopies", ["ec2:CreateTags"], images, factory_made),
+            # Launch permissions per region (never copied), createVolumePermission for the
+            # accounts that copy: on factory's images and snapshots only.
+            _statement("ShareFactoryImages", ["ec2:ModifyImageAttribute"], images, factory_made),
+            _statement("ShareFactorySnapshots", ["ec2:ModifySnapshotAttribute"], snapshots, factory_made),
+            # A copy that failed goes with its snapshots (DeleteAssociatedSnapshots).
+            _statement("DiscardFailedCopies", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], images + snapshots, copies),
+            # copy_to: the role named for each account is assumed (factory.distribute.accounts);
+            # that role needs this same policy in its own account (docs/register.md, "Distribution").
+            _statement("AssumeCopyToRoles", ["sts:AssumeRole"], ["arn:aws:iam::*:role/*"]),
+            # EBS uses each region's key as the caller of CopyImage (IMPLIED says how).
+            _statement("UseRegionKeysThroughEc2", ["kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
+                                                   "kms:ReEncryptTo"], ["arn:aws:kms:*:*:key/*"], via_ec2),
+            _statement("GrantRegionKeysToEbs", ["kms:CreateGrant"], ["arn:aws:kms:*:*:key/*"],
+                       {**via_ec2, "Bool": {"kms:GrantIsForAWSResource": "true"}}),
+        ]
     if purpose == "register":
         return [
             _statement(

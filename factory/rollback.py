@@ -32,6 +32,7 @@ class Rollback:
     to_ami: str
     source: str  # "parameter history (version N)" | "--to"
     result: Any  # factory.register.RegisterResult
+    regions: dict[str, Any] | None = None  # distribution: region -> its RegisterResult, or a note why not rolled
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -42,6 +43,7 @@ class Rollback:
             "to": self.to_ami,
             "source": self.source,
             "register": self.result.to_json(),
+            "regions": {r: (v if isinstance(v, str) else v.to_json()) for r, v in (self.regions or {}).items()},
         }
 
 
@@ -97,7 +99,40 @@ def rollback(
         image_target=cloud.image_target(target.region),
         hold=hold_description(target.ami_task, to, current),
     )
-    return Rollback(spec.name, target.tier, target.ami_task, current, to, source, result)
+    regions = _roll_copies(spec, all_specs, cloud, config, target, to, current, dry_run, progress, wait_timeout, poll)
+    return Rollback(spec.name, target.tier, target.ami_task, current, to, source, result, regions)
+
+
+def _roll_copies(spec: Any, all_specs: Sequence[Any], cloud: Any, config: Any, target: Any, to: str, current: str | None,
+                 dry_run: bool, progress: Any, wait_timeout: float, poll: float) -> dict[str, Any]:
+    """Every region the task is distributed to goes back too: to its copy of `to` (found by
+    `factory:copy-of`), registered there as the home region was. A region without that copy
+    is named, with the command that makes it."""
+    from dataclasses import replace
+
+    from factory.distribute.copies import find_copy
+    from factory.register.apply import register_targets
+    from factory.register.parameter import hold_description
+    from factory.register.targets import targets_for
+    from factory.tiers import tiers_for
+
+    out: dict[str, Any] = {}
+    for region in config.distribution_for(spec).targets(spec.region):
+        clients = cloud.clients(region)
+        copy = find_copy(clients.ec2(), to)
+        if copy is None or copy.get("State") != "available":
+            out[region] = (f"no available copy of {to} in {region}: run `factory distribute {target.ami_task} --ami {to} --register` "
+                           "to copy it there and run it")
+            continue
+        moved = [replace(s, region=region) for s in all_specs if region in config.distribution_for(s).targets(s.region)]
+        tiers, _ = tiers_for(moved, config.max_tiers)
+        there = next((t for t in targets_for(moved, tiers) if spec.name in t.tasks), None)
+        if there is None:
+            continue
+        out[region] = register_targets([there], clients, {there.ami_task: copy["ImageId"]}, dry_run, config=config, wait_timeout=wait_timeout,
+                                       poll=poll, progress=progress, image_target=cloud.image_target(region),
+                                       hold=hold_description(there.ami_task, copy["ImageId"], None))
+    return out
 
 
 def _check(ec2: Any, target: Any, task: str, ami: str, history_values: list[str]) -> None:

@@ -128,6 +128,8 @@ class TaskSpec:
     nextflow: NextflowSpec
     path: Path
     spec_hash: str
+    distribute: Any = None  # factory.distribution.Distribution: the fields this spec gives; None: factory.yaml's
+
 
     def to_json(self) -> dict[str, Any]:
         return normalised(self)
@@ -449,6 +451,10 @@ def _semantic_problems(doc: dict[str, Any], spec_path: Path, file: str) -> list[
             problems.append(Problem(file, f"batch.instance_types[{i}]", f"{itype} is an x86_64 type but image.architecture is arm64; use Graviton types such as m7g.xlarge"))
         if arch == "x86_64" and arm:
             problems.append(Problem(file, f"batch.instance_types[{i}]", f"{itype} is a Graviton (arm64) type but image.architecture is x86_64; set `image.architecture: arm64` or pick an x86 type"))
+    if isinstance(doc.get("distribute"), dict):
+        from factory import distribution
+
+        distribution.parse(doc["distribute"], lambda where, message: problems.append(Problem(file, where, message)))
     return problems
 
 
@@ -537,11 +543,23 @@ def _build(doc: dict[str, Any], spec_path: Path) -> TaskSpec:
         ),
         path=spec_path.resolve(),
         spec_hash="",
+        distribute=_distribute(doc),
     )
-    digest = hashlib.sha256(json.dumps(normalised(spec), sort_keys=True).encode())
+    # Where the AMI is distributed does not shape the image: not part of the spec hash.
+    hashed = {k: v for k, v in normalised(spec).items() if k != "distribute"}
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode())
     if bench is not None:
         digest.update(bench.read_bytes())
     return replace(spec, spec_hash=digest.hexdigest())
+
+
+def _distribute(doc: dict[str, Any]) -> Any:
+    """The spec's own `distribute:` (checked by _semantic_problems), or None."""
+    if "distribute" not in doc:
+        return None
+    from factory import distribution
+
+    return distribution.parse(doc["distribute"], lambda where, message: None)
 
 
 def normalised(spec: TaskSpec) -> dict[str, Any]:
@@ -582,6 +600,8 @@ def normalised(spec: TaskSpec) -> dict[str, Any]:
         "nextflow": {"process": spec.nextflow.process,
                      **({"containers": list(spec.nextflow.containers)} if spec.nextflow.containers else {}),
                      **({"gpus": spec.nextflow.gpus} if spec.nextflow.gpus is not None else {})},
+        # `distribute` only when given, so specs without it keep their hash
+        **({"distribute": spec.distribute.to_json()} if spec.distribute is not None else {}),
     }
 
 

@@ -132,7 +132,59 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
         for status in statuses:
             if status.task in wanted:
                 out[status.task] = status
-    return StatusReport([out[n] for n in wanted], draining)
+    copies = _copies_status([s for s in all_specs if s.name in wanted], out, cloud, config, builder_hours) if config is not None else []
+    return StatusReport([out[n] for n in wanted] + copies, draining)
+
+
+def _copies_status(specs: Sequence[Any], home: dict[str, TaskStatus], cloud: Any, config: Any, builder_hours: float) -> list[TaskStatus]:
+    """A row per task and region it is distributed to (factory.yaml `distribute:`): what that
+    region's queue runs, judged against the home region's row. The base and the image are
+    judged at home (a base AMI id is regional, so a copy's `factory:base-ami` is the home
+    region's); a copy is current when it is a copy (`factory:copy-of`) of the AMI home runs."""
+    from dataclasses import replace
+
+    from factory.distribute.copies import COPY_OF_TAG
+    from factory.register.targets import targets_for
+    from factory.tiers import tiers_for
+
+    by_region: dict[str, list[Any]] = {}
+    for spec in specs:
+        for region in config.distribution_for(spec).targets(spec.region):
+            by_region.setdefault(region, []).append(replace(spec, region=region))
+    rows: list[TaskStatus] = []
+    for region, moved in sorted(by_region.items()):
+        tiers, _ = tiers_for(moved, getattr(config, "max_tiers", None))
+        targets = list({t.tier: t for t in targets_for(moved, tiers)}.values())
+        statuses, _ = _region_status(region, targets, cloud, builder_hours, in_use={t.tier for t in targets})
+        images = RegionImages(cloud.clients(region))
+        for row in statuses:
+            at_home = home.get(row.task)
+            row.recommended_base = at_home.recommended_base if at_home else None
+            row.image_changed = at_home.image_changed if at_home else None
+            row.stale = [r for r in row.stale if not r.startswith(("AWS recommends base", "image content changed"))]
+            source = images.tags(row.ami_in_use).get(COPY_OF_TAG) if row.ami_in_use else None
+            if at_home and at_home.ami_in_use and row.ami_in_use and source != at_home.ami_in_use:
+                row.stale.append(f"{region} runs {row.ami_in_use}, " + (f"a copy of {source}" if source else "not a copy")
+                                 + f", but {at_home.region} runs {at_home.ami_in_use}: run `factory distribute {row.task} --register`")
+            rows.append(row)
+    return rows
+
+
+class RegionImages:
+    """Tags of the AMIs of one region, read one id at a time (a region has one AMI per tier in use)."""
+
+    def __init__(self, clients: Any):
+        self._ec2 = clients.ec2()
+        self._tags: dict[str, dict[str, str]] = {}
+
+    def tags(self, ami: str) -> dict[str, str]:
+        if ami not in self._tags:
+            from factory.aws import aws_errors
+
+            with aws_errors(f"reading {ami}"):
+                images = self._ec2.describe_images(ImageIds=[ami])["Images"]  # one id: one answer
+            self._tags[ami] = tag_dict(images[0].get("Tags")) if images else {}
+        return self._tags[ami]
 
 
 def _region_status(

@@ -559,6 +559,39 @@ def test_second_bake_reuses_without_packer(cloud_env, first_bake, tmp_path):
 
 
 @needs_local_cloud
+def test_a_bake_distributes_its_ami_and_registers_the_copies(cloud_env, first_bake, tmp_path):
+    """The rehearsal of `distribute:` on the module's one bake (reused, no Packer): the AMI
+    copied to two more regions with each region's key and registered there; the second
+    account (copy_to) is tests/test_distribute.py's, whose AMIs need a customer key at home."""
+    for region in ("us-west-2", "eu-west-1"):
+        kms = cloud_env["cloud"].clients(region).client("kms")
+        kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+    config = tmp_path / "factory.yaml"
+    config.write_text("distribute:\n  regions: [us-west-2, eu-west-1]\n"
+                      "  kms_keys: {us-west-2: alias/factory-ami, eu-west-1: alias/factory-ami}\n")
+    proc = bake_cli(cloud_env, TASK, "--config", str(config), "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    r = json.loads(proc.stdout)
+    assert r["status"] == "reused" and r["ami_id"] == first_bake["ami_id"]
+    copies = {c["region"]: c["ami_id"] for c in r["copies"]}
+    assert set(copies) == {"us-east-1", "us-west-2", "eu-west-1"} and copies["us-east-1"] == first_bake["ami_id"]
+    assert "registered in us-west-2" in r["note"] and "registered in eu-west-1" in r["note"]
+    for region in ("us-west-2", "eu-west-1"):
+        clients = cloud_env["cloud"].clients(region)
+        image = clients.ec2().describe_images(ImageIds=[copies[region]])["Images"][0]
+        assert {t["Key"]: t["Value"] for t in image["Tags"]}["factory:image-hash"] == first_bake["image_hash"]
+        assert clients.ssm().get_parameter(Name=f"/factory/{TASK}/ami-id")["Parameter"]["Value"] == copies[region]
+    shared = bake_cli(cloud_env, TASK, "--config", str(config), "--json")  # nothing left to do: found, not copied again
+    assert shared.returncode == 0 and {c["status"] for c in json.loads(shared.stdout)["copies"]} == {"source", "found"}
+    config.write_text(config.read_text() + '  share_with: ["111122223333"]\n')
+    refused = bake_cli(cloud_env, TASK, "--config", str(config))
+    assert refused.returncode == 1 and "AWS cannot share AMIs encrypted with aws/ebs" in refused.stderr, refused.stderr
+    config.write_text("distribute:\n  regions: [eu-west-1]\n  kms_keys: {eu-west-1: alias/nope}\n")
+    missing = bake_cli(cloud_env, TASK, "--config", str(config))  # read before any instance starts
+    assert missing.returncode == 1 and f"{config}: distribute.kms_keys.eu-west-1: alias/nope is not a KMS key in eu-west-1" in missing.stderr, missing.stderr
+
+
+@needs_local_cloud
 def test_missing_packer_is_a_clear_error(cloud_env, first_bake):
     env = dict(cloud_env["env"], FACTORY_PACKER="/nonexistent/packer")
     proc = bake_cli(cloud_env, TASK, "--force", env=env)

@@ -60,9 +60,11 @@ class Account:
         self.server = server
         self.tmp = tmp
         self.clients = Clients(REGION, server.endpoint)
+        self.second = None  # the copy_to account's clients_for, once a scenario distributes
 
     def reset(self, regular_role: bool = False) -> None:
         self.server.reset()
+        self.second = None
         faults.clear(self.server.endpoint)
         self.clients = Clients(REGION, self.server.endpoint)
         iam = self.clients.client("iam")
@@ -126,6 +128,29 @@ class Account:
         # The task's AMI parameter: where it points now (its history depends on where a run failed).
         for p in self.clients.ssm().get_parameters(Names=[f"/factory/{TASK}/ami-id"])["Parameters"]:
             out[f"parameter:{p['Name']}"] = ami_task.get(p["Value"], "?")
+        out.update(self.distributed(ami_task))
+        return out
+
+    def distributed(self, ami_task: dict) -> dict:
+        """distribute: per region and account the copies (by source task, state and who may
+        launch them), and who may launch or copy the source AMIs."""
+        out: dict = {}
+        for ami, task in ami_task.items():
+            perms = self.clients.ec2().describe_image_attribute(ImageId=ami, Attribute="launchPermission")["LaunchPermissions"]
+            if perms:
+                out[f"shared:{task}"] = sorted(sorted(p.items()) for p in perms)
+        accounts = {"": lambda region: Clients(region, self.server.endpoint)}
+        if self.second is not None:
+            accounts[SECOND] = self.second
+        for account, clients_for in accounts.items():
+            for region in COPY_REGIONS + ((REGION,) if account else ()):
+                ec2 = clients_for(region).ec2()
+                copies = [i for p in ec2.get_paginator("describe_images").paginate(Owners=["self"], Filters=[{"Name": "tag-key", "Values": ["factory:copy-of"]}])
+                          for i in p["Images"]]
+                if copies:
+                    out[f"copies:{account}:{region}"] = sorted(
+                        (i["State"], sorted(sorted(p.items()) for p in ec2.describe_image_attribute(ImageId=i["ImageId"], Attribute="launchPermission")["LaunchPermissions"]))
+                        for i in copies)
         return out
 
     def settle(self) -> None:
@@ -163,6 +188,32 @@ def _retire_setup(acct: Account) -> None:
         (fewer / "star-align.yaml").unlink()
 
 
+COPY_REGIONS = ("us-west-2", "eu-west-1")
+SECOND = "444455556666"
+DISTRIBUTE = f"""batch: {{}}
+builder: {{kms_key: alias/factory-ami}}
+distribute:
+  regions: [{', '.join(COPY_REGIONS)}]
+  kms_keys: {{{', '.join(f'{r}: alias/factory-ami' for r in COPY_REGIONS)}}}
+  share_with: ["111122223333", "arn:aws:organizations::111122223333:organization/o-abc123def4"]
+  copy_to: [{{account: "{SECOND}", role: "arn:aws:iam::{SECOND}:role/factory-distribute"}}]
+"""
+
+
+def _distribute_setup(acct: Account) -> None:
+    """A baked AMI, a customer key `alias/factory-ami` in every region of both accounts, and
+    a factory.yaml distributing to two regions, sharing, and copying into a second account."""
+    from factory.distribute.accounts import assumed
+
+    acct.bake()
+    (acct.tmp / "factory.yaml").write_text(DISTRIBUTE)
+    acct.second = assumed(acct.clients, f"arn:aws:iam::{SECOND}:role/factory-distribute", SECOND)
+    for clients_for in (lambda region: Clients(region, acct.server.endpoint), acct.second):
+        for region in (REGION, *COPY_REGIONS):
+            kms = clients_for(region).client("kms")
+            kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+
+
 SCENARIOS = {
     # name: (set-up, the command, a regular service role (blue/green) or the service-linked one)
     "first register": (_first, ("register", TASK, "--specs-dir", str(SPECS)), False),
@@ -170,6 +221,7 @@ SCENARIOS = {
     "blue/green replacement": (_replace, ("register", TASK, "--specs-dir", str(SPECS)), True),
     "prune": (_prune_setup, ("prune", "--keep", "1", "--apply", "--specs-dir", str(SPECS)), False),
     "prune a deleted spec's tier": (_retire_setup, ("prune", "--apply", "--specs-dir", "FEWER"), False),
+    "distribute to two regions and a second account": (_distribute_setup, ("distribute", TASK, "--specs-dir", str(SPECS)), False),
 }
 
 

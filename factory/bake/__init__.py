@@ -11,7 +11,9 @@ removed (factory.packer_leftovers).
 One module per job:
 
     checks (before any instance starts) -> build (prepare, reuse or Packer: bake_task)
-      -> registration,   many (`bake --all`) -> summary (bake-summary.json).
+      -> distributing (factory.distribute: copies to other regions and accounts)
+      -> registration (home, then every region a copy went to),
+    many (`bake --all`) -> summary (bake-summary.json).
 
 `result` holds `BakeResult` and its JSON; `images` finds, tags and discards AMIs.
 """

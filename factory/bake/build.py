@@ -57,6 +57,15 @@ def prepare(
 
     target = target or cloud.target(spec.region)
     check_session_manager_plugin(target, cloud.config_source())
+    # Where the AMI goes after the bake (factory.yaml `distribute:`, the spec's over it):
+    # what AWS would refuse then (a public AMI, aws/ebs shared, a region without a key,
+    # another partition) is refused now, before any instance starts.
+    config = cloud.register_config()
+    dist = config.distribution_for(spec)
+    if not dist.empty:  # each target region's key: there, customer-managed (when sharing), enabled
+        from factory.distribute.keys import key_arns
+
+        key_arns(cloud.clients, {r: dist.key(r) for r in dist.targets(spec.region)}, bool(dist.share_with or dist.copy_to), config.source)
 
     t = time.monotonic()
     say("taking the base AMI from the lock")
@@ -146,7 +155,10 @@ def bake_task(
         raise FactoryError(problems[spec.name])
     prepared = prepare(spec, cloud, build_root, on_step, target=target, lock=lock)
     result = build_prepared(prepared, cloud, force=force, on_step=on_step, timeout=timeout, cancel=cancel)
-    if register:
+    from factory.bake.distributing import distribute_results
+
+    distribute_results([result], [spec], cloud, on_step=on_step)
+    if register and result.status != "failed":
         register_results([result], [spec], cloud, on_step=on_step)
     result.seconds = time.monotonic() - start
     return result

@@ -129,6 +129,9 @@ def bake_all(
             raise
 
     ordered = [results[s.name] for s in specs]
+    from factory.bake.distributing import distribute_results
+
+    distribute_results(ordered, specs, cloud, on_step=on_step)
     if register:
         ok_specs = [s for s in specs if results[s.name].status != "failed"]
         try:

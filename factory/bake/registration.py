@@ -53,6 +53,29 @@ def register_results(
         for r, _spec in pairs:
             r.steps["register"] = seconds
             _fill_registration(r, reg)
+    _register_copies(ok, cloud, on_step)
+
+
+def _register_copies(ok: Sequence[tuple[BakeResult, Any]], cloud: Cloud, on_step: StepCallback | None) -> None:
+    """The copies a distribution made in other regions of this account, registered there too."""
+    from factory.distribute.registration import register_copies
+
+    copies = {r.task: {c["region"]: c["ami_id"] for c in r.copies or []
+                       if not c.get("account") and c.get("status") != "source" and not c.get("error") and c.get("ami_id")}
+              for r, _ in ok}
+    if not any(copies.values()):
+        return
+    first = ok[0][0].task
+    progress = (lambda text: on_step(first, text)) if on_step else None
+    try:
+        done = register_copies([s for _, s in ok], copies, cloud.clients, cloud.register_config(), image_target_for=cloud.image_target,
+                               progress=progress)
+    except FactoryError as exc:
+        raise FactoryError(f"the AMI and its copies are ready, but registering the copies failed: {exc.message}") from None
+    for r, _ in ok:
+        for region, reg in done.items():
+            if r.task in {t for tier in reg.tiers for t in tier.tasks}:
+                r.note = _join(r.note, f"registered in {region}: queue {reg.for_task(r.task).job_queue}")
 
 
 def _fill_registration(result: BakeResult, reg: Any) -> None:

@@ -37,6 +37,7 @@ class BakeResult:
     # of `error`, so a summary says it once rather than once per task.
     shared_error: str | None = None
     image_manifest: str | None = None  # the fetched build/<task>/image-manifest.json
+    copies: list[dict[str, Any]] | None = None  # distribution: per region (and account) the AMI there
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -60,6 +61,8 @@ class BakeResult:
             "job_queue": self.job_queue,
             "image_manifest": self.image_manifest,
         }
+        if self.copies is not None:
+            data["copies"] = self.copies
         if self.note:
             data["note"] = self.note
         if self.error:

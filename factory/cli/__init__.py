@@ -14,6 +14,7 @@ from factory.cli import instance_storage as _instance_storage  # noqa: F401
 from factory.cli import render as _render  # noqa: F401
 from factory.cli import lock as _lock  # noqa: F401
 from factory.cli import bake as _bake  # noqa: F401
+from factory.cli import distribute as _distribute  # noqa: F401
 from factory.cli import register as _register  # noqa: F401
 from factory.cli import status as _status  # noqa: F401
 from factory.cli import show as _show  # noqa: F401

@@ -100,10 +100,31 @@ def plan(
 ) -> None:
     """Show what `register` would create, change or leave alone (reads AWS, changes nothing)."""
     result = _run("plan", task, all_specs, specs_dir, config, ami, True, None, cloud)
+    regions = _plan_copies(task, all_specs, specs_dir, config, cloud, result)
     if json_output:
-        print_json(result.to_json())
+        data = result.to_json()
+        if regions:
+            data["regions"] = {r: (v if isinstance(v, str) else v.to_json()) for r, v in regions.items()}
+        print_json(data)
     else:
         _print_result(result, "factory plan")
+        for region, there in regions.items():
+            if isinstance(there, str):
+                stdout_console().print(f"{region}: {there}", highlight=False, markup=False)
+            else:
+                _print_result(there, f"factory plan ({region}, a region the tasks are distributed to)")
+
+
+def _plan_copies(task, all_specs, specs_dir, config_path, cloud_kind, home):
+    """The plan in every region the selected tasks are distributed to (factory.distribute.registration)."""
+    from factory.cloud import Cloud
+    from factory.distribute.registration import plan_copies
+
+    selected, everything = _select(task, all_specs, specs_dir, "factory plan salmon-quant")
+    where = Cloud.open(cloud_kind)
+    where.config_path = config_path
+    config = where.register_config(config_path)
+    return plan_copies(selected, everything, where.clients, config, home, image_target_for=where.image_target)
 
 
 @app.command()
@@ -215,14 +236,21 @@ def prune(
     from factory.register.tier_choice import tiers_in_account
 
     specs = load_specs([specs_dir])
-    regions = sorted({s.region for s in specs})
+    # Every region a spec is baked in or distributed to (factory.yaml `distribute:`, the spec's).
+    copies_to = {s.region: set() for s in specs}
+    for s in specs:
+        for r in settings.distribution_for(s).targets(s.region):
+            copies_to[s.region].add(r)
+            copies_to.setdefault(r, set())
+    regions = sorted(copies_to)
     where = Cloud.open(cloud)
     # The tiers as register chose them (its recorded room, the queues' names): prune never
     # retires a tier register made because the account lacked room for more.
     in_use = {t.name for t in tiers_in_account(specs, settings.max_tiers, where.clients)[0]} if specs else set()
     hours = builder_hours if builder_hours is not None else settings.prune_builder_hours
     results = [
-        (region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs}, builder_hours=hours, force=force))
+        (region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs}, builder_hours=hours,
+                            force=force, copy_regions=[where.clients(r) for r in sorted(copies_to[region])]))
         for region in regions
     ]
     failed = [c for _, r in results for c in r.failed]

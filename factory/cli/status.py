@@ -77,13 +77,16 @@ def _print_report(report) -> None:
     table = Table(title="factory status", title_justify="left")
     for col in ("task", "tier", "AMI in use", "baked on", "AWS recommends", "spec", "image", "launch template", "queue", "status"):
         table.add_column(col, overflow="fold")
+    seen: set[str] = set()
     for t in report.tasks:
         base_note = {"newer": " (newer than the lock)", "backwards": " (older than the lock: rolled back)",
                      "changed": " (not the lock's)"}.get(t.lock_state or "", "")
         if not t.locked_base and t.base_current is False:
             base_note = " (newer)"
+        label = t.task if t.task not in seen else f"{t.task} ({t.region})"  # a region it is distributed to
+        seen.add(t.task)
         table.add_row(
-            t.task,
+            label,
             t.tier,
             t.ami_in_use or "-",
             t.base_ami or "-",
@@ -139,3 +142,10 @@ def rollback(
             console.print(f"  {c.resource} {c.name}: {c.action}: {c.reason}", highlight=False, markup=False)
         for note in tier.notes:
             console.print(f"  note: {note}", highlight=False, markup=False)
+    for region, there in (done.regions or {}).items():
+        if isinstance(there, str):
+            console.print(f"  {region}: {there}", highlight=False, markup=False)
+            continue
+        for tier in there.tiers:
+            for c in tier.changes:
+                console.print(f"  {region}: {c.resource} {c.name}: {c.action}: {c.reason}", highlight=False, markup=False)

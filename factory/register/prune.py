@@ -23,6 +23,7 @@ versions it could not delete: those are reported as `failed`, never as deleted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,12 +62,15 @@ def prune(
     tasks_in_use: set[str] | None = None,
     builder_hours: float = 6.0,
     force: bool = False,
+    copy_regions: Sequence[Clients] = (),
 ) -> PruneResult:
     """`dry_run` (the CLI's default) lists and deletes nothing. `tiers_in_use`: the tiers the
     specs make now (None: retire no tier); `tasks_in_use`: the specs' tasks (a retired tier's
     task with no spec loses its `/factory/<task>/ami-id` parameter); `builder_hours`: a
     builder launched longer ago was left by a killed bake (no bake runs that long); `force`:
-    retire a tier whose queue still has jobs (AWS terminates them) instead of draining it."""
+    retire a tier whose queue still has jobs (AWS terminates them) instead of draining it.
+    `copy_regions`: the regions this region's AMIs are distributed to; an AMI a copy there
+    is still being made from is kept (factory.distribute.copies: the copy's factory:copy-of)."""
     if keep < 1:
         raise UsageError(f"--keep must be at least 1 (got {keep})")
     from factory.config import FactoryConfig
@@ -89,7 +93,7 @@ def prune(
     used_amis: set[str] = set()
     for lt in lts:
         used_amis |= _prune_versions(ec2, lt, pinned, keep, dry_run, changes)
-    _prune_amis(ec2, used_amis, keep, dry_run, changes)
+    _prune_amis(ec2, used_amis, keep, dry_run, changes, copy_regions)
     _prune_leaked_volumes(ec2, dry_run, changes)
     _prune_stray_builders(ec2, builder_hours, dry_run, run.waiter, changes)
     return PruneResult(dry_run, keep, changes)
@@ -249,7 +253,24 @@ def _prune_versions(ec2: Any, lt: dict[str, Any], pinned: dict[str, set[str]], k
     return used
 
 
-def _prune_amis(ec2: Any, used_amis: set[str], keep: int, dry_run: bool, changes: list[Change]) -> None:
+def _pending_copies(copy_regions: Sequence[Clients], ami_ids: list[str]) -> dict[str, list[str]]:
+    """source AMI -> the copies (`region id`) still being made from it in `copy_regions`."""
+    from factory.distribute.copies import COPY_OF_TAG
+
+    found: dict[str, list[str]] = {}
+    if not ami_ids:
+        return found
+    for clients in copy_regions:
+        with aws_errors(f"looking for copies still being made in {clients.region}"):
+            for image in paged(clients.ec2(), "describe_images", "Images", Owners=["self"],
+                               Filters=[{"Name": f"tag:{COPY_OF_TAG}", "Values": ami_ids}, {"Name": "state", "Values": ["pending"]}]):
+                source = tag_dict(image.get("Tags")).get(COPY_OF_TAG)
+                if source in ami_ids and image.get("State") == "pending":
+                    found.setdefault(source, []).append(f"{clients.region} {image['ImageId']}")
+    return found
+
+
+def _prune_amis(ec2: Any, used_amis: set[str], keep: int, dry_run: bool, changes: list[Change], copy_regions: Sequence[Clients] = ()) -> None:
     """Each task's AMIs beyond its newest `keep` available ones, unless a kept launch
     template version uses one, or anything else in the account does (DescribeImageReferences:
     an instance not terminated, another launch template, an SSM parameter). A pending AMI (a
@@ -267,8 +288,12 @@ def _prune_amis(ec2: Any, used_amis: set[str], keep: int, dry_run: bool, changes
         kept = {i["ImageId"] for i in [i for i in group if i.get("State") == "available"][:keep]}
         doomed += [(task, i) for i in group if i["ImageId"] not in kept | used_amis and i.get("State") != "pending"]
     referenced = _image_references(ec2, [i["ImageId"] for _, i in doomed])
+    copying = _pending_copies(copy_regions, [i["ImageId"] for _, i in doomed])
     for task, image in doomed:
         ami = image["ImageId"]
+        if ami in copying:
+            changes.append(Change("ami", ami, "unchanged", f"task {task}: a copy is still being made from it ({', '.join(copying[ami])})"))
+            continue
         if ami in referenced:
             changes.append(Change("ami", ami, "unchanged", f"task {task}: older than the newest {keep} available, but still used by {', '.join(referenced[ami])}"))
             continue

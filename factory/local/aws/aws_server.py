@@ -179,13 +179,14 @@ def _json(start_response: Any, payload: dict[str, Any], status: str = "200 OK") 
 
 
 def make_app(state_delay: float, page_size: int, snapshot_release_delay: float = 0.0, volume_delay: float = 0.0,
-             rolling_delay: float | None = None) -> Layer:
+             rolling_delay: float | None = None, copy_delay: float = 0.3) -> Layer:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     from factory.local.aws import rules
 
     rules.install(rules.Settings(state_delay=state_delay, stale_read=min(0.3, state_delay / 2), snapshot_release_delay=snapshot_release_delay,
-                                 volume_delay=volume_delay, job_step=min(0.3, state_delay / 2), rolling_delay=rolling_delay))
+                                 volume_delay=volume_delay, job_step=min(0.3, state_delay / 2), rolling_delay=rolling_delay,
+                                 copy_delay=copy_delay))
     return Layer(DomainDispatcherApplication(create_backend_app), page_size=page_size, call_log=os.environ.get(ENV_CALL_LOG) or None)
 
 
@@ -201,8 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snapshot-release-delay", type=float, default=float(os.environ.get(ENV_SNAPSHOT_RELEASE_DELAY, "0")))
     parser.add_argument("--volume-delay", type=float, default=float(os.environ.get(ENV_VOLUME_DELAY, "0")))
     parser.add_argument("--rolling-delay", type=float, default=float(os.environ[ENV_ROLLING_DELAY]) if os.environ.get(ENV_ROLLING_DELAY) else None)
+    parser.add_argument("--copy-delay", type=float, default=0.3)  # seconds an AMI copy is pending (rules.ami_copy)
     args = parser.parse_args(argv)
-    app = make_app(args.state_delay, args.page_size, args.snapshot_release_delay, args.volume_delay, args.rolling_delay)
+    app = make_app(args.state_delay, args.page_size, args.snapshot_release_delay, args.volume_delay, args.rolling_delay, args.copy_delay)
     # SIGTERM (MotoServer.stop, `factory local down`) exits cleanly, so atexit removes the job containers
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)

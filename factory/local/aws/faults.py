@@ -8,7 +8,7 @@ the running local cloud; the tests use the same control endpoint. Kinds:
 | `error` | an AWS error (HTTP 400, code `InjectedFault` unless `--code` says otherwise); the call is not made | not retried: the command fails |
 | `throttle` | the service's throttling error: EC2 `RequestLimitExceeded` (503), Batch `TooManyRequestsException` (429), SSM `ThrottlingException`, IAM `Throttling`; the call is not made | retried with backoff |
 | `drop` | the connection closes with no answer; the call is not made | retried (a connection error) |
-| `broken` | the call is made and answers as usual, but what it made fails later: a volume from `ec2:CreateVolume` goes to `error` instead of `available` | nothing to retry: the caller sees it in the state |
+| `broken` | the call is made and answers as usual, but what it made fails later: a volume from `ec2:CreateVolume` goes to `error` instead of `available`, an AMI from `ec2:CopyImage` to `failed` | nothing to retry: the caller sees it in the state |
 
 `--caller packer` (or `command:bake`, ...) fails only the calls of that caller, as the call
 log names it (`aws_server.caller`): `ec2:CreateTags` is made by Packer (the AMI's tags) and
@@ -34,7 +34,7 @@ from factory.local.aws.operations import Call, error_response
 
 CONTROL_PATH = "/_factory/faults"
 KINDS = ("error", "throttle", "drop", "broken")
-BROKEN = ("ec2:CreateVolume",)  # what `broken` can break (factory.local.aws.rules.ec2)
+BROKEN = ("ec2:CreateVolume", "ec2:CopyImage")  # what `broken` can break (rules.ebs: the volume errs; rules.ami_copy: the copy fails)
 # How the layer tells the rule that the call it lets through is to be broken: a request
 # header moto hands to the rule (X-Factory-Broken), set in the WSGI environ.
 BROKEN_HEADER = "X-Factory-Broken"

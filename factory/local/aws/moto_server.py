@@ -80,6 +80,7 @@ class MotoServer:
         docker_host: str | None = None,
         volume_delay: float | None = None,
         rolling_delay: float | None = None,
+        copy_delay: float | None = None,
     ) -> MotoServer:
         """Start the server. `state_delay` (seconds a Batch resource spends CREATING, UPDATING
         or DELETING) and `page_size` default to $FACTORY_LOCAL_STATE_DELAY /
@@ -98,6 +99,8 @@ class MotoServer:
             cmd += ["--volume-delay", str(volume_delay)]
         if rolling_delay is not None:  # seconds an infrastructure update stays UPDATING (rules.Settings.rolling_delay)
             cmd += ["--rolling-delay", str(rolling_delay)]
+        if copy_delay is not None:  # seconds an AMI copy stays pending (rules.Settings.copy_delay)
+            cmd += ["--copy-delay", str(copy_delay)]
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         # Anything moto writes (e.g. its request recorder's file) goes beside its log or
         # into the temp folder, never into the user's working directory.

@@ -28,13 +28,16 @@ class Settings:
     # them DescribeVolumes by its id answers InvalidVolume.NotFound (eventual consistency).
     # Off unless asked for: most callers of the local cloud attach a volume they just made.
     volume_delay: float = 0.0
+    # Seconds an AMI copy (CopyImage) is `pending` before it is `available` (rules/ami_copy.py).
+    copy_delay: float = 0.3
 
 
 def install(settings: Settings) -> None:
-    from factory.local.aws.rules import batch, batch_quotas, ebs, ec2, ssm
+    from factory.local.aws.rules import ami_copy, batch, batch_quotas, ebs, ec2, ssm
 
     batch.install(settings)
     batch_quotas.install(settings)  # around batch's methods
     ec2.install(settings)
     ebs.install(settings)  # after ec2: it wraps ec2's CreateVolume (client tokens)
     ssm.install(settings)
+    ami_copy.install(settings)
