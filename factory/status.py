@@ -123,20 +123,20 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
     for name in wanted:
         by_region.setdefault(tier_of[name].region, []).append(tier_of[name])
     builder_hours = getattr(config, "prune_builder_hours", 6.0)
+    lock = lock if lock is not None else base_lock.BaseLock(base_lock.default_path(cloud))
     draining: list[str] = []
     for region, region_targets in by_region.items():
         unique = list({t.tier: t for t in region_targets}.values())
-        statuses, held = _region_status(region, unique, cloud, builder_hours, in_use=set(targets), reads=reads.get(region),
-                                        lock=lock if lock is not None else base_lock.BaseLock(base_lock.default_path(cloud)))
+        statuses, held = _region_status(region, unique, cloud, builder_hours, in_use=set(targets), reads=reads.get(region), lock=lock)
         draining += held
         for status in statuses:
             if status.task in wanted:
                 out[status.task] = status
-    copies = _copies_status([s for s in all_specs if s.name in wanted], out, cloud, config, builder_hours) if config is not None else []
+    copies = _copies_status([s for s in all_specs if s.name in wanted], out, cloud, config, builder_hours, lock) if config is not None else []
     return StatusReport([out[n] for n in wanted] + copies, draining)
 
 
-def _copies_status(specs: Sequence[Any], home: dict[str, TaskStatus], cloud: Any, config: Any, builder_hours: float) -> list[TaskStatus]:
+def _copies_status(specs: Sequence[Any], home: dict[str, TaskStatus], cloud: Any, config: Any, builder_hours: float, lock: Any) -> list[TaskStatus]:
     """A row per task and region it is distributed to (factory.yaml `distribute:`): what that
     region's queue runs, judged against the home region's row. The base and the image are
     judged at home (a base AMI id is regional, so a copy's `factory:base-ami` is the home
@@ -155,7 +155,7 @@ def _copies_status(specs: Sequence[Any], home: dict[str, TaskStatus], cloud: Any
     for region, moved in sorted(by_region.items()):
         tiers, _ = tiers_for(moved, getattr(config, "max_tiers", None))
         targets = list({t.tier: t for t in targets_for(moved, tiers)}.values())
-        statuses, _ = _region_status(region, targets, cloud, builder_hours, in_use={t.tier for t in targets})
+        statuses, _ = _region_status(region, targets, cloud, builder_hours, in_use={t.tier for t in targets}, lock=lock)
         images = RegionImages(cloud.clients(region))
         for row in statuses:
             at_home = home.get(row.task)

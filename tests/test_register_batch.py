@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import pytest
 
@@ -199,24 +200,35 @@ def test_the_local_cloud_keeps_batchs_fixed_quotas(cloud):
         cloud.batch.create_job_queue(jobQueueName="q-50", state="ENABLED", priority=1, computeEnvironmentOrder=order[:1])
 
 
-def _nextflow_queues(cli, env) -> dict[str, str]:
+def _specs_dir(specs, folder: Path) -> Path:
+    """A folder of just `specs` (with the benchmarks they name): what the CLI reads here."""
+    import shutil
+
+    folder.mkdir(exist_ok=True)
+    shutil.copytree(SPECS / "benchmarks", folder / "benchmarks", dirs_exist_ok=True)
+    for spec in specs:
+        shutil.copy(spec.path, folder / spec.path.name)
+    return folder
+
+
+def _nextflow_queues(cli, env, specs_dir) -> dict[str, str]:
     """Process -> queue, from the nextflow-config the CLI writes for the account (--check: each exists)."""
     import re
 
-    r = cli("nextflow-config", "--check", "--specs-dir", SPECS, env=env)
+    r = cli("nextflow-config", "--check", "--specs-dir", specs_dir, env=env)
     assert r.exit_code == 0, r.stderr
     return dict(re.findall(r"withName: '([A-Z_]+)'\s*\{\s*queue = '([^']+)'", r.stdout))
 
 
-def _prune_plan(cli, env) -> list[dict]:
+def _prune_plan(cli, env, specs_dir) -> list[dict]:
     import json
 
-    r = cli("prune", "--specs-dir", SPECS, "--json", env=env)
+    r = cli("prune", "--specs-dir", specs_dir, "--json", env=env)
     assert r.exit_code == 0, r.stderr
     return [c for region in json.loads(r.stdout).values() for c in region["changes"] if c["resource"] in ("job-queue", "compute-environment")]
 
 
-def test_register_chooses_fewer_tiers_in_a_full_account_and_every_command_follows(cloud, specs, cli):
+def test_register_chooses_fewer_tiers_in_a_full_account_and_every_command_follows(cloud, specs, cli, tmp_path):
     """48 job queues of others leave room for two tiers; the specs want three. register
     chooses two on its own (the fewest GiB), records it, and nextflow-config, prune, status
     choose the same two; once the room is back, register splits them again and all follow."""
@@ -226,6 +238,7 @@ def test_register_chooses_fewer_tiers_in_a_full_account_and_every_command_follow
     from factory.tiers import tiers_for
 
     assert len(tiers_for(specs)[0]) == 3
+    specs_dir = _specs_dir(specs, tmp_path / "specs")  # the CLI's folder: these specs only
     bake_all(cloud, specs)
     _fill(cloud, 1)
     time.sleep(0.5)  # VALID: a queue takes only those
@@ -246,8 +259,8 @@ def test_register_chooses_fewer_tiers_in_a_full_account_and_every_command_follow
     assert len(cloud.queues()) == 50 and len([c for c in cloud.ces() if c.startswith("factory-")]) == 2
 
     # The others read the record, not the account's free room: the same two tiers.
-    assert _nextflow_queues(cli, env) == {"SALMON_INDEX": "factory-star-align", "SALMON_QUANT": "factory-salmon-quant", "STAR_ALIGN": "factory-star-align"}
-    assert _prune_plan(cli, env) == []
+    assert _nextflow_queues(cli, env, specs_dir) == {"SALMON_INDEX": "factory-star-align", "SALMON_QUANT": "factory-salmon-quant", "STAR_ALIGN": "factory-star-align"}
+    assert _prune_plan(cli, env, specs_dir) == []
     status = task_status(specs, specs, Where("aws", _clients={"us-east-1": cloud.clients}))
     assert {t.task: t.tier for t in status.tasks} == {"salmon-index": "star-align", "salmon-quant": "salmon-quant", "star-align": "star-align"}
     with Calls(cloud.clients, services=("ec2", "batch", "ssm")) as calls:
@@ -260,12 +273,12 @@ def test_register_chooses_fewer_tiers_in_a_full_account_and_every_command_follow
     time.sleep(0.5)
     for i in range(10):
         cloud.batch.delete_job_queue(jobQueue=f"others-{i:02d}")
-    assert _nextflow_queues(cli, env)["SALMON_INDEX"] == "factory-star-align"
+    assert _nextflow_queues(cli, env, specs_dir)["SALMON_INDEX"] == "factory-star-align"
     grown = run(cloud, specs)
     assert [t.tier for t in grown.tiers] == ["salmon-index", "salmon-quant", "star-align"]
     assert cloud.clients.ssm().get_parameter(Name=ROOM_PARAMETER)["Parameter"]["Value"] == "49"
-    assert _nextflow_queues(cli, env) == {"SALMON_INDEX": "factory-salmon-index", "SALMON_QUANT": "factory-salmon-quant", "STAR_ALIGN": "factory-star-align"}
-    assert _prune_plan(cli, env) == []  # the split kept star-align's name: nothing to retire
+    assert _nextflow_queues(cli, env, specs_dir) == {"SALMON_INDEX": "factory-salmon-index", "SALMON_QUANT": "factory-salmon-quant", "STAR_ALIGN": "factory-star-align"}
+    assert _prune_plan(cli, env, specs_dir) == []  # the split kept star-align's name: nothing to retire
 
 
 def test_register_refuses_before_creating_anything_when_not_even_one_tier_fits(cloud, specs):
