@@ -185,6 +185,26 @@ def _site_files(prefix: Path) -> set[str]:
 
 
 @requires_buildhost
+def test_parallel_local_clouds_build_the_package_cache_entry_once(tmp_path):
+    """Three local clouds starting at once (xdist workers) fill one cache entry: one pip
+    install under the lock, the entry whole for each, no temporary file left."""
+    import concurrent.futures
+
+    from factory.local.builder import conda_pkgs
+
+    pkgs = tmp_path / "pkgs"
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        entries = list(pool.map(lambda _: conda_pkgs.ensure("1.32.27", directory=pkgs), range(3)))
+    entry = pkgs / f"{conda_pkgs.key('1.32.27')}.tar"
+    assert entries == [entry] * 3
+    assert sorted(p.name for p in pkgs.iterdir()) == [".lock", entry.name]
+    listed = subprocess.run(["tar", "-tf", str(entry)], capture_output=True, text=True, check=True).stdout.split()
+    assert "./awscli/__init__.py" in listed and "./botocore/__init__.py" in listed
+    (tmp_path / "a-file").write_text("")
+    assert conda_pkgs.ensure("1.32.27", directory=tmp_path / "a-file" / "pkgs") is None  # cannot be built: bakes run pip
+
+
+@requires_buildhost
 def test_standin_conda_installs_the_pinned_awscli(tmp_path):
     """`conda install awscli=X` (or ==X) installs exactly that release; `aws` is a Python
     script run by the prefix's own python, working with an empty environment. Built once
