@@ -177,23 +177,86 @@ def test_standin_installer_behaves_like_miniconda(tmp_path):
         assert link.resolve().is_relative_to(prefix.resolve()), link
 
 
+def _site_files(prefix: Path) -> set[str]:
+    """What an install put in the prefix's site-packages, compiled bytecode aside (its
+    header holds each source's mtime, so two pip runs differ there too)."""
+    site = next((prefix / "lib").glob("python3.*")) / "site-packages"
+    return {str(p.relative_to(site)) for p in site.rglob("*") if "__pycache__" not in p.parts}
+
+
+@requires_buildhost
+def test_parallel_local_clouds_build_the_package_cache_entry_once(tmp_path):
+    """Three local clouds starting at once (xdist workers) fill one cache entry: one pip
+    install under the lock, the entry whole for each, no temporary file left."""
+    import concurrent.futures
+
+    from factory.local.builder import conda_pkgs
+
+    pkgs = tmp_path / "pkgs"
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        entries = list(pool.map(lambda _: conda_pkgs.ensure("1.32.27", directory=pkgs), range(3)))
+    entry = pkgs / f"{conda_pkgs.key('1.32.27')}.tar"
+    assert entries == [entry] * 3
+    assert sorted(p.name for p in pkgs.iterdir()) == [".lock", entry.name]
+    listed = subprocess.run(["tar", "-tf", str(entry)], capture_output=True, text=True, check=True).stdout.split()
+    assert "./awscli/__init__.py" in listed and "./botocore/__init__.py" in listed
+    (tmp_path / "a-file").write_text("")
+    assert conda_pkgs.ensure("1.32.27", directory=tmp_path / "a-file" / "pkgs") is None  # cannot be built: bakes run pip
+
+
 @requires_buildhost
 def test_standin_conda_installs_the_pinned_awscli(tmp_path):
     """`conda install awscli=X` (or ==X) installs exactly that release; `aws` is a Python
-    script run by the prefix's own python, working with an empty environment."""
+    script run by the prefix's own python, working with an empty environment. Built once
+    with pip and packed into the package cache, the same install is unpacked from there:
+    the same files and the same `aws`, each top-level entry replacing an older release's."""
+    from factory.local.builder import conda_pkgs
     from factory.local.builder.mirror import standin_installer
 
-    prefix = tmp_path / "mc"
-    ok = subprocess.run(["sh", str(standin_installer()), "-b", "-p", str(prefix)], capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stderr
-    inst = subprocess.run([str(prefix / "bin" / "conda"), "install", "-c", "conda-forge", "-y", "awscli=1.32.27"],
-                          capture_output=True, text=True, timeout=600)
-    assert inst.returncode == 0, inst.stderr
-    assert (prefix / "bin" / "aws").read_text().startswith(f"#!{prefix}/bin/python\n")
-    aws = subprocess.run([str(prefix / "bin" / "aws"), "--version"], capture_output=True, text=True, env={}, timeout=60)
-    assert (aws.stdout + aws.stderr).startswith("aws-cli/1.32.27 "), aws.stdout + aws.stderr
-    again = subprocess.run([str(prefix / "bin" / "conda"), "install", "-y", "awscli==1.32.26"],
-                           capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
-    aws = subprocess.run([str(prefix / "bin" / "aws"), "--version"], capture_output=True, text=True, env={}, timeout=60)
-    assert (aws.stdout + aws.stderr).startswith("aws-cli/1.32.26 "), aws.stdout + aws.stderr
+    pkgs = tmp_path / "pkgs"
+    env = dict(os.environ, FACTORY_STANDIN_CONDA_PKGS=str(pkgs))
+
+    def installed(name: str) -> Path:
+        prefix = tmp_path / name
+        ok = subprocess.run(["sh", str(standin_installer()), "-b", "-p", str(prefix)], capture_output=True, text=True,
+                            env=env, timeout=300)
+        assert ok.returncode == 0, ok.stderr
+        return prefix
+
+    def conda_install(prefix: Path, *args: str, publish: bool = False) -> subprocess.CompletedProcess:
+        run_env = dict(env, FACTORY_STANDIN_CONDA_PUBLISH="1") if publish else env
+        inst = subprocess.run([str(prefix / "bin" / "conda"), "install", *args], capture_output=True, text=True,
+                              env=run_env, timeout=600)
+        assert inst.returncode == 0, inst.stderr
+        return inst
+
+    def aws_says(prefix: Path) -> str:
+        aws = subprocess.run([str(prefix / "bin" / "aws"), "--version"], capture_output=True, text=True, env={}, timeout=60)
+        return aws.stdout + aws.stderr
+
+    built = installed("mc")
+    first = conda_install(built, "-c", "conda-forge", "-y", "awscli=1.32.27", publish=True)
+    assert "package cache" not in first.stdout  # an empty cache: pip built it
+    assert (built / "bin" / "aws").read_text().startswith(f"#!{built}/bin/python\n")
+    assert aws_says(built).startswith("aws-cli/1.32.27 "), aws_says(built)
+    key = conda_pkgs.key("1.32.27")
+    assert sorted(p.name for p in pkgs.iterdir() if not p.name.startswith(".")) == [f"{key}.tar"]
+    assert conda_pkgs.ensure("1.32.27", directory=pkgs) == pkgs / f"{key}.tar"  # found, not built again
+
+    # The older release with pip, then the cached one over it (as the role upgrades a prefix).
+    unpacked = installed("mc2")
+    conda_install(unpacked, "-y", "awscli==1.32.26")
+    assert aws_says(unpacked).startswith("aws-cli/1.32.26 "), aws_says(unpacked)
+    second = conda_install(unpacked, "-y", "awscli=1.32.27")
+    assert f"unpacked from the package cache ({key})" in second.stdout
+    assert (unpacked / "bin" / "aws").read_text().startswith(f"#!{unpacked}/bin/python\n")
+    assert aws_says(unpacked).startswith("aws-cli/1.32.27 "), aws_says(unpacked)
+    # Every file of the built install, and of 1.32.26 only its two dist-info folders, which
+    # pip --target --upgrade leaves as well (it replaces the top-level entries it installs).
+    assert _site_files(built) <= _site_files(unpacked)
+    left = {f.split("/")[0] for f in _site_files(unpacked) - _site_files(built)}
+    assert left == {"awscli-1.32.26.dist-info", "botocore-1.34.26.dist-info"}, left
+
+    # The pip path over a prefix with another release: 1.32.26 on the cached 1.32.27.
+    conda_install(built, "-y", "awscli==1.32.26")
+    assert aws_says(built).startswith("aws-cli/1.32.26 "), aws_says(built)

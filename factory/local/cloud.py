@@ -407,8 +407,10 @@ def _start(state_dir: Path, region: str, state_delay: float | None = None, page_
     moto = host = mirror = None
     try:
         moto = MotoServer.start(log_path=state_dir / "moto.log", state_delay=state_delay, page_size=page_size, ami_trees=state_dir)
-        host = BuildHost.start(state_dir / "buildhost")
+        # The mirror first: it fills the stand-in conda's package cache, which the build
+        # host's root (an overlay over this machine's /) then sees from its start.
         mirror = Mirror.start(state_dir / "mirror")
+        host = BuildHost.start(state_dir / "buildhost")
         cloud = LocalCloud(
             state_dir=state_dir,
             region=region,

@@ -5,6 +5,9 @@ The real installer's download site cannot be reached offline. The local cloud se
 to the `miniconda_awscli` role, which downloads and verifies it exactly as it does the
 real, pinned installer. The server is Python's `http.server` in its own session, so it
 outlives the command that started it (`factory local up` ... `factory local down`).
+Starting a mirror also makes sure this machine's stand-in conda package cache holds the
+role's pinned AWS CLI (`conda_pkgs.ensure()`), which every bake then unpacks instead of
+running pip.
 
     mirror = Mirror.start(Path(".factory/mirror"))
     mirror.installer_url, mirror.installer_sha256
@@ -81,6 +84,9 @@ class Mirror:
         target = www / STANDIN_INSTALLER
         shutil.copyfile(standin_installer(), target)
         os.chmod(target, 0o644)
+        from factory.local.builder import conda_pkgs
+
+        conda_pkgs.ensure()
         port = port or free_port()
         log = open(directory / "mirror.log", "ab")
         try:

@@ -15,24 +15,54 @@
 # the real AWS CLI from PyPI into the prefix, with PREFIX/bin/aws a Python script whose
 # shebang is PREFIX/bin/python (as conda writes it), so `PREFIX/bin/aws --version` runs
 # without any shell; `conda clean` empties PREFIX/pkgs.
+#
+# Like real conda, which unpacks prebuilt packages from its package cache rather than
+# building them, the stand-in conda unpacks a prebuilt site-packages tree when this
+# machine's package cache ($FACTORY_STANDIN_CONDA_PKGS, default
+# /var/cache/factory-local/conda-pkgs; factory/local/builder/conda_pkgs.py fills it) holds
+# one for exactly this install: the key (`sh Miniconda3-standin-Linux.sh -k awscli==X`)
+# covers the requested release, the interpreter (its version, path and bytes), pip's
+# version and this stand-in's format. Without one it runs pip as before; with
+# FACTORY_STANDIN_CONDA_PUBLISH=1 it then packs what pip installed into the cache (a
+# temporary file linked into place: atomic, never overwriting an entry).
 set -eu
+
+# The package cache key of a pip requirement ($1) for the interpreter running it.
+pkg_key_py='import hashlib, os, sys
+import pip
+exe = os.path.realpath(sys.executable)
+h = hashlib.sha256()
+for part in ("factory-standin-conda/1", sys.argv[1], sys.version, exe, pip.__version__):
+    h.update(part.encode() + b"\0")
+with open(exe, "rb") as f:
+    h.update(f.read())
+print(h.hexdigest()[:40])'
+pkgs_default=/var/cache/factory-local/conda-pkgs
 
 usage() {
     echo "usage: $0 -b [-f] [-u] [-p PREFIX]   (a stand-in for the Miniconda installer)" >&2
+    echo "       $0 -k REQUIREMENT             (the stand-in's package cache key, e.g. awscli==1.32.27)" >&2
     exit 2
 }
 
 batch=0
 force=0
 prefix="${HOME:-/root}/miniconda3"
-while getopts "bfhup:" opt; do
+key_of=""
+while getopts "bfhup:k:" opt; do
     case "$opt" in
         b) batch=1 ;;
+        k) key_of="$OPTARG" ;;
         f | u) force=1 ;;
         p) prefix="$OPTARG" ;;
         *) usage ;;
     esac
 done
+py=/usr/bin/python3
+[ -x "$py" ] || py="$(command -v python3)" || { echo "ERROR: the stand-in needs python3" >&2; exit 1; }
+if [ -n "$key_of" ]; then
+    exec "$py" -c "$pkg_key_py" "$key_of"
+fi
 [ "$batch" = 1 ] || { echo "ERROR: this stand-in installs only in batch mode (-b)" >&2; exit 2; }
 case "$prefix" in
     /*) ;;
@@ -44,8 +74,6 @@ if [ -e "$prefix" ] && [ "$force" = 0 ]; then
     exit 1
 fi
 
-py=/usr/bin/python3
-[ -x "$py" ] || py="$(command -v python3)" || { echo "ERROR: the stand-in needs python3" >&2; exit 1; }
 "$py" -m pip --version >/dev/null 2>&1 || { echo "ERROR: the stand-in needs pip for $py (apt-get install python3-pip)" >&2; exit 1; }
 exe="$(readlink -f "$py")"
 stdlib="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
@@ -114,8 +142,27 @@ for pkg in \$pkgs; do
     esac
 done
 [ -n "\$spec" ] || { echo "stand-in conda: nothing to install" >&2; exit 2; }
-'$py' -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-warn-script-location --upgrade \\
-    --target "\$prefix/lib/python$pyver/site-packages" --cache-dir "\$prefix/pkgs/pip-cache" "\$spec"
+site="\$prefix/lib/python$pyver/site-packages"
+pkgs_dir="\${FACTORY_STANDIN_CONDA_PKGS:-$pkgs_default}"
+key="\$('$py' -c '$pkg_key_py' "\$spec")"
+if [ -f "\$pkgs_dir/\$key.tar" ]; then
+    # Unpacked as pip --target --upgrade leaves it: each top-level entry replaced whole.
+    for top in \$(tar -tf "\$pkgs_dir/\$key.tar" | sed -n 's|^\\./\\([^/][^/]*\\).*|\\1|p' | sort -u); do
+        rm -rf "\$site/\$top"
+    done
+    tar -C "\$site" -xf "\$pkgs_dir/\$key.tar"
+    echo "\$spec unpacked from the package cache (\$key)"
+else
+    '$py' -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-warn-script-location --upgrade \\
+        --target "\$site" --cache-dir "\$prefix/pkgs/pip-cache" "\$spec"
+    if [ "\${FACTORY_STANDIN_CONDA_PUBLISH:-}" = 1 ]; then
+        mkdir -p "\$pkgs_dir"
+        tmp="\$pkgs_dir/.\$key.\$\$.tar"
+        tar -C "\$site" -cf "\$tmp" .
+        ln "\$tmp" "\$pkgs_dir/\$key.tar" 2>/dev/null || true
+        rm -f "\$tmp"
+    fi
+fi
 # The entry point as conda writes it: a Python script run by the prefix's own python.
 cat > "\$prefix/bin/aws" <<AWS
 #!\$prefix/bin/python
