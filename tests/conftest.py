@@ -61,13 +61,15 @@ MODULE_SECONDS = {
     "test_bake": 270,
     "test_crash_consistency_bake_build": 255,
     "test_crash_consistency_bake_after_ami": 190,
-    "test_crash_consistency": 185,
+    "test_crash_consistency": 230,  # with the distribution scenario
+    "test_local_run": 220,  # with the instance-store bake and runs
     "test_roles": 160,
     "test_crash_consistency_bake_finish": 150,
-    "test_local_run": 130,
+    "test_gpu": 90,
     "test_show": 80,
     "test_status": 70,
     "test_grow_agent": 70,
+    "test_distribute": 50,
 }
 SLOW_MODULE_SECONDS = 60  # a module with a slow test not listed above
 
