@@ -327,6 +327,25 @@ def test_ec2_pages_with_max_results_and_answers_whole_without(aws):
     assert len([t for p in pages for t in p["LaunchTemplates"]]) == 20
 
 
+def test_an_item_deleted_between_two_pages_makes_no_reader_skip_another(aws):
+    """A token remembers what was answered, not how many: deleting what page 1 held (as a
+    team deleting its queues while register pages through the account) hides nothing else."""
+    ec2 = aws.ec2()
+    ids = [ec2.create_launch_template(LaunchTemplateName=f"lt{i}", LaunchTemplateData={"ImageId": "ami-12345678"})["LaunchTemplate"]["LaunchTemplateId"]
+           for i in range(6)]
+    first = ec2.describe_launch_templates(MaxResults=2)
+    answered = [t["LaunchTemplateId"] for t in first["LaunchTemplates"]]
+    assert answered == ids[:2]
+    for gone in answered:
+        ec2.delete_launch_template(LaunchTemplateId=gone)
+    rest, token = [], first["NextToken"]
+    while token:
+        page = ec2.describe_launch_templates(MaxResults=2, NextToken=token)
+        rest += [t["LaunchTemplateId"] for t in page["LaunchTemplates"]]
+        token = page.get("NextToken")
+    assert rest == ids[2:]  # with an offset, lt2 and lt3 would have been skipped
+
+
 def test_describe_instances_refuses_max_results_beside_instance_ids(aws):
     ec2 = aws.ec2()
     base = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]

@@ -12,6 +12,10 @@ EC2's Describe calls page when `MaxResults` is given and otherwise answer everyt
   the maximum even when more are available");
 - a token is tied to the request it continues: a token replayed with other filters is
   refused, as AWS refuses it;
+- a token remembers which items were answered, not how many: the next page is the items
+  not yet answered, so an item deleted (or made) between two pages never makes a reader
+  skip another, as it would with an offset (a queue deleted while register pages through
+  the account's queues once made register miss its own queue and create it again);
 - DescribeInstances refuses `MaxResults` beside instance ids, as AWS does ("You cannot
   specify this parameter and the instance IDs parameter in the same request", botocore's
   EC2 model): a paged read of given instances must filter on `instance-id` instead.
@@ -28,6 +32,7 @@ import json
 import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import Any
 
 from factory.local.aws.operations import Call
 
@@ -36,21 +41,22 @@ from factory.local.aws.operations import Call
 class Paged:
     list_key: str  # the list in the answer (EC2: the XML element holding <item>s)
     always: bool  # pages without a max parameter too (Batch), or only with one (EC2)
+    id_keys: tuple[str, ...]  # what names an item (its fields, or an EC2 item's child elements)
     moto_max: int | None = None  # moto's own limit to lift (it truncates without a token)
 
 
 PAGED: dict[str, Paged] = {
-    "batch:DescribeComputeEnvironments": Paged("computeEnvironments", always=True),
-    "batch:DescribeJobQueues": Paged("jobQueues", always=True),
-    "ec2:DescribeImages": Paged("imagesSet", always=False),
-    "ec2:DescribeLaunchTemplates": Paged("launchTemplates", always=False, moto_max=1000),
-    "ec2:DescribeLaunchTemplateVersions": Paged("launchTemplateVersionSet", always=False, moto_max=1000),
-    "ec2:DescribeVolumes": Paged("volumeSet", always=False),
-    "ec2:DescribeSnapshots": Paged("snapshotSet", always=False),
-    "ec2:DescribeSubnets": Paged("subnetSet", always=False),
-    "ec2:DescribeVpcs": Paged("vpcSet", always=False),
-    "ec2:DescribeSecurityGroups": Paged("securityGroupInfo", always=False),
-    "ec2:DescribeInstances": Paged("reservationSet", always=False),
+    "batch:DescribeComputeEnvironments": Paged("computeEnvironments", always=True, id_keys=("computeEnvironmentArn",)),
+    "batch:DescribeJobQueues": Paged("jobQueues", always=True, id_keys=("jobQueueArn",)),
+    "ec2:DescribeImages": Paged("imagesSet", always=False, id_keys=("imageId",)),
+    "ec2:DescribeLaunchTemplates": Paged("launchTemplates", always=False, id_keys=("launchTemplateId",), moto_max=1000),
+    "ec2:DescribeLaunchTemplateVersions": Paged("launchTemplateVersionSet", always=False, id_keys=("launchTemplateId", "versionNumber"), moto_max=1000),
+    "ec2:DescribeVolumes": Paged("volumeSet", always=False, id_keys=("volumeId",)),
+    "ec2:DescribeSnapshots": Paged("snapshotSet", always=False, id_keys=("snapshotId",)),
+    "ec2:DescribeSubnets": Paged("subnetSet", always=False, id_keys=("subnetId",)),
+    "ec2:DescribeVpcs": Paged("vpcSet", always=False, id_keys=("vpcId",)),
+    "ec2:DescribeSecurityGroups": Paged("securityGroupInfo", always=False, id_keys=("groupId",)),
+    "ec2:DescribeInstances": Paged("reservationSet", always=False, id_keys=("reservationId",)),
 }
 
 TOKEN_KEYS = ("NextToken", "nextToken")
@@ -69,8 +75,9 @@ class MaxResultsWithIds(BadToken):
     code = "InvalidParameterCombination"
 
 
-def wanted_page(call: Call, page_size: int) -> tuple[int, int] | None:
-    """(offset, size) of the page `call` asks for, or None when it is answered whole."""
+def wanted_page(call: Call, page_size: int) -> tuple[frozenset[str], int] | None:
+    """(the items already answered, size) of the page `call` asks for, or None when it is
+    answered whole."""
     rule = PAGED.get(call.name)
     if rule is None:
         return None
@@ -81,7 +88,7 @@ def wanted_page(call: Call, page_size: int) -> tuple[int, int] | None:
         return None
     size = min(int(given), page_size) if given is not None else page_size
     token = next((call.params[k] for k in TOKEN_KEYS if call.params.get(k)), None)
-    return (_offset(token, call) if token else 0), max(1, size)
+    return (_answered(token, call) if token else frozenset()), max(1, size)
 
 
 def request_for_moto(call: Call, body: bytes) -> bytes:
@@ -96,35 +103,47 @@ def request_for_moto(call: Call, body: bytes) -> bytes:
     return json.dumps(params).encode()
 
 
-def page_of(call: Call, body: bytes, offset: int, size: int) -> bytes:
-    """moto's whole answer cut to one page, with a token when more follow."""
+def page_of(call: Call, body: bytes, answered: frozenset[str], size: int) -> bytes:
+    """moto's whole answer cut to one page (the first `size` items not yet `answered`), with a
+    token when more follow."""
     rule = PAGED[call.name]
     if call.protocol == "query":
-        return _page_xml(call, body, rule.list_key, offset, size)
+        return _page_xml(call, body, rule, answered, size)
     data = json.loads(body or b"{}")
-    items = data.get(rule.list_key) or []
-    data[rule.list_key] = items[offset : offset + size]
+    left = [item for item in data.get(rule.list_key) or [] if _key(rule, lambda k, item=item: item.get(k)) not in answered]
+    data[rule.list_key] = left[:size]
     data.pop("nextToken", None)
-    if offset + size < len(items):
-        data["nextToken"] = _token(offset + size, call)
+    if len(left) > size:
+        data["nextToken"] = _token(answered | {_key(rule, lambda k, item=item: item.get(k)) for item in left[:size]}, call)
     return json.dumps(data).encode()
 
 
-def _page_xml(call: Call, body: bytes, list_key: str, offset: int, size: int) -> bytes:
+def _page_xml(call: Call, body: bytes, rule: Paged, answered: frozenset[str], size: int) -> bytes:
     root = ET.fromstring(body)
     ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
     if ns:
         ET.register_namespace("", ns.strip("{}"))
-    holder = root.find(f"{ns}{list_key}")
+    holder = root.find(f"{ns}{rule.list_key}")
     items = list(holder) if holder is not None else []
-    for item in items[:offset] + items[offset + size :]:
-        holder.remove(item)
+
+    def key(item: ET.Element) -> str:
+        return _key(rule, lambda k: item.findtext(f"{ns}{k}"))
+
+    left = [item for item in items if key(item) not in answered]
+    for item in items:
+        if item not in left[:size]:
+            holder.remove(item)
     for old in root.findall(f"{ns}nextToken"):
         root.remove(old)
-    if offset + size < len(items):
+    if len(left) > size:
         token = ET.SubElement(root, f"{ns}nextToken")
-        token.text = _token(offset + size, call)
+        token.text = _token(answered | {key(item) for item in left[:size]}, call)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
+def _key(rule: Paged, field: Any) -> str:
+    """A short, stable name of one item (a hash of its id fields), for the token to hold."""
+    return hashlib.sha256(json.dumps([str(field(k)) for k in rule.id_keys]).encode()).hexdigest()[:10]
 
 
 def _signature(call: Call) -> str:
@@ -132,16 +151,16 @@ def _signature(call: Call) -> str:
     return hashlib.sha256(json.dumps([call.name, stable], sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def _token(offset: int, call: Call) -> str:
-    return base64.urlsafe_b64encode(json.dumps({"offset": offset, "request": _signature(call)}).encode()).decode()
+def _token(answered: frozenset[str], call: Call) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"answered": sorted(answered), "request": _signature(call)}).encode()).decode()
 
 
-def _offset(token: str, call: Call) -> int:
+def _answered(token: str, call: Call) -> frozenset[str]:
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
-        offset, request = int(data["offset"]), data["request"]
+        answered, request = frozenset(str(k) for k in data["answered"]), data["request"]
     except (ValueError, KeyError, TypeError):
         raise BadToken(f"the next token {token[:20]}... is not valid") from None
     if request != _signature(call):
         raise BadToken("the next token was given for another request (different filters or names)")
-    return offset
+    return answered
