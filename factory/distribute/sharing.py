@@ -32,6 +32,7 @@ def share_image(ec2: Any, ami_id: str, region: str, wanted: list[dict[str, str]]
     if not wanted:
         return []
     with aws_errors(f"reading who may launch {ami_id} in {region}"):
+        # DescribeImageAttribute is not paged: one answer holds every launch permission.
         have = ec2.describe_image_attribute(ImageId=ami_id, Attribute="launchPermission").get("LaunchPermissions") or []
     have_set = {tuple(sorted(p.items())) for p in have}
     missing = [p for p in wanted if tuple(sorted(p.items())) not in have_set]

@@ -74,17 +74,23 @@ def _whiteout(upper: Path, path: str) -> None:
     os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
 
 
-def backend_that_ran(journal: str) -> str | None:
-    """The backend the pool's boot unit made or mounted (its `pool-ready` line), or None."""
+def last_event(journal: str, name: str) -> dict | None:
+    """The last JSON line a boot unit wrote to its journal with `"event": name`, or None."""
     for line in reversed(journal.splitlines()):
         if line.startswith("{"):
             try:
                 event = json.loads(line)
             except ValueError:
                 continue
-            if event.get("event") == "pool-ready":
-                return event.get("backend")
+            if event.get("event") == name:
+                return event
     return None
+
+
+def backend_that_ran(journal: str) -> str | None:
+    """The backend the pool's boot unit made or mounted (its `pool-ready` line), or None."""
+    event = last_event(journal, "pool-ready")
+    return event.get("backend") if event else None
 
 
 def release(state_dir: Path | None) -> list[str]:

@@ -55,17 +55,9 @@ class StoreDisks:
 
 def ready_event(journal: str) -> dict | None:
     """The boot unit's `instance-store-ready` line, or None."""
-    import json
+    from factory.local.instance.instance_pool import last_event
 
-    for line in reversed(journal.splitlines()):
-        if line.startswith("{"):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("event") == "instance-store-ready":
-                return event
-    return None
+    return last_event(journal, "instance-store-ready")
 
 
 def serial(instance_id: str, index: int) -> str:
