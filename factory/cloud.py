@@ -152,13 +152,15 @@ class Cloud:
         keys, and none of the user's session token or profile (never sent to moto).
         `AWS_EXECUTION_ENV` marks Packer's AWS calls (the AWS SDKs add `exec-env/VALUE` to
         their user agent), so CloudTrail, and the local cloud's call log that proves
-        `factory iam-policy`, can tell them from other callers."""
+        `factory iam-policy`, can tell them from other callers. On the local cloud Packer
+        also polls as often as the local cloud's states change (`PACKER_POLL_DELAY_SECONDS`)."""
         env = dict(os.environ, AWS_EXECUTION_ENV=PACKER_EXECUTION_ENV)
         if self.kind == "local":
-            from factory.local.aws.moto_server import scrub_env
+            from factory.local.aws.moto_server import PACKER_POLL_DELAY_SECONDS, scrub_env
 
             env = scrub_env(env)
             env.update(self.local.env(region))
+            env["AWS_POLL_DELAY_SECONDS"] = PACKER_POLL_DELAY_SECONDS
         return env
 
     @classmethod

@@ -30,6 +30,9 @@ def pytest_configure(config):
     os.environ.setdefault("FACTORY_LOCAL_STATE_DELAY", "0.3")
     _ctrl_c_as_a_terminal_gives_it()
     _no_hypothesis_deadlines()
+    from tests import cpu_profile
+
+    cpu_profile.register(config)  # FACTORY_TEST_CPU_PROFILE=FILE: CPU seconds by module
 
 
 def _no_hypothesis_deadlines() -> None:

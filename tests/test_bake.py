@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -481,7 +482,9 @@ def test_the_container_check_reported(cloud_env, first_bake):
 def test_the_baked_host_is_generalized(cloud_env, first_bake):
     """What the bake left on the build host (what the AMI is made of) is no one instance's:
     no SSH host key, no authorized key (the local key pair's included), an empty machine
-    id, no ECS agent state or log, no cloud-init instance state, no journal."""
+    id, no ECS agent state or log, no cloud-init instance state, no journal, and a stopped
+    Docker; generalize is the play's last role. The host takes no new login until it boots
+    as a new instance of the AMI, which takes one again."""
     host = cloud_env["cloud"].host
 
     def gone(pattern: str) -> bool:
@@ -493,8 +496,15 @@ def test_the_baked_host_is_generalized(cloud_env, first_bake):
     assert gone("/var/lib/ecs/data/*") and gone("/var/log/ecs/*")
     assert gone("/var/lib/cloud/*") and gone("/var/log/cloud-init.log")
     assert gone("/var/log/journal/*")
+    assert host.run("docker", "info", check=False).returncode != 0, "Docker is stopped"
     log = Path(first_bake["log"]).read_text()
     assert "generalize : Remove the host keys and the authorized keys in one step" in log
+    roles = re.findall(r"TASK \[(\w+) : ", log)
+    assert roles[-1] == "generalize" and roles.index("generalize") > max(i for i, r in enumerate(roles) if r != "generalize"), roles
+    # no new login into what will be the AMI; a new instance of it takes one again
+    assert subprocess.run(host.ssh_args() + ["true"], capture_output=True, timeout=60).returncode != 0
+    host.boot()
+    assert subprocess.run(host.ssh_args() + ["true"], capture_output=True, timeout=60).returncode == 0
 
 
 @needs_local_cloud

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 
 import pytest
@@ -54,7 +53,8 @@ def test_ansible_lint_production_profile_is_clean():
 @requires_buildhost
 def test_bake_roles_overlay2_then_idempotent(cloud, tmp_path):
     """The bake's roles before generalize (which stops Docker and removes the login, so a
-    second run needs a new instance: see test_the_bake_play_ends_generalized)."""
+    second run needs a new instance: tests/test_bake.py's test_the_baked_host_is_generalized
+    proves the whole play ends generalized, on a real bake)."""
     host, mirror, _ = cloud
     play = role_playbook(tmp_path, "docker_storage", "miniconda_awscli", "bake_check")
     report = tmp_path / "report.json"
@@ -264,52 +264,6 @@ def test_bake_check_fails_when_the_prefix_is_missing(cloud, tmp_path):
     got = failed_bake_check(host, tmp_path, "/opt/nothing-here")
     assert got["container_ran"] is False and got["aws_ok"] is False and got["space_ok"] is False
     assert host.run("test", "-e", "/opt/nothing-here", check=False).returncode != 0
-
-
-@requires_buildhost
-def test_the_bake_play_ends_generalized(cloud, tmp_path):
-    """bake.yml ends with the generalize role: what the bake leaves behind carries no SSH
-    host key, no authorized key, an empty machine id, no ECS agent state or log, no
-    cloud-init instance state, no journal, and a stopped Docker. The host then takes no new
-    login until it boots as a new instance, and the next bake on it works."""
-    host, mirror, _ = cloud
-    host.boot()  # a fresh instance: host key, authorized key, machine id, agent state, journal
-    machine_id = host.run("cat", "/etc/machine-id").stdout.strip()
-    host.run("sh", "-c", "mkdir -p /home/ec2-user/.ssh && echo 'ssh-ed25519 AAAA added-by-someone' > /home/ec2-user/.ssh/authorized_keys")
-    ev = {
-        "factory_become": False,
-        "ansible_python_interpreter": host.python_interpreter,
-        "docker_storage_volume_gib": 20,
-        "bake_check_prefix": PREFIX,
-        "bake_check_min_gib": 20,
-        "bake_check_report_dest": str(tmp_path / "report.json"),
-        **installer_vars(mirror),
-    }
-    play = run_playbook(host, ANSIBLE / "bake.yml", ev, tmp_path)
-    assert play.returncode == 0, show(play)
-    roles = re.findall(r"^TASK \[(\w+) : ", play.stdout, re.M)
-    assert roles[-1] == "generalize" and roles.index("generalize") > max(i for i, r in enumerate(roles) if r != "generalize")
-
-    def gone(pattern: str) -> bool:
-        return host.run("sh", "-c", f"ls -d {pattern} 2>/dev/null", check=False).stdout.strip() == ""
-
-    assert gone("/etc/ssh/ssh_host_*")
-    assert gone("/root/.ssh/authorized_keys") and gone("/home/*/.ssh/authorized_keys")
-    assert host.run("cat", "/etc/machine-id").stdout == ""
-    assert host.run("stat", "-c", "%s", "/etc/machine-id").stdout.strip() == "0"  # empty, not missing
-    assert gone("/var/lib/ecs/data/*") and gone("/var/log/ecs/*")
-    assert gone("/var/lib/cloud/*") and gone("/var/log/cloud-init.log")
-    assert gone("/var/log/journal/*") and gone(f"/var/log/journal/{machine_id}")
-    assert host.run("docker", "info", check=False).returncode != 0, "Docker is stopped"
-    # the proof of the bake stays in the image
-    assert json.loads(host.path("/var/lib/factory/bake-check.json").read_text())["aws_ok"] is True
-    # no new login into what will be the AMI; a new instance of it takes one again
-    assert subprocess.run(host.ssh_args() + ["true"], capture_output=True, timeout=60).returncode != 0
-    host.boot()
-    again = run_playbook(host, ANSIBLE / "bake.yml", ev, tmp_path)
-    assert again.returncode == 0, show(again)
-    assert gone("/etc/ssh/ssh_host_*") and host.run("cat", "/etc/machine-id").stdout == ""
-    host.boot()  # leave the host usable
 
 
 @requires_buildhost

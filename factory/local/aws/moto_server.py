@@ -35,6 +35,15 @@ def scrub_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in CREDENTIALS_NOT_FOR_MOTO}
 
 
+# How often Packer polls a state on the local cloud (its AWS_POLL_DELAY_SECONDS, read by
+# the amazon builder's waiters: AMI available, instance stopped, the encrypted copy done).
+# Its default, 15 s between polls, suits AWS, where an AMI copy takes minutes; the local
+# cloud's states change within a fraction of a second (an AMI copy is pending for
+# rules.Settings.copy_delay, 0.3 s), so a bake would otherwise idle 15 s at its copy. Only
+# the polling cadence changes: Packer still sees `pending` and waits for `available`.
+PACKER_POLL_DELAY_SECONDS = "1"
+
+
 def local_env(endpoint: str, region: str) -> dict[str, str]:
     """Environment variables that point boto3, the AWS CLI and Packer at moto."""
     return {
