@@ -10,7 +10,9 @@ double stands in for that endpoint (docs/local-cloud.md, "ECR's registry endpoin
   loopback on Linux), with a certificate for the registry's real host name signed by a
   CA made for it; `reach_from(host)` maps the host name to that address in a build host's
   `/etc/hosts` and puts the CA where Docker looks for a registry's CA
-  (`/etc/docker/certs.d/<host>/ca.crt`);
+  (`/etc/docker/certs.d/<host>/ca.crt`). Docker itself does not verify it: it takes a
+  registry whose name resolves into 127.0.0.0/8 as insecure (TLS unverified); a client
+  that verifies (Python's `ssl` in the tests) proves the name and the chain;
 - the password it accepts is the one the local cloud's ECR API gives
   (GetAuthorizationToken, asked once at start, kept in memory only), with the user `AWS`,
   as HTTP basic authentication; anything else gets 401 and ECR's basic challenge;
@@ -56,7 +58,6 @@ CONFIG = "application/vnd.docker.container.image.v1+json"
 LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 USER = "AWS"  # ECR's docker login user name (Amazon ECR User Guide, "Private registry authentication")
 PORT = 443  # ECR's registry names carry no port: Docker speaks HTTPS to 443
-CERTS_D = "/etc/docker/certs.d"
 
 _ROUTE = re.compile(r"^/v2/(?P<name>[a-z0-9]+(?:[._/-][a-z0-9]+)*)/(?P<kind>manifests|blobs)/(?P<ref>[A-Za-z0-9_.:-]+)$")
 
@@ -139,11 +140,9 @@ class EcrRegistry:
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def reach_from(self, host: Any) -> None:
-        """Make `host` (a build host: its `run` runs a command inside its root) reach this
-        registry by its ECR name: the name in its /etc/hosts, the CA in Docker's certs.d."""
-        ca = self.ca_file.read_text()
-        host.run("sh", "-c", f'printf "%s %s\\n" "$1" "$2" >> /etc/hosts && mkdir -p {CERTS_D}/"$2" && cat > {CERTS_D}/"$2"/ca.crt',
-                 "-", self.address, self.host, input=ca)
+        """Make a build host (factory.local.builder.buildhost) reach this registry by its
+        ECR name: the name at this address in its /etc/hosts, the CA in Docker's certs.d."""
+        host.trust_registry(self.host, self.address, self.ca_file.read_text())
 
     # -- content ---------------------------------------------------------------------
 
