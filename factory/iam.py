@@ -301,6 +301,15 @@ def needed_by(command: str) -> set[str]:
     return {a for p in COMMAND_PURPOSES.get(command, ()) for a in actions(p)}
 
 
+# The builder's instance role: what ECR authorizes a `docker pull` with at the registry
+# endpoint, not API calls (tests/test_bake_check_ecr.py sees them asked of the local
+# cloud's registry double; the IAM proof sees only API calls).
+AT_THE_REGISTRY = {
+    "ecr:BatchGetImage": "Docker reads the image's manifests from the registry",
+    "ecr:GetDownloadUrlForLayer": "Docker downloads the image's config and layers from the registry",
+}
+
+
 def builder_instance_policy() -> dict[str, Any]:
     """What the builder's own instance profile (factory.yaml `builder.instance_profile`)
     needs for task images in ECR: the bake check (ansible/roles/bake_check,

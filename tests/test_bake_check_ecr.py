@@ -51,8 +51,7 @@ def ecr(tmp_path_factory, moto):
         # The builder's instance profile: IMDSv2 serving its role's credentials. On AWS the
         # CLI finds IMDS and ECR's API by themselves; here its config names the doubles.
         imds = MetadataService.start("i-0b11de4000000ec42", f"{REGION}a", "c6i.large", role=BUILDER_ROLE)
-        host.run("sh", "-c", 'mkdir -p /root/.aws && printf "[default]\\nec2_metadata_service_endpoint = %s\\n'
-                             'endpoint_url = %s\\n" "$1" "$2" > /root/.aws/config', "-", imds.endpoint, moto.endpoint)
+        host.use_instance_profile(imds.endpoint, moto.endpoint)
         yield host, registry, moto, base
     finally:
         if imds is not None:
@@ -101,12 +100,14 @@ def test_an_ecr_task_image_is_pulled_with_the_instance_profile_checked_and_logge
     pulled = {path for _, path, authorized, action in registry.requests if authorized and action}
     assert any("/manifests/1" in p for p in pulled) and any("/blobs/sha256:" in p for p in pulled), registry.requests
     # the builder's CLI asked ECR for the password with the instance profile's credentials
-    builder_calls = {action for who, action in moto.calls_by() if who == "other"}
+    builder_calls = {action for who, action in moto.calls_by() if who == "builder"}
     assert "ecr:GetAuthorizationToken" in builder_calls, moto.calls_by()
     # what the builder called and pulled is exactly its instance role's policy
     from factory import iam
 
-    needed = builder_calls | {action for *_, action in registry.requests if action}
+    pulled_with = {action for *_, action in registry.requests if action}
+    assert pulled_with == set(iam.AT_THE_REGISTRY), registry.requests
+    needed = builder_calls | pulled_with
     allowed = {a for s in iam.builder_instance_policy()["Statement"] for a in s["Action"]}
     assert needed == allowed, (needed, allowed)
     # logged out: Docker keeps no ECR credential; and the pulled image is gone again

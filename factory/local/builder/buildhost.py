@@ -375,6 +375,19 @@ echo 'stand-in for the journal of {machine_id}' > /var/log/journal/{machine_id}/
                     raise LocalCloudError(f"Docker did not start again on the build host; see {self.log_file}")
                 time.sleep(0.2)
 
+    def use_instance_profile(self, metadata_endpoint: str, aws_endpoint: str) -> None:
+        """Give the builder an instance profile, as EC2 does: root's AWS config (the
+        task's AWS CLI reads it) names the local metadata service
+        (factory.local.instance.metadata, serving the role's credentials) and the local
+        cloud's endpoint, and marks the CLI's calls `app/factory-builder` (the call log's
+        `builder`). On AWS the CLI finds both by itself. Gone with the upper directory on
+        `relaunch()`."""
+        from factory.local.aws.aws_server import BUILDER_APP_ID
+
+        self.run("sh", "-c", 'mkdir -p /root/.aws && printf "[default]\\nec2_metadata_service_endpoint = %s\\n'
+                             'endpoint_url = %s\\nsdk_ua_app_id = %s\\n" "$1" "$2" "$3" > /root/.aws/config',
+                 "-", metadata_endpoint, aws_endpoint, BUILDER_APP_ID)
+
     def ssh_args(self) -> list[str]:
         """An `ssh` command line reaching the host (append the remote command)."""
         return [
