@@ -299,3 +299,30 @@ def actions(purpose: str, builder: Any = None) -> set[str]:
 def needed_by(command: str) -> set[str]:
     """Every action a CLI command may call."""
     return {a for p in COMMAND_PURPOSES.get(command, ()) for a in actions(p)}
+
+
+# The builder's instance role: what ECR authorizes a `docker pull` with at the registry
+# endpoint, not API calls (tests/test_bake_check_ecr.py sees them asked of the local
+# cloud's registry double; the IAM proof sees only API calls).
+AT_THE_REGISTRY = {
+    "ecr:BatchGetImage": "Docker reads the image's manifests from the registry",
+    "ecr:GetDownloadUrlForLayer": "Docker downloads the image's config and layers from the registry",
+}
+
+
+def builder_instance_policy() -> dict[str, Any]:
+    """What the builder's own instance profile (factory.yaml `builder.instance_profile`)
+    needs for task images in ECR: the bake check (ansible/roles/bake_check,
+    task_images.yml) asks ECR for a registry password with it (`aws ecr
+    get-login-password`: GetAuthorizationToken, which takes no resource), and Docker pulls
+    with that password, which ECR authorizes as BatchGetImage (the manifests) and
+    GetDownloadUrlForLayer (the layers) on the repository (Amazon ECR User Guide,
+    "Private registry authentication" and "Amazon ECR managed policies",
+    AmazonEC2ContainerRegistryReadOnly). Not a caller's policy: attach it to the
+    builder's role (docs/register.md). tests/test_bake_check_ecr.py pulls through the
+    local cloud's ECR registry double and checks that what it called and pulled is exactly
+    this."""
+    return {"Version": "2012-10-17", "Statement": [
+        _statement("GetEcrPassword", ["ecr:GetAuthorizationToken"], _ANY),
+        _statement("PullTaskImages", ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"], ["arn:aws:ecr:*:*:repository/*"]),
+    ]}

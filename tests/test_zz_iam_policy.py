@@ -3,7 +3,9 @@
 Each local cloud of the session appended its calls, with who made them, to one file
 (tests/conftest.py): calls by a `factory` command (its user agent names it), by Packer
 (run by `factory bake`), by the local cloud's own set-up, or by the tests themselves.
-- Every call of a command (and of Packer) must be allowed by that command's policies.
+- Every call of a command (and of Packer) must be allowed by that command's policies, and
+  every call a build host made with its instance profile (`builder`) by the builder's
+  instance policy (factory.iam.builder_instance_policy).
 - On a run of the whole suite, every policy action must have been called by a command
   that needs it, unless factory.iam.IMPLIED says why it is not an API call of ours.
 """
@@ -43,6 +45,17 @@ def test_every_call_a_command_made_is_in_its_policy(request):
     assert not any(missing.values()), f"called but not in the policy: {json.dumps({k: v for k, v in missing.items() if v})}"
 
 
+def builder_actions() -> set[str]:
+    return {a for s in iam.builder_instance_policy()["Statement"] for a in s["Action"]}
+
+
+def test_every_call_the_builder_made_is_in_its_instance_policy(request):
+    calls = recorded(request.config).get("builder", set())
+    if not calls:
+        pytest.skip("no build host called AWS with its instance profile in this run")
+    assert calls <= builder_actions() - set(iam.AT_THE_REGISTRY), sorted(calls - builder_actions())
+
+
 def test_every_policy_action_was_called(request):
     if not request.config.factory_whole_suite:
         pytest.skip("only a run of the whole suite calls everything; this run chose tests")
@@ -54,6 +67,9 @@ def test_every_policy_action_was_called(request):
         if purpose == "bake":
             seen |= calls.get("packer", set())
         never[purpose] = sorted(iam.actions(purpose) - seen - set(iam.IMPLIED))
+    # the builder's instance role: its API calls here, the pulls' at the registry double
+    # (tests/test_bake_check_ecr.py)
+    never["builder instance role"] = sorted(builder_actions() - calls.get("builder", set()) - set(iam.AT_THE_REGISTRY))
     never = {p: acts for p, acts in never.items() if acts}
     assert not never, f"in the policy but never called in the suite (remove them, or test the path that calls them): {json.dumps(never)}"
 

@@ -42,6 +42,9 @@ ENV_SNAPSHOT_RELEASE_DELAY = "FACTORY_LOCAL_SNAPSHOT_RELEASE_DELAY"
 ENV_VOLUME_DELAY = "FACTORY_LOCAL_VOLUME_DELAY"
 ENV_ROLLING_DELAY = "FACTORY_LOCAL_ROLLING_DELAY"
 _COMMAND = re.compile(r"factory-command/(\S+)")
+# The app id a build host's AWS config gives its AWS CLI (BuildHost.use_instance_profile):
+# calls the builder makes with its instance profile, as botocore marks them (`app/<id>`).
+BUILDER_APP_ID = "factory-builder"
 DEFAULT_PAGE_SIZE = 2
 
 
@@ -146,9 +149,12 @@ class Layer:
 
 
 def caller(agent: str) -> str:
-    """Who made a call, from its user agent: `command:NAME`, `packer`, `factory-local` or `other`."""
+    """Who made a call, from its user agent: `command:NAME`, `packer`, `factory-local`,
+    `builder` (a build host's AWS CLI with its instance profile) or `other`."""
     if "factory-local" in agent:
         return "factory-local"
+    if f"app/{BUILDER_APP_ID}" in agent:
+        return "builder"
     found = _COMMAND.search(agent)
     if found:
         return f"command:{found.group(1)}"

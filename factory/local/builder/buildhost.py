@@ -359,6 +359,35 @@ echo 'stand-in for the journal of {machine_id}' > /var/log/journal/{machine_id}/
                     raise LocalCloudError(f"Docker did not start again on the build host; see {self.log_file}")
                 time.sleep(0.2)
 
+    def trust_registry(self, name: str, address: str, ca_pem: str) -> None:
+        """Reach a registry double by its real name (factory.local.aws.ecr_registry): `name`
+        at `address` in the root's /etc/hosts, its CA in Docker's
+        /etc/docker/certs.d/<name>/ca.crt. Docker is restarted: its resolver (Go's) keeps
+        /etc/hosts for 5 s after each read, so a lookup soon after could still miss the
+        name. Gone with the upper directory on `relaunch()`."""
+        self.run("sh", "-c", 'printf "%s %s\\n" "$1" "$2" >> /etc/hosts && mkdir -p /etc/docker/certs.d/"$2" '
+                             '&& cat > /etc/docker/certs.d/"$2"/ca.crt', "-", address, name, input=ca_pem)
+        if self.docker:
+            self.run("/etc/init.d/docker", "restart", timeout=60)
+            deadline = time.monotonic() + 60
+            while self.run("docker", "info", check=False, timeout=30).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise LocalCloudError(f"Docker did not start again on the build host; see {self.log_file}")
+                time.sleep(0.2)
+
+    def use_instance_profile(self, metadata_endpoint: str, aws_endpoint: str) -> None:
+        """Give the builder an instance profile, as EC2 does: root's AWS config (the
+        task's AWS CLI reads it) names the local metadata service
+        (factory.local.instance.metadata, serving the role's credentials) and the local
+        cloud's endpoint, and marks the CLI's calls `app/factory-builder` (the call log's
+        `builder`). On AWS the CLI finds both by itself. Gone with the upper directory on
+        `relaunch()`."""
+        from factory.local.aws.aws_server import BUILDER_APP_ID
+
+        self.run("sh", "-c", 'mkdir -p /root/.aws && printf "[default]\\nec2_metadata_service_endpoint = %s\\n'
+                             'endpoint_url = %s\\nsdk_ua_app_id = %s\\n" "$1" "$2" "$3" > /root/.aws/config',
+                 "-", metadata_endpoint, aws_endpoint, BUILDER_APP_ID)
+
     def ssh_args(self) -> list[str]:
         """An `ssh` command line reaching the host (append the remote command)."""
         return [
