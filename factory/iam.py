@@ -93,12 +93,14 @@ WIDE: dict[str, dict[str, str]] = {
         "ec2:DeleteSnapshot": "CreateImage's snapshots of a killed bake's builder carry no tag (found by their description)",
         "ec2:DeleteSecurityGroup": _PACKER_UNTAGGED.format("security group (of a killed bake)"),
     },
-    "distribute": {
-        "sts:AssumeRole": "without factory.yaml (`factory iam-policy --config FILE`) the roles `distribute.copy_to` names are not "
-                          "known, so any role (arn:aws:iam::*:role/*) may be assumed; each role's own trust policy still decides who "
-                          "may assume it. With --config the statement names exactly the copy_to roles",
-    },
 }
+# copy_to's roles, assumed to copy (distribute) and to read and change the copy_to accounts
+# (plan/register/rollback, status, prune): wide only while the roles are not known.
+for _purpose in ("distribute", "register", "status", "prune"):
+    WIDE.setdefault(_purpose, {})["sts:AssumeRole"] = (
+        "without factory.yaml (`factory iam-policy --config FILE`) the roles `distribute.copy_to` names are not known, so any "
+        "role (arn:aws:iam::*:role/*) may be assumed; each role's own trust policy still decides who may assume it. With "
+        "--config the statement names exactly the copy_to roles")
 ANY_ROLE = ["arn:aws:iam::*:role/*"]  # granted with no condition only where WIDE says so
 
 
@@ -108,6 +110,7 @@ def wide(purpose: str, copy_roles: Any = None) -> dict[str, str]:
     if copy_roles is not None:
         out.pop("sts:AssumeRole", None)
     return out
+
 
 _ANY = ["*"]
 _BUILDERS = ["arn:aws:ec2:*:*:instance/*"]
@@ -137,6 +140,16 @@ def _session_manager_statements() -> list[dict[str, Any]]:
         _statement("SessionManagerPortForwarding", ["ssm:StartSession"], ["arn:aws:ssm:*::document/AWS-StartPortForwardingSession"]),
         _statement("SessionManagerEndOwnSessions", ["ssm:TerminateSession"], ["arn:aws:ssm:*:*:session/${aws:userid}-*"]),
     ]
+
+
+def _assume_copy_to_roles(copy_roles: Any) -> list[dict[str, Any]]:
+    """copy_to: the role named for each account is assumed (factory.distribute.accounts) to
+    copy there, and by plan, status, prune and rollback to read and change that account as
+    this one (factory.distribute.other_accounts). The role needs the distribute policy in its
+    own account (and register's, status's, prune's and rollback's for those commands:
+    docs/register.md, "Distribution"). copy_roles None: not known, any role (WIDE says why)."""
+    roles = ANY_ROLE if copy_roles is None else sorted(set(copy_roles))
+    return [_statement("AssumeCopyToRoles", ["sts:AssumeRole"], roles)] if roles else []
 
 
 def _statements(purpose: str, builder: Any = None, copy_roles: Any = None) -> list[dict[str, Any]]:
@@ -184,11 +197,6 @@ def _statements(purpose: str, builder: Any = None, copy_roles: Any = None) -> li
         copies = {"Null": {"aws:ResourceTag/factory:copy-of": "false"}}
         factory_made = {"Null": {"aws:ResourceTag/factory:image-hash": "false"}}
         via_ec2 = {"StringLike": {"kms:ViaService": "ec2.*.amazonaws.com"}}
-        # copy_to: the role named for each account is assumed (factory.distribute.accounts); that
-        # role needs the distribute policy (and register's, with `register: true`) in its own
-        # account (docs/register.md, "Distribution"). copy_roles None: not known, any role (WIDE).
-        roles = ANY_ROLE if copy_roles is None else sorted(set(copy_roles))
-        assume = [_statement("AssumeCopyToRoles", ["sts:AssumeRole"], roles)] if roles else []
         return [
             # The source, its snapshots and launch permissions; the copies found by their tags;
             # each region's key (there, customer-managed, enabled: factory.distribute.keys).
@@ -211,7 +219,7 @@ def _statements(purpose: str, builder: Any = None, copy_roles: Any = None) -> li
             _statement("ShareFactorySnapshots", ["ec2:ModifySnapshotAttribute"], snapshots, factory_made),
             # A copy that failed goes with its snapshots (DeleteAssociatedSnapshots).
             _statement("DiscardFailedCopies", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], images + snapshots, copies),
-            *assume,
+            *_assume_copy_to_roles(copy_roles),
             # EBS uses each region's key as the caller of CopyImage (IMPLIED says how).
             _statement("UseRegionKeysThroughEc2", ["kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
                                                    "kms:ReEncryptTo"], ["arn:aws:kms:*:*:key/*"], via_ec2),
@@ -258,6 +266,7 @@ def _statements(purpose: str, builder: Any = None, copy_roles: Any = None) -> li
             # Where a rollback holds a task (the parameters' descriptions); DescribeParameters
             # takes no resource (SSM's service authorization reference lists it with `*`).
             _statement("FindRollbackHolds", ["ssm:DescribeParameters"], _ANY),
+            *_assume_copy_to_roles(copy_roles),  # plan, rollback, a bake's register in copy_to accounts
         ]
     if purpose == "status":
         return [
@@ -265,6 +274,7 @@ def _statements(purpose: str, builder: Any = None, copy_roles: Any = None) -> li
                                 "batch:DescribeJobQueues", "ec2:DescribeInstances"], _ANY),  # instances: where the grow agent fired
             _statement("ReadParameters", ["ssm:GetParameters"], _TASK_PARAMETERS + _ECS_BASE_PARAMETERS),
             _statement("FindRollbackHolds", ["ssm:DescribeParameters"], _ANY),
+            *_assume_copy_to_roles(copy_roles),  # rows for the copy_to accounts
         ]
     if purpose == "rollback":
         return [_statement("ReadAmiHistory", ["ssm:GetParameterHistory"], _TASK_PARAMETERS)]
@@ -300,6 +310,7 @@ def _statements(purpose: str, builder: Any = None, copy_roles: Any = None) -> li
             # what a stray builder left. No `factory:task` scoping: a killed bake's temporary AMI
             # is untagged, so this must be `*`, and a tag-scoped statement beside it would be dead.
             _statement("DeregisterImagesAndRemoveWhatStrayBuildersLeft", ["ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:DeleteSecurityGroup"], _ANY),
+            *_assume_copy_to_roles(copy_roles),  # the copy_to accounts, pruned by the same rules
         ]
     raise ValueError(f"no policy for {purpose!r}; one of {', '.join(PURPOSES)}")
 

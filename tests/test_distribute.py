@@ -272,23 +272,31 @@ SECOND = "444455556666"
 ROLE = f"arn:aws:iam::{SECOND}:role/factory-distribute"
 
 
+def second_account(account):
+    """The second account as register needs it (a key in each region, the instance role),
+    made once per module; its clients_for through the role, and a factory.yaml copying there."""
+    from factory.distribute.accounts import assumed
+
+    theirs = assumed(Clients(HOME, account["moto"].endpoint), ROLE, SECOND)
+    config = account["folder"] / "copy-to.yaml"
+    if not config.exists():
+        for region in (HOME, WEST, EU):
+            kms = theirs(region).client("kms")
+            kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+        iam = theirs(HOME).client("iam")  # what register needs there
+        iam.create_service_linked_role(AWSServiceName="batch.amazonaws.com")
+        iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
+        iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
+        iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
+        config.write_text(CONFIG + f'  copy_to:\n    - {{account: "{SECOND}", role: "{ROLE}", register: true}}\n')
+    return theirs, config
+
+
 def test_copy_to_a_second_account_through_its_role(account, cli):
     """`copy_to`: the role assumed (moto maps the assumed keys to the role's account), the
     AMI of each region shared with that account and copied there with its own key."""
-    from factory.distribute.accounts import assumed
-
     endpoint = account["moto"].endpoint
-    theirs = assumed(Clients(HOME, endpoint), ROLE, SECOND)
-    for region in (HOME, WEST, EU):
-        kms = theirs(region).client("kms")
-        kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
-    config = account["folder"] / "copy-to.yaml"
-    iam = theirs(HOME).client("iam")  # what register needs there
-    iam.create_service_linked_role(AWSServiceName="batch.amazonaws.com")
-    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
-    iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
-    iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
-    config.write_text(CONFIG + f'  copy_to:\n    - {{account: "{SECOND}", role: "{ROLE}", register: true}}\n')
+    theirs, config = second_account(account)
     ami = bake(Clients(HOME, endpoint))
     env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
     r = cli("distribute", TASK, "--ami", ami, "--specs-dir", account["specs"], "--config", config, "--register", "--json", env=env)
@@ -356,6 +364,73 @@ def test_the_copies_are_registered_in_their_regions(account, cli):
     assert plan["status"] == "unchanged" and {r: p["status"] for r, p in plan["regions"].items()} == {WEST: "unchanged", EU: "unchanged"}
     ahead = cli("plan", TASK, "--specs-dir", account["specs"], "--config", account["config"], "--ami", newer, "--json", env=env)
     assert json.loads(ahead.stdout)["regions"][WEST].startswith(f"would copy {TASK} ({newer}) to {WEST} first")
+
+
+def their_template_ami(theirs, region: str) -> str:
+    versions = theirs(region).ec2().describe_launch_template_versions(LaunchTemplateName=f"factory-{TASK}", Versions=["$Default"])
+    return versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"]
+
+
+def test_plan_status_prune_rollback_cover_the_copy_to_account(account, cli):
+    """A copy_to account with `register: true` is covered as a region of ours: plan and
+    status read it through its role, rollback takes each of its regions back to its copy of
+    the AMI we go back to, prune deletes there what is old and keeps what its launch
+    templates use, and retires none of the tiers register made there."""
+    endpoint = account["moto"].endpoint
+    theirs, config = second_account(account)
+    env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
+    args = ("--specs-dir", account["specs"], "--config", config)
+    old = bake(Clients(HOME, endpoint))  # copied there, never run: prune's to delete
+    assert cli("distribute", TASK, "--ami", old, *args, env=env).exit_code == 0
+    first, second = bake(Clients(HOME, endpoint)), None
+    for ami in (first, second := bake(Clients(HOME, endpoint))):
+        assert cli("register", TASK, "--ami", ami, *args, env=env).exit_code == 0
+        r = cli("distribute", TASK, "--ami", ami, "--register", *args, "--json", env=env)
+        assert r.exit_code == 0, r.stderr
+    copies = {(c["account"], c["region"]): c["ami_id"] for c in json.loads(r.stdout)[0]["copies"]}
+    labels = {f"{SECOND}:{region}" for region in (HOME, WEST, EU)}
+
+    status = json.loads(cli("status", TASK, *args, "--json", env=env).stdout)
+    rows = {(t["account"], t["region"]): t for t in status["tasks"]}
+    assert {(SECOND, region) for region in (HOME, WEST, EU)} <= set(rows)
+    for region in (HOME, WEST, EU):
+        row = rows[(SECOND, region)]
+        assert row["ami_in_use"] == copies[(SECOND, region)] and row["reasons"] == [], row
+    text = cli("status", TASK, *args, env=env).stdout
+    assert f"{TASK} ({SECOND}:{EU})" in text
+
+    plan = json.loads(cli("plan", TASK, *args, "--json", env=env).stdout)
+    assert {r: p["status"] for r, p in plan["regions"].items() if r in labels} == dict.fromkeys(labels, "unchanged")
+
+    # home goes back to `first`: every region of the second account to its copy of our AMI there
+    rolled = cli("rollback", TASK, *args, "--json", env=env)
+    assert rolled.exit_code == 0, rolled.stderr
+    done = json.loads(rolled.stdout)
+    assert done["to"] == first and labels <= set(done["regions"])
+    ours = {region: first if region == HOME else copies_of(Clients(region, endpoint), first)[0]["ImageId"] for region in (HOME, WEST, EU)}
+    for region in (HOME, WEST, EU):
+        [back] = copies_of(theirs(region), ours[region])
+        assert their_template_ami(theirs, region) == back["ImageId"]
+    status = json.loads(cli("status", TASK, *args, "--json", env=env).stdout)
+    assert all(not t["reasons"] for t in status["tasks"] if t["account"] == SECOND), status
+    # a region of theirs left behind is stale, naming the fix
+    assert cli("register", TASK, "--ami", second, *args, env=env).exit_code == 0
+    status = json.loads(cli("status", TASK, *args, "--json", env=env).stdout)
+    behind = next(t for t in status["tasks"] if (t["account"], t["region"]) == (SECOND, HOME))
+    assert any(f"but this account runs {second} there: run `factory distribute {TASK} --register`" in r for r in behind["reasons"])
+
+    [stale] = copies_of(theirs(HOME), old)
+    pruned = cli("prune", "--keep", "1", "--apply", *args, "--json", env=env)
+    assert pruned.exit_code == 0, pruned.stderr
+    done = json.loads(pruned.stdout)
+    assert labels <= set(done)
+    amis = {c["name"]: c["action"] for c in done[f"{SECOND}:{HOME}"]["changes"] if c["resource"] == "ami"}
+    assert amis.get(stale["ImageId"]) == "delete" and not theirs(HOME).ec2().describe_images(ImageIds=[stale["ImageId"]])["Images"]
+    assert not any(c["action"] == "delete" and c["resource"] != "ami" and "version" not in c["reason"]
+                   for c in done[f"{SECOND}:{HOME}"]["changes"]), done[f"{SECOND}:{HOME}"]  # no tier retired there
+    for region in (HOME, WEST, EU):  # what their launch templates run is kept
+        assert theirs(region).ec2().describe_images(ImageIds=[their_template_ami(theirs, region)])["Images"]
+        assert [q["jobQueueName"] for q in theirs(region).batch().describe_job_queues()["jobQueues"]] == [f"factory-{TASK}"]
 
 
 def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypatch):

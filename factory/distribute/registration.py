@@ -90,3 +90,31 @@ def plan_copies(specs: Sequence[Any], all_specs: Sequence[Any], clients_for: Cal
         out[region] = register_tasks([s for s in moved if s.name in copies], clients_for(region), copies, True, config=here,
                                      all_specs=moved, image_target=image_target_for(region) if image_target_for else None)
     return out
+
+
+def plan_accounts(specs: Sequence[Any], clients_for: Callable[[str], Any], config: Any, home: Any,
+                  image_target_for: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """`factory plan` in the copy_to accounts with `register: true`, in every region the task
+    has an AMI of ours: `ACCOUNT:REGION` -> a dry run there with that account's copy of the
+    AMI we plan with in that region, or a sentence saying which copy is missing."""
+    from factory.distribute.other_accounts import default_vpc, other_accounts, our_ami_in, regions_of, their_copy, tiers_there
+    from factory.register import register_tasks
+
+    out: dict[str, Any] = {}
+    for other in other_accounts(specs, config, clients_for, registered=True, image_target_for=image_target_for):
+        for spec in other.specs:
+            try:
+                home_ami = home.for_task(spec.name).ami_id
+            except (KeyError, StopIteration, ValueError):
+                continue
+            for region in regions_of(spec, config):
+                ours = our_ami_in(region, spec, home_ami, clients_for)
+                theirs = their_copy(other, region, ours)
+                if theirs is None:
+                    out[other.label(region)] = (f"would copy {spec.name} ({ours or home_ami}) into account {other.account} in {region} first "
+                                                f"(`factory bake` or `factory distribute {spec.name} --register`), then register there")
+                    continue
+                moved, _ = tiers_there(spec, region, other, config)
+                out[other.label(region)] = register_tasks([moved], other.clients(region), {spec.name: theirs}, True, config=default_vpc(config),
+                                                          all_specs=[moved], image_target=other.image_target(region))
+    return out
