@@ -435,7 +435,9 @@ def test_plan_status_prune_rollback_cover_the_copy_to_account(account, cli):
 
 def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypatch):
     """A local cloud whose copies stay pending: prune (every region a spec is baked in or
-    distributed to) deregisters an old AMI of the task, but not one a copy is made from."""
+    distributed to, and the copy_to account through its role) deregisters an old AMI of the
+    task, but not one a copy is made from, in another region or in the other account."""
+    from factory.distribute.accounts import assumed
     from factory.local.aws.moto_server import MotoServer
 
     server = MotoServer.start(copy_delay=3600)
@@ -443,32 +445,45 @@ def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypat
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         home, west = Clients(HOME, server.endpoint), Clients(WEST, server.endpoint)
-        kms = west.client("kms")
-        kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
-        made = [bake(home) for _ in range(4)]
+        theirs = assumed(home, ROLE, SECOND)
+        for kms in (west.client("kms"), theirs(HOME).client("kms")):
+            kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+        made = [bake(home) for _ in range(5)]
         # --keep 2 keeps the newest two as prune orders them (CreationDate has whole seconds, then the id)
         images = sorted(home.ec2().describe_images(ImageIds=made)["Images"], key=lambda i: (i["CreationDate"], i["ImageId"]), reverse=True)
-        *newest, copied, plain = [i["ImageId"] for i in images]
+        *newest, copied, copied_there, plain = [i["ImageId"] for i in images]
         from factory.distribute import copies
 
-        source = home.ec2().describe_images(ImageIds=[copied])["Images"][0]
-        key = kms.describe_key(KeyId="alias/factory-ami")["KeyMetadata"]["Arn"]
-        pending = copies.start_copy(west.ec2(), source, HOME, key, "prune-test", {})
+        def start(clients, ami, cross_account=False):
+            source = home.ec2().describe_images(ImageIds=[ami])["Images"][0]
+            if cross_account:  # shared with the account, as distribution shares it (sharing.share_image, share_snapshots)
+                home.ec2().modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": SECOND}]})
+                home.ec2().modify_snapshot_attribute(SnapshotId=source["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"],
+                                                     Attribute="createVolumePermission", OperationType="add", UserIds=[SECOND])
+            key = clients.client("kms").describe_key(KeyId="alias/factory-ami")["KeyMetadata"]["Arn"]
+            return copies.start_copy(clients.ec2(), source, HOME, key, f"prune-test-{ami}", {}, cross_account=cross_account)
+
+        pending, pending_there = start(west, copied), start(theirs(HOME), copied_there, cross_account=True)
         specs = tmp_path / "specs"
         specs.mkdir()
         shutil.copy(SPECS / f"{TASK}.yaml", specs)
         shutil.copytree(SPECS / "benchmarks", specs / "benchmarks")
         config = tmp_path / "factory.yaml"
-        config.write_text(f"builder: {{kms_key: alias/factory-ami}}\ndistribute: {{regions: [{WEST}], kms_keys: {{{WEST}: alias/factory-ami}}}}\n")
+        config.write_text(f"builder: {{kms_key: alias/factory-ami}}\ndistribute: {{regions: [{WEST}], kms_keys: {{{WEST}: alias/factory-ami}}, "
+                          f'copy_to: [{{account: "{SECOND}", role: "{ROLE}"}}]}}\n')
         env = {"AWS_ENDPOINT_URL": server.endpoint, "COLUMNS": "250"}
         r = cli("prune", "--keep", "2", "--apply", "--specs-dir", specs, "--config", config, "--json", env=env)
         assert r.exit_code == 0, r.stderr
         done = json.loads(r.stdout)
-        assert set(done) == {HOME, WEST}
+        assert set(done) == {HOME, WEST, f"{SECOND}:{HOME}", f"{SECOND}:{WEST}"}
         actions = {c["name"]: c["action"] for c in done[HOME]["changes"] if c["resource"] == "ami"}
-        assert actions[plain] == "delete" and actions[copied] == "unchanged"
-        assert [c["reason"] for c in done[HOME]["changes"] if c["name"] == copied] == [
-            f"task {TASK}: a copy is still being made from it ({WEST} {pending})"]
-        assert home.ec2().describe_images(ImageIds=[copied])["Images"] and set(newest) <= {i["ImageId"] for i in home.ec2().describe_images(Owners=["self"])["Images"]}
+        assert actions[plain] == "delete" and actions[copied] == actions[copied_there] == "unchanged"
+        reasons = {c["name"]: c["reason"] for c in done[HOME]["changes"]}
+        assert reasons[copied] == f"task {TASK}: a copy is still being made from it ({WEST} {pending})"
+        assert reasons[copied_there] == f"task {TASK}: a copy is still being made from it ({HOME} {pending_there})"
+        assert home.ec2().describe_images(ImageIds=[copied, copied_there])["Images"]
+        assert set(newest) <= {i["ImageId"] for i in home.ec2().describe_images(Owners=["self"])["Images"]}
+        # the other account's pending copy is never touched (a copy being made), nor any of its tiers (register: false)
+        assert theirs(HOME).ec2().describe_images(ImageIds=[pending_there])["Images"][0]["State"] == "pending"
     finally:
         server.stop()
