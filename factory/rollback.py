@@ -111,7 +111,7 @@ def _roll_copies(spec: Any, all_specs: Sequence[Any], cloud: Any, config: Any, t
     from dataclasses import replace
 
     from factory.distribute.copies import find_copy
-    from factory.distribute.other_accounts import default_vpc
+    from factory.distribute.other_accounts import network_in
     from factory.register.apply import register_targets
     from factory.register.parameter import hold_description
     from factory.register.targets import targets_for
@@ -130,8 +130,8 @@ def _roll_copies(spec: Any, all_specs: Sequence[Any], cloud: Any, config: Any, t
         there = next((t for t in targets_for(moved, tiers) if spec.name in t.tasks), None)
         if there is None:
             continue
-        out[region] = register_targets([there], clients, {there.ami_task: copy["ImageId"]}, dry_run, config=default_vpc(config),
-                                       wait_timeout=wait_timeout, poll=poll, progress=progress, image_target=cloud.image_target(region),
+        out[region] = register_targets([there], clients, {there.ami_task: copy["ImageId"]}, dry_run,
+                                       config=network_in(config, config.distribution_for(spec), region), wait_timeout=wait_timeout, poll=poll, progress=progress, image_target=cloud.image_target(region),
                                        hold=hold_description(there.ami_task, copy["ImageId"], None))
     out.update(_roll_accounts(spec, cloud, config, to, dry_run, progress, wait_timeout, poll))
     return out
@@ -143,7 +143,7 @@ def _roll_accounts(spec: Any, cloud: Any, config: Any, to: str, dry_run: bool, p
     every region it has a copy: to its copy of our AMI there that stands for `to` (`to` at
     home, our copy of it elsewhere), through the role copy_to names. `ACCOUNT:REGION` -> its
     RegisterResult, or why not."""
-    from factory.distribute.other_accounts import default_vpc, other_accounts, our_ami_in, regions_of, their_copy, tiers_there
+    from factory.distribute.other_accounts import network_in, other_accounts, our_ami_in, regions_of, their_copy, tiers_there
     from factory.register.apply import register_targets
     from factory.register.parameter import hold_description
 
@@ -158,7 +158,8 @@ def _roll_accounts(spec: Any, cloud: Any, config: Any, to: str, dry_run: bool, p
                 continue
             _, there = tiers_there(spec, region, other, config)
             out[other.label(region)] = register_targets(
-                [there], other.clients(region), {there.ami_task: theirs}, dry_run, config=default_vpc(config), wait_timeout=wait_timeout,
+                [there], other.clients(region), {there.ami_task: theirs}, dry_run,
+                config=network_in(config, config.distribution_for(spec), region, other.account), wait_timeout=wait_timeout,
                 poll=poll, progress=progress, image_target=other.image_target(region), hold=hold_description(there.ami_task, theirs, None))
     return out
 

@@ -433,6 +433,40 @@ def test_plan_status_prune_rollback_cover_the_copy_to_account(account, cli):
         assert [q["jobQueueName"] for q in theirs(region).batch().describe_job_queues()["jobQueues"]] == [f"factory-{TASK}"]
 
 
+def test_a_target_region_without_a_default_vpc_needs_a_named_network(account, cli):
+    """A region the copies are registered in with no default VPC and no named network is
+    refused before any copy; named in distribute.networks, its compute environment runs there."""
+    endpoint = account["moto"].endpoint
+    south = "ap-southeast-2"
+    ec2 = Clients(south, endpoint).ec2()
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]:
+        ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    for gateway in ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc["VpcId"]]}])["InternetGateways"]:
+        ec2.detach_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"], VpcId=vpc["VpcId"])
+        ec2.delete_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"])
+    ec2.delete_vpc(VpcId=vpc["VpcId"])
+    kms = Clients(south, endpoint).client("kms")
+    kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+    config = account["folder"] / "south.yaml"
+    settings = f"builder: {{kms_key: alias/factory-ami}}\ndistribute:\n  regions: [{south}]\n  kms_keys: {{{south}: alias/factory-ami}}\n"
+    config.write_text(settings)
+    ami = bake(Clients(HOME, endpoint))
+    env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
+    refused = cli("distribute", TASK, "--ami", ami, "--register", "--specs-dir", account["specs"], "--config", config, env=env)
+    assert refused.exit_code == 1 and "Traceback" not in refused.stderr
+    assert f"{config}: distribute.networks: {south} has no default VPC and distribute.networks names no network there" in refused.stderr
+    assert not copies_of(Clients(south, endpoint), ami)  # refused before any copy
+    own = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=own, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(VpcId=own, GroupName="factory-batch", Description="factory batch")["GroupId"]
+    config.write_text(settings + f"  networks: {{{south}: {{subnets: [{subnet}], security_groups: [{group}]}}}}\n")
+    r = cli("distribute", TASK, "--ami", ami, "--register", "--specs-dir", account["specs"], "--config", config, "--json", env=env)
+    assert r.exit_code == 0, r.stderr
+    [ce] = Clients(south, endpoint).batch().describe_compute_environments()["computeEnvironments"]
+    assert ce["computeResources"]["subnets"] == [subnet] and ce["computeResources"]["securityGroupIds"] == [group]
+
+
 def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypatch):
     """A local cloud whose copies stay pending: prune (every region a spec is baked in or
     distributed to, and the copy_to account through its role) deregisters an old AMI of the

@@ -66,6 +66,10 @@ def prepare(
         from factory.distribute.keys import key_arns
 
         key_arns(cloud.clients, {r: dist.key(r) for r in dist.targets(spec.region)}, bool(dist.share_with or dist.copy_to), config.source)
+        # and each region the copies are registered in has a network: a named one or a default VPC
+        from factory.distribute.networks import check_networks
+
+        check_networks(cloud.clients, spec, dist, config.source)
 
     t = time.monotonic()
     say("taking the base AMI from the lock")

@@ -4,7 +4,7 @@ in every region the task has an AMI in the home account (its own and its target 
 since that account copies each of them (factory.distribute.run._copy_to_accounts).
 
 A task is registered there one spec at a time (register_in_accounts: tiers chosen over the
-task alone, in that account's default VPC), so the tier of a task there is chosen over the
+task alone, in the network its copy_to entry names, else that account's default VPC), so the tier of a task there is chosen over the
 task alone too (`tiers_there`), from the account's own queues and room
 (factory.register.tier_choice.tiers_in_account), as register chose it."""
 
@@ -59,12 +59,16 @@ def other_accounts(specs: Sequence[Any], config: Any, clients_for: Callable[[str
     return [out[a] for a in sorted(out)]
 
 
-def default_vpc(config: Any) -> Any:
-    """factory.yaml's settings with `batch.subnets`/`security_groups` left out: they name the
-    home region's network, and another region or account registers in its default VPC."""
-    if not config.batch.subnets and not config.batch.security_groups:
+def network_in(config: Any, dist: Any, region: str, account: str = "") -> Any:
+    """factory.yaml's settings as register needs them in a target `region` (of copy_to
+    `account`; "": ours): `batch.subnets`/`security_groups` are the home region's, so they
+    become the network `distribute.networks` (or the copy_to entry's `networks`) names
+    there, or none, and register takes that region's default VPC."""
+    named = dist.network(region, account)
+    subnets, groups = named if named else ((), ())
+    if (config.batch.subnets, config.batch.security_groups) == (subnets, groups):
         return config
-    return replace(config, batch=replace(config.batch, subnets=(), security_groups=()))
+    return replace(config, batch=replace(config.batch, subnets=subnets, security_groups=groups))
 
 
 def tiers_there(spec: Any, region: str, other: OtherAccount, config: Any) -> tuple[Any, Any]:
