@@ -224,6 +224,7 @@ def test_an_unchanged_bake_all_distributes_each_image_once_and_a_second_changes_
     results = json.loads(first.stdout)["results"]
     assert {r["status"] for r in results} == {"reused"} and {r["ami_id"] for r in results} <= amis
     assert Counter(lc.moto.calls())["ec2:CopyImage"] == len({r["ami_id"] for r in results})  # each image copied once
+    assert west in base_lock.load(base_lock.default_path(cloud)).bases["al2023-x86_64"].regions  # its base locked there too
     ec2_west, ssm_west = lc.clients(west).ec2(), lc.clients(west).ssm()
     for r in results:
         [copy] = ec2_west.describe_images(Owners=["self"], Filters=[{"Name": "tag:factory:copy-of", "Values": [r["ami_id"]]}])["Images"]
