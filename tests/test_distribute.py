@@ -467,6 +467,29 @@ def test_a_target_region_without_a_default_vpc_needs_a_named_network(account, cl
     assert ce["computeResources"]["subnets"] == [subnet] and ce["computeResources"]["securityGroupIds"] == [group]
 
 
+def test_a_copy_to_account_registers_in_the_network_its_entry_names(account, cli):
+    """copy_to[].networks: that account's compute environment in a region runs in the
+    subnets and security groups named for it there (ids of that account)."""
+    endpoint = account["moto"].endpoint
+    theirs, _ = second_account(account)
+    ec2 = theirs(EU).ec2()
+    vpc = ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.8.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(VpcId=vpc, GroupName="factory-batch", Description="factory batch")["GroupId"]
+    config = account["folder"] / "copy-to-network.yaml"
+    config.write_text(CONFIG + f'  copy_to:\n    - {{account: "{SECOND}", role: "{ROLE}", register: true, '
+                      f'networks: {{{EU}: {{subnets: [{subnet}], security_groups: [{group}]}}}}}}\n')
+    ami = bake(Clients(HOME, endpoint))
+    env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
+    r = cli("distribute", TASK, "--ami", ami, "--register", "--specs-dir", account["specs"], "--config", config, env=env)
+    assert r.exit_code == 0, r.stderr
+    there = {c["computeEnvironmentName"]: c for c in theirs(EU).batch().describe_compute_environments()["computeEnvironments"]}
+    [ce] = [c for c in there.values() if c["state"] == "ENABLED" and c["computeResources"]["subnets"] == [subnet]]
+    assert ce["computeResources"]["securityGroupIds"] == [group]
+    home_there = theirs(HOME).batch().describe_compute_environments()["computeEnvironments"]
+    assert all(c["computeResources"]["subnets"] != [subnet] for c in home_there)  # its other regions: their default VPC
+
+
 def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypatch):
     """A local cloud whose copies stay pending: prune (every region a spec is baked in or
     distributed to, and the copy_to account through its role) deregisters an old AMI of the
