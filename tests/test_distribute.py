@@ -399,8 +399,8 @@ def test_plan_status_prune_rollback_cover_the_copy_to_account(account, cli):
     text = cli("status", TASK, *args, env=env).stdout
     assert f"{TASK} ({SECOND}:{EU})" in text
 
-    plan = json.loads(cli("plan", TASK, *args, "--json", env=env).stdout)
-    assert {r: p["status"] for r, p in plan["regions"].items() if r in labels} == dict.fromkeys(labels, "unchanged")
+    plan = json.loads(cli("plan", TASK, "--ami", second, *args, "--json", env=env).stdout)  # AMIs of one second: name the one meant
+    assert {r: p["status"] for r, p in plan["regions"].items() if r in labels} == dict.fromkeys(labels, "unchanged"), plan["regions"]
 
     # home goes back to `first`: every region of the second account to its copy of our AMI there
     rolled = cli("rollback", TASK, *args, "--json", env=env)
