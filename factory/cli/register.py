@@ -253,26 +253,15 @@ def prune(
     hours = builder_hours if builder_hours is not None else settings.prune_builder_hours
     # The copy_to accounts (through their roles): their copies are made from our AMI of the
     # same region, so a copy still pending there keeps it; and each is pruned by the same rules.
-    from factory.distribute.other_accounts import other_accounts, regions_of, tiers_there
+    from factory.distribute.other_accounts import copied_into, other_accounts, prune_accounts
 
     others = other_accounts(specs, settings, where.clients) if specs else []
-    copied_into = {r: [o.clients(r) for o in others if any(r in regions_of(s, settings) for s in o.specs)] for r in regions}
     results = [
         (region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs}, builder_hours=hours,
-                            force=force, copy_regions=[where.clients(r) for r in sorted(copies_to[region])] + copied_into[region]))
+                            force=force, copy_regions=[where.clients(r) for r in sorted(copies_to[region])] + copied_into(others, settings, region)))
         for region in regions
     ]
-    for other in others:
-        there = sorted({r for s in other.specs for r in regions_of(s, settings)})
-        # The tiers register made there (one task at a time, register_in_accounts); an account
-        # only copied into (register: false) has no tier factory may retire.
-        tiers_there_now = {tiers_there(s, r, other, settings)[1].tier for s in other.specs for r in regions_of(s, settings)} \
-            if other.register else None
-        results += [
-            (other.label(region), prune_core(other.clients(region), keep, dry_run=not really, tiers_in_use=tiers_there_now,
-                                             tasks_in_use={s.name for s in other.specs}, builder_hours=hours, force=force))
-            for region in there
-        ]
+    results += prune_accounts(others, settings, keep, dry_run=not really, builder_hours=hours, force=force)
     failed = [c for _, r in results for c in r.failed]
     if json_output:
         print_json({region: r.to_json() for region, r in results})

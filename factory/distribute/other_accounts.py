@@ -101,3 +101,26 @@ def their_copy(other: OtherAccount, region: str, ours: str | None) -> str | None
         return None
     copy = find_copy(other.clients(region).ec2(), ours)
     return copy["ImageId"] if copy is not None and copy.get("State") == "available" else None
+
+
+def copied_into(others: Sequence[OtherAccount], config: Any, region: str) -> list[Any]:
+    """The clients, in `region`, of each account that copies our AMIs there (for prune's
+    `copy_regions`: a copy still pending in it keeps its source)."""
+    return [o.clients(region) for o in others if any(region in regions_of(s, config) for s in o.specs)]
+
+
+def prune_accounts(others: Sequence[OtherAccount], config: Any, keep: int, *, dry_run: bool, builder_hours: float,
+                   force: bool) -> list[tuple[str, Any]]:
+    """`factory prune` in each copy_to account, in every region it has copies: the home
+    account's rules (factory.register.prune). Tiers are retired only where register made
+    them (`register: true`), and never those it makes there now. [(ACCOUNT:REGION, PruneResult)]."""
+    from factory.register import prune
+
+    out: list[tuple[str, Any]] = []
+    for other in others:
+        regions = sorted({r for s in other.specs for r in regions_of(s, config)})
+        in_use = {tiers_there(s, r, other, config)[1].tier for s in other.specs for r in regions_of(s, config)} if other.register else None
+        out += [(other.label(region), prune(other.clients(region), keep, dry_run=dry_run, tiers_in_use=in_use,
+                                            tasks_in_use={s.name for s in other.specs}, builder_hours=builder_hours, force=force))
+                for region in regions]
+    return out
