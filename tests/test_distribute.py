@@ -433,12 +433,8 @@ def test_plan_status_prune_rollback_cover_the_copy_to_account(account, cli):
         assert [q["jobQueueName"] for q in theirs(region).batch().describe_job_queues()["jobQueues"]] == [f"factory-{TASK}"]
 
 
-def test_a_target_region_without_a_default_vpc_needs_a_named_network(account, cli):
-    """A region the copies are registered in with no default VPC and no named network is
-    refused before any copy; named in distribute.networks, its compute environment runs there."""
-    endpoint = account["moto"].endpoint
-    south = "ap-southeast-2"
-    ec2 = Clients(south, endpoint).ec2()
+def delete_default_vpc(ec2) -> None:
+    """A region as an account whose default VPC was deleted has it: its subnets and gateway first."""
     [vpc] = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
     for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]:
         ec2.delete_subnet(SubnetId=subnet["SubnetId"])
@@ -446,6 +442,15 @@ def test_a_target_region_without_a_default_vpc_needs_a_named_network(account, cl
         ec2.detach_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"], VpcId=vpc["VpcId"])
         ec2.delete_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"])
     ec2.delete_vpc(VpcId=vpc["VpcId"])
+
+
+def test_a_target_region_without_a_default_vpc_needs_a_named_network(account, cli):
+    """A region the copies are registered in with no default VPC and no named network is
+    refused before any copy; named in distribute.networks, its compute environment runs there."""
+    endpoint = account["moto"].endpoint
+    south = "ap-southeast-2"
+    ec2 = Clients(south, endpoint).ec2()
+    delete_default_vpc(ec2)
     kms = Clients(south, endpoint).client("kms")
     kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
     config = account["folder"] / "south.yaml"
@@ -488,6 +493,14 @@ def test_a_copy_to_account_registers_in_the_network_its_entry_names(account, cli
     assert ce["computeResources"]["securityGroupIds"] == [group]
     home_there = theirs(HOME).batch().describe_compute_environments()["computeEnvironments"]
     assert all(c["computeResources"]["subnets"] != [subnet] for c in home_there)  # its other regions: their default VPC
+    # without a default VPC there (the last test of the module to use the second account) and no network named: refused first
+    delete_default_vpc(theirs(WEST).ec2())
+    newer = bake(Clients(HOME, endpoint))
+    refused = cli("distribute", TASK, "--ami", newer, "--register", "--specs-dir", account["specs"], "--config", config, env=env)
+    assert refused.exit_code == 1 and "Traceback" not in refused.stderr
+    assert (f"{config}: distribute.copy_to[0].networks: account {SECOND} has no default VPC in {WEST} and copy_to[0] names no "
+            "network there") in refused.stderr, refused.stderr
+    assert not copies_of(Clients(WEST, endpoint), newer)  # before any copy
 
 
 def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypatch):
