@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -227,9 +227,10 @@ class Want:
     source: str  # a spec that uses it, for messages
 
 
-def wanted(specs: Sequence[Any], regions: Iterable[str] = ()) -> dict[str, Want]:
+def wanted(specs: Sequence[Any], regions: Iterable[str] = (), more: Mapping[str, Iterable[str]] | None = None) -> dict[str, Want]:
     """base name -> what the specs need of it: its parameter and regions (each spec's own,
-    plus `regions`: where the images are distributed). Pinned `ami-...` bases need no lock."""
+    plus `regions`: where the images are distributed, for every base; `more`: task -> the
+    regions its image is distributed to, `distribute:`). Pinned `ami-...` bases need no lock."""
     extra = sorted(set(regions))
     out: dict[str, Want] = {}
     for spec in specs:
@@ -243,6 +244,7 @@ def wanted(specs: Sequence[Any], regions: Iterable[str] = ()) -> dict[str, Want]
             )
         want = out.setdefault(key.name, Want(key, parameter, set(extra), str(spec.path)))
         want.regions.add(spec.region)
+        want.regions.update((more or {}).get(spec.name, ()))
     return out
 
 
@@ -330,26 +332,27 @@ def _record(lock: BaseLock, want: Want, by_region: dict[str, Resolved]) -> None:
     the ids of regions not answered now were of the old image."""
     first = by_region[sorted(by_region)[0]]
     entry = lock.bases.get(want.key.name)
+    before = entry.to_doc() if entry is not None else None  # before the regions below change it in place
     if entry is None or entry.image_name != first.image_name or entry.fields != first.fields:
         entry = LockEntry(want.key, want.parameter, first.image_name, dict(first.fields), {})
     entry.parameter = want.parameter
     for region, answer in by_region.items():
         entry.regions[region] = answer.region_entry()
     entry.regions = dict(sorted(entry.regions.items()))
-    before = lock.bases.get(want.key.name)
     lock.bases[want.key.name] = entry
     lock.bases = dict(sorted(lock.bases.items()))
-    if before is None or before.to_doc() != entry.to_doc():
+    if before != entry.to_doc():
         lock.changed = True
 
 
 def lock_bases(specs: Sequence[Any], cloud: Any, lock: BaseLock, *, update: bool = False, regions: Iterable[str] = (),
-               only: Iterable[str] | None = None) -> list[Change]:
+               only: Iterable[str] | None = None, more: Mapping[str, Iterable[str]] | None = None) -> list[Change]:
     """Make `lock` hold every base `specs` use in every region they (and `regions`) need.
     Without `update`, what the lock has is kept and only what it lacks is resolved; with
     `update`, every needed base (or those named in `only`) is resolved again. Bases no spec
-    uses are dropped only by a whole `factory lock` (`prune_unused`). Returns what moved."""
-    wants = wanted(specs, regions)
+    uses are dropped only by a whole `factory lock` (`prune_unused`). `more`: task -> its
+    distribution's regions (`distribution_regions`). Returns what moved."""
+    wants = wanted(specs, regions, more)
     pick = set(only) if only is not None else None
     todo: dict[str, Want] = {}
     by_name: dict[str, Want] = {}  # locked bases a region is added to: found there by their image name
@@ -411,9 +414,10 @@ def resolve_by_name(lock: BaseLock, wants: dict[str, Want], cloud: Any) -> dict[
     return out
 
 
-def prune_unused(specs: Sequence[Any], lock: BaseLock, regions: Iterable[str] = ()) -> list[str]:
+def prune_unused(specs: Sequence[Any], lock: BaseLock, regions: Iterable[str] = (),
+                 more: Mapping[str, Iterable[str]] | None = None) -> list[str]:
     """Drop the bases (and regions) no spec uses: what a whole `factory lock` leaves."""
-    wants = wanted(specs, regions)
+    wants = wanted(specs, regions, more)
     dropped = []
     for name in list(lock.bases):
         if name not in wants:
@@ -430,12 +434,29 @@ def prune_unused(specs: Sequence[Any], lock: BaseLock, regions: Iterable[str] = 
     return dropped
 
 
-def ensure(specs: Sequence[Any], cloud: Any, lock: BaseLock, *, refresh: bool = False) -> list[Change]:
+def distribution_regions(specs: Sequence[Any], config: Any) -> dict[str, tuple[str, ...]]:
+    """task -> the regions its image is distributed to (factory.yaml's `distribute:`, the
+    spec's over it): its base is locked there too, by the same image name. A spec whose
+    distribution is refused is left out here: the bake refuses it with its own message."""
+    from factory.config import ConfigError
+
+    out: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        try:
+            out[spec.name] = config.distribution_for(spec).targets(spec.region)
+        except ConfigError:
+            continue
+    return out
+
+
+def ensure(specs: Sequence[Any], cloud: Any, lock: BaseLock, *, refresh: bool = False,
+           more: Mapping[str, Iterable[str]] | None = None) -> list[Change]:
     """For a bake: every base of `specs` in the lock (a missing one resolved and added, said
-    in `lock.notes`); `refresh` re-resolves the bases of `specs`."""
+    in `lock.notes`), in each spec's region and the regions its image is distributed to
+    (`more`); `refresh` re-resolves the bases of `specs`."""
     before = set(lock.bases)
     wants = wanted(specs)
-    changes = lock_bases(specs, cloud, lock, update=refresh, only=list(wants) if refresh else None)
+    changes = lock_bases(specs, cloud, lock, update=refresh, only=list(wants) if refresh else None, more=more)
     for c in changes:
         if c.old_name is None and c.base not in before:
             lock.notes.append(f"base {c.base} was not in {lock.path}: added to it: {c.text()}")

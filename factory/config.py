@@ -31,7 +31,8 @@ register step uses the region's default VPC and says so. The format, with defaul
       regions: []                                 # regions the AMI is copied to, besides the spec's own
       kms_keys: {}                                # region -> customer-managed KMS key for the copy there
       share_with: []                              # account ids, organization / OU ARNs (never `all`)
-      copy_to: []                                 # {account, role, register}: accounts that get their own copy
+      copy_to: []                                 # {account, role, register, networks}: accounts that get their own copy
+      networks: {}                                # target region -> {subnets, security_groups}; default: its default VPC
 
 docs/register.md describes each setting. Errors name the file, the field and the fix.
 """
@@ -74,7 +75,8 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "regions": "list of AWS regions the AMI is copied to",
         "kms_keys": "mapping of region to a customer-managed KMS key",
         "share_with": "list of account ids, organization ARNs or OU ARNs",
-        "copy_to": "list of {account, role, register}",
+        "copy_to": "list of {account, role, register, networks}",
+        "networks": "mapping of target region to {subnets, security_groups}",
     },
 }
 

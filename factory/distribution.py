@@ -7,8 +7,11 @@ replaces any field it names (docs/register.md, "Distribution"):
       regions: [us-west-2, eu-west-1]                  # besides the spec's own region
       kms_keys: {us-east-1: alias/factory-ami, us-west-2: alias/factory-ami, eu-west-1: alias/factory-ami}
       share_with: ["111122223333", "arn:aws:organizations::111122223333:organization/o-abc123def4"]
+      networks:                                        # where a target region registers (default: its default VPC)
+        us-west-2: {subnets: [subnet-0abc...], security_groups: [sg-0123...]}
       copy_to:                                         # accounts that get their own copy
-        - {account: "444455556666", role: "arn:aws:iam::444455556666:role/factory-distribute", register: true}
+        - {account: "444455556666", role: "arn:aws:iam::444455556666:role/factory-distribute", register: true,
+           networks: {us-east-1: {subnets: [subnet-...], security_groups: [sg-...]}}}   # that account's, per region
 
 `check(dist, home_region, home_key, where)` refuses, before any instance starts, what AWS
 would refuse after the bake (each with the file, the field and the fix):
@@ -25,7 +28,10 @@ would refuse after the bake (each with the file, the field and the fix):
 - account ids that are not 12 digits, organization and OU ARNs of the wrong shape
   (IAM's `arn:PARTITION:organizations::ACCOUNT:organization/o-ID` and
   `.../ou/o-ID/ou-ROOT-ID`; AWS Organizations API reference, Organization and
-  OrganizationalUnit `Arn` patterns), roles that are not in their account.
+  OrganizationalUnit `Arn` patterns), roles that are not in their account;
+- a network (`networks`, a copy_to entry's `networks`) for a region the copies do not go
+  to, for the home region (that is `batch.subnets`), ids of the wrong shape, subnets
+  without security groups or the reverse.
 No AWS call here: `factory.distribute` checks the keys themselves (DescribeKey) before a bake.
 """
 
@@ -35,8 +41,9 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-FIELDS = ("regions", "kms_keys", "share_with", "copy_to")
-COPY_TO_FIELDS = ("account", "role", "register")
+FIELDS = ("regions", "kms_keys", "share_with", "copy_to", "networks")
+COPY_TO_FIELDS = ("account", "role", "register", "networks")
+NETWORK_FIELDS = ("subnets", "security_groups")
 AWS_MANAGED_EBS_KEY = "alias/aws/ebs"
 
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
@@ -47,6 +54,10 @@ _ROLE = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):iam::(\d{12}):role/[\w+=,.@/-]
 _KEY_ARN = re.compile(r"^arn:(aws|aws-cn|aws-us-gov):kms:([a-z0-9-]+):(\d{12}):(key/[a-zA-Z0-9-]+|alias/[\w/+=,.@-]+)$")
 _KEY_ID = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$")
 _ALIAS = re.compile(r"^alias/[\w/+=,.@-]{1,250}$")
+_SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_GROUP = re.compile(r"^sg-[0-9a-f]{8,17}$")
+
+Networks = tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]  # (region, subnets, security groups), sorted by region
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ class CopyTarget:
     account: str
     role: str
     register: bool = False
+    networks: Networks = ()  # that account's subnets and security groups per region (default: its default VPC)
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,7 @@ class Distribution:
     kms_keys: tuple[tuple[str, str], ...] = ()  # (region, key), sorted by region
     share_with: tuple[str, ...] = ()  # account ids, organization ARNs, OU ARNs
     copy_to: tuple[CopyTarget, ...] = ()
+    networks: Networks = ()  # per target region: where its compute environments run (default: its default VPC)
     given: frozenset[str] = field(default=frozenset(), compare=False)  # the fields the file named
 
     @property
@@ -73,6 +86,11 @@ class Distribution:
 
     def key(self, region: str) -> str | None:
         return dict(self.kms_keys).get(region)
+
+    def network(self, region: str, account: str = "") -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+        """(subnets, security groups) named for `region` (in copy_to `account`; "": ours), or None: the default VPC."""
+        networks = self.networks if not account else next((c.networks for c in self.copy_to if c.account == account), ())
+        return next(((subnets, groups) for r, subnets, groups in networks if r == region), None)
 
     @property
     def accounts(self) -> tuple[str, ...]:
@@ -93,8 +111,55 @@ class Distribution:
     def to_json(self) -> dict[str, Any]:
         return {
             "regions": list(self.regions), "kms_keys": dict(self.kms_keys), "share_with": list(self.share_with),
-            "copy_to": [{"account": c.account, "role": c.role, "register": c.register} for c in self.copy_to],
+            "copy_to": [{"account": c.account, "role": c.role, "register": c.register, **({"networks": _networks_json(c.networks)} if c.networks else {})}
+                        for c in self.copy_to],
+            "networks": _networks_json(self.networks),
         }
+
+
+def _networks_json(networks: Networks) -> dict[str, Any]:
+    return {r: {"subnets": list(subnets), "security_groups": list(groups)} for r, subnets, groups in networks}
+
+
+def _parse_networks(value: Any, where: str, bad: Callable[[str, str], None]) -> Networks:
+    """`{REGION: {subnets: [subnet-...], security_groups: [sg-...]}}`, both or neither per region."""
+    example = "{us-west-2: {subnets: [subnet-0abc12345], security_groups: [sg-0def67890]}}"
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        bad(where, f"expected a mapping of region to {{subnets, security_groups}}, e.g. {example}; got {value!r}")
+        return ()
+    out = []
+    for region, net in value.items():
+        here = f"{where}.{region}"
+        if not isinstance(region, str) or not _REGION.match(region):
+            bad(here, f"{region!r} is not an AWS region name such as us-west-2")
+            continue
+        if not isinstance(net, dict):
+            bad(here, f"expected {{subnets: [subnet-...], security_groups: [sg-...]}}, got {net!r}")
+            continue
+        for key in net:
+            if key not in NETWORK_FIELDS:
+                bad(f"{here}.{key}", f"unknown setting; expected {' and '.join(NETWORK_FIELDS)}")
+        ids: dict[str, tuple[str, ...]] = {}
+        for name, pattern, shape in (("subnets", _SUBNET, "subnet-..."), ("security_groups", _GROUP, "sg-...")):
+            items = net.get(name)
+            items = [items] if isinstance(items, str) else items
+            if items is None:
+                items = []
+            if not isinstance(items, list):
+                bad(f"{here}.{name}", f"expected a list of {shape} ids, got {items!r}")
+                items = []
+            for i, item in enumerate(items):
+                if not isinstance(item, str) or not pattern.match(item):
+                    bad(f"{here}.{name}[{i}]", f"{item!r} is not a {shape} id; copy it from `aws ec2 describe-{name.replace('_', '-')} --region {region}`")
+            ids[name] = tuple(str(i) for i in items)
+        if not ids["subnets"] or not ids["security_groups"]:
+            bad(here, f"give both subnets and security_groups for {region} (subnet and security group ids are regional), or leave "
+                f"{region} out to use its default VPC")
+            continue
+        out.append((region, ids["subnets"], ids["security_groups"]))
+    return tuple(sorted(out))
 
 
 def partition(region: str) -> str:
@@ -195,8 +260,9 @@ def parse(data: Any, bad: Callable[[str, str], None], prefix: str = "distribute"
         if not isinstance(register, bool):
             bad(f"{where}.register", f"expected true or false, got {register!r}")
             register = False
-        copies.append(CopyTarget(account, role, register))
-    return Distribution(tuple(regions), tuple(sorted(keys.items())), share, tuple(copies), frozenset(k for k in data if k in FIELDS))
+        copies.append(CopyTarget(account, role, register, _parse_networks(item.get("networks"), f"{where}.networks", bad)))
+    networks = _parse_networks(data.get("networks"), f"{prefix}.networks", bad)
+    return Distribution(tuple(regions), tuple(sorted(keys.items())), share, tuple(copies), networks, frozenset(k for k in data if k in FIELDS))
 
 
 def overlay(base: Distribution, override: Distribution | None) -> Distribution:
@@ -234,6 +300,23 @@ def check(dist: Distribution, home: str, home_key: str | None, bad: Callable[[st
         if m and m.group(1) != home_partition:
             bad(f"{prefix}.copy_to[{i}].role", f"{c.role} is in partition {m.group(1)}, but the image is in {home} ({home_partition}): "
                 "CopyImage does not cross partitions")
+    targets = dist.targets(home)
+    for region, _, _ in dist.networks:
+        if region == home:
+            bad(f"{prefix}.networks.{region}", f"{region} is the image's own region, whose network is factory.yaml's batch.subnets and "
+                "batch.security_groups; leave it out of distribute.networks")
+        elif region not in targets:
+            bad(f"{prefix}.networks.{region}", f"the copies do not go to {region} (distribute.regions: {', '.join(targets) or 'none'}); "
+                f"add {region} to regions or leave it out of networks")
+    for i, c in enumerate(dist.copy_to):
+        for region, _, _ in c.networks:
+            if region not in (home, *targets):
+                bad(f"{prefix}.copy_to[{i}].networks.{region}", f"account {c.account} gets copies in {', '.join((home, *targets))} only; "
+                    f"leave {region} out, or add it to distribute.regions")
+            elif not c.register:
+                bad(f"{prefix}.copy_to[{i}].networks", f"account {c.account} is only copied into (register: false): nothing registers "
+                    "there, so a network is not used; set register: true or leave networks out")
+                break
     if dist.key(home) is not None and dist.key(home) != home_key:
         bad(f"{prefix}.kms_keys.{home}", f"{dist.key(home)} is not the key the bake in {home} encrypts with "
             f"(factory.yaml builder.kms_key: {home_key or 'null, the account default'}); set builder.kms_key to "

@@ -21,7 +21,10 @@ allow nothing more (tests/test_iam_policies.py refuses such dead scoping).
 
 `policy(purpose, builder)` adds what factory.yaml's `builder:` section needs when given:
 the named instance profile only, Session Manager's calls (`ssh_interface:
-session_manager`) and a customer-managed KMS key's (`kms_key`, factory.kms_policy). The
+session_manager`) and a customer-managed KMS key's (`kms_key`, factory.kms_policy).
+`policy(purpose, builder, copy_roles)` narrows `sts:AssumeRole` (distribute) to exactly the
+roles `distribute.copy_to` names (factory.yaml's and the specs' own: `copy_roles`); without
+them it is granted on any role (`ANY_ROLE`), said in `WIDE` with why. The
 local cloud cannot run a Session Manager session nor evaluate IAM: those additions are
 documented (Packer's source, AWS's guides), not proven by the suite.
 """
@@ -91,6 +94,23 @@ WIDE: dict[str, dict[str, str]] = {
         "ec2:DeleteSecurityGroup": _PACKER_UNTAGGED.format("security group (of a killed bake)"),
     },
 }
+# copy_to's roles, assumed to copy (distribute) and to read and change the copy_to accounts
+# (plan/register/rollback, status, prune): wide only while the roles are not known.
+for _purpose in ("distribute", "register", "status", "prune"):
+    WIDE.setdefault(_purpose, {})["sts:AssumeRole"] = (
+        "without factory.yaml (`factory iam-policy --config FILE`) the roles `distribute.copy_to` names are not known, so any "
+        "role (arn:aws:iam::*:role/*) may be assumed; each role's own trust policy still decides who may assume it. With "
+        "--config the statement names exactly the copy_to roles")
+ANY_ROLE = ["arn:aws:iam::*:role/*"]  # granted with no condition only where WIDE says so
+
+
+def wide(purpose: str, copy_roles: Any = None) -> dict[str, str]:
+    """WIDE[purpose], less what `copy_roles` narrows (sts:AssumeRole to the named roles)."""
+    out = dict(WIDE.get(purpose, {}))
+    if copy_roles is not None:
+        out.pop("sts:AssumeRole", None)
+    return out
+
 
 _ANY = ["*"]
 _BUILDERS = ["arn:aws:ec2:*:*:instance/*"]
@@ -122,7 +142,17 @@ def _session_manager_statements() -> list[dict[str, Any]]:
     ]
 
 
-def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
+def _assume_copy_to_roles(copy_roles: Any) -> list[dict[str, Any]]:
+    """copy_to: the role named for each account is assumed (factory.distribute.accounts) to
+    copy there, and by plan, status, prune and rollback to read and change that account as
+    this one (factory.distribute.other_accounts). The role needs the distribute policy in its
+    own account (and register's, status's, prune's and rollback's for those commands:
+    docs/register.md, "Distribution"). copy_roles None: not known, any role (WIDE says why)."""
+    roles = ANY_ROLE if copy_roles is None else sorted(set(copy_roles))
+    return [_statement("AssumeCopyToRoles", ["sts:AssumeRole"], roles)] if roles else []
+
+
+def _statements(purpose: str, builder: Any = None, copy_roles: Any = None) -> list[dict[str, Any]]:
     if purpose == "bake":
         statements = [
             # The base AMIs' SSM parameters (what the lock lacks: GetParameters, ten at a time),
@@ -189,9 +219,7 @@ def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
             _statement("ShareFactorySnapshots", ["ec2:ModifySnapshotAttribute"], snapshots, factory_made),
             # A copy that failed goes with its snapshots (DeleteAssociatedSnapshots).
             _statement("DiscardFailedCopies", ["ec2:DeregisterImage", "ec2:DeleteSnapshot"], images + snapshots, copies),
-            # copy_to: the role named for each account is assumed (factory.distribute.accounts);
-            # that role needs this same policy in its own account (docs/register.md, "Distribution").
-            _statement("AssumeCopyToRoles", ["sts:AssumeRole"], ["arn:aws:iam::*:role/*"]),
+            *_assume_copy_to_roles(copy_roles),
             # EBS uses each region's key as the caller of CopyImage (IMPLIED says how).
             _statement("UseRegionKeysThroughEc2", ["kms:Decrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
                                                    "kms:ReEncryptTo"], ["arn:aws:kms:*:*:key/*"], via_ec2),
@@ -238,6 +266,7 @@ def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
             # Where a rollback holds a task (the parameters' descriptions); DescribeParameters
             # takes no resource (SSM's service authorization reference lists it with `*`).
             _statement("FindRollbackHolds", ["ssm:DescribeParameters"], _ANY),
+            *_assume_copy_to_roles(copy_roles),  # plan, rollback, a bake's register in copy_to accounts
         ]
     if purpose == "status":
         return [
@@ -245,6 +274,7 @@ def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
                                 "batch:DescribeJobQueues", "ec2:DescribeInstances"], _ANY),  # instances: where the grow agent fired
             _statement("ReadParameters", ["ssm:GetParameters"], _TASK_PARAMETERS + _ECS_BASE_PARAMETERS),
             _statement("FindRollbackHolds", ["ssm:DescribeParameters"], _ANY),
+            *_assume_copy_to_roles(copy_roles),  # rows for the copy_to accounts
         ]
     if purpose == "rollback":
         return [_statement("ReadAmiHistory", ["ssm:GetParameterHistory"], _TASK_PARAMETERS)]
@@ -280,20 +310,30 @@ def _statements(purpose: str, builder: Any = None) -> list[dict[str, Any]]:
             # what a stray builder left. No `factory:task` scoping: a killed bake's temporary AMI
             # is untagged, so this must be `*`, and a tag-scoped statement beside it would be dead.
             _statement("DeregisterImagesAndRemoveWhatStrayBuildersLeft", ["ec2:DeregisterImage", "ec2:DeleteSnapshot", "ec2:DeleteSecurityGroup"], _ANY),
+            *_assume_copy_to_roles(copy_roles),  # the copy_to accounts, pruned by the same rules
         ]
     raise ValueError(f"no policy for {purpose!r}; one of {', '.join(PURPOSES)}")
 
 
-def policy(purpose: str, builder: Any = None) -> dict[str, Any]:
+def policy(purpose: str, builder: Any = None, copy_roles: Any = None) -> dict[str, Any]:
     """The policy document for one purpose (bake, register, prune, status, rollback).
     `builder` (factory.config.BuilderConfig): fit the bake policy to factory.yaml's
     `builder:` (its instance profile, Session Manager, KMS key); None: every builder
-    the suite proves, without Session Manager or a KMS key."""
-    return {"Version": "2012-10-17", "Statement": _statements(purpose, builder)}
+    the suite proves, without Session Manager or a KMS key. `copy_roles`: the role ARNs
+    `distribute.copy_to` names, the only ones distribute may assume (none: no
+    sts:AssumeRole at all); None: not known, any role."""
+    return {"Version": "2012-10-17", "Statement": _statements(purpose, builder, copy_roles)}
 
 
-def actions(purpose: str, builder: Any = None) -> set[str]:
-    return {a for s in _statements(purpose, builder) for a in s["Action"]}
+def copy_roles_of(config: Any, specs: Any = ()) -> list[str]:
+    """Every role `distribute.copy_to` names: factory.yaml's (config.distribute) and each
+    spec's own `distribute:` (which replaces the file's copy_to when it names one)."""
+    dists = [config.distribute] + [getattr(s, "distribute", None) for s in specs]
+    return sorted({c.role for d in dists if d is not None for c in d.copy_to})
+
+
+def actions(purpose: str, builder: Any = None, copy_roles: Any = None) -> set[str]:
+    return {a for s in _statements(purpose, builder, copy_roles) for a in s["Action"]}
 
 
 def needed_by(command: str) -> set[str]:

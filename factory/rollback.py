@@ -111,6 +111,7 @@ def _roll_copies(spec: Any, all_specs: Sequence[Any], cloud: Any, config: Any, t
     from dataclasses import replace
 
     from factory.distribute.copies import find_copy
+    from factory.distribute.other_accounts import network_in
     from factory.register.apply import register_targets
     from factory.register.parameter import hold_description
     from factory.register.targets import targets_for
@@ -129,9 +130,37 @@ def _roll_copies(spec: Any, all_specs: Sequence[Any], cloud: Any, config: Any, t
         there = next((t for t in targets_for(moved, tiers) if spec.name in t.tasks), None)
         if there is None:
             continue
-        out[region] = register_targets([there], clients, {there.ami_task: copy["ImageId"]}, dry_run, config=config, wait_timeout=wait_timeout,
-                                       poll=poll, progress=progress, image_target=cloud.image_target(region),
+        out[region] = register_targets([there], clients, {there.ami_task: copy["ImageId"]}, dry_run,
+                                       config=network_in(config, config.distribution_for(spec), region), wait_timeout=wait_timeout, poll=poll, progress=progress, image_target=cloud.image_target(region),
                                        hold=hold_description(there.ami_task, copy["ImageId"], None))
+    out.update(_roll_accounts(spec, cloud, config, to, dry_run, progress, wait_timeout, poll))
+    return out
+
+
+def _roll_accounts(spec: Any, cloud: Any, config: Any, to: str, dry_run: bool, progress: Any, wait_timeout: float,
+                   poll: float) -> dict[str, Any]:
+    """Every copy_to account the task is registered in (`register: true`) goes back too, in
+    every region it has a copy: to its copy of our AMI there that stands for `to` (`to` at
+    home, our copy of it elsewhere), through the role copy_to names. `ACCOUNT:REGION` -> its
+    RegisterResult, or why not."""
+    from factory.distribute.other_accounts import network_in, other_accounts, our_ami_in, regions_of, their_copy, tiers_there
+    from factory.register.apply import register_targets
+    from factory.register.parameter import hold_description
+
+    out: dict[str, Any] = {}
+    for other in other_accounts([spec], config, cloud.clients, registered=True, image_target_for=cloud.image_target):
+        for region in regions_of(spec, config):
+            ours = our_ami_in(region, spec, to, cloud.clients)
+            theirs = their_copy(other, region, ours)
+            if theirs is None:
+                out[other.label(region)] = (f"no available copy of {ours or to} in account {other.account} in {region}: run "
+                                            f"`factory distribute {spec.name} --ami {to} --register` to copy it there and run it")
+                continue
+            _, there = tiers_there(spec, region, other, config)
+            out[other.label(region)] = register_targets(
+                [there], other.clients(region), {there.ami_task: theirs}, dry_run,
+                config=network_in(config, config.distribution_for(spec), region, other.account), wait_timeout=wait_timeout,
+                poll=poll, progress=progress, image_target=other.image_target(region), hold=hold_description(there.ami_task, theirs, None))
     return out
 
 

@@ -43,6 +43,7 @@ class TaskStatus:
     region: str
     tier: str
     ami_task: str  # the tier's largest task: its AMI is the tier's
+    account: str = ""  # a copy_to account (distribute.copy_to, register: true); "": the caller's
     ami_in_use: str | None = None
     base_ami: str | None = None  # the base the AMI in use was baked on (its factory:base-ami)
     recommended_base: str | None = None
@@ -71,6 +72,7 @@ class TaskStatus:
         return {
             "task": self.task,
             "region": self.region,
+            "account": self.account,
             "tier": self.tier,
             "ami_task": self.ami_task,
             "ami_in_use": self.ami_in_use,
@@ -132,8 +134,45 @@ def task_status(specs: Sequence[Any], all_specs: Sequence[Any], cloud: Any, conf
         for status in statuses:
             if status.task in wanted:
                 out[status.task] = status
-    copies = _copies_status([s for s in all_specs if s.name in wanted], out, cloud, config, builder_hours, lock) if config is not None else []
-    return StatusReport([out[n] for n in wanted] + copies, draining)
+    chosen = [s for s in all_specs if s.name in wanted]
+    copies = _copies_status(chosen, out, cloud, config, builder_hours, lock) if config is not None else []
+    accounts = _accounts_status(chosen, [*out.values(), *copies], cloud, config, builder_hours, lock) if config is not None else []
+    return StatusReport([out[n] for n in wanted] + copies + accounts, draining)
+
+
+def _accounts_status(specs: Sequence[Any], ours: Sequence[TaskStatus], cloud: Any, config: Any, builder_hours: float,
+                     lock: Any) -> list[TaskStatus]:
+    """A row per copy_to account with `register: true`, task and region it has a copy in
+    (reached through the role copy_to names): what that account's queue runs there, judged
+    against what our account runs in the same region (the AMI it copies from). The base and
+    the image are judged at home, as for our own target regions."""
+    from factory.distribute.copies import COPY_OF_TAG
+    from factory.distribute.other_accounts import other_accounts, regions_of, tiers_there
+
+    runs = {(r.task, r.region): r for r in ours}
+    rows: list[TaskStatus] = []
+    for other in other_accounts(specs, config, cloud.clients, registered=True, image_target_for=cloud.image_target):
+        for spec in other.specs:
+            at_home = runs.get((spec.name, spec.region))
+            for region in regions_of(spec, config):
+                _, target = tiers_there(spec, region, other, config)
+                statuses, _ = _region_status(region, [target], other, builder_hours, in_use={target.tier}, lock=lock)
+                images = RegionImages(other.clients(region))
+                mine = runs.get((spec.name, region))
+                for row in statuses:
+                    if row.task != spec.name:
+                        continue
+                    row.account = other.account
+                    row.recommended_base = at_home.recommended_base if at_home else None
+                    row.image_changed = at_home.image_changed if at_home else None
+                    row.stale = [r for r in row.stale if not r.startswith(("AWS recommends base", "image content changed"))]
+                    source = images.tags(row.ami_in_use).get(COPY_OF_TAG) if row.ami_in_use else None
+                    if mine and mine.ami_in_use and row.ami_in_use and source != mine.ami_in_use:
+                        row.stale.append(f"account {other.account} runs {row.ami_in_use} in {region}, "
+                                         + (f"a copy of {source}" if source else "not a copy")
+                                         + f", but this account runs {mine.ami_in_use} there: run `factory distribute {row.task} --register`")
+                    rows.append(row)
+    return rows
 
 
 def _copies_status(specs: Sequence[Any], home: dict[str, TaskStatus], cloud: Any, config: Any, builder_hours: float, lock: Any) -> list[TaskStatus]:

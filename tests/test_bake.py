@@ -599,6 +599,22 @@ def test_a_bake_distributes_its_ami_and_registers_the_copies(cloud_env, first_ba
     config.write_text("distribute:\n  regions: [eu-west-1]\n  kms_keys: {eu-west-1: alias/nope}\n")
     missing = bake_cli(cloud_env, TASK, "--config", str(config))  # read before any instance starts
     assert missing.returncode == 1 and f"{config}: distribute.kms_keys.eu-west-1: alias/nope is not a KMS key in eu-west-1" in missing.stderr, missing.stderr
+    # a target region without a default VPC and without distribute.networks there: refused before any instance starts
+    south = cloud_env["cloud"].clients("ap-southeast-2")
+    kms = south.client("kms")
+    kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+    [vpc] = south.ec2().describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    for subnet in south.ec2().describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]:
+        south.ec2().delete_subnet(SubnetId=subnet["SubnetId"])
+    for gateway in south.ec2().describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc["VpcId"]]}])["InternetGateways"]:
+        south.ec2().detach_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"], VpcId=vpc["VpcId"])
+        south.ec2().delete_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"])
+    south.ec2().delete_vpc(VpcId=vpc["VpcId"])
+    config.write_text("distribute:\n  regions: [ap-southeast-2]\n  kms_keys: {ap-southeast-2: alias/factory-ami}\n")
+    novpc = bake_cli(cloud_env, TASK, "--config", str(config), "--force")  # --force: it would run Packer, were it not refused first
+    assert novpc.returncode == 1 and "Traceback" not in novpc.stderr
+    assert f"{config}: distribute.networks: ap-southeast-2 has no default VPC" in novpc.stderr, novpc.stderr
+    assert "packer build" not in novpc.stderr and not south.ec2().describe_images(Owners=["self"])["Images"]
 
 
 @needs_local_cloud

@@ -34,6 +34,12 @@ class Endpoint:
     endpoint: str
     kind: str = "aws"
     _clients: dict = field(default_factory=dict)
+    config_path: Path | None = None  # factory.yaml, as Cloud.config_path
+
+    def register_config(self):
+        from factory.config import load_config
+
+        return load_config(self.config_path)
 
     def clients(self, region: str):
         from factory.aws import Clients
@@ -265,3 +271,37 @@ def test_the_lock_text_is_sorted_and_carries_no_time_of_the_run(tmp_path):
     assert text.startswith("# factory.lock") and text.index("ecs_agent_version") < text.index("os:")
     assert text.index(REGION) < text.index("us-west-2")
     assert base_lock.load(lock.path).text() == text
+
+
+def test_a_bake_locks_its_base_where_its_image_is_distributed_and_factory_lock_keeps_it(cloud, moto, tmp_path, cli, monkeypatch):
+    """distribute: regions are locked too, by the lock's image name (the same in every region);
+    `factory lock --config` keeps them, a whole lock without the distribution drops them."""
+    from factory.bake.build import lock_bases
+
+    specs = specs_like(tmp_path, task_a={})
+    config = tmp_path / "factory.yaml"
+    config.write_text("distribute:\n  regions: [eu-west-1]\n  kms_keys: {eu-west-1: alias/factory-ami}\n")
+    path = tmp_path / "factory.lock"
+    lock = base_lock.BaseLock(path)
+    base_lock.lock_bases(specs, cloud, lock)  # locked before the distribution was added
+    assert list(lock.bases["al2023-x86_64"].regions) == [REGION]
+    cloud.config_path = config
+    lock.changed = False
+    assert lock_bases(specs, cloud, lock) == {}
+    assert lock.changed  # a region added to a locked base is a change to write (it was not: the entry changed in place)
+    entry = lock.bases["al2023-x86_64"]
+    assert sorted(entry.regions) == ["eu-west-1", REGION]
+    eu = cloud.clients("eu-west-1").ec2().describe_images(ImageIds=[entry.regions["eu-west-1"].image_id])["Images"][0]
+    assert eu["Name"] == entry.image_name
+    assert any("had no image in eu-west-1" in n for n in lock.notes), lock.notes
+    lock.save()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto.endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    folder = tmp_path / "specs"
+    kept = cli("lock", "--specs-dir", folder, "--lock", path, "--config", config, "--json")
+    assert kept.exit_code == 0, kept.stderr
+    assert json.loads(kept.stdout)["dropped"] == [] and "eu-west-1" in path.read_text()
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("prune: {keep: 2}\n")
+    assert cli("lock", "--specs-dir", folder, "--lock", path, "--config", bare).exit_code == 0
+    assert "eu-west-1" not in path.read_text()

@@ -272,23 +272,31 @@ SECOND = "444455556666"
 ROLE = f"arn:aws:iam::{SECOND}:role/factory-distribute"
 
 
+def second_account(account):
+    """The second account as register needs it (a key in each region, the instance role),
+    made once per module; its clients_for through the role, and a factory.yaml copying there."""
+    from factory.distribute.accounts import assumed
+
+    theirs = assumed(Clients(HOME, account["moto"].endpoint), ROLE, SECOND)
+    config = account["folder"] / "copy-to.yaml"
+    if not config.exists():
+        for region in (HOME, WEST, EU):
+            kms = theirs(region).client("kms")
+            kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+        iam = theirs(HOME).client("iam")  # what register needs there
+        iam.create_service_linked_role(AWSServiceName="batch.amazonaws.com")
+        iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
+        iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
+        iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
+        config.write_text(CONFIG + f'  copy_to:\n    - {{account: "{SECOND}", role: "{ROLE}", register: true}}\n')
+    return theirs, config
+
+
 def test_copy_to_a_second_account_through_its_role(account, cli):
     """`copy_to`: the role assumed (moto maps the assumed keys to the role's account), the
     AMI of each region shared with that account and copied there with its own key."""
-    from factory.distribute.accounts import assumed
-
     endpoint = account["moto"].endpoint
-    theirs = assumed(Clients(HOME, endpoint), ROLE, SECOND)
-    for region in (HOME, WEST, EU):
-        kms = theirs(region).client("kms")
-        kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
-    config = account["folder"] / "copy-to.yaml"
-    iam = theirs(HOME).client("iam")  # what register needs there
-    iam.create_service_linked_role(AWSServiceName="batch.amazonaws.com")
-    iam.create_role(RoleName="ecsInstanceRole", AssumeRolePolicyDocument="{}")
-    iam.create_instance_profile(InstanceProfileName="ecsInstanceRole")
-    iam.add_role_to_instance_profile(InstanceProfileName="ecsInstanceRole", RoleName="ecsInstanceRole")
-    config.write_text(CONFIG + f'  copy_to:\n    - {{account: "{SECOND}", role: "{ROLE}", register: true}}\n')
+    theirs, config = second_account(account)
     ami = bake(Clients(HOME, endpoint))
     env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
     r = cli("distribute", TASK, "--ami", ami, "--specs-dir", account["specs"], "--config", config, "--register", "--json", env=env)
@@ -358,9 +366,148 @@ def test_the_copies_are_registered_in_their_regions(account, cli):
     assert json.loads(ahead.stdout)["regions"][WEST].startswith(f"would copy {TASK} ({newer}) to {WEST} first")
 
 
+def their_template_ami(theirs, region: str) -> str:
+    versions = theirs(region).ec2().describe_launch_template_versions(LaunchTemplateName=f"factory-{TASK}", Versions=["$Default"])
+    return versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]["ImageId"]
+
+
+def test_plan_status_prune_rollback_cover_the_copy_to_account(account, cli):
+    """A copy_to account with `register: true` is covered as a region of ours: plan and
+    status read it through its role, rollback takes each of its regions back to its copy of
+    the AMI we go back to, prune deletes there what is old and keeps what its launch
+    templates use, and retires none of the tiers register made there."""
+    endpoint = account["moto"].endpoint
+    theirs, config = second_account(account)
+    env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
+    args = ("--specs-dir", account["specs"], "--config", config)
+    old = bake(Clients(HOME, endpoint))  # copied there, never run: prune's to delete
+    assert cli("distribute", TASK, "--ami", old, *args, env=env).exit_code == 0
+    first, second = bake(Clients(HOME, endpoint)), None
+    for ami in (first, second := bake(Clients(HOME, endpoint))):
+        assert cli("register", TASK, "--ami", ami, *args, env=env).exit_code == 0
+        r = cli("distribute", TASK, "--ami", ami, "--register", *args, "--json", env=env)
+        assert r.exit_code == 0, r.stderr
+    copies = {(c["account"], c["region"]): c["ami_id"] for c in json.loads(r.stdout)[0]["copies"]}
+    labels = {f"{SECOND}:{region}" for region in (HOME, WEST, EU)}
+
+    status = json.loads(cli("status", TASK, *args, "--json", env=env).stdout)
+    rows = {(t["account"], t["region"]): t for t in status["tasks"]}
+    assert {(SECOND, region) for region in (HOME, WEST, EU)} <= set(rows)
+    for region in (HOME, WEST, EU):
+        row = rows[(SECOND, region)]
+        assert row["ami_in_use"] == copies[(SECOND, region)] and row["reasons"] == [], row
+    text = cli("status", TASK, *args, env=env).stdout
+    assert f"{TASK} ({SECOND}:{EU})" in text
+
+    plan = json.loads(cli("plan", TASK, "--ami", second, *args, "--json", env=env).stdout)  # AMIs of one second: name the one meant
+    assert {r: p["status"] for r, p in plan["regions"].items() if r in labels} == dict.fromkeys(labels, "unchanged"), plan["regions"]
+
+    # home goes back to `first`: every region of the second account to its copy of our AMI there
+    rolled = cli("rollback", TASK, *args, "--json", env=env)
+    assert rolled.exit_code == 0, rolled.stderr
+    done = json.loads(rolled.stdout)
+    assert done["to"] == first and labels <= set(done["regions"])
+    ours = {region: first if region == HOME else copies_of(Clients(region, endpoint), first)[0]["ImageId"] for region in (HOME, WEST, EU)}
+    for region in (HOME, WEST, EU):
+        [back] = copies_of(theirs(region), ours[region])
+        assert their_template_ami(theirs, region) == back["ImageId"]
+    status = json.loads(cli("status", TASK, *args, "--json", env=env).stdout)
+    assert all(not t["reasons"] for t in status["tasks"] if t["account"] == SECOND), status
+    # a region of theirs left behind is stale, naming the fix
+    assert cli("register", TASK, "--ami", second, *args, env=env).exit_code == 0
+    status = json.loads(cli("status", TASK, *args, "--json", env=env).stdout)
+    behind = next(t for t in status["tasks"] if (t["account"], t["region"]) == (SECOND, HOME))
+    assert any(f"but this account runs {second} there: run `factory distribute {TASK} --register`" in r for r in behind["reasons"])
+
+    [stale] = copies_of(theirs(HOME), old)
+    pruned = cli("prune", "--keep", "1", "--apply", *args, "--json", env=env)
+    assert pruned.exit_code == 0, pruned.stderr
+    done = json.loads(pruned.stdout)
+    assert labels <= set(done)
+    amis = {c["name"]: c["action"] for c in done[f"{SECOND}:{HOME}"]["changes"] if c["resource"] == "ami"}
+    assert amis.get(stale["ImageId"]) == "delete" and not theirs(HOME).ec2().describe_images(ImageIds=[stale["ImageId"]])["Images"]
+    assert not any(c["action"] == "delete" and c["resource"] != "ami" and "version" not in c["reason"]
+                   for c in done[f"{SECOND}:{HOME}"]["changes"]), done[f"{SECOND}:{HOME}"]  # no tier retired there
+    for region in (HOME, WEST, EU):  # what their launch templates run is kept
+        assert theirs(region).ec2().describe_images(ImageIds=[their_template_ami(theirs, region)])["Images"]
+        assert [q["jobQueueName"] for q in theirs(region).batch().describe_job_queues()["jobQueues"]] == [f"factory-{TASK}"]
+
+
+def delete_default_vpc(ec2) -> None:
+    """A region as an account whose default VPC was deleted has it: its subnets and gateway first."""
+    [vpc] = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"]
+    for subnet in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc["VpcId"]]}])["Subnets"]:
+        ec2.delete_subnet(SubnetId=subnet["SubnetId"])
+    for gateway in ec2.describe_internet_gateways(Filters=[{"Name": "attachment.vpc-id", "Values": [vpc["VpcId"]]}])["InternetGateways"]:
+        ec2.detach_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"], VpcId=vpc["VpcId"])
+        ec2.delete_internet_gateway(InternetGatewayId=gateway["InternetGatewayId"])
+    ec2.delete_vpc(VpcId=vpc["VpcId"])
+
+
+def test_a_target_region_without_a_default_vpc_needs_a_named_network(account, cli):
+    """A region the copies are registered in with no default VPC and no named network is
+    refused before any copy; named in distribute.networks, its compute environment runs there."""
+    endpoint = account["moto"].endpoint
+    south = "ap-southeast-2"
+    ec2 = Clients(south, endpoint).ec2()
+    delete_default_vpc(ec2)
+    kms = Clients(south, endpoint).client("kms")
+    kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+    config = account["folder"] / "south.yaml"
+    settings = f"builder: {{kms_key: alias/factory-ami}}\ndistribute:\n  regions: [{south}]\n  kms_keys: {{{south}: alias/factory-ami}}\n"
+    config.write_text(settings)
+    ami = bake(Clients(HOME, endpoint))
+    env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
+    refused = cli("distribute", TASK, "--ami", ami, "--register", "--specs-dir", account["specs"], "--config", config, env=env)
+    assert refused.exit_code == 1 and "Traceback" not in refused.stderr
+    assert f"{config}: distribute.networks: {south} has no default VPC and distribute.networks names no network there" in refused.stderr
+    assert not copies_of(Clients(south, endpoint), ami)  # refused before any copy
+    own = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=own, CidrBlock="10.9.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(VpcId=own, GroupName="factory-batch", Description="factory batch")["GroupId"]
+    config.write_text(settings + f"  networks: {{{south}: {{subnets: [{subnet}], security_groups: [{group}]}}}}\n")
+    r = cli("distribute", TASK, "--ami", ami, "--register", "--specs-dir", account["specs"], "--config", config, "--json", env=env)
+    assert r.exit_code == 0, r.stderr
+    [ce] = Clients(south, endpoint).batch().describe_compute_environments()["computeEnvironments"]
+    assert ce["computeResources"]["subnets"] == [subnet] and ce["computeResources"]["securityGroupIds"] == [group]
+
+
+def test_a_copy_to_account_registers_in_the_network_its_entry_names(account, cli):
+    """copy_to[].networks: that account's compute environment in a region runs in the
+    subnets and security groups named for it there (ids of that account)."""
+    endpoint = account["moto"].endpoint
+    theirs, _ = second_account(account)
+    ec2 = theirs(EU).ec2()
+    vpc = ec2.create_vpc(CidrBlock="10.8.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.8.1.0/24")["Subnet"]["SubnetId"]
+    group = ec2.create_security_group(VpcId=vpc, GroupName="factory-batch", Description="factory batch")["GroupId"]
+    config = account["folder"] / "copy-to-network.yaml"
+    config.write_text(CONFIG + f'  copy_to:\n    - {{account: "{SECOND}", role: "{ROLE}", register: true, '
+                      f'networks: {{{EU}: {{subnets: [{subnet}], security_groups: [{group}]}}}}}}\n')
+    ami = bake(Clients(HOME, endpoint))
+    env = {"AWS_ENDPOINT_URL": endpoint, "COLUMNS": "250"}
+    r = cli("distribute", TASK, "--ami", ami, "--register", "--specs-dir", account["specs"], "--config", config, env=env)
+    assert r.exit_code == 0, r.stderr
+    there = {c["computeEnvironmentName"]: c for c in theirs(EU).batch().describe_compute_environments()["computeEnvironments"]}
+    [ce] = [c for c in there.values() if c["state"] == "ENABLED" and c["computeResources"]["subnets"] == [subnet]]
+    assert ce["computeResources"]["securityGroupIds"] == [group]
+    home_there = theirs(HOME).batch().describe_compute_environments()["computeEnvironments"]
+    assert all(c["computeResources"]["subnets"] != [subnet] for c in home_there)  # its other regions: their default VPC
+    # without a default VPC there (the last test of the module to use the second account) and no network named: refused first
+    delete_default_vpc(theirs(WEST).ec2())
+    newer = bake(Clients(HOME, endpoint))
+    refused = cli("distribute", TASK, "--ami", newer, "--register", "--specs-dir", account["specs"], "--config", config, env=env)
+    assert refused.exit_code == 1 and "Traceback" not in refused.stderr
+    assert (f"{config}: distribute.copy_to[0].networks: account {SECOND} has no default VPC in {WEST} and copy_to[0] names no "
+            "network there") in refused.stderr, refused.stderr
+    assert not copies_of(Clients(WEST, endpoint), newer)  # before any copy
+
+
 def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypatch):
     """A local cloud whose copies stay pending: prune (every region a spec is baked in or
-    distributed to) deregisters an old AMI of the task, but not one a copy is made from."""
+    distributed to, and the copy_to account through its role) deregisters an old AMI of the
+    task, but not one a copy is made from, in another region or in the other account."""
+    from factory.distribute.accounts import assumed
     from factory.local.aws.moto_server import MotoServer
 
     server = MotoServer.start(copy_delay=3600)
@@ -368,32 +515,45 @@ def test_prune_keeps_a_source_a_copy_is_still_made_from(tmp_path, cli, monkeypat
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         home, west = Clients(HOME, server.endpoint), Clients(WEST, server.endpoint)
-        kms = west.client("kms")
-        kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
-        made = [bake(home) for _ in range(4)]
+        theirs = assumed(home, ROLE, SECOND)
+        for kms in (west.client("kms"), theirs(HOME).client("kms")):
+            kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+        made = [bake(home) for _ in range(5)]
         # --keep 2 keeps the newest two as prune orders them (CreationDate has whole seconds, then the id)
         images = sorted(home.ec2().describe_images(ImageIds=made)["Images"], key=lambda i: (i["CreationDate"], i["ImageId"]), reverse=True)
-        *newest, copied, plain = [i["ImageId"] for i in images]
+        *newest, copied, copied_there, plain = [i["ImageId"] for i in images]
         from factory.distribute import copies
 
-        source = home.ec2().describe_images(ImageIds=[copied])["Images"][0]
-        key = kms.describe_key(KeyId="alias/factory-ami")["KeyMetadata"]["Arn"]
-        pending = copies.start_copy(west.ec2(), source, HOME, key, "prune-test", {})
+        def start(clients, ami, cross_account=False):
+            source = home.ec2().describe_images(ImageIds=[ami])["Images"][0]
+            if cross_account:  # shared with the account, as distribution shares it (sharing.share_image, share_snapshots)
+                home.ec2().modify_image_attribute(ImageId=ami, LaunchPermission={"Add": [{"UserId": SECOND}]})
+                home.ec2().modify_snapshot_attribute(SnapshotId=source["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"],
+                                                     Attribute="createVolumePermission", OperationType="add", UserIds=[SECOND])
+            key = clients.client("kms").describe_key(KeyId="alias/factory-ami")["KeyMetadata"]["Arn"]
+            return copies.start_copy(clients.ec2(), source, HOME, key, f"prune-test-{ami}", {}, cross_account=cross_account)
+
+        pending, pending_there = start(west, copied), start(theirs(HOME), copied_there, cross_account=True)
         specs = tmp_path / "specs"
         specs.mkdir()
         shutil.copy(SPECS / f"{TASK}.yaml", specs)
         shutil.copytree(SPECS / "benchmarks", specs / "benchmarks")
         config = tmp_path / "factory.yaml"
-        config.write_text(f"builder: {{kms_key: alias/factory-ami}}\ndistribute: {{regions: [{WEST}], kms_keys: {{{WEST}: alias/factory-ami}}}}\n")
+        config.write_text(f"builder: {{kms_key: alias/factory-ami}}\ndistribute: {{regions: [{WEST}], kms_keys: {{{WEST}: alias/factory-ami}}, "
+                          f'copy_to: [{{account: "{SECOND}", role: "{ROLE}"}}]}}\n')
         env = {"AWS_ENDPOINT_URL": server.endpoint, "COLUMNS": "250"}
         r = cli("prune", "--keep", "2", "--apply", "--specs-dir", specs, "--config", config, "--json", env=env)
         assert r.exit_code == 0, r.stderr
         done = json.loads(r.stdout)
-        assert set(done) == {HOME, WEST}
+        assert set(done) == {HOME, WEST, f"{SECOND}:{HOME}", f"{SECOND}:{WEST}"}
         actions = {c["name"]: c["action"] for c in done[HOME]["changes"] if c["resource"] == "ami"}
-        assert actions[plain] == "delete" and actions[copied] == "unchanged"
-        assert [c["reason"] for c in done[HOME]["changes"] if c["name"] == copied] == [
-            f"task {TASK}: a copy is still being made from it ({WEST} {pending})"]
-        assert home.ec2().describe_images(ImageIds=[copied])["Images"] and set(newest) <= {i["ImageId"] for i in home.ec2().describe_images(Owners=["self"])["Images"]}
+        assert actions[plain] == "delete" and actions[copied] == actions[copied_there] == "unchanged"
+        reasons = {c["name"]: c["reason"] for c in done[HOME]["changes"]}
+        assert reasons[copied] == f"task {TASK}: a copy is still being made from it ({WEST} {pending})"
+        assert reasons[copied_there] == f"task {TASK}: a copy is still being made from it ({HOME} {pending_there})"
+        assert home.ec2().describe_images(ImageIds=[copied, copied_there])["Images"]
+        assert set(newest) <= {i["ImageId"] for i in home.ec2().describe_images(Owners=["self"])["Images"]}
+        # the other account's pending copy is never touched (a copy being made), nor any of its tiers (register: false)
+        assert theirs(HOME).ec2().describe_images(ImageIds=[pending_there])["Images"][0]["State"] == "pending"
     finally:
         server.stop()

@@ -138,3 +138,39 @@ def test_overlay_keeps_the_base_without_an_override():
     base = parse(GOOD, lambda *a: pytest.fail(str(a)))
     assert overlay(base, None) is base
     assert Distribution().empty
+
+
+NET = {"subnets": ["subnet-0abc12345"], "security_groups": ["sg-0def67890"]}
+
+
+def test_a_network_per_target_region_and_per_account():
+    dist = dict(GOOD, networks={"us-west-2": NET},
+                copy_to=[{"account": "444455556666", "role": ROLE, "register": True, "networks": {"us-east-1": NET, "eu-west-1": NET}}])
+    d = config(dist).distribution_for(type("Spec", (), {"region": "us-east-1", "path": Path("/s.yaml"), "distribute": None})())
+    assert d.network("us-west-2") == (("subnet-0abc12345",), ("sg-0def67890",)) and d.network("eu-west-1") is None
+    assert d.network("us-east-1", "444455556666") == d.network("us-west-2") and d.network("us-west-2", "444455556666") is None
+    assert d.to_json()["networks"] == {"us-west-2": NET}
+
+
+def test_bad_networks_are_refused_with_the_field_and_the_fix():
+    with pytest.raises(ConfigError) as err:  # the file's shape: when it is read
+        config(dict(GOOD, networks={"eu-west-1": {"subnets": ["subnet-0abc12345"]},
+                                    "us-west-2": {"subnets": ["vpc-123"], "security_groups": ["sg-0def67890"], "vpc": "x"}}))
+    text = err.value.message
+    assert "/etc/factory.yaml: distribute.networks.eu-west-1: give both subnets and security_groups for eu-west-1" in text
+    assert "distribute.networks.us-west-2.subnets[0]: 'vpc-123' is not a subnet-... id" in text
+    assert "distribute.networks.us-west-2.vpc: unknown setting" in text
+    text = problems(dict(GOOD, networks={"us-east-1": NET, "ap-south-1": NET}))  # against the spec's regions: before any instance starts
+    assert "/etc/factory.yaml: distribute.networks.us-east-1: us-east-1 is the image's own region, whose network is factory.yaml's batch.subnets" in text
+    assert "distribute.networks.ap-south-1: the copies do not go to ap-south-1 (distribute.regions: us-west-2, eu-west-1)" in text
+    text = problems(dict(GOOD, copy_to=[{"account": "444455556666", "role": ROLE, "networks": {"us-east-1": NET}},
+                                        {"account": "777788889999", "role": "arn:aws:iam::777788889999:role/r", "register": True,
+                                         "networks": {"ap-south-1": NET}}]))
+    assert "distribute.copy_to[0].networks: account 444455556666 is only copied into (register: false)" in text
+    assert "distribute.copy_to[1].networks.ap-south-1: account 777788889999 gets copies in us-east-1, us-west-2, eu-west-1 only" in text
+
+
+def test_a_spec_names_its_own_networks(tmp_path):
+    path = spec(tmp_path, "distribute:\n  networks:\n    eu-west-1: {subnets: [subnet-0abc12345], security_groups: [sg-0def67890]}\n")
+    d = config(GOOD).distribution_for(load_spec(path))
+    assert d.network("eu-west-1") == (("subnet-0abc12345",), ("sg-0def67890",))

@@ -6,6 +6,7 @@ The IAM proof against recorded calls is tests/test_zz_iam_policy.py."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_every_wide_grant_is_named_with_its_reason(purpose):
     """Each action that changes something and is granted on `*` with no condition is in
     iam.WIDE with why; and WIDE claims nothing the policy does not grant so."""
     statements = iam.policy(purpose)["Statement"]
-    wide = {a for s in statements if s["Resource"] == ["*"] and "Condition" not in s for a in s["Action"] if mutating(a)}
+    wide = {a for s in statements if s["Resource"] in (["*"], iam.ANY_ROLE) and "Condition" not in s for a in s["Action"] if mutating(a)}
     assert wide == set(iam.WIDE.get(purpose, {})), purpose
     assert all(len(why) > 20 for why in iam.WIDE.get(purpose, {}).values())
 
@@ -124,3 +125,51 @@ def test_the_cli_prints_what_the_config_needs(cli, tmp_path):
     sids = [s["Sid"] for s in grow["Statement"]]
     assert "FactoryGrowEbsKmsKeyUse" in sids and "FactoryGrowEbsKmsKeyGrant" in sids
     assert "--ebs-kms-key" in cli("iam-policy", "--for", "instance").stdout
+
+
+ROLE_A = "arn:aws:iam::444455556666:role/factory-distribute"
+ROLE_B = "arn:aws:iam::777788889999:role/factory-copies"
+
+
+def assume_resources(doc) -> list[str] | None:
+    found = [s["Resource"] for s in doc["Statement"] if "sts:AssumeRole" in s["Action"]]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def test_assume_role_is_narrowed_to_the_copy_to_roles():
+    """Without the settings any role may be assumed (and WIDE says so); with them exactly
+    the roles copy_to names, and none at all when it names none."""
+    assert assume_resources(iam.policy("distribute")) == iam.ANY_ROLE
+    assert "sts:AssumeRole" in iam.wide("distribute")
+    assert assume_resources(iam.policy("distribute", None, [ROLE_B, ROLE_A, ROLE_A])) == [ROLE_A, ROLE_B]
+    assert "sts:AssumeRole" not in iam.wide("distribute", [ROLE_A])
+    assert assume_resources(iam.policy("distribute", None, [])) is None
+    assert "sts:AssumeRole" not in iam.actions("distribute", None, [])
+
+
+def test_the_cli_names_exactly_the_roles_of_factory_yaml_and_the_specs(cli, tmp_path):
+    from tests.conftest import SPECS
+
+    config = tmp_path / "factory.yaml"
+    config.write_text(f'builder: {{kms_key: alias/factory-ami}}\ndistribute:\n  copy_to:\n    - {{account: "444455556666", role: "{ROLE_A}"}}\n')
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "salmon-quant.yaml").write_text((SPECS / "salmon-quant.yaml").read_text())
+    shutil.copytree(SPECS / "benchmarks", specs / "benchmarks")
+    doc = json.loads(cli("iam-policy", "--for", "distribute", "--config", config, "--specs-dir", specs, "--json").stdout)
+    assert assume_resources(doc) == [ROLE_A]
+    # a spec's own copy_to adds its roles
+    (specs / "salmon-quant.yaml").write_text((SPECS / "salmon-quant.yaml").read_text()
+                                              + f'distribute:\n  copy_to:\n    - {{account: "777788889999", role: "{ROLE_B}"}}\n')
+    doc = json.loads(cli("iam-policy", "--for", "distribute", "--config", config, "--specs-dir", specs, "--json").stdout)
+    assert assume_resources(doc) == [ROLE_A, ROLE_B]
+    text = cli("iam-policy", "--for", "distribute", "--config", config, "--specs-dir", specs).stdout
+    assert ROLE_B in text and "sts:AssumeRole: without factory.yaml" not in text
+    # a settings file without copy_to: nothing to assume
+    (tmp_path / "plain.yaml").write_text("prune:\n  keep: 2\n")
+    doc = json.loads(cli("iam-policy", "--for", "distribute", "--config", tmp_path / "plain.yaml", "--specs-dir", tmp_path / "none", "--json").stdout)
+    assert assume_resources(doc) is None
+    # no settings file: any role, and the text says what is wide and why
+    wide = cli("iam-policy", "--for", "distribute", "--specs-dir", tmp_path / "none")
+    assert "sts:AssumeRole: without factory.yaml" in wide.stdout and '"arn:aws:iam::*:role/*"' in wide.stdout

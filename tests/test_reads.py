@@ -9,6 +9,7 @@ prove paging; here the count is of rounds, not pages). Not timed: bench/reads ti
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -195,3 +196,45 @@ def test_the_local_cloud_pages_describe_parameters_by_max_results_as_aws(moto):
     assert len(ssm.describe_parameters(ParameterFilters=mine)["Parameters"]) == 10  # AWS's default page
     with pytest.raises(ssm.exceptions.ClientError, match="ValidationException"):
         ssm.describe_parameters(MaxResults=51)
+
+
+@needs_local_cloud
+def test_an_unchanged_bake_all_distributes_each_image_once_and_a_second_changes_nothing(lc, tmp_path, cli):
+    """`factory bake --all` with `distribute:` over specs whose images exist (reused: no
+    Packer run): each distinct image is copied to the target region once, every task is
+    registered there on its image's copy; a second `bake --all` makes no mutating call."""
+    west = "us-west-2"
+    folder = tmp_path / "specs"
+    specs = registered(lc, folder, 3)
+    kms = lc.clients(west).client("kms")
+    kms.create_alias(AliasName="alias/factory-ami", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"])
+    config = tmp_path / "factory.yaml"
+    config.write_text(f"distribute:\n  regions: [{west}]\n  kms_keys: {{{west}: alias/factory-ami}}\n")
+    cloud = Cloud("local", lc, config_path=config)
+    lock = base_lock.BaseLock(base_lock.default_path(cloud))  # an unchanged bake has its bases locked
+    base_lock.lock_bases(specs, cloud, lock)
+    lock.save()
+    amis = {r["ImageId"] for r in lc.clients(REGION).ec2().describe_images(Owners=["self"])["Images"]}
+    env = {"FACTORY_STATE_DIR": str(lc.state_dir)}
+    args = ("bake", "--all", "--cloud", "local", "--specs-dir", folder, "--config", config, "--build-dir", tmp_path / "build", "--json")
+
+    lc.moto.calls(clear=True)
+    first = cli(*args, env=env)
+    assert first.exit_code == 0, first.stderr
+    results = json.loads(first.stdout)["results"]
+    assert {r["status"] for r in results} == {"reused"} and {r["ami_id"] for r in results} <= amis
+    assert Counter(lc.moto.calls())["ec2:CopyImage"] == len({r["ami_id"] for r in results})  # each image copied once
+    assert west in base_lock.load(base_lock.default_path(cloud)).bases["al2023-x86_64"].regions  # its base locked there too
+    ec2_west, ssm_west = lc.clients(west).ec2(), lc.clients(west).ssm()
+    for r in results:
+        [copy] = ec2_west.describe_images(Owners=["self"], Filters=[{"Name": "tag:factory:copy-of", "Values": [r["ami_id"]]}])["Images"]
+        assert {c["region"]: c["ami_id"] for c in r["copies"]}[west] == copy["ImageId"]
+        assert ssm_west.get_parameter(Name=f"/factory/{r['task']}/ami-id")["Parameter"]["Value"] == copy["ImageId"]  # registered there
+
+    lc.moto.calls(clear=True)
+    second = cli(*args, env=env)
+    assert second.exit_code == 0, second.stderr
+    assert {c["status"] for r in json.loads(second.stdout)["results"] for c in r["copies"]} == {"source", "found"}
+    reads = ("Describe", "Get", "List")
+    changed = [c for c in lc.moto.calls() if not c.split(":", 1)[1].startswith(reads)]
+    assert changed == [], changed

@@ -66,6 +66,10 @@ def prepare(
         from factory.distribute.keys import key_arns
 
         key_arns(cloud.clients, {r: dist.key(r) for r in dist.targets(spec.region)}, bool(dist.share_with or dist.copy_to), config.source)
+        # and each region the copies are registered in has a network: a named one or a default VPC
+        from factory.distribute.networks import check_networks
+
+        check_networks(cloud.clients, spec, dist, config.source)
 
     t = time.monotonic()
     say("taking the base AMI from the lock")
@@ -110,11 +114,14 @@ def base_ami_for(spec: Any, cloud: Cloud, lock: Any) -> str:
 
 def lock_bases(specs: list[Any], cloud: Cloud, lock: Any, refresh: bool = False) -> dict[str, str]:
     """Before a bake: every base of `specs` in `lock` (a missing one resolved and added,
-    `refresh`: all resolved again), then the locked images checked, one DescribeImages per
-    region. Returns task -> why its locked base cannot be baked on (deprecated, deregistered)."""
+    `refresh`: all resolved again; in the spec's region and its distribution's), then the
+    locked images of the specs' own regions checked, one DescribeImages per region. Returns task -> why its locked base cannot be baked on (deprecated, deregistered)."""
     from factory import base_lock
 
-    base_lock.ensure(specs, cloud, lock, refresh=refresh)
+    # Each base in the regions the images are distributed to as well (the same image name
+    # everywhere): status there compares with the lock, and `factory lock` keeps them.
+    more = base_lock.distribution_regions(specs, cloud.register_config())
+    base_lock.ensure(specs, cloud, lock, refresh=refresh, more=more)
     needs: dict[str, set[str]] = {}
     for spec in specs:
         if not spec.image.pinned_ami:

@@ -44,6 +44,11 @@ def distribute(
     settings = load_config(config)
     where = Cloud.open(cloud)
     where.config_path = config
+    if register:  # before any copy: every region the copies are registered in has a network
+        from factory.distribute.networks import check_networks
+
+        for spec in specs:
+            check_networks(where.clients, spec, settings.distribution_for(spec), settings.source)
     results = distribute_tasks(specs, where, settings, ami=ami, on_step=lambda text: err(text))
     registered = {}
     if register:

@@ -22,7 +22,9 @@ def iam_policy(
     ),
     config: Optional[Path] = typer.Option(
         None, "--config", help="Settings file (default: ./factory.yaml when present): fits bake to its builder: section "
-                               "(instance profile, session_manager, kms_key)."),
+                               "(instance profile, session_manager, kms_key), and sts:AssumeRole to its distribute.copy_to roles."),
+    specs_dir: Path = typer.Option(
+        Path("specs"), "--specs-dir", help="Specs folder: the copy_to roles a spec's own distribute: names are added (when it exists)."),
     ebs_kms_key: Optional[str] = typer.Option(
         None, "--ebs-kms-key", help="The account's default EBS key, when it is customer managed (key id, ARN or alias/NAME): "
                                     "the instance role's grow volumes are encrypted with it."),
@@ -33,7 +35,14 @@ def iam_policy(
     from factory.config import load_config
     from factory.errors import UsageError
 
-    builder = load_config(config).builder
+    settings = load_config(config)
+    builder = settings.builder
+    # The roles copy_to names: known only from a settings file (no file: any role, iam.WIDE).
+    copy_roles = None
+    if settings.path is not None:
+        from factory.spec import load_specs
+
+        copy_roles = iam.copy_roles_of(settings, load_specs([specs_dir]) if specs_dir.is_dir() else ())
     if purpose == "instance":  # not the caller's: the role of instances whose grow agent adds volumes
         from factory.grow import instance_policy
 
@@ -66,17 +75,18 @@ def iam_policy(
     if purpose != "all" and purpose not in iam.PURPOSES:
         raise UsageError(f"--for must be one of {', '.join(iam.PURPOSES)}, all, instance, key-policy; not {purpose!r}")
     if json_out:
-        print_json(iam.policy(chosen[0], builder) if len(chosen) == 1 else {p: iam.policy(p, builder) for p in chosen})
+        print_json(iam.policy(chosen[0], builder, copy_roles) if len(chosen) == 1
+                   else {p: iam.policy(p, builder, copy_roles) for p in chosen})
         return
     for p in chosen:
         commands = ", ".join(sorted(c for c, ps in iam.COMMAND_PURPOSES.items() if p in ps))
         print(f"# {p}: needed by factory {commands}")
-        print(json.dumps(iam.policy(p, builder), indent=2))
-    implied = [f"#   {a}: {why}" for a, why in sorted(iam.IMPLIED.items()) if any(a in iam.actions(p, builder) for p in chosen)]
+        print(json.dumps(iam.policy(p, builder, copy_roles), indent=2))
+    implied = [f"#   {a}: {why}" for a, why in sorted(iam.IMPLIED.items()) if any(a in iam.actions(p, builder, copy_roles) for p in chosen)]
     if implied:
         print("# allowed though factory never calls them itself:")
         print("\n".join(implied))
-    wide = [f"#   {p} {a}: {why}" for p in chosen for a, why in sorted(iam.WIDE.get(p, {}).items())]
+    wide = [f"#   {p} {a}: {why}" for p in chosen for a, why in sorted(iam.wide(p, copy_roles).items())]
     if wide:
         print("# on every resource (`*`), and why IAM cannot be told more:")
         print("\n".join(wide))

@@ -20,6 +20,8 @@ def lock(
     update: bool = typer.Option(False, "--update", help="Resolve every base again (what AWS recommends now) and print what moved."),
     regions: Optional[List[str]] = typer.Option(None, "--region", help="Lock the bases in this region too (repeat): where the images are distributed."),
     specs_dir: Path = typer.Option(DEFAULT_SPECS_DIR, "--specs-dir", help="Folder of task specs."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="Settings file (default: ./factory.yaml when present): each spec's distribute: regions are locked too."),
     lock_path: Optional[Path] = typer.Option(
         None, "--lock", help="The lock file (default: ./factory.lock; with --cloud local, the local cloud's .factory/factory.lock)."),
     cloud: str = typer.Option("aws", "--cloud", help="aws: your AWS account; local: the running local cloud (`factory local up`)."),
@@ -39,8 +41,13 @@ def lock(
     specs = load_specs([specs_dir])
     where = Cloud.open(cloud)
     held = base_lock.load(lock_path or base_lock.default_path(where))
-    changes = base_lock.lock_bases(specs, where, held, update=update, regions=regions or ())
-    dropped = base_lock.prune_unused(specs, held, regions or ())
+    from factory.config import load_config
+
+    settings = load_config(config)
+    # where each spec's image is distributed: a refused distribution is a ConfigError here
+    more = {s.name: settings.distribution_for(s).targets(s.region) for s in specs}
+    changes = base_lock.lock_bases(specs, where, held, update=update, regions=regions or (), more=more)
+    dropped = base_lock.prune_unused(specs, held, regions or (), more)
     write = held.changed or not held.path.exists()
     if write:
         held.save()

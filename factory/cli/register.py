@@ -112,19 +112,22 @@ def plan(
             if isinstance(there, str):
                 stdout_console().print(f"{region}: {there}", highlight=False, markup=False)
             else:
-                _print_result(there, f"factory plan ({region}, a region the tasks are distributed to)")
+                what = "an account and region the tasks are copied to" if ":" in region else "a region the tasks are distributed to"
+                _print_result(there, f"factory plan ({region}, {what})")
 
 
 def _plan_copies(task, all_specs, specs_dir, config_path, cloud_kind, home):
-    """The plan in every region the selected tasks are distributed to (factory.distribute.registration)."""
+    """The plan in every region the selected tasks are distributed to, and in every copy_to
+    account they are registered in (`ACCOUNT:REGION`; factory.distribute.registration)."""
     from factory.cloud import Cloud
-    from factory.distribute.registration import plan_copies
+    from factory.distribute.registration import plan_accounts, plan_copies
 
     selected, everything = _select(task, all_specs, specs_dir, "factory plan salmon-quant")
     where = Cloud.open(cloud_kind)
     where.config_path = config_path
     config = where.register_config(config_path)
-    return plan_copies(selected, everything, where.clients, config, home, image_target_for=where.image_target)
+    regions = plan_copies(selected, everything, where.clients, config, home, image_target_for=where.image_target)
+    return {**regions, **plan_accounts(selected, where.clients, config, home, image_target_for=where.image_target)}
 
 
 @app.command()
@@ -248,11 +251,17 @@ def prune(
     # retires a tier register made because the account lacked room for more.
     in_use = {t.name for t in tiers_in_account(specs, settings.max_tiers, where.clients)[0]} if specs else set()
     hours = builder_hours if builder_hours is not None else settings.prune_builder_hours
+    # The copy_to accounts (through their roles): their copies are made from our AMI of the
+    # same region, so a copy still pending there keeps it; and each is pruned by the same rules.
+    from factory.distribute.other_accounts import copied_into, other_accounts, prune_accounts
+
+    others = other_accounts(specs, settings, where.clients) if specs else []
     results = [
         (region, prune_core(where.clients(region), keep, dry_run=not really, tiers_in_use=in_use, tasks_in_use={s.name for s in specs}, builder_hours=hours,
-                            force=force, copy_regions=[where.clients(r) for r in sorted(copies_to[region])]))
+                            force=force, copy_regions=[where.clients(r) for r in sorted(copies_to[region])] + copied_into(others, settings, region)))
         for region in regions
     ]
+    results += prune_accounts(others, settings, keep, dry_run=not really, builder_hours=hours, force=force)
     failed = [c for _, r in results for c in r.failed]
     if json_output:
         print_json({region: r.to_json() for region, r in results})

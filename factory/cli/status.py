@@ -84,6 +84,8 @@ def _print_report(report) -> None:
         if not t.locked_base and t.base_current is False:
             base_note = " (newer)"
         label = t.task if t.task not in seen else f"{t.task} ({t.region})"  # a region it is distributed to
+        if t.account:  # a copy_to account it is registered in
+            label = f"{t.task} ({t.account}:{t.region})"
         seen.add(t.task)
         table.add_row(
             label,

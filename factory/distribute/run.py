@@ -168,7 +168,7 @@ def register_in_accounts(result: DistributionResult, spec: Any, config: Any, pro
     out: dict[str, Any] = {}
     for account, theirs in (result.accounts or {}).items():
         copies = {spec.name: {c.region: c.ami_id for c in result.copies if c.account == account and c.ami_id and not c.error}}
-        out[account] = register_copies([spec], copies, theirs, config, progress=progress, include_home=True)
+        out[account] = register_copies([spec], copies, theirs, config, progress=progress, include_home=True, account=account)
     return out
 
 
