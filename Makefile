@@ -36,7 +36,7 @@ demo: $(STAMP) system-deps ## Bake salmon-quant on the local cloud and register 
 # test files run TEST_JOBS at a time on 2 cores (pytest-xdist, a file's tests together so
 # its local cloud is shared), the longest first (tests/conftest.py); the IAM proof reads
 # the calls of all of them, so it runs after.
-TEST_JOBS ?= 3
+TEST_JOBS ?= 4
 test: $(STAMP) system-deps ## Run the whole test suite (real Packer, Ansible, sshd, dockerd, moto); TEST_JOBS=1 runs one file at a time
 	@calls=$$(mktemp /tmp/factory-calls-XXXXXX.log); export FACTORY_LOCAL_CALL_LOG=$$calls; \
 	$(VENV)/bin/pytest -q $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder) --ignore tests/test_zz_iam_policy.py $(PYTEST_ARGS) \

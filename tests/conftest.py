@@ -55,24 +55,31 @@ def _ctrl_c_as_a_terminal_gives_it() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-# About what the longest modules take in a whole-suite run on 2 cores (seconds: their tests'
-# setup and call from `--durations`, less what this session's changes took off; a guess
-# where the log said too little). Only the order matters: longest first, and
-# test_crash_consistency_bake_build before the other two crash modules, which then take its
-# clean bake rather than baking their own (tests/bake_crash.py `clean`).
+# What the longest modules take in a whole-suite run on 2 cores (wall seconds of each
+# module, from FACTORY_TEST_CPU_PROFILE's lines of an idle `make test`: docs/test-speed.md).
+# Only the order matters: longest first, so the modules that mostly wait (the register crash
+# staircases, the local runs, the grow agent's) start beside the ones that keep a core busy
+# (the bakes), and test_crash_consistency_bake_build before the other two crash modules,
+# which then take its clean bake rather than baking their own (tests/bake_crash.py `clean`).
 MODULE_SECONDS = {
-    "test_bake": 270,
-    "test_crash_consistency_bake_build": 255,
-    "test_crash_consistency_bake_after_ami": 190,
-    "test_crash_consistency": 230,  # with the distribution scenario
-    "test_local_run": 220,  # with the instance-store bake and runs
-    "test_roles": 160,
-    "test_crash_consistency_bake_finish": 150,
-    "test_gpu": 90,
-    "test_show": 80,
-    "test_status": 70,
-    "test_grow_agent": 70,
-    "test_distribute": 50,
+    "test_crash_consistency": 317,  # waits on Batch's states: 0.4 of a core
+    "test_local_run": 310,  # three bakes, then runs that write at a rate
+    "test_crash_consistency_bake_build": 208,
+    "test_bake": 197,
+    "test_grow_agent": 160,  # waits on volumes: 0.2 of a core
+    "test_crash_consistency_bake_after_ami": 158,
+    "test_distribute": 133,
+    "test_roles": 123,
+    "test_crash_consistency_bake_finish": 120,
+    "test_register": 88,
+    "test_local_jobs": 61,
+    "test_status": 61,
+    "test_gpu": 59,
+    "test_bake_check_ecr": 56,
+    "test_killed_bake": 55,
+    "test_show": 50,
+    "test_buildhost": 47,
+    "test_bake_arm64": 42,
 }
 SLOW_MODULE_SECONDS = 60  # a module with a slow test not listed above
 

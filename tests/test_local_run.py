@@ -308,11 +308,28 @@ def test_ctrl_c_and_sigterm_both_end_the_run_as_an_interruption():
             signal.signal(sig, handler)
 
 
+def _stuck(proc: subprocess.Popen) -> str:
+    """Where a process that should have ended waits (each thread's kernel wait channel and
+    its Python stack on stderr: the test starts it with PYTHONFAULTHANDLER, so SIGABRT makes
+    it print every thread's stack), then the process ended: what a failed interrupt test
+    needs to say."""
+    threads = Path(f"/proc/{proc.pid}/task")
+    waits = {t.name: (t / "wchan").read_text() for t in threads.iterdir()} if threads.is_dir() else {}
+    proc.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack, then the process dies
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return f"threads waiting in {waits}; stderr: {err[-6000:]}"
+
+
 def test_an_interrupted_run_terminates_the_instance(rehearsed):
     sig = signal.SIGINT
     proc = subprocess.Popen([FACTORY, "local", "run", TASK, "--specs-dir", str(rehearsed["specs"]), "--image", IMAGE, "--",
                              "sh", "-c", "echo running; sleep 600"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rehearsed["env"])
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(rehearsed["env"], PYTHONFAULTHANDLER="1"))
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the container prints once it runs
     assert line.strip() == "running", line + (proc.stderr.read() if proc.poll() is not None and proc.stderr else "")
@@ -320,7 +337,10 @@ def test_an_interrupted_run_terminates_the_instance(rehearsed):
     instance_id = next(p.name for p in state.iterdir() if p.name.startswith("i-"))
     proc.send_signal(sig)
     t = time.monotonic()
-    proc.wait(timeout=120)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"factory local run still runs 120 s after {sig.name}: {_stuck(proc)}")
     assert time.monotonic() - t < 60
     assert proc.returncode == 130, proc.stderr.read() if proc.stderr else ""
     assert_nothing_left(rehearsed, instance_id)
