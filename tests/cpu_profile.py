@@ -72,8 +72,8 @@ class CpuProfile:
 
     def pytest_unconfigure(self, config):
         """The last module's line, then the cgroup goes: this process moves back to the
-        root group; the group is removed once nothing it started is left (else it stays
-        empty-handed for the next run's `rmdir`)."""
+        root group and the group is removed (when something it started still runs, the
+        group stays; it is empty once that ends, and harmless)."""
         self._close()
         if self.group is not None:
             try:

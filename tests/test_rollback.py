@@ -162,7 +162,18 @@ def test_a_failed_put_is_finished_by_the_next_run(account, specs):
 # The local cloud's rule: SSM checks an aws:ec2:image value after PutParameter answers
 
 
-def test_an_ami_parameter_is_stored_after_its_check_and_only_for_an_available_ami(account):
+@pytest.fixture(scope="module")
+def checking_server():
+    """A server whose SSM checks an aws:ec2:image value 5 s after PutParameter answers (the
+    module's server: 0.1 s): the read right after the call comes before the check however
+    loaded the machine is, which the 0.1 s window did not promise."""
+    s = MotoServer.start(state_delay=0.2, stale_read=5.0)
+    yield s
+    s.stop()
+
+
+def test_an_ami_parameter_is_stored_after_its_check_and_only_for_an_available_ami(account, checking_server):
+    account = Account(checking_server)
     ssm = account.ssm
     name = "/factory/rule/ami-id"
     for bad in ("ami-0123456789abcdef0", "not-an-ami"):
@@ -172,7 +183,9 @@ def test_an_ami_parameter_is_stored_after_its_check_and_only_for_an_available_am
     ssm.put_parameter(Name=name, Value=good, Type="String", DataType="aws:ec2:image", Overwrite=True)
     with pytest.raises(ssm.exceptions.ParameterNotFound):
         ssm.get_parameter(Name=name)  # not checked yet
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not ssm.get_parameters(Names=[name])["Parameters"]:
+        time.sleep(0.2)
     assert ssm.get_parameter(Name=name)["Parameter"]["Value"] == good
     assert [v["Value"] for v in ssm.get_parameter_history(Name=name)["Parameters"]] == [good]
     # A text parameter is stored at once, whatever it holds, as before.

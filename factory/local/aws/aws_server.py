@@ -185,12 +185,13 @@ def _json(start_response: Any, payload: dict[str, Any], status: str = "200 OK") 
 
 
 def make_app(state_delay: float, page_size: int, snapshot_release_delay: float = 0.0, volume_delay: float = 0.0,
-             rolling_delay: float | None = None, copy_delay: float = 0.3) -> Layer:
+             rolling_delay: float | None = None, copy_delay: float = 0.3, stale_read: float | None = None) -> Layer:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     from factory.local.aws import rules
 
-    rules.install(rules.Settings(state_delay=state_delay, stale_read=min(0.3, state_delay / 2), snapshot_release_delay=snapshot_release_delay,
+    stale_read = min(0.3, state_delay / 2) if stale_read is None else stale_read
+    rules.install(rules.Settings(state_delay=state_delay, stale_read=stale_read, snapshot_release_delay=snapshot_release_delay,
                                  volume_delay=volume_delay, job_step=min(0.3, state_delay / 2), rolling_delay=rolling_delay,
                                  copy_delay=copy_delay))
     return Layer(DomainDispatcherApplication(create_backend_app), page_size=page_size, call_log=os.environ.get(ENV_CALL_LOG) or None)
@@ -209,8 +210,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--volume-delay", type=float, default=float(os.environ.get(ENV_VOLUME_DELAY, "0")))
     parser.add_argument("--rolling-delay", type=float, default=float(os.environ[ENV_ROLLING_DELAY]) if os.environ.get(ENV_ROLLING_DELAY) else None)
     parser.add_argument("--copy-delay", type=float, default=0.3)  # seconds an AMI copy is pending (rules.ami_copy)
+    # seconds of old reads after an update, and before SSM has checked an aws:ec2:image value
+    # (rules.Settings.stale_read; default: half the state delay, at most 0.3 s)
+    parser.add_argument("--stale-read", type=float, default=None)
     args = parser.parse_args(argv)
-    app = make_app(args.state_delay, args.page_size, args.snapshot_release_delay, args.volume_delay, args.rolling_delay, args.copy_delay)
+    app = make_app(args.state_delay, args.page_size, args.snapshot_release_delay, args.volume_delay, args.rolling_delay, args.copy_delay,
+                   args.stale_read)
     # SIGTERM (MotoServer.stop, `factory local down`) exits cleanly, so atexit removes the job containers
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run_simple(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)

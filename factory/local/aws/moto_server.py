@@ -90,6 +90,7 @@ class MotoServer:
         volume_delay: float | None = None,
         rolling_delay: float | None = None,
         copy_delay: float | None = None,
+        stale_read: float | None = None,
     ) -> MotoServer:
         """Start the server. `state_delay` (seconds a Batch resource spends CREATING, UPDATING
         or DELETING) and `page_size` default to $FACTORY_LOCAL_STATE_DELAY /
@@ -110,6 +111,8 @@ class MotoServer:
             cmd += ["--rolling-delay", str(rolling_delay)]
         if copy_delay is not None:  # seconds an AMI copy stays pending (rules.Settings.copy_delay)
             cmd += ["--copy-delay", str(copy_delay)]
+        if stale_read is not None:  # seconds of old reads, and of an unchecked AMI parameter (rules.Settings.stale_read)
+            cmd += ["--stale-read", str(stale_read)]
         log = open(log_path, "ab") if log_path else subprocess.DEVNULL
         # Anything moto writes (e.g. its request recorder's file) goes beside its log or
         # into the temp folder, never into the user's working directory.
