@@ -492,7 +492,7 @@ def check_images(lock: BaseLock, needs: dict[str, set[str]], cloud: Any, now: da
             while ask:
                 try:
                     # Every id named, so every answer at once: no paging (MaxResults) needed.
-                    images = cloud.clients(region).ec2().describe_images(ImageIds=ask, IncludeDeprecated=True).get("Images", [])
+                    images = cloud.clients(region).ec2().describe_images(ImageIds=ask, IncludeDeprecated=True).get("Images", [])  # ids named: every answer at once
                     break
                 except ClientError as exc:
                     if not error_code(exc).startswith("InvalidAMIID"):

@@ -22,7 +22,7 @@ def key_arns(clients_for: Any, keys: dict[str, str], sharing: bool, where: str) 
         kms = clients_for(region).client("kms")
         try:
             with aws_errors(f"reading KMS key {key} in {region}"):
-                meta = kms.describe_key(KeyId=key)["KeyMetadata"]
+                meta = kms.describe_key(KeyId=key)["KeyMetadata"]  # one key: one answer
         except FactoryError as exc:
             if "NotFound" in exc.message or error_code(exc) == "NotFoundException":
                 problems.append(f"{where}: distribute.kms_keys.{region}: {key} is not a KMS key in {region}: create it there "

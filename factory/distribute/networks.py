@@ -20,7 +20,7 @@ from factory.errors import FactoryError
 def has_default_vpc(clients: Any, region: str, account: str = "") -> bool:
     whose = f" of account {account}" if account else ""
     with aws_errors(f"looking up the default VPC{whose} in {region}"):
-        return bool(clients.ec2().describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"])
+        return bool(clients.ec2().describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"])  # a region has one default VPC at most
 
 
 def check_networks(clients_for: Callable[[str], Any], spec: Any, dist: Any, where: str) -> None:

@@ -33,7 +33,7 @@ def share_image(ec2: Any, ami_id: str, region: str, wanted: list[dict[str, str]]
         return []
     with aws_errors(f"reading who may launch {ami_id} in {region}"):
         # DescribeImageAttribute is not paged: one answer holds every launch permission.
-        have = ec2.describe_image_attribute(ImageId=ami_id, Attribute="launchPermission").get("LaunchPermissions") or []
+        have = ec2.describe_image_attribute(ImageId=ami_id, Attribute="launchPermission").get("LaunchPermissions") or []  # one attribute: one answer
     have_set = {tuple(sorted(p.items())) for p in have}
     missing = [p for p in wanted if tuple(sorted(p.items())) not in have_set]
     if missing:
@@ -75,7 +75,7 @@ def share_snapshots(ec2: Any, image: dict[str, Any], region: str, accounts: Sequ
             done.append(f"tagged {snap['SnapshotId']}")
         if accounts:
             with aws_errors(f"reading who may copy snapshot {snap['SnapshotId']} in {region}"):
-                perms = ec2.describe_snapshot_attribute(SnapshotId=snap["SnapshotId"], Attribute="createVolumePermission")
+                perms = ec2.describe_snapshot_attribute(SnapshotId=snap["SnapshotId"], Attribute="createVolumePermission")  # one attribute: one answer
             have_users = {p.get("UserId") for p in perms.get("CreateVolumePermissions") or []}
             add = [a for a in accounts if a not in have_users]
             if add:

@@ -242,6 +242,19 @@ class GrowRig:
                              capture_output=True, text=True, env=self._env(), timeout=60, check=True).stdout
         return json.loads(out)
 
+    def settled_pool_devices(self, timeout: float = 60) -> list[str]:
+        """The pool's devices once every grow volume of this instance is in it, or as they
+        are when `timeout` runs out. A writer may end while the agent is still adding a
+        volume it began just before (created and attached, not yet in the pool): comparing
+        the two at once would call that volume leaked. One that truly leaked stays out,
+        and the caller's comparison fails."""
+        deadline = time.monotonic() + timeout
+        while True:
+            devices = self.pool_devices()
+            if len(devices) == 1 + len(self.grow_volumes()) or time.monotonic() > deadline:
+                return devices
+            time.sleep(0.5)
+
     def free_bytes(self) -> int:
         code = f"import os; s = os.statvfs({str(self.mountpoint)!r}); print(s.f_bavail * s.f_frsize)"
         return int(subprocess.run(self._python("-c", code), capture_output=True, text=True, timeout=60, check=True).stdout)

@@ -131,7 +131,7 @@ def install(settings: Settings) -> None:
 
 def _tags_of(backend: Any, resource: Any) -> dict[str, str]:
     """A moto resource's tags, `aws:` ones left out (CopyImageTags never copies them)."""
-    found = backend.describe_tags(filters={"resource-id": [resource.id]})
+    found = backend.describe_tags(filters={"resource-id": [resource.id]})  # moto's backend in-process: no pages
     return {t["key"]: t["value"] for t in found if not t["key"].startswith("aws:")}
 
 
@@ -142,6 +142,6 @@ def _key_arn(account: str, region: str, key: str) -> str:
 
     kms = kms_backends[account][region]
     try:
-        return kms.describe_key(key).arn
+        return kms.describe_key(key).arn  # one key: one answer
     except Exception:  # moto's NotFoundException and friends
         raise EC2ClientError("InvalidKMSKey.NotFound", f"The KMS key {key} does not exist in {region} for account {account}") from None
