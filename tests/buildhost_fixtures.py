@@ -3,12 +3,14 @@ test module, and a way to run real `ansible-playbook` against it."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,15 @@ def changed(proc: subprocess.CompletedProcess) -> int:
 
 def show(proc: subprocess.CompletedProcess) -> str:
     return f"rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
+
+
+def tar_of(files: dict[str, bytes]) -> bytes:
+    """A tar archive holding `files` (name -> bytes): layers and `docker save` archives for
+    the registry tests."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -7,26 +7,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
-import io
 import json
 import os
 import socket
 import ssl
-import tarfile
 
 import pytest
 
+from tests.buildhost_fixtures import tar_of
+
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the ECR registry double listens on port 443 (root)")
-
-
-def _tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            t.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +24,11 @@ def registry(moto, tmp_path_factory):
     from factory.local.aws.ecr_registry import EcrRegistry
 
     base = tmp_path_factory.mktemp("ecr")
-    layer = _tar({"etc/os-release": b"ID=factory-test\n"})
+    layer = tar_of({"etc/os-release": b"ID=factory-test\n"})
     config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
                          "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
     archive = base / "image.tar"
-    archive.write_bytes(_tar({"abc/layer.tar": layer, "cfg.json": config,
+    archive.write_bytes(tar_of({"abc/layer.tar": layer, "cfg.json": config,
                               "manifest.json": json.dumps([{"Config": "cfg.json", "RepoTags": ["x:1"], "Layers": ["abc/layer.tar"]}]).encode()}))
     reg = EcrRegistry.start(base / "state", endpoint=moto.endpoint, region="eu-west-2")
     reg.add_archive("team/tool", "1", archive)

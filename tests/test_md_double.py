@@ -85,11 +85,16 @@ def test_refusals_name_what_is_wrong(tmp_path, mdadm):
     assert mdadm("--stop", "/dev/md/nothing-here").returncode == 1
 
 
-def test_what_the_double_does_not_do_is_refused_naming_it(mdadm):
+def test_what_the_double_does_not_do_is_refused_naming_it(tmp_path):
+    """The double's own refusals: run through the double even where real mdadm could run."""
     from factory.local.instance import md_double
 
-    if not md_double.md_missing():
-        pytest.skip("real mdadm runs here")
+    md_double.install(tmp_path / "bin", tmp_path / "state")
+    env = dict(os.environ, PATH=f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+
+    def mdadm(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["mdadm", *argv], capture_output=True, text=True, env=env)
+
     mirror = mdadm("--create", f"/dev/md/{NAME}", "--level=1", "--raid-devices=2", "/dev/null", "/dev/null")
     assert mirror.returncode == 2 and "factory's md double makes raid0 only" in mirror.stderr
     scan = mdadm("--assemble", "--scan")

@@ -9,7 +9,7 @@ import os
 import subprocess
 
 import pytest
-from buildhost_fixtures import ANSIBLE, VENV_BIN, changed, requires_buildhost, role_playbook, run_playbook, show, start_host
+from buildhost_fixtures import ANSIBLE, VENV_BIN, changed, requires_buildhost, role_playbook, run_playbook, show, start_host, tar_of
 
 pytestmark = pytest.mark.slow
 
@@ -381,24 +381,13 @@ def _image_archive(tag: str, architecture: str) -> str:
     """A `docker save` archive (base64) of an image with one empty layer, built for `architecture`."""
     import base64
     import hashlib
-    import io
-    import tarfile
 
-    def tar(files: dict[str, bytes]) -> bytes:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as t:
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                t.addfile(info, io.BytesIO(data))
-        return buf.getvalue()
-
-    layer = tar({})
+    layer = tar_of({})
     config = json.dumps({"architecture": architecture, "os": "linux", "config": {},
                          "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     manifest = json.dumps([{"Config": config_name, "RepoTags": [tag], "Layers": ["layer/layer.tar"]}]).encode()
-    return base64.b64encode(tar({"layer/layer.tar": layer, config_name: config, "manifest.json": manifest})).decode()
+    return base64.b64encode(tar_of({"layer/layer.tar": layer, config_name: config, "manifest.json": manifest})).decode()
 
 
 @requires_buildhost

@@ -353,11 +353,15 @@ echo 'stand-in for the journal of {machine_id}' > /var/log/journal/{machine_id}/
         self.run("sh", "-c", script)
         if self.docker and self.run("docker", "info", check=False, timeout=30).returncode != 0:
             self.run("/etc/init.d/docker", "start", timeout=60)
-            deadline = time.monotonic() + 60
-            while self.run("docker", "info", check=False, timeout=30).returncode != 0:
-                if time.monotonic() > deadline:
-                    raise LocalCloudError(f"Docker did not start again on the build host; see {self.log_file}")
-                time.sleep(0.2)
+            self._wait_for_docker()
+
+    def _wait_for_docker(self, timeout: float = 60) -> None:
+        """Until the root's Docker answers again after a start or restart."""
+        deadline = time.monotonic() + timeout
+        while self.run("docker", "info", check=False, timeout=30).returncode != 0:
+            if time.monotonic() > deadline:
+                raise LocalCloudError(f"Docker did not start again on the build host; see {self.log_file}")
+            time.sleep(0.2)
 
     def trust_registry(self, name: str, address: str, ca_pem: str) -> None:
         """Reach a registry double by its real name (factory.local.aws.ecr_registry): `name`
@@ -369,11 +373,7 @@ echo 'stand-in for the journal of {machine_id}' > /var/log/journal/{machine_id}/
                              '&& cat > /etc/docker/certs.d/"$2"/ca.crt', "-", address, name, input=ca_pem)
         if self.docker:
             self.run("/etc/init.d/docker", "restart", timeout=60)
-            deadline = time.monotonic() + 60
-            while self.run("docker", "info", check=False, timeout=30).returncode != 0:
-                if time.monotonic() > deadline:
-                    raise LocalCloudError(f"Docker did not start again on the build host; see {self.log_file}")
-                time.sleep(0.2)
+            self._wait_for_docker()
 
     def use_instance_profile(self, metadata_endpoint: str, aws_endpoint: str) -> None:
         """Give the builder an instance profile, as EC2 does: root's AWS config (the
